@@ -1,0 +1,223 @@
+"""Every exception Tidings raises, in one tree.
+
+::
+
+    TidingsError                          root; every error raised by Tidings is one of these
+    ├── ProtocolError                     malformed input on the wire (.code, .close_code)
+    │   ├── FrameTooLarge                 (.size, .limit)
+    │   ├── UnknownOp                     (.op)
+    │   └── InvalidCursor(…, ValueError)  a resume cursor that cannot be read (.cursor, .reason)
+    ├── InvalidChannel(…, ValueError)     (.channel, .reason)
+    ├── InvalidPublication(…, ValueError) bad event type, data or size; nothing was published
+    ├── PermissionDenied                  (.channel, .action): the namespace forbids the action
+    ├── PublishError                      a publish did not happen; nothing was half-applied
+    │   └── BackendUnavailable            the backend is down or timing out (.backend)
+    ├── SubscriptionClosed                the hub ended a subscription (.reason)
+    ├── ConnectionClosed                  client: server closed (.close_code, .reason, .reconnect)
+    ├── StreamRejected                    client: a non-retryable HTTP status (.status)
+    ├── ReconnectExhausted                client: max attempts reached (.attempts, .last_error)
+    ├── QueueFull                         a bounded queue is full (.limit)
+    └── UpstreamError                     an LLM upstream failed (.status, .body)
+
+Each class carries ``code``, the stable string that HTTP bodies, WebSocket
+replies and the JavaScript client use for it (the values are the members of
+:class:`tidings.wire.codes.ErrorCode`). This module imports nothing from
+Tidings so that every layer can use it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendUnavailable",
+    "ConnectionClosed",
+    "FrameTooLarge",
+    "InvalidChannel",
+    "InvalidCursor",
+    "InvalidPublication",
+    "PermissionDenied",
+    "ProtocolError",
+    "PublishError",
+    "QueueFull",
+    "ReconnectExhausted",
+    "StreamRejected",
+    "SubscriptionClosed",
+    "TidingsError",
+    "UnknownOp",
+    "UpstreamError",
+]
+
+
+class TidingsError(Exception):
+    """Root of every error raised by Tidings."""
+
+    code: str = "internal"
+
+
+class ProtocolError(TidingsError):
+    """Malformed input on the wire.
+
+    ``close_code`` is the WebSocket close code a server uses when the error
+    ends the connection (4500: bad request, terminal).
+    """
+
+    code = "bad_request"
+    close_code: int = 4500
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame, body or line is larger than the configured limit."""
+
+    code = "too_large"
+    close_code = 1009
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"{size} bytes is more than the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class UnknownOp(ProtocolError):
+    """A WebSocket command names an operation that does not exist."""
+
+    code = "unknown_op"
+
+    def __init__(self, op: object) -> None:
+        super().__init__(f"unknown op {op!r}")
+        self.op = op
+
+
+class InvalidCursor(ProtocolError, ValueError):
+    """A resume cursor (``Last-Event-ID``) that cannot be read."""
+
+    code = "invalid_cursor"
+
+    def __init__(self, cursor: str, reason: str) -> None:
+        super().__init__(f"invalid cursor {cursor[:80]!r}: {reason}")
+        self.cursor = cursor
+        self.reason = reason
+
+
+class InvalidChannel(TidingsError, ValueError):
+    """A channel name that is not ``[A-Za-z0-9_:.@/-]{1,255}``."""
+
+    code = "invalid_channel"
+
+    def __init__(self, channel: object, reason: str) -> None:
+        super().__init__(f"invalid channel name {str(channel)[:80]!r}: {reason}")
+        self.channel = channel
+        self.reason = reason
+
+
+class InvalidPublication(TidingsError, ValueError):
+    """A publication that cannot be accepted; nothing was published."""
+
+    code = "invalid_publication"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PermissionDenied(TidingsError):
+    """The channel's namespace does not allow this action for clients."""
+
+    code = "permission_denied"
+
+    def __init__(self, channel: str, action: str) -> None:
+        super().__init__(f"{action} is not allowed on channel {channel!r}")
+        self.channel = channel
+        self.action = action
+
+
+class PublishError(TidingsError):
+    """A publish did not happen. Nothing was half-applied: retrying is safe."""
+
+    code = "publish_failed"
+
+
+class BackendUnavailable(PublishError):
+    """The backend (Redis) is down or did not answer in time."""
+
+    code = "unavailable"
+
+    def __init__(self, backend: str, detail: str = "") -> None:
+        message = f"backend {backend} is unavailable"
+        super().__init__(f"{message}: {detail}" if detail else message)
+        self.backend = backend
+
+
+class SubscriptionClosed(TidingsError):
+    """The hub ended a subscription.
+
+    ``reason`` is ``"slow_consumer"`` (the outbox overflowed under the
+    ``disconnect`` policy) or ``"shutdown"`` (the hub is closing).
+    """
+
+    code = "subscription_closed"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"subscription closed: {reason}")
+        self.reason = reason
+
+
+class ConnectionClosed(TidingsError):
+    """Client side: the server closed the connection.
+
+    ``reconnect`` tells whether the close code asks the client to come back.
+    """
+
+    code = "connection_closed"
+
+    def __init__(self, code: int, reason: str = "", *, reconnect: bool = True) -> None:
+        super().__init__(f"connection closed ({code}{': ' + reason if reason else ''})")
+        self.close_code = code
+        self.reason = reason
+        self.reconnect = reconnect
+
+
+class StreamRejected(TidingsError):
+    """Client side: the server answered with a status that retrying cannot fix."""
+
+    code = "stream_rejected"
+
+    def __init__(self, status: int, body: str = "") -> None:
+        super().__init__(f"server answered {status}{': ' + body[:200] if body else ''}")
+        self.status = status
+        self.body = body
+
+
+class ReconnectExhausted(TidingsError):
+    """Client side: the maximum number of reconnection attempts was reached."""
+
+    code = "reconnect_exhausted"
+
+    def __init__(self, attempts: int, last_error: BaseException | None) -> None:
+        super().__init__(f"gave up after {attempts} attempts: {last_error!r}")
+        self.attempts = attempts
+        self.last_error = last_error
+
+
+class QueueFull(TidingsError):
+    """A bounded queue (offline publishes, jobs) is full."""
+
+    code = "queue_full"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"queue is full ({limit} items)")
+        self.limit = limit
+
+
+class UpstreamError(TidingsError):
+    """An LLM upstream failed, before or during a stream."""
+
+    code = "upstream_error"
+
+    def __init__(self, message: str, *, status: int | None = None, body: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body

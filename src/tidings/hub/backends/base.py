@@ -1,0 +1,108 @@
+"""The Backend interface: where offsets, history and cross-process fan-out live.
+
+The hub owns local subscribers; a backend owns everything that must be shared
+between processes. The contract, which ``tests/unit/hub/backend_contract.py``
+checks for every implementation:
+
+- ``publish`` assigns the channel's next offset atomically (no two publishes
+  of a channel ever get the same offset, from any process) and returns the
+  new position. With a ``key`` seen in the idempotency window it publishes
+  nothing and returns the original position.
+- Every event of a watched channel reaches the listener given to
+  ``set_listener``, exactly once per process and in offset order per
+  channel, whichever process published it. ``watch`` returns only once
+  events published after it returns are certain to arrive.
+- ``read`` returns history after ``since`` when it is within the window, or a
+  ``Reset`` with the current position when it is not (another epoch, older
+  than history, or ahead of the channel).
+- The epoch of a channel changes whenever its history or offset counter is
+  lost, so a position from before the loss is never resumed as if exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
+
+from tidings.hub.event import Event, Reset
+from tidings.hub.names import NamespaceOptions
+from tidings.types import Position
+
+__all__ = ["Backend", "ChannelInfo", "History", "Listener"]
+
+#: Called by the backend with every event of a watched channel.
+Listener = Callable[[Event], None]
+
+
+class History(NamedTuple):
+    """What a read returns.
+
+    Attributes:
+        position: The channel's current position.
+        events: The events read, oldest first.
+        reset: Set when ``since`` could not be honoured; ``events`` is then empty.
+    """
+
+    position: Position
+    events: list[Event]
+    reset: Reset | None = None
+
+
+class ChannelInfo(NamedTuple):
+    """A channel the backend knows: its position and how many events it keeps."""
+
+    channel: str
+    position: Position
+    history: int
+
+
+class Backend(Protocol):
+    """Storage and fan-out for a hub; see the module docstring for the contract."""
+
+    name: str
+
+    def set_listener(self, listener: Listener) -> None:
+        """Set the callable that receives events of watched channels."""
+
+    async def start(self) -> None:
+        """Connect and start background work."""
+
+    async def aclose(self) -> None:
+        """Stop background work and release connections."""
+
+    async def publish(
+        self,
+        channel: str,
+        raw: bytes,
+        *,
+        type: str,
+        is_text: bool,
+        options: NamespaceOptions,
+        key: str | None = None,
+    ) -> Position:
+        """Append an event and return its position."""
+
+    async def read(
+        self,
+        channel: str,
+        *,
+        since: Position | None,
+        limit: int | None,
+        options: NamespaceOptions,
+    ) -> History:
+        """Return events after ``since`` (or the newest ``limit`` when ``since`` is None)."""
+
+    async def position(self, channel: str, *, options: NamespaceOptions) -> Position:
+        """Return the channel's current position."""
+
+    async def watch(self, channel: str) -> None:
+        """Start delivering the channel's events to the listener."""
+
+    def unwatch(self, channel: str) -> None:
+        """Stop delivering the channel's events (may complete in the background).
+
+        Calls to ``watch`` and ``unwatch`` for one channel take effect in call order.
+        """
+
+    async def channels(self) -> list[ChannelInfo]:
+        """Return the channels the backend currently keeps state for."""

@@ -1,0 +1,177 @@
+"""Event, the unit the hub moves, and Encoding, its cached wire frames.
+
+An Event is immutable once published and shared by every subscriber and by
+history. A transport turns it into bytes through an :class:`Encoding`, which
+encodes each event at most once and keeps the bytes on the event, so a
+broadcast to N subscribers costs one encode, not N.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from tidings.types import Position
+
+__all__ = ["Encoding", "Event", "Item", "Reset"]
+
+#: Bytes charged to an outbox for an event on top of its data: the share of
+#: the event object and the outbox entry, so that tiny events still count.
+EVENT_OVERHEAD = 128
+
+
+class Event:
+    """One published event.
+
+    Attributes:
+        channel: The channel it was published to.
+        epoch: The channel's epoch when it was published.
+        offset: Its offset in that epoch (1, 2, 3 ...).
+        type: The event type (``"message"`` unless the publisher chose one).
+        raw: The data as published: JSON bytes, or UTF-8 text when ``is_text``.
+        is_text: Whether the publisher sent plain text rather than JSON.
+        time: When it was published (seconds since the epoch).
+    """
+
+    __slots__ = ("_frames", "channel", "epoch", "is_text", "offset", "raw", "time", "type")
+
+    def __init__(
+        self,
+        channel: str,
+        epoch: str,
+        offset: int,
+        raw: bytes,
+        *,
+        type: str = "message",
+        is_text: bool = False,
+        time: float = 0.0,
+    ) -> None:
+        self.channel = channel
+        self.epoch = epoch
+        self.offset = offset
+        self.type = type
+        self.raw = raw
+        self.is_text = is_text
+        self.time = time
+        self._frames: dict[Encoding, bytes] | None = None
+
+    @property
+    def position(self) -> Position:
+        """The position of this event in its channel."""
+        return Position(self.epoch, self.offset)
+
+    @property
+    def data(self) -> Any:
+        """The data decoded: a JSON value, or ``str`` for plain text."""
+        return self.raw.decode("utf-8") if self.is_text else orjson.loads(self.raw)
+
+    @property
+    def text(self) -> str:
+        """The data as text: the JSON document or the plain text as published."""
+        return self.raw.decode("utf-8")
+
+    @property
+    def size(self) -> int:
+        """Bytes an outbox is charged for holding this event."""
+        return len(self.raw) + EVENT_OVERHEAD
+
+    def __repr__(self) -> str:
+        return (
+            f"Event({self.channel!r}, {self.epoch!r}, {self.offset}, type={self.type!r}, "
+            f"raw={self.raw[:60]!r}{'...' if len(self.raw) > 60 else ''})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Event):
+            return NotImplemented
+        return (
+            self.channel == other.channel
+            and self.epoch == other.epoch
+            and self.offset == other.offset
+            and self.type == other.type
+            and self.raw == other.raw
+            and self.is_text == other.is_text
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.channel, self.epoch, self.offset))
+
+
+class Reset:
+    """The subscriber's stream of ``channel`` has a gap it cannot fill.
+
+    Sent instead of silently missing events: when a resume position is from
+    another epoch or older than history, or when a slow subscriber's outbox
+    dropped events (``drop`` policy). The stream continues after
+    ``position``; what came before it and after the subscriber's last event
+    may be lost.
+
+    Attributes:
+        channel: The channel with the gap.
+        position: Where the stream continues from.
+        reason: ``"epoch"`` (history was lost), ``"window"`` (the position is
+            older than history or not in it) or ``"overflow"`` (events were
+            dropped for a slow subscriber).
+    """
+
+    __slots__ = ("_frames", "channel", "position", "reason")
+
+    def __init__(self, channel: str, position: Position, reason: str) -> None:
+        self.channel = channel
+        self.position = position
+        self.reason = reason
+        self._frames: dict[Encoding, bytes] | None = None
+
+    @property
+    def size(self) -> int:
+        return EVENT_OVERHEAD
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Reset):
+            return NotImplemented
+        return (self.channel, self.position, self.reason) == (
+            other.channel,
+            other.position,
+            other.reason,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.channel, self.position, self.reason))
+
+    def __repr__(self) -> str:
+        return f"Reset({self.channel!r}, {self.position!r}, {self.reason!r})"
+
+
+#: What a subscription yields.
+Item = Event | Reset
+
+
+class Encoding:
+    """A wire format for items, cached on each event (and reset).
+
+    ``encoding(item)`` returns the bytes, calling ``encode`` only the first
+    time for a given item; every later subscriber gets the same bytes object.
+    Transports define their encodings once, at import time.
+    """
+
+    __slots__ = ("_encode", "name")
+
+    def __init__(self, name: str, encode: Callable[[Item], bytes]) -> None:
+        self.name = name
+        self._encode = encode
+
+    def __call__(self, event: Item) -> bytes:
+        frames = event._frames
+        if frames is None:
+            frames = event._frames = {}
+        else:
+            frame = frames.get(self)
+            if frame is not None:
+                return frame
+        frame = frames[self] = self._encode(event)
+        return frame
+
+    def __repr__(self) -> str:
+        return f"Encoding({self.name!r})"

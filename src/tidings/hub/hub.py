@@ -1,0 +1,446 @@
+"""Hub: publish, subscribe with exact resume, history, stats.
+
+Theory of operation
+-------------------
+
+The backend stores offsets and history and hands every event of a watched
+channel to ``Hub._dispatch``, in offset order. The hub keeps, per channel
+with local subscribers, the set of subscriptions and fans each event out to
+them synchronously (see ``subscription.py`` for what a subscription does with
+it). Nothing on that path awaits, allocates per subscriber or encodes per
+subscriber.
+
+Adding a channel with ``since`` must not lose or repeat an event even while
+publishes race it. The subscription is first registered as *pending*: live
+events for it are buffered. Then the backend is asked to watch the channel
+and to read history after ``since``. Finally, without awaiting, the replay is
+delivered, then the buffered live events newer than the replay, and the
+subscription becomes live. With the memory backend the reads do not suspend,
+so the buffer stays empty; with Redis it covers the round trips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from typing import NamedTuple
+
+import orjson
+
+from tidings.errors import InvalidPublication, ProtocolError
+from tidings.hub.backends.base import Backend, History
+from tidings.hub.backends.memory import MemoryBackend
+from tidings.hub.event import Event, Item
+from tidings.hub.names import NamespaceOptions, Namespaces, validate_channel, validate_event_type
+from tidings.hub.stats import Counters, HubStats
+from tidings.hub.subscription import (
+    CloseReason,
+    OverflowPolicy,
+    Subscribed,
+    Subscription,
+    since_for,
+)
+from tidings.types import JSONValue, Position
+
+__all__ = ["ChannelSummary", "Hub"]
+
+logger = logging.getLogger(__name__)
+
+_MISSING = object()
+
+
+class ChannelSummary(NamedTuple):
+    """A channel as ``Hub.channels()`` reports it."""
+
+    channel: str
+    position: Position
+    history: int
+    subscribers: int
+
+
+class _Local:
+    """Per-channel state of this process: who listens, who is joining."""
+
+    __slots__ = ("error", "pending", "ready", "snapshot", "subscribers")
+
+    def __init__(self) -> None:
+        self.subscribers: dict[Subscription, None] = {}
+        # Fan-out iterates a tuple rebuilt only after a change, so a
+        # subscription closing mid-broadcast cannot disturb the loop.
+        self.snapshot: tuple[Subscription, ...] = ()
+        self.pending: dict[Subscription, list[Event]] = {}
+        self.ready: asyncio.Future[None] | None = None
+        self.error: BaseException | None = None
+
+
+class Hub:
+    """The pub/sub core: every transport is a view of one hub.
+
+    Args:
+        backend: Where offsets and history live; a new :class:`MemoryBackend`
+            when omitted.
+        namespaces: History size, TTL and client permissions per namespace.
+        outbox_max_bytes: Default bound of each subscription's outbox.
+        overflow: Default policy when an outbox is full: ``"disconnect"`` or ``"drop"``.
+
+    Use ``async with hub:`` (or ``await hub.start()`` / ``await hub.aclose()``)
+    to run the backend's background work and to close every subscription at
+    the end.
+    """
+
+    def __init__(
+        self,
+        backend: Backend | None = None,
+        *,
+        namespaces: Namespaces | None = None,
+        outbox_max_bytes: int = 1024 * 1024,
+        overflow: OverflowPolicy | str = OverflowPolicy.DISCONNECT,
+    ) -> None:
+        if outbox_max_bytes <= 0:
+            raise ValueError(f"outbox_max_bytes must be > 0, not {outbox_max_bytes}")
+        self._backend: Backend = backend if backend is not None else MemoryBackend()
+        self._namespaces = namespaces if namespaces is not None else Namespaces()
+        self._outbox_max_bytes = outbox_max_bytes
+        self._overflow = OverflowPolicy(overflow)
+        self._locals: dict[str, _Local] = {}
+        self._subscriptions: set[Subscription] = set()
+        self._stats = Counters()
+        self._started = False
+        self._backend.set_listener(self._dispatch)
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    @property
+    def namespaces(self) -> Namespaces:
+        return self._namespaces
+
+    def options(self, channel: str) -> NamespaceOptions:
+        """Return the namespace options that apply to ``channel``."""
+        return self._namespaces.options(channel)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the backend (connections, sweepers). Idempotent."""
+        if not self._started:
+            await self._backend.start()
+            self._started = True
+
+    async def aclose(self) -> None:
+        """Close every subscription (reason ``shutdown``) and stop the backend."""
+        for subscription in list(self._subscriptions):
+            subscription.close(CloseReason.SHUTDOWN)
+        if self._started:
+            self._started = False
+            await self._backend.aclose()
+
+    async def __aenter__(self) -> Hub:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- publishing ----------------------------------------------------------
+
+    async def publish(
+        self,
+        channel: str,
+        data: JSONValue = None,
+        *,
+        text: str | bytes | None = None,
+        event: str = "message",
+        key: str | None = None,
+    ) -> Position:
+        """Publish to ``channel`` and return the new event's position.
+
+        Args:
+            channel: The channel name.
+            data: A JSON-serialisable value (encoded with orjson).
+            text: Plain text to publish instead of JSON (``str``, or ``bytes``
+                of UTF-8). Give ``data`` or ``text``, not both.
+            event: The event type; ``message`` unless given.
+            key: An idempotency key: a second publish with the same key in the
+                backend's window publishes nothing and returns the first position.
+
+        Raises:
+            InvalidChannel: the channel name is not valid.
+            InvalidPublication: the data cannot be encoded, the text is not
+                UTF-8, or the event type is not allowed.
+            BackendUnavailable: the backend cannot be reached; nothing was published.
+        """
+        validate_channel(channel)
+        if event != "message":
+            validate_event_type(event)
+        if text is not None:
+            if data is not None:
+                raise TypeError("publish() takes data or text, not both")
+            raw, is_text = _text_bytes(text), True
+        else:
+            try:
+                raw = orjson.dumps(data)
+            except TypeError as exc:
+                raise InvalidPublication(f"data is not JSON-serialisable: {exc}") from exc
+            is_text = False
+        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 256):
+            raise InvalidPublication("an idempotency key must be a string of 1-256 characters")
+        position = await self._backend.publish(
+            channel,
+            raw,
+            type=event,
+            is_text=is_text,
+            options=self._namespaces.options(channel),
+            key=key,
+        )
+        self._stats.published += 1
+        return position
+
+    def _dispatch(self, event: Event) -> None:
+        """Fan an event out to local subscribers (called by the backend)."""
+        local = self._locals.get(event.channel)
+        if local is None:
+            return
+        for buffer in local.pending.values():
+            buffer.append(event)
+        subscribers = local.snapshot
+        for subscription in subscribers:
+            try:
+                # Subscription._deliver, inlined: this loop runs once per
+                # delivery and the method call is a measurable share of it.
+                write = subscription._write
+                if write is not None:
+                    write(subscription._encode(event))  # type: ignore[misc]
+                else:
+                    subscription._enqueue(event)
+            except Exception:
+                logger.exception("delivery to %r failed; closing it", subscription)
+                subscription.close(CloseReason.DISCONNECT)
+        self._stats.delivered += len(subscribers)
+
+    # -- subscribing -----------------------------------------------------------
+
+    def subscription(
+        self,
+        *,
+        max_bytes: int | None = None,
+        policy: OverflowPolicy | str | None = None,
+    ) -> Subscription:
+        """Create an empty subscription; add channels with ``Subscription.add``.
+
+        The caller owns it and must ``close()`` it (transports do so in ``finally``).
+        """
+        subscription = Subscription(
+            self,
+            max_bytes=max_bytes if max_bytes is not None else self._outbox_max_bytes,
+            policy=OverflowPolicy(policy) if policy is not None else self._overflow,
+        )
+        self._subscriptions.add(subscription)
+        return subscription
+
+    @asynccontextmanager
+    async def subscribe(
+        self,
+        *channels: str,
+        since: Position | Mapping[str, Position] | None = None,
+        max_bytes: int | None = None,
+        policy: OverflowPolicy | str | None = None,
+    ) -> AsyncIterator[Subscription]:
+        """Subscribe to ``channels`` for the duration of an ``async with`` block.
+
+        ``since`` is a :class:`Position` (one channel) or a mapping of channel
+        to position, such as a decoded cursor. Iterate the subscription to get
+        :class:`Event` and :class:`Reset` items::
+
+            async with hub.subscribe("chat", since=position) as subscription:
+                async for item in subscription:
+                    ...
+        """
+        if not channels:
+            raise TypeError("subscribe() needs at least one channel")
+        subscription = self.subscription(max_bytes=max_bytes, policy=policy)
+        try:
+            for channel, position in since_for(channels, since).items():
+                await subscription.add(channel, since=position)
+            yield subscription
+        finally:
+            subscription.close()
+
+    async def _attach(
+        self,
+        subscription: Subscription,
+        channel: str,
+        since: Position | None,
+        notify_reset: bool,
+    ) -> Subscribed:
+        validate_channel(channel)
+        local = self._locals.get(channel)
+        if channel in subscription.channels or (
+            local is not None and subscription in local.pending
+        ):
+            raise ProtocolError(f"already subscribed to {channel!r}", code="already_subscribed")
+        options = self._namespaces.options(channel)
+        if local is None:
+            local = self._locals[channel] = _Local()
+        buffer: list[Event] = []
+        local.pending[subscription] = buffer
+        try:
+            await self._watch(channel, local)
+            if since is not None:
+                history = await self._backend.read(
+                    channel, since=since, limit=None, options=options
+                )
+            else:
+                position = await self._backend.position(channel, options=options)
+                history = History(position, [])
+        except BaseException:
+            local.pending.pop(subscription, None)
+            self._release(channel, local)
+            raise
+        # From here to the end nothing awaits: the switch to live is atomic.
+        del local.pending[subscription]
+        if subscription.close_reason is not None:
+            self._release(channel, local)
+            raise ProtocolError(
+                "the subscription closed while subscribing", code="subscription_closed"
+            )
+        position, replay, reset = history
+        last = replay[-1].offset if replay else position.offset
+        items: list[Item] = []
+        if reset is not None and notify_reset:
+            items.append(reset)
+        items.extend(replay)
+        for event in buffer:
+            if event.epoch == position.epoch and event.offset <= last:
+                continue  # already in the replay, or before the position we start from
+            items.append(event)
+            last = event.offset
+        local.subscribers[subscription] = None
+        local.snapshot = tuple(local.subscribers)
+        subscription.channels[channel] = None
+        subscription._deliver_many(items)
+        self._stats.delivered += len(items)
+        return Subscribed(
+            channel,
+            Position(position.epoch, max(last, position.offset)),
+            reset is None,
+            reset,
+            len(replay),
+        )
+
+    async def _watch(self, channel: str, local: _Local) -> None:
+        ready = local.ready
+        if ready is None:
+            ready = local.ready = asyncio.get_running_loop().create_future()
+            try:
+                await self._backend.watch(channel)
+            except BaseException as exc:
+                local.error = exc
+                raise
+            finally:
+                ready.set_result(None)
+        elif not ready.done():
+            await asyncio.shield(ready)
+        if local.error is not None:
+            raise local.error
+
+    def _detach(self, subscription: Subscription, channel: str) -> None:
+        local = self._locals.get(channel)
+        if local is None:
+            return
+        if local.subscribers.pop(subscription, _MISSING) is not _MISSING:
+            local.snapshot = tuple(local.subscribers)
+        local.pending.pop(subscription, None)
+        self._release(channel, local)
+
+    def _release(self, channel: str, local: _Local) -> None:
+        if local.subscribers or local.pending:
+            return
+        if local.ready is not None and not local.ready.done():
+            return  # the first subscriber is still watching; it releases on failure
+        if self._locals.get(channel) is local:
+            del self._locals[channel]
+            if local.ready is not None and local.error is None:
+                self._backend.unwatch(channel)
+
+    def _forget(self, subscription: Subscription) -> None:
+        self._subscriptions.discard(subscription)
+
+    # -- queries -----------------------------------------------------------------
+
+    async def history(
+        self, channel: str, *, since: Position | None = None, limit: int | None = None
+    ) -> History:
+        """Read a channel's history.
+
+        Without ``since``: the newest ``limit`` events (all kept ones when
+        ``limit`` is None). With ``since``: the events after it, oldest first, at
+        most ``limit``; or a ``reset`` when ``since`` is outside the window.
+        """
+        validate_channel(channel)
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0, not {limit}")
+        return await self._backend.read(
+            channel, since=since, limit=limit, options=self._namespaces.options(channel)
+        )
+
+    async def position(self, channel: str) -> Position:
+        """Return the channel's current position (offset 0 before its first event)."""
+        validate_channel(channel)
+        return await self._backend.position(channel, options=self._namespaces.options(channel))
+
+    def subscriber_count(self, channel: str) -> int:
+        """Local subscriptions that receive ``channel``."""
+        local = self._locals.get(channel)
+        return len(local.subscribers) if local is not None else 0
+
+    async def channels(self) -> list[ChannelSummary]:
+        """Channels with history or local subscribers, sorted by name."""
+        summaries = {
+            info.channel: ChannelSummary(
+                info.channel, info.position, info.history, self.subscriber_count(info.channel)
+            )
+            for info in await self._backend.channels()
+        }
+        for channel, local in self._locals.items():
+            if channel not in summaries and local.subscribers:
+                position = await self.position(channel)
+                summaries[channel] = ChannelSummary(channel, position, 0, len(local.subscribers))
+        return [summaries[name] for name in sorted(summaries)]
+
+    def stats(self) -> HubStats:
+        """Return a snapshot of the hub's state and counters."""
+        counters = self._stats
+        return HubStats(
+            channels=len(self._locals),
+            subscriptions=len(self._subscriptions),
+            subscribers=sum(len(local.subscribers) for local in self._locals.values()),
+            published=counters.published,
+            delivered=counters.delivered,
+            dropped=counters.dropped,
+            slow_consumers=counters.slow_consumers,
+        )
+
+
+def _text_bytes(text: str | bytes) -> bytes:
+    if isinstance(text, str):
+        return text.encode("utf-8")
+    if isinstance(text, bytes | bytearray | memoryview):
+        raw = bytes(text)
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidPublication(f"text is not valid UTF-8: {exc}") from exc
+        return raw
+    raise TypeError(f"text must be str or bytes, not {type(text).__name__}")
+
+
+def channels_of(values: Iterable[str]) -> list[str]:
+    """Validate and de-duplicate channel names, keeping their order."""
+    seen: dict[str, None] = {}
+    for value in values:
+        seen[validate_channel(value)] = None
+    return list(seen)

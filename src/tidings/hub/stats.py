@@ -1,0 +1,41 @@
+"""Hub counters and the snapshot ``Hub.stats()`` returns."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+__all__ = ["Counters", "HubStats"]
+
+
+class HubStats(NamedTuple):
+    """A snapshot of a hub's state and counters (since it was created).
+
+    Attributes:
+        channels: Channels with at least one local subscriber.
+        subscriptions: Open subscriptions.
+        subscribers: Channel subscriptions summed over channels.
+        published: Publishes made through this hub.
+        delivered: Events handed to local subscriptions (replays included).
+        dropped: Events dropped from slow subscribers' outboxes (``drop`` policy).
+        slow_consumers: Subscriptions closed because their outbox overflowed.
+    """
+
+    channels: int
+    subscriptions: int
+    subscribers: int
+    published: int
+    delivered: int
+    dropped: int
+    slow_consumers: int
+
+
+class Counters:
+    """The hub's mutable counters; plain attributes, so counting is cheap."""
+
+    __slots__ = ("delivered", "dropped", "published", "slow_consumers")
+
+    def __init__(self) -> None:
+        self.published = 0
+        self.delivered = 0
+        self.dropped = 0
+        self.slow_consumers = 0

@@ -1,0 +1,130 @@
+"""create_app(): the composition root that mounts every route on one hub."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from tidings.errors import TidingsError
+from tidings.hub import Hub, MemoryBackend
+from tidings.hub.backends.base import Backend
+from tidings.server import api
+from tidings.server.errors import error_response
+from tidings.server.sse import SSEEndpoint, SSEKeepalive
+from tidings.server.state import ServerState
+from tidings.settings import Settings
+from tidings.wire.codes import ErrorCode
+
+__all__ = ["build_hub", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+_STATUS_CODES = {
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.TOO_LARGE,
+}
+
+
+def build_backend(settings: Settings) -> Backend:
+    """Create the backend that ``settings`` selects."""
+    if settings.backend == "redis":
+        # Imported on demand: redis is an optional dependency.
+        redis_backend = importlib.import_module("tidings.hub.backends.redis")
+        backend: Backend = redis_backend.RedisBackend(
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            idempotency_window=settings.idempotency_window,
+        )
+        return backend
+    return MemoryBackend(idempotency_window=settings.idempotency_window)
+
+
+def build_hub(settings: Settings) -> Hub:
+    """Create a hub configured by ``settings``."""
+    return Hub(
+        build_backend(settings),
+        namespaces=settings.namespace_options(),
+        outbox_max_bytes=settings.outbox_max_bytes,
+        overflow=settings.overflow,
+    )
+
+
+async def _tidings_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, TidingsError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _STATUS_CODES.get(exc.status_code, ErrorCode.BAD_REQUEST)
+    return error_response(
+        status=exc.status_code, code=code, message=exc.detail, headers=exc.headers
+    )
+
+
+def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Starlette:
+    """Build the Tidings ASGI app.
+
+    Args:
+        hub: The hub to serve; one built from ``settings`` when omitted. The
+            app starts it on startup; it closes it on shutdown only if it
+            built it.
+        settings: Server settings; the defaults when omitted.
+
+    The app is a Starlette app: mount it in your own app, or run it with any
+    ASGI server. ``tidings serve`` runs it on uvicorn with the fast write path.
+    """
+    settings = settings or Settings()
+    owns_hub = hub is None
+    hub = hub if hub is not None else build_hub(settings)
+    keepalive = SSEKeepalive(settings.sse_keepalive)
+    state = ServerState(hub=hub, settings=settings, keepalive=keepalive)
+    sse = SSEEndpoint(
+        hub,
+        retry=settings.sse_retry,
+        keepalive=keepalive,
+        max_channels=settings.max_channels,
+        on_open=state.counter("sse"),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await hub.start()
+        logger.info("hub started with the %s backend", hub.backend.name)
+        try:
+            yield
+        finally:
+            if owns_hub:
+                await hub.aclose()
+
+    routes = [
+        Route("/sse", sse, methods=["GET"]),
+        Route("/sse/{channel:path}", sse, methods=["GET"]),
+        Route("/api/publish", api.publish, methods=["POST"]),
+        Route("/api/history/{channel:path}", api.history, methods=["GET"]),
+        Route("/api/channels", api.channels, methods=["GET"]),
+        Route("/api/stats", api.stats, methods=["GET"]),
+        Route("/healthz", api.healthz, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    if settings.demo:
+        routes.append(Route("/", lambda request: FileResponse(STATIC / "index.html")))
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={TidingsError: _tidings_error, HTTPException: _http_error},
+    )
+    app.state.tidings = state
+    return app

@@ -1,0 +1,104 @@
+"""SSEResponse: stream hub channels from your own FastAPI or Starlette route.
+
+::
+
+    @app.get("/orders/{order_id}/events")
+    async def order_events(order_id: str, request: Request) -> SSEResponse:
+        return SSEResponse(
+            hub, [f"orders:{order_id}"], last_event_id=request.headers.get("last-event-id")
+        )
+
+It is the same transport as ``GET /sse``: cursor ids, resume, ``reset``,
+keepalive comments, slow-consumer policy and prompt cleanup on disconnect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from starlette.background import BackgroundTask
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from tidings.errors import TidingsError
+from tidings.hub import Hub, OverflowPolicy, validate_channel
+from tidings.server.errors import error_response
+from tidings.server.sse import SSEKeepalive, SSEStream
+from tidings.types import Position
+from tidings.wire.cursor import decode_cursor
+
+__all__ = ["SSEResponse"]
+
+
+class SSEResponse(Response):
+    """An ASGI response streaming hub channels as Server-Sent Events.
+
+    Args:
+        hub: The hub (started by your app's lifespan).
+        channels: One channel name or several.
+        last_event_id: The client's ``Last-Event-ID`` (a cursor), or a mapping
+            of channel to :class:`~tidings.types.Position`.
+        retry: Reconnection delay to announce, in seconds.
+        keepalive: Seconds between ``: ping`` comments (``None`` for none).
+        outbox_max_bytes: Bound of the outbox (hub default when None).
+        overflow: Slow-consumer policy (hub default when None).
+        headers: Extra response headers.
+
+    An invalid channel or cursor is answered with a 400 JSON error when the
+    response runs; build-time errors are not raised inside your route. It is
+    a Starlette ``Response``, so FastAPI returns it as is.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        hub: Hub,
+        channels: str | Iterable[str],
+        *,
+        last_event_id: str | Mapping[str, Position] | None = None,
+        retry: float = 3.0,
+        keepalive: float | None = 15.0,
+        outbox_max_bytes: int | None = None,
+        overflow: OverflowPolicy | str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.status_code = 200
+        self.background: BackgroundTask | None = None
+        self.hub = hub
+        self.channels = [channels] if isinstance(channels, str) else list(channels)
+        self.last_event_id = last_event_id
+        self.retry = retry
+        self.keepalive = SSEKeepalive(keepalive) if keepalive is not None else None
+        self.outbox_max_bytes = outbox_max_bytes
+        self.overflow = overflow
+        self.extra_headers = [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in (headers or {}).items()
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            channels = [validate_channel(channel) for channel in self.channels]
+            if self.last_event_id is None:
+                cursor: dict[str, Position] = {}
+            elif isinstance(self.last_event_id, str):
+                cursor = decode_cursor(self.last_event_id)
+            else:
+                cursor = dict(self.last_event_id)
+        except TidingsError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        stream = SSEStream(
+            self.hub,
+            channels,
+            cursor=cursor,
+            retry=self.retry,
+            keepalive=self.keepalive,
+            outbox_max_bytes=self.outbox_max_bytes,
+            overflow=self.overflow,
+            headers=self.extra_headers,
+        )
+        await stream(scope, receive, send)
+        if self.background is not None:
+            await self.background()

@@ -1,0 +1,435 @@
+"""The SSE transport: ``GET /sse?channel=…`` and ``GET /sse/{channel}``.
+
+One connection streams one or more hub channels. The response starts with
+``retry:`` and an ``id:`` holding the connection's cursor, so a client that
+drops before its first event still resumes from the right place; then each
+event carries, in ``id:``, the cursor of *all* the connection's channels.
+
+Theory of operation
+-------------------
+
+A connection is an :class:`SSEStream` (one per request, an ASGI app) and, once
+subscribed, a :class:`_Connection` that encodes items for it. There are two
+ways to get bytes to the client:
+
+* **fast path**: under ``tidings serve`` the scope offers the
+  ``tidings.write`` extension (``server/fastwrite.py``). The subscription
+  then writes each event's cached, already chunk-framed frame straight to
+  the transport; the connection object receives the transport's flow
+  control and loss notifications. The ASGI coroutine just waits for the
+  subscription to close.
+* **ASGI path**: anywhere else. A loop takes everything queued in the
+  subscription and sends it as one ``http.response.body``; a watcher task
+  turns ``http.disconnect`` into closing the subscription.
+
+Single-channel connections share their frames across subscribers: the
+cursor of a one-channel connection is the event's own position. A
+multi-channel connection tracks its cursor and writes the ``id:`` line
+itself, sharing the rest of the frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from urllib.parse import parse_qsl
+
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from tidings.errors import PermissionDenied, ProtocolError, TidingsError
+from tidings.hub import Encoding, Hub, Item, OverflowPolicy, Reset, Subscription, validate_channel
+from tidings.hub.subscription import CloseReason
+from tidings.server.errors import error_response
+from tidings.server.writer import FAST_WRITE, FastWrite
+from tidings.types import Position
+from tidings.wire.cursor import decode_cursor, encode_cursor
+from tidings.wire.sse import encode_event
+
+__all__ = ["SSE_HEADERS", "SSEEndpoint", "SSEKeepalive", "SSEStream"]
+
+logger = logging.getLogger(__name__)
+
+SSE_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+PING = b": ping\n\n"
+PING_CHUNK = b"%x\r\n%b\r\n" % (len(PING), PING)
+
+
+def _chunk(frame: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(frame), frame)
+
+
+def _body(item: Item) -> bytes:
+    """Everything of an item's frame after its ``id:`` line."""
+    if isinstance(item, Reset):
+        data = orjson.dumps(
+            {
+                "channel": item.channel,
+                "epoch": item.position.epoch,
+                "offset": item.position.offset,
+                "reason": item.reason,
+            }
+        )
+        return b"event: reset\ndata: " + data + b"\n\n"
+    head = b"" if item.type == "message" else b"event: " + item.type.encode() + b"\n"
+    raw = item.raw
+    if not item.is_text:
+        # orjson never writes a raw line break, so JSON is always one line.
+        return head + b"data: " + raw + b"\n\n"
+    if b"\n" not in raw and b"\r" not in raw:
+        return head + b"data: " + raw + b"\n\n"
+    lines = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    return head + b"".join(b"data: " + line + b"\n" for line in lines) + b"\n"
+
+
+def _id_line(item: Item) -> bytes:
+    if isinstance(item, Reset):
+        epoch, offset = item.position
+    else:
+        epoch, offset = item.epoch, item.offset
+    return b"id: %s:%s:%d\n" % (item.channel.encode(), epoch.encode(), offset)
+
+
+#: The frame of an item on a one-channel connection, shared by all of them.
+SSE_FRAME = Encoding("sse", lambda item: _id_line(item) + _body(item))
+#: The same frame wrapped in an HTTP/1.1 chunk, for the fast path.
+SSE_CHUNK = Encoding("sse-chunk", lambda item: _chunk(_id_line(item) + _body(item)))
+#: The frame without its ``id:`` line, shared by multi-channel connections.
+SSE_BODY = Encoding("sse-body", _body)
+
+
+class SSEKeepalive:
+    """Writes a ``: ping`` comment to every open SSE connection each ``period`` seconds.
+
+    One task serves all connections; it starts with the first and stops
+    after the last, so nothing runs while no stream is open.
+    """
+
+    def __init__(self, period: float) -> None:
+        if period <= 0:
+            raise ValueError(f"keepalive period must be > 0 seconds, not {period}")
+        self.period = period
+        self._connections: dict[_Connection, None] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, connection: _Connection) -> None:
+        self._connections[connection] = None
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="tidings-sse-keepalive"
+            )
+
+    def discard(self, connection: _Connection) -> None:
+        self._connections.pop(connection, None)
+
+    async def _run(self) -> None:
+        while self._connections:
+            await asyncio.sleep(self.period)
+            for connection in list(self._connections):
+                try:
+                    connection.ping()
+                except Exception:
+                    logger.exception("keepalive ping failed")
+        self._task = None
+
+
+class _Connection:
+    """One SSE connection once subscribed: encoder, cursor and flow-control listener."""
+
+    __slots__ = ("chunked", "fast", "ping_due", "positions", "subscription")
+
+    def __init__(
+        self, subscription: Subscription, positions: dict[str, Position], *, chunked: bool
+    ) -> None:
+        self.subscription = subscription
+        self.positions = positions
+        self.chunked = chunked
+        self.fast: FastWrite | None = None
+        self.ping_due = False
+
+    def encoder(self) -> Callable[[Item], bytes]:
+        if len(self.positions) == 1:
+            return SSE_CHUNK if self.chunked else SSE_FRAME
+        return self.encode_multi
+
+    def encode_multi(self, item: Item) -> bytes:
+        # The id is the whole connection's cursor with the event's own
+        # channel first, so a client can tell which channel an event is from.
+        positions = self.positions
+        channel = item.channel
+        position = item.position if isinstance(item, Reset) else Position(item.epoch, item.offset)
+        positions[channel] = position
+        cursor = ",".join(
+            [f"{channel}:{position.epoch}:{position.offset}"]
+            + [
+                f"{name}:{epoch}:{offset}"
+                for name, (epoch, offset) in positions.items()
+                if name != channel
+            ]
+        )
+        frame = b"id: " + cursor.encode() + b"\n" + SSE_BODY(item)
+        return _chunk(frame) if self.chunked else frame
+
+    # Fast-path listener: called by the protocol (server/fastwrite.py).
+    def pause_writing(self) -> None:
+        self.subscription.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.subscription.resume_writing()
+
+    def connection_lost(self) -> None:
+        self.subscription.close(CloseReason.DISCONNECT)
+
+    def shutdown(self) -> None:
+        self.subscription.close(CloseReason.SHUTDOWN)
+
+    def ping(self) -> None:
+        fast = self.fast
+        if fast is not None:
+            if self.subscription._write is not None:
+                fast.write(PING_CHUNK)
+        else:
+            self.ping_due = True
+            self.subscription.wakeup()
+
+
+class SSEStream:
+    """An ASGI app that streams hub channels to one client as Server-Sent Events.
+
+    Args:
+        hub: The hub to subscribe to.
+        channels: Channel names, already validated.
+        cursor: Where to resume each channel (from ``Last-Event-ID``); channels
+            not in it start live.
+        retry: The reconnection delay to announce, in seconds.
+        keepalive: Sends the ``: ping`` comments; ``None`` sends none.
+        outbox_max_bytes: Bound of the connection's outbox (hub default if None).
+        overflow: Slow-consumer policy (hub default if None).
+        headers: Extra response headers.
+        on_open: Called with +1 when the stream starts and -1 when it ends.
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        channels: Iterable[str],
+        *,
+        cursor: Mapping[str, Position] | None = None,
+        retry: float = 3.0,
+        keepalive: SSEKeepalive | None = None,
+        outbox_max_bytes: int | None = None,
+        overflow: OverflowPolicy | str | None = None,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+        on_open: Callable[[int], None] | None = None,
+    ) -> None:
+        self.hub = hub
+        self.channels = list(channels)
+        if not self.channels:
+            raise ValueError("an SSE stream needs at least one channel")
+        self.cursor = dict(cursor or {})
+        self.retry_ms = round(retry * 1000)
+        self.keepalive = keepalive
+        self.outbox_max_bytes = outbox_max_bytes
+        self.overflow = overflow
+        self.headers = [*SSE_HEADERS, *headers]
+        self.on_open = on_open
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("method") == "HEAD":
+            await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        subscription = self.hub.subscription(max_bytes=self.outbox_max_bytes, policy=self.overflow)
+        try:
+            positions: dict[str, Position] = {}
+            try:
+                for channel in self.channels:
+                    since = self.cursor.get(channel)
+                    subscribed = await subscription.add(channel, since=since)
+                    # The first id names the position before any replay, so a
+                    # client that drops now resumes without missing the replay.
+                    positions[channel] = since if since is not None else subscribed.position
+            except TidingsError as exc:
+                await error_response(exc)(scope, receive, send)
+                return
+            fast: FastWrite | None = scope.get("extensions", {}).get(FAST_WRITE)
+            connection = _Connection(subscription, positions, chunked=fast is not None)
+            head = encode_event(retry=self.retry_ms, id=encode_cursor(positions))
+            await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+            await send({"type": "http.response.body", "body": head, "more_body": True})
+            if self.on_open is not None:
+                self.on_open(1)
+            if self.keepalive is not None:
+                self.keepalive.add(connection)
+            try:
+                if fast is not None:
+                    await self._serve_fast(connection, fast, send)
+                else:
+                    await self._serve_asgi(connection, receive, send)
+            finally:
+                if self.keepalive is not None:
+                    self.keepalive.discard(connection)
+                if self.on_open is not None:
+                    self.on_open(-1)
+        finally:
+            subscription.close()
+
+    async def _serve_fast(self, connection: _Connection, fast: FastWrite, send: Send) -> None:
+        connection.fast = fast
+        subscription = connection.subscription
+        write = fast.attach(connection)
+        if write is None:  # the peer is already gone
+            subscription.close(CloseReason.DISCONNECT)
+            return
+        if fast.paused:
+            subscription.pause_writing()
+        subscription.attach_writer(write, connection.encoder())
+        reason = await subscription.wait_closed()
+        fast.detach()
+        if reason is CloseReason.SLOW_CONSUMER:
+            fast.abort()
+        elif reason is not CloseReason.DISCONNECT:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _serve_asgi(self, connection: _Connection, receive: Receive, send: Send) -> None:
+        subscription = connection.subscription
+        encode = connection.encoder()
+        task = asyncio.current_task()
+        assert task is not None
+        blocked = _Blocked()
+
+        def cut(_: Subscription) -> None:
+            # A plain ASGI server applies backpressure by not returning from
+            # send(); meanwhile the outbox fills and, on overflow, the
+            # subscription closes. A send blocked then must be abandoned.
+            if blocked.sending:
+                blocked.cut = True
+                task.cancel()
+
+        subscription.on_close(cut)
+        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, subscription))
+        try:
+            while True:
+                await subscription.wait()
+                items = subscription.take()
+                if items:
+                    body = b"".join([encode(item) for item in items])
+                elif connection.ping_due:
+                    body = PING
+                else:
+                    body = b""
+                connection.ping_due = False
+                if subscription.closed:
+                    break
+                if body:
+                    blocked.sending = True
+                    try:
+                        await send({"type": "http.response.body", "body": body, "more_body": True})
+                    except asyncio.CancelledError:
+                        if not blocked.cut:
+                            raise
+                        task.uncancel()
+                        break
+                    finally:
+                        blocked.sending = False
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        if subscription.close_reason is CloseReason.SHUTDOWN:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        # On slow_consumer the response stays incomplete on purpose: the
+        # server closes the connection, and the client resumes from its cursor.
+
+
+class _Blocked:
+    __slots__ = ("cut", "sending")
+
+    def __init__(self) -> None:
+        self.sending = False
+        self.cut = False
+
+
+async def _watch_disconnect(receive: Receive, subscription: Subscription) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            subscription.close(CloseReason.DISCONNECT)
+            return
+
+
+class SSEEndpoint:
+    """``GET /sse?channel=a&channel=b`` and ``GET /sse/{channel}``.
+
+    Reads the channels and the resume cursor (``Last-Event-ID`` header first,
+    then ``?last_event_id=``: a reconnecting browser keeps the original URL
+    and sends the header) and runs an :class:`SSEStream`. Bad input gets a
+    400 with a JSON error body before anything is subscribed.
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        retry: float,
+        keepalive: SSEKeepalive | None,
+        max_channels: int,
+        outbox_max_bytes: int | None = None,
+        overflow: OverflowPolicy | str | None = None,
+        on_open: Callable[[int], None] | None = None,
+    ) -> None:
+        self.hub = hub
+        self.retry = retry
+        self.keepalive = keepalive
+        self.max_channels = max_channels
+        self.outbox_max_bytes = outbox_max_bytes
+        self.overflow = overflow
+        self.on_open = on_open
+
+    def parse(self, scope: Scope) -> tuple[list[str], dict[str, Position]]:
+        """Return the channels and cursor of a request, or raise a TidingsError."""
+        path_channel = scope.get("path_params", {}).get("channel")
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        if path_channel is not None:
+            names = [path_channel]
+        else:
+            names = [value for key, value in query if key == "channel"]
+            if not names:
+                raise ProtocolError("at least one ?channel= is required")
+        channels = list(dict.fromkeys(validate_channel(name) for name in names))
+        if len(channels) > self.max_channels:
+            raise ProtocolError(f"at most {self.max_channels} channels per connection")
+        for channel in channels:
+            if not self.hub.options(channel).subscribe:
+                raise PermissionDenied(channel, "subscribe")
+        cursor_text = None
+        for key, value in scope.get("headers", ()):
+            if key == b"last-event-id":
+                cursor_text = value.decode("latin-1")
+        if cursor_text is None:
+            cursor_text = next((value for key, value in query if key == "last_event_id"), "")
+        return channels, decode_cursor(cursor_text)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            channels, cursor = self.parse(scope)
+        except TidingsError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        stream = SSEStream(
+            self.hub,
+            channels,
+            cursor=cursor,
+            retry=self.retry,
+            keepalive=self.keepalive,
+            outbox_max_bytes=self.outbox_max_bytes,
+            overflow=self.overflow,
+            on_open=self.on_open,
+        )
+        await stream(scope, receive, send)

@@ -1,0 +1,57 @@
+"""The ``tidings.write`` ASGI scope extension: its name and interface.
+
+A server that can write pre-encoded bytes straight to a connection's
+transport puts an object with this interface in
+``scope["extensions"]["tidings.write"]``. ``tidings serve`` does so through
+the protocol classes in ``server/fastwrite.py``; under any other server the
+extension is absent and the transports use plain ASGI ``send``.
+
+Bytes written must already be framed for the connection: an HTTP/1.1 chunk
+for a streaming response (after ``http.response.start`` went through ASGI),
+a whole WebSocket frame for a WebSocket (after ``websocket.accept``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+__all__ = ["FAST_WRITE", "FastWrite", "WriteListener"]
+
+FAST_WRITE = "tidings.write"
+
+
+class WriteListener(Protocol):
+    """What the transport tells the code that writes to it."""
+
+    def pause_writing(self) -> None:
+        """The transport buffer is above its high-water mark: stop writing."""
+
+    def resume_writing(self) -> None:
+        """The transport buffer drained: writing may resume."""
+
+    def connection_lost(self) -> None:
+        """The peer went away; nothing written from now on is sent."""
+
+    def shutdown(self) -> None:
+        """The server is shutting down: finish the response or close the socket."""
+
+
+class FastWrite(Protocol):
+    """Direct access to one connection's transport."""
+
+    @property
+    def paused(self) -> bool:
+        """Whether the transport is above its high-water mark now."""
+
+    def attach(self, listener: WriteListener) -> Callable[[bytes], object] | None:
+        """Register ``listener`` and return the transport's ``write``; ``None`` if closed."""
+
+    def detach(self) -> None:
+        """Stop notifying the listener."""
+
+    def write(self, data: bytes) -> None:
+        """Write framed bytes now."""
+
+    def abort(self) -> None:
+        """Close the connection at once, dropping anything buffered."""

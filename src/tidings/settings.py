@@ -1,0 +1,188 @@
+"""Settings: defaults < TOML file < ``TIDINGS_*`` environment variables.
+
+One frozen :class:`Settings` object, loaded once by :func:`load_settings` and
+read by ``server/`` and the CLI only; the hub takes plain values. Every field
+is documented in ``docs/reference/settings.md``.
+
+A TOML file holds the fields at the top level and namespaces in tables::
+
+    port = 8080
+    history_size = 500
+
+    [namespaces.chat]
+    history_size = 100
+    publish = false
+
+Each top-level field can be overridden by an environment variable named
+``TIDINGS_`` + the field name in capitals (``TIDINGS_PORT=8080``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from tidings.hub.names import NamespaceOptions, Namespaces
+from tidings.hub.subscription import OverflowPolicy
+
+__all__ = ["Settings", "SettingsError", "load_settings"]
+
+ENV_PREFIX = "TIDINGS_"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+BACKENDS = ("memory", "redis")
+
+
+class SettingsError(ValueError):
+    """A setting has a value Tidings cannot use; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of a Tidings server (see ``docs/reference/settings.md``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+    backend: str = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "tidings"
+    history_size: int = 1000
+    history_ttl: float = 300.0
+    idempotency_window: float = 300.0
+    outbox_max_bytes: int = 1024 * 1024
+    overflow: str = "disconnect"
+    sse_retry: float = 3.0
+    sse_keepalive: float = 15.0
+    max_body_bytes: int = 64 * 1024
+    max_channels: int = 64
+    fast_write: bool = True
+    demo: bool = True
+    namespaces: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise SettingsError(f"port must be 0-65535, not {self.port}")
+        if self.log_level not in LOG_LEVELS:
+            raise SettingsError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+        if self.backend not in BACKENDS:
+            raise SettingsError(
+                f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}"
+            )
+        if self.overflow not in {policy.value for policy in OverflowPolicy}:
+            raise SettingsError(f"overflow must be 'disconnect' or 'drop', not {self.overflow!r}")
+        for name in ("outbox_max_bytes", "max_body_bytes", "max_channels"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be > 0")
+        for name in ("sse_retry", "sse_keepalive", "history_ttl", "idempotency_window"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be > 0 seconds")
+        if self.history_size < 0:
+            raise SettingsError("history_size must be >= 0")
+        self.namespace_options()  # refuse bad namespace tables now, not at first use
+
+    def namespace_options(self) -> Namespaces:
+        """Build the hub's per-namespace options from these settings."""
+        default = NamespaceOptions(history_size=self.history_size, history_ttl=self.history_ttl)
+        allowed = {f.name for f in fields(NamespaceOptions)}
+        by_name = {}
+        for name, table in self.namespaces.items():
+            if not isinstance(table, Mapping):
+                raise SettingsError(f"namespaces.{name} must be a table")
+            unknown = set(table) - allowed
+            if unknown:
+                raise SettingsError(
+                    f"namespaces.{name}: unknown setting(s) {', '.join(sorted(unknown))}; "
+                    f"known: {', '.join(sorted(allowed))}"
+                )
+            try:
+                by_name[name] = dataclasses.replace(default, **table)
+            except (TypeError, ValueError) as exc:
+                raise SettingsError(f"namespaces.{name}: {exc}") from exc
+        try:
+            return Namespaces(default=default, by_name=by_name)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from exc
+
+
+_FIELDS = {f.name: f for f in fields(Settings)}
+_SCALAR_TYPES: dict[str, type] = {
+    name: {"int": int, "float": float, "bool": bool, "str": str}[str(f.type)]
+    for name, f in _FIELDS.items()
+    if name != "namespaces"
+}
+
+
+def _convert(name: str, value: Any, source: str) -> Any:
+    kind = _SCALAR_TYPES[name]
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+    elif kind is float and isinstance(value, int | float | str) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    elif kind is int and isinstance(value, int | str) and not isinstance(value, bool):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    elif kind is str and isinstance(value, str):
+        return value
+    raise SettingsError(f"{source}: {name} must be a {kind.__name__}, not {value!r}")
+
+
+def load_settings(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Load settings: defaults, then the TOML file at ``path``, then the environment.
+
+    ``overrides`` (command-line flags) win over everything; a ``None`` value
+    means "not given". ``TIDINGS_CONFIG`` names the file when ``path`` is None.
+
+    Raises:
+        SettingsError: an unknown setting, a value of the wrong type, a file
+            that is missing or not valid TOML.
+    """
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    path = path or env.get(ENV_PREFIX + "CONFIG") or None
+    if path is not None:
+        source = str(path)
+        try:
+            document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise SettingsError(f"cannot read settings file {source}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{source} is not valid TOML: {exc}") from exc
+        for name, value in document.items():
+            if name not in _FIELDS:
+                raise SettingsError(f"{source}: unknown setting {name!r}")
+            if name == "namespaces":
+                if not isinstance(value, dict):
+                    raise SettingsError(f"{source}: namespaces must be a table of tables")
+                values[name] = value
+            else:
+                values[name] = _convert(name, value, source)
+    for name in _SCALAR_TYPES:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = _convert(name, raw, ENV_PREFIX + name.upper())
+    for name, value in overrides.items():
+        if name not in _FIELDS:
+            raise SettingsError(f"unknown setting {name!r}")
+        if value is not None:
+            values[name] = _convert(name, value, "command line") if name in _SCALAR_TYPES else value
+    return Settings(**values)

@@ -1,0 +1,177 @@
+"""hub/hub.py: publishing rules, subscribe with cursors, cleanup, stats."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.support.env import TIMEOUT
+from tidings import Event, Hub, InvalidChannel, InvalidPublication, Position, Reset
+
+
+async def test_bad_channel_names_are_refused() -> None:
+    async with Hub() as hub:
+        for bad in ("", "a b", "x" * 256, "é", "a\nb", "a,b"):
+            with pytest.raises(InvalidChannel):
+                await hub.publish(bad, 1)
+            with pytest.raises(InvalidChannel):
+                async with hub.subscribe(bad):
+                    pass
+        with pytest.raises(InvalidChannel, match="must be a string"):
+            await hub.publish(5, 1)  # type: ignore[arg-type]
+        assert hub.stats().published == 0
+        assert hub.stats().subscriptions == 0
+        assert await hub.channels() == []
+
+
+async def test_valid_channel_names() -> None:
+    async with Hub() as hub:
+        for good in ("a", "chat:room-1", "user@example.com/inbox", "x" * 255, "a:b:c", "A_Z.0"):
+            assert (await hub.publish(good, 1)).offset == 1
+
+
+async def test_bad_publications_are_refused_and_publish_nothing() -> None:
+    async with Hub() as hub:
+        with pytest.raises(InvalidPublication, match="JSON"):
+            await hub.publish("a", {1, 2})  # type: ignore[arg-type]
+        with pytest.raises(InvalidPublication, match="UTF-8"):
+            await hub.publish("a", text=b"\xff")
+        with pytest.raises(InvalidPublication, match="reserved"):
+            await hub.publish("a", 1, event="reset")
+        with pytest.raises(InvalidPublication, match="event type"):
+            await hub.publish("a", 1, event="has space")
+        with pytest.raises(InvalidPublication, match="key"):
+            await hub.publish("a", 1, key="")
+        with pytest.raises(TypeError, match="data or text"):
+            await hub.publish("a", 1, text="x")
+        assert (await hub.position("a")).offset == 0
+
+
+async def test_subscribe_several_channels_with_a_cursor() -> None:
+    async with Hub() as hub:
+        a = await hub.publish("a", "a1")
+        b = await hub.publish("b", "b1")
+        await hub.publish("a", "a2")
+        cursor = {"a": a, "b": Position(b.epoch, 0)}
+        async with hub.subscribe("a", "b", "c", since=cursor) as subscription:
+            await hub.publish("c", "c1")
+            items = [await anext(subscription) for _ in range(3)]
+        assert [(item.channel, item.data) for item in items] == [  # type: ignore[union-attr]
+            ("a", "a2"),
+            ("b", "b1"),
+            ("c", "c1"),
+        ]
+
+
+async def test_a_single_position_needs_a_single_channel() -> None:
+    async with Hub() as hub:
+        with pytest.raises(TypeError, match="exactly one channel"):
+            async with hub.subscribe("a", "b", since=Position("e", 1)):
+                pass
+        assert hub.stats().subscriptions == 0
+
+
+async def test_reset_is_queued_before_live_events() -> None:
+    async with Hub() as hub:
+        await hub.publish("a", 1)
+        async with hub.subscribe("a", since=Position("old", 5)) as subscription:
+            await hub.publish("a", 2)
+            first, second = await anext(subscription), await anext(subscription)
+        assert isinstance(first, Reset)
+        assert first.position.offset == 1
+        assert isinstance(second, Event)
+        assert second.offset == 2
+
+
+async def test_cancelled_consumer_releases_its_subscription() -> None:
+    async with Hub() as hub:
+        started = asyncio.Event()
+
+        async def consume() -> None:
+            async with hub.subscribe("a", "b"):
+                started.set()
+                await asyncio.Event().wait()
+
+        task = asyncio.create_task(consume())
+        await asyncio.wait_for(started.wait(), TIMEOUT)
+        assert hub.stats().subscribers == 2
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        stats = hub.stats()
+        assert (stats.subscriptions, stats.subscribers, stats.channels) == (0, 0, 0)
+
+
+async def test_failing_consumer_releases_its_subscription() -> None:
+    async with Hub() as hub:
+        with pytest.raises(ZeroDivisionError):
+            async with hub.subscribe("a") as subscription:
+                await hub.publish("a", 0)
+                item = await anext(subscription)
+                1 / item.data  # type: ignore[union-attr]
+        assert hub.stats().subscriptions == 0
+        assert hub.subscriber_count("a") == 0
+
+
+async def test_a_failing_delivery_does_not_stop_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with Hub() as hub:
+        good = hub.subscription()
+        bad = hub.subscription()
+        await bad.add("a")
+        await good.add("a")
+
+        def broken(data: bytes) -> None:
+            raise OSError("broken pipe")
+
+        bad.attach_writer(broken, lambda item: b"x")
+        await hub.publish("a", 1)
+        assert bad.closed
+        assert [item.offset for item in good.take()] == [1]  # type: ignore[union-attr]
+        assert "delivery to" in caplog.text
+        good.close()
+
+
+async def test_closing_during_fan_out_does_not_disturb_it() -> None:
+    async with Hub() as hub:
+        subscriptions = [hub.subscription() for _ in range(5)]
+        for subscription in subscriptions:
+            await subscription.add("a")
+
+        def close_all(data: bytes) -> None:
+            for subscription in subscriptions:
+                subscription.close()
+
+        subscriptions[0].attach_writer(close_all, lambda item: b"x")
+        await hub.publish("a", 1)
+        assert hub.subscriber_count("a") == 0
+        await hub.publish("a", 2)
+
+
+async def test_stats_count_publishes_deliveries_and_subscribers() -> None:
+    async with Hub() as hub:
+        async with hub.subscribe("a") as one, hub.subscribe("a", "b") as two:
+            await hub.publish("a", 1)
+            await hub.publish("b", 2)
+            await hub.publish("nobody", 3)
+            stats = hub.stats()
+            assert stats.published == 3
+            assert stats.delivered == 3
+            assert stats.subscriptions == 2
+            assert stats.subscribers == 3
+            assert stats.channels == 2
+            assert one.pending_bytes
+            assert two.pending_bytes
+        channels = {summary.channel: summary for summary in await hub.channels()}
+        assert set(channels) == {"a", "b", "nobody"}
+        assert channels["a"].position.offset == 1
+        assert channels["a"].subscribers == 0
+
+
+async def test_options_must_be_sane() -> None:
+    with pytest.raises(ValueError, match="outbox_max_bytes"):
+        Hub(outbox_max_bytes=0)
+    with pytest.raises(ValueError, match="disconnect"):
+        Hub(overflow="explode")
