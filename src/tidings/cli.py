@@ -139,7 +139,7 @@ def _publish(args: argparse.Namespace) -> int:
 def _listen(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from tidings.client.sse import ConnectionState, Message, Reset, listen
+    from tidings.client.sse import ConnectionState, Reset, listen
     from tidings.errors import ReconnectExhausted, StreamRejected
 
     console = Console(highlight=False)
@@ -151,47 +151,46 @@ def _listen(args: argparse.Namespace) -> int:
         elif state is ConnectionState.OPEN:
             errors.print(f"[green]listening to {', '.join(args.channels)} on {args.url}[/]")
 
+    def emit(document: dict[str, Any]) -> None:
+        sys.stdout.write(orjson.dumps(document).decode() + "\n")
+        sys.stdout.flush()
+
     async def run() -> None:
         async with listen(
             args.url, args.channels, last_event_id=args.last_event_id, on_state=on_state
         ) as events:
             async for item in events:
                 if isinstance(item, Reset):
-                    line = {
-                        "reset": item.channel,
-                        "epoch": item.position.epoch,
-                        "offset": item.position.offset,
-                        "reason": item.reason,
-                    }
                     if args.json:
-                        console.print_json(orjson.dumps(line).decode())
+                        emit(
+                            {
+                                "reset": item.channel,
+                                "epoch": item.position.epoch,
+                                "offset": item.position.offset,
+                                "reason": item.reason,
+                            }
+                        )
                     else:
                         errors.print(
                             f"[red]reset {item.channel}: {item.reason}, "
-                            f"continuing after {item.position.offset}[/]"
+                            f"continuing after #{item.position.offset}[/]"
                         )
-                    continue
-                assert isinstance(item, Message)
-                if args.json:
-                    sys.stdout.write(
-                        orjson.dumps(
-                            {
-                                "channel": item.channel,
-                                "offset": item.offset,
-                                "event": item.type,
-                                "data": item.data,
-                                "id": item.id,
-                            }
-                        ).decode()
-                        + "\n"
+                elif args.json:
+                    emit(
+                        {
+                            "channel": item.channel,
+                            "offset": item.offset,
+                            "event": item.type,
+                            "data": item.data,
+                            "id": item.id,
+                        }
                     )
-                    sys.stdout.flush()
                 else:
                     console.print(
-                        f"[bold]{item.channel}[/] #{item.offset} [cyan]{item.type}[/] {item.data}",
-                        markup=True,
-                        soft_wrap=True,
+                        f"[bold]{item.channel}[/] #{item.offset} [cyan]{item.type}[/] ",
+                        end="",
                     )
+                    console.out(item.data, highlight=False)
 
     try:
         asyncio.run(run())

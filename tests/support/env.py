@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
+from collections.abc import Awaitable, Callable
 from typing import NoReturn
 
 import pytest
@@ -18,3 +21,24 @@ def unavailable(reason: str) -> NoReturn:
     if STRICT:
         pytest.fail(f"TIDINGS_STRICT=1 and {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    *,
+    timeout: float = TIMEOUT,
+    interval: float = 0.02,
+) -> None:
+    """Wait until ``check()`` is true, for state that can only be observed by asking.
+
+    The one polling helper of the suite: use it for another process's state
+    (stats over HTTP, RSS); inside one process, wait on an event instead.
+    """
+    async with asyncio.timeout(timeout):
+        while True:
+            result = check()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:
+                return
+            await asyncio.sleep(interval)

@@ -29,7 +29,7 @@ from tidings.errors import (
 )
 from tidings.wire.codes import ErrorCode
 
-__all__ = ["HTTP_STATUS", "error_response", "http_status"]
+__all__ = ["CODE_STATUS", "HTTP_STATUS", "error_response", "http_status"]
 
 #: Checked in order; the first class an error is an instance of decides.
 HTTP_STATUS: tuple[tuple[type[TidingsError], int], ...] = (
@@ -47,8 +47,17 @@ HTTP_STATUS: tuple[tuple[type[TidingsError], int], ...] = (
 )
 
 
+#: Codes whose status is more precise than their class's.
+CODE_STATUS: dict[str, int] = {
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
+    ErrorCode.RATE_LIMITED: 429,
+}
+
+
 def http_status(exc: TidingsError) -> int:
     """Return the HTTP status for ``exc`` (500 when no row matches)."""
+    if exc.code in CODE_STATUS:
+        return CODE_STATUS[exc.code]
     for cls, status in HTTP_STATUS:
         if isinstance(exc, cls):
             return status

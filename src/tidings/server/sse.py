@@ -107,8 +107,8 @@ SSE_BODY = Encoding("sse-body", _body)
 class SSEKeepalive:
     """Writes a ``: ping`` comment to every open SSE connection each ``period`` seconds.
 
-    One task serves all connections; it starts with the first and stops
-    after the last, so nothing runs while no stream is open.
+    One task serves all connections; it starts with the first and is
+    cancelled with the last, so nothing runs while no stream is open.
     """
 
     def __init__(self, period: float) -> None:
@@ -127,16 +127,18 @@ class SSEKeepalive:
 
     def discard(self, connection: _Connection) -> None:
         self._connections.pop(connection, None)
+        if not self._connections and self._task is not None:
+            self._task.cancel()
+            self._task = None
 
     async def _run(self) -> None:
-        while self._connections:
+        while True:
             await asyncio.sleep(self.period)
             for connection in list(self._connections):
                 try:
                     connection.ping()
                 except Exception:
                     logger.exception("keepalive ping failed")
-        self._task = None
 
 
 class _Connection:

@@ -1,0 +1,36 @@
+"""Each public package's __all__ is sorted, complete and importable."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+PACKAGES = ["tidings", "tidings.hub", "tidings.server", "tidings.client", "tidings.errors"]
+
+
+@pytest.mark.parametrize("name", PACKAGES)
+def test_all_is_sorted_and_importable(name: str) -> None:
+    module = importlib.import_module(name)
+    exported = list(module.__all__)
+    assert exported == sorted(exported), f"{name}.__all__ is not sorted"
+    for attribute in exported:
+        assert hasattr(module, attribute), f"{name}.{attribute} is missing"
+
+
+def test_top_level_exports_every_error() -> None:
+    import tidings
+    import tidings.errors
+
+    public_errors = {
+        "BackendUnavailable",
+        "InvalidChannel",
+        "InvalidCursor",
+        "InvalidPublication",
+        "PermissionDenied",
+        "PublishError",
+        "SubscriptionClosed",
+        "TidingsError",
+    }
+    assert public_errors <= set(tidings.__all__)
+    assert set(tidings.errors.__all__) >= public_errors

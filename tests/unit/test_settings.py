@@ -1,0 +1,81 @@
+"""settings.py: defaults < TOML < environment < flags, and clear errors for bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tidings.hub import NamespaceOptions
+from tidings.settings import Settings, SettingsError, load_settings
+
+
+def test_defaults() -> None:
+    settings = load_settings(env={})
+    assert settings == Settings()
+    assert (settings.host, settings.port, settings.backend) == ("127.0.0.1", 8000, "memory")
+    assert settings.max_body_bytes == 64 * 1024
+    assert settings.sse_keepalive == 15.0
+
+
+def test_file_then_env_then_flags(tmp_path: Path) -> None:
+    path = tmp_path / "tidings.toml"
+    path.write_text(
+        "port = 9000\nhistory_size = 50\nsse_retry = 1\n"
+        "[namespaces.chat]\nhistory_size = 5\npublish = false\n"
+    )
+    settings = load_settings(path, env={"TIDINGS_PORT": "9001", "TIDINGS_FAST_WRITE": "off"})
+    assert settings.port == 9001
+    assert settings.history_size == 50
+    assert settings.sse_retry == 1.0
+    assert settings.fast_write is False
+    namespaces = settings.namespace_options()
+    assert namespaces.options("chat:1") == NamespaceOptions(history_size=5, publish=False)
+    assert namespaces.options("other").history_size == 50
+    flags = load_settings(path, env={"TIDINGS_PORT": "9001"}, port=9002, host=None)
+    assert (flags.port, flags.host) == (9002, "127.0.0.1")
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    path = tmp_path / "x.toml"
+    path.write_text('log_level = "debug"\n')
+    assert load_settings(env={"TIDINGS_CONFIG": str(path)}).log_level == "debug"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("nope = 1\n", "unknown setting 'nope'"),
+        ('port = "x"\n', "port must be a int"),
+        ("port = 70000\n", "port must be 0-65535"),
+        ('backend = "kafka"\n', "backend must be one of"),
+        ('overflow = "explode"\n', "overflow must be"),
+        ("sse_keepalive = 0\n", "sse_keepalive must be > 0"),
+        ("max_body_bytes = -1\n", "max_body_bytes must be > 0"),
+        ("[namespaces.chat]\nhistory_sise = 1\n", "unknown setting(s) history_sise"),
+        ("[namespaces.chat]\nhistory_size = -1\n", "history_size must be >= 0"),
+        ("namespaces = 3\n", "namespaces must be a table"),
+        ("port = [\n", "not valid TOML"),
+    ],
+)
+def test_bad_files_are_refused_with_a_clear_message(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(
+        SettingsError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+    ):
+        load_settings(path, env={})
+
+
+def test_bad_environment_values() -> None:
+    with pytest.raises(SettingsError, match="TIDINGS_PORT: port must be a int"):
+        load_settings(env={"TIDINGS_PORT": "eighty"})
+    with pytest.raises(SettingsError, match="fast_write must be a bool"):
+        load_settings(env={"TIDINGS_FAST_WRITE": "maybe"})
+
+
+def test_missing_file() -> None:
+    with pytest.raises(SettingsError, match="cannot read settings file"):
+        load_settings("/nonexistent/tidings.toml", env={})
