@@ -50,6 +50,19 @@ class _HTTPFastWrite:
     def abort(self) -> None:
         self._protocol.transport.abort()
 
+    def close(self) -> None:
+        self._protocol.transport.close()
+
+    def hand_off(self) -> None:
+        protocol = self._protocol
+        protocol.handed_off = True
+        # uvicorn then neither logs nor closes when the app returns, and the
+        # request's scope and body buffers can go.
+        protocol.cycle.response_complete = True
+        protocol.cycle.scope = None  # type: ignore[assignment]
+        protocol.scope = None  # type: ignore[assignment]
+        protocol.headers = None  # type: ignore[assignment]
+
 
 class FastHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol plus the ``tidings.write`` extension."""
@@ -57,6 +70,12 @@ class FastHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fast_listener: WriteListener | None = None
+        self.handed_off = False
+
+    def data_received(self, data: bytes) -> None:
+        if self.handed_off:
+            return  # a handed-off stream reads nothing more; EOF still ends it
+        super().data_received(data)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -80,6 +99,7 @@ class FastHttpToolsProtocol(HttpToolsProtocol):
             listener.connection_lost()
 
     def shutdown(self) -> None:
+        listener = self.fast_listener
+        if listener is not None:
+            listener.shutdown()
         super().shutdown()
-        if self.fast_listener is not None:
-            self.fast_listener.shutdown()

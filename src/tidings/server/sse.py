@@ -144,16 +144,63 @@ class SSEKeepalive:
 class _Connection:
     """One SSE connection once subscribed: encoder, cursor and flow-control listener."""
 
-    __slots__ = ("chunked", "fast", "ping_due", "positions", "subscription")
+    __slots__ = ("chunked", "fast", "keepalive", "on_open", "ping_due", "positions", "subscription")
 
     def __init__(
-        self, subscription: Subscription, positions: dict[str, Position], *, chunked: bool
+        self,
+        subscription: Subscription,
+        positions: dict[str, Position],
+        *,
+        chunked: bool,
+        keepalive: SSEKeepalive | None,
+        on_open: Callable[[int], None] | None,
     ) -> None:
         self.subscription = subscription
         self.positions = positions
         self.chunked = chunked
+        self.keepalive = keepalive
+        self.on_open = on_open
         self.fast: FastWrite | None = None
         self.ping_due = False
+
+    def opened(self) -> None:
+        if self.on_open is not None:
+            self.on_open(1)
+        if self.keepalive is not None:
+            self.keepalive.add(self)
+
+    def closed(self) -> None:
+        if self.keepalive is not None:
+            self.keepalive.discard(self)
+        if self.on_open is not None:
+            self.on_open(-1)
+
+    def hand_off(self, fast: FastWrite) -> bool:
+        """Give the connection to the transport; False if the peer is gone already."""
+        subscription = self.subscription
+        write = fast.attach(self)
+        if write is None:
+            return False
+        self.fast = fast
+        if fast.paused:
+            subscription.pause_writing()
+        subscription.attach_writer(write, self.encoder())
+        subscription.on_close(self.finish)
+        fast.hand_off()
+        return True
+
+    def finish(self, subscription: Subscription) -> None:
+        """End a handed-off stream according to why its subscription closed."""
+        fast = self.fast
+        assert fast is not None
+        fast.detach()
+        self.closed()
+        reason = subscription.close_reason
+        if reason is CloseReason.SLOW_CONSUMER:
+            fast.abort()  # drop what is buffered: that is the memory we protect
+        elif reason is not CloseReason.DISCONNECT:
+            fast.write(b"0\r\n\r\n")  # the last chunk: a clean end of the response
+            fast.close()
 
     def encoder(self) -> Callable[[Item], bytes]:
         if len(self.positions) == 1:
@@ -258,46 +305,32 @@ class SSEStream:
                     # client that drops now resumes without missing the replay.
                     positions[channel] = since if since is not None else subscribed.position
             except TidingsError as exc:
+                subscription.close()
                 await error_response(exc)(scope, receive, send)
                 return
             fast: FastWrite | None = scope.get("extensions", {}).get(FAST_WRITE)
-            connection = _Connection(subscription, positions, chunked=fast is not None)
+            connection = _Connection(
+                subscription,
+                positions,
+                chunked=fast is not None,
+                keepalive=self.keepalive,
+                on_open=self.on_open,
+            )
             head = encode_event(retry=self.retry_ms, id=encode_cursor(positions))
             await send({"type": "http.response.start", "status": 200, "headers": self.headers})
             await send({"type": "http.response.body", "body": head, "more_body": True})
-            if self.on_open is not None:
-                self.on_open(1)
-            if self.keepalive is not None:
-                self.keepalive.add(connection)
-            try:
-                if fast is not None:
-                    await self._serve_fast(connection, fast, send)
-                else:
-                    await self._serve_asgi(connection, receive, send)
-            finally:
-                if self.keepalive is not None:
-                    self.keepalive.discard(connection)
-                if self.on_open is not None:
-                    self.on_open(-1)
+        except BaseException:
+            subscription.close()
+            raise
+        connection.opened()
+        if fast is not None and connection.hand_off(fast):
+            # The transport owns the stream now; connection.finish() ends it.
+            return
+        try:
+            await self._serve_asgi(connection, receive, send)
         finally:
             subscription.close()
-
-    async def _serve_fast(self, connection: _Connection, fast: FastWrite, send: Send) -> None:
-        connection.fast = fast
-        subscription = connection.subscription
-        write = fast.attach(connection)
-        if write is None:  # the peer is already gone
-            subscription.close(CloseReason.DISCONNECT)
-            return
-        if fast.paused:
-            subscription.pause_writing()
-        subscription.attach_writer(write, connection.encoder())
-        reason = await subscription.wait_closed()
-        fast.detach()
-        if reason is CloseReason.SLOW_CONSUMER:
-            fast.abort()
-        elif reason is not CloseReason.DISCONNECT:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            connection.closed()
 
     async def _serve_asgi(self, connection: _Connection, receive: Receive, send: Send) -> None:
         subscription = connection.subscription

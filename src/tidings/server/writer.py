@@ -55,3 +55,16 @@ class FastWrite(Protocol):
 
     def abort(self) -> None:
         """Close the connection at once, dropping anything buffered."""
+
+    def close(self) -> None:
+        """Close the connection once what is buffered has been sent."""
+
+    def hand_off(self) -> None:
+        """The response goes on after the ASGI call returns.
+
+        From now on the protocol does not treat the app's return as the end
+        of the response: the connection lives until the peer leaves, the
+        listener's owner closes it, or the server shuts down (the listener is
+        told). Data the peer sends is discarded. This frees the task and the
+        coroutines that would otherwise sit idle for every open stream.
+        """

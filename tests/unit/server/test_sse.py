@@ -63,6 +63,8 @@ class FakeFastWrite:
         self.aborted = False
         self.attached = asyncio.Event()
         self.wrote = asyncio.Event()
+        self.closed = False
+        self.handed_off = False
 
     def attach(self, listener: WriteListener) -> Callable[[bytes], object]:
         self.listener = listener
@@ -83,6 +85,12 @@ class FakeFastWrite:
         self.aborted = True
         if self.listener is not None:
             self.listener.connection_lost()
+
+    def close(self) -> None:
+        self.closed = True
+
+    def hand_off(self) -> None:
+        self.handed_off = True
 
 
 def scope(fast: FakeFastWrite | None = None) -> dict[str, Any]:
@@ -130,12 +138,15 @@ async def test_asgi_path_streams_and_ends_on_disconnect() -> None:
         assert hub.stats().subscriptions == 0
 
 
-async def test_fast_path_writes_chunks_and_obeys_flow_control() -> None:
+async def test_fast_path_hands_off_writes_chunks_and_obeys_flow_control() -> None:
     async with Hub() as hub:
         client = FakeClient()
         fast = FakeFastWrite()
-        task = asyncio.create_task(SSEStream(hub, ["a"])(scope(fast), client.receive, client.send))
-        await asyncio.wait_for(fast.attached.wait(), TIMEOUT)
+        # The ASGI call returns once the stream is handed to the transport.
+        await asyncio.wait_for(
+            SSEStream(hub, ["a"])(scope(fast), client.receive, client.send), TIMEOUT
+        )
+        assert fast.handed_off
         assert fast.listener is not None
         await hub.publish("a", 1)
         assert len(fast.written) == 1
@@ -148,24 +159,40 @@ async def test_fast_path_writes_chunks_and_obeys_flow_control() -> None:
         assert len(fast.written) == 2  # both queued events in one write
         assert [e.data for e in decode(unchunk(fast.written[1]))] == ["2", "3"]
         fast.listener.connection_lost()
-        await asyncio.wait_for(task, TIMEOUT)
         assert hub.stats().subscriptions == 0
         assert fast.listener is None
+        assert not fast.closed  # the peer left: nothing to close politely
 
 
 async def test_fast_path_slow_consumer_is_aborted() -> None:
     async with Hub(outbox_max_bytes=1000) as hub:
         client = FakeClient()
         fast = FakeFastWrite()
-        task = asyncio.create_task(SSEStream(hub, ["a"])(scope(fast), client.receive, client.send))
-        await asyncio.wait_for(fast.attached.wait(), TIMEOUT)
+        await asyncio.wait_for(
+            SSEStream(hub, ["a"])(scope(fast), client.receive, client.send), TIMEOUT
+        )
         assert fast.listener is not None
         fast.listener.pause_writing()
         for n in range(20):
             await hub.publish("a", n)
-        await asyncio.wait_for(task, TIMEOUT)
         assert fast.aborted
         assert hub.stats().slow_consumers == 1
+        assert hub.stats().subscriptions == 0
+
+
+async def test_fast_path_shutdown_ends_with_the_last_chunk() -> None:
+    async with Hub() as hub:
+        client = FakeClient()
+        fast = FakeFastWrite()
+        opened: list[int] = []
+        stream = SSEStream(hub, ["a"], on_open=opened.append)
+        await asyncio.wait_for(stream(scope(fast), client.receive, client.send), TIMEOUT)
+        assert fast.listener is not None
+        fast.listener.shutdown()
+        assert fast.written[-1] == b"0\r\n\r\n"
+        assert fast.closed
+        assert opened == [1, -1]
+        assert hub.stats().subscriptions == 0
 
 
 async def test_asgi_path_cuts_a_send_blocked_by_backpressure() -> None:
@@ -219,10 +246,8 @@ async def test_keepalive_pings_both_paths() -> None:
         client = FakeClient()
         fast = FakeFastWrite()
         plain = FakeClient()
+        await SSEStream(hub, ["a"], keepalive=keepalive)(scope(fast), client.receive, client.send)
         tasks = [
-            asyncio.create_task(
-                SSEStream(hub, ["a"], keepalive=keepalive)(scope(fast), client.receive, client.send)
-            ),
             asyncio.create_task(
                 SSEStream(hub, ["a"], keepalive=keepalive)(scope(), plain.receive, plain.send)
             ),
