@@ -62,6 +62,22 @@ def _build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--url", default=DEFAULT_URL, help=f"server URL (default {DEFAULT_URL})")
     listen.add_argument("--last-event-id", help="cursor to resume from")
     listen.add_argument("--json", action="store_true", help="one JSON object per line")
+    bench = commands.add_parser(
+        "bench", help="measure fan-out: N subscribers, M publishes, exact counts and latency"
+    )
+    bench.add_argument("--url", default=DEFAULT_URL, help=f"server URL (default {DEFAULT_URL})")
+    bench.add_argument("--transport", choices=("sse", "ws"), default="sse")
+    bench.add_argument("-n", "--subscribers", type=int, default=100, help="default 100")
+    bench.add_argument("-m", "--messages", type=int, default=1000, help="default 1000")
+    bench.add_argument(
+        "--rate", type=float, help="messages per second (default: as fast as possible)"
+    )
+    bench.add_argument("--size", type=int, default=128, help="bytes per message (default 128)")
+    bench.add_argument(
+        "--publishers", type=int, default=4, help="concurrent publishers (default 4)"
+    )
+    bench.add_argument("--time-limit", type=float, default=60.0, help="seconds (default 60)")
+    bench.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
 
@@ -72,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "publish":
         return _publish(args)
+    if args.command == "bench":
+        return _bench(args)
     return _listen(args)
 
 
@@ -203,3 +221,73 @@ def _listen(args: argparse.Namespace) -> int:
         errors.print(f"[red]tidings: {exc}[/]")
         return 1
     return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.table import Table
+
+    from tidings.bench import BenchConfig, BenchProgress, BenchResult, run_bench
+
+    try:
+        config = BenchConfig(
+            url=args.url,
+            transport=args.transport,
+            subscribers=args.subscribers,
+            messages=args.messages,
+            rate=args.rate,
+            size=args.size,
+            publishers=args.publishers,
+            time_limit=args.time_limit,
+        )
+    except ValueError as exc:
+        print(f"tidings: {exc}", file=sys.stderr)
+        return 2
+    console = Console(stderr=args.json)
+    columns = (TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=console, transient=args.json) as progress:
+        connected = progress.add_task("connected", total=config.subscribers)
+        published = progress.add_task("published", total=config.messages)
+        delivered = progress.add_task("delivered", total=None)
+
+        def show(state: BenchProgress) -> None:
+            progress.update(connected, completed=state.connected)
+            progress.update(published, completed=state.published)
+            progress.update(delivered, completed=state.delivered, total=state.expected or None)
+
+        import uvloop
+
+        result: BenchResult = uvloop.run(run_bench(config, show))
+    if args.json:
+        sys.stdout.write(orjson.dumps(result.to_json()).decode() + "\n")
+    else:
+        table = Table(
+            title=f"tidings bench: {config.transport} x {config.subscribers} on {config.url}"
+        )
+        table.add_column("measure")
+        table.add_column("value", justify="right")
+        rows = [
+            ("subscribers connected", f"{result.connected:,} / {result.subscribers:,}"),
+            ("messages published", f"{result.published:,} / {result.messages:,}"),
+            ("deliveries", f"{result.delivered:,} / {result.expected:,}"),
+            ("deliveries/s", f"{result.deliveries_per_second:,.0f}"),
+            ("publishes/s", f"{result.publishes_per_second:,.0f}"),
+            (
+                "latency p50 / p99 / max",
+                f"{result.latency_p50_ms:.2f} / "
+                f"{result.latency_p99_ms:.2f} / {result.latency_max_ms:.2f} ms",
+            ),
+            ("missing", f"{result.missing:,}"),
+            ("duplicates", f"{result.duplicates:,}"),
+            ("out of order", "n/a" if result.out_of_order is None else f"{result.out_of_order:,}"),
+        ]
+        for name, value in rows:
+            table.add_row(name, value)
+        console.print(table)
+        for error in result.errors:
+            console.print(f"[red]{error}[/]")
+        if result.timed_out:
+            console.print("[yellow]the time limit ended the run[/]")
+    clean = not (result.missing or result.duplicates or result.out_of_order or result.errors)
+    return 0 if clean and not result.timed_out else 1

@@ -109,3 +109,21 @@ async def test_listen_resumes_after_the_server_restarts() -> None:
         listener.terminate()
         await asyncio.wait_for(listener.wait(), TIMEOUT)
         server.close()
+
+
+async def test_bench_counts_every_delivery() -> None:
+    with ServerProcess() as server:
+        status, out, err = await run(
+            "bench", "--url", server.url, "--json", "-n", "20", "-m", "300", "--size", "64"
+        )
+        assert status == 0, err
+        result = json.loads(out)
+        assert result["connected"] == 20
+        assert result["published"] == 300
+        assert result["delivered"] == result["expected"] == 6000
+        assert (result["missing"], result["duplicates"], result["out_of_order"]) == (0, 0, 0)
+        assert result["latency_p50_ms"] > 0
+        assert result["errors"] == []
+        status, _, err = await run("bench", "--url", server.url, "-n", "0")
+        assert status == 2
+        assert "subscribers" in err
