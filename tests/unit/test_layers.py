@@ -29,7 +29,7 @@ FENCED = {
     "uvicorn": ("cli.py", "testing.py", "server/fastwrite.py"),
     "hypercorn": ("cli.py",),
     "rich": ("cli.py",),
-    "asyncio": ("hub/", "llm/", "jobs/", "server/", "client/", "cli.py", "testing.py"),
+    "asyncio": ("hub/", "llm/", "jobs/", "server/", "client/", "cli.py", "testing.py", "bench.py"),
 }
 
 

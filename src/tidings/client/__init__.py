@@ -2,5 +2,17 @@
 
 from tidings.client.backoff import Backoff
 from tidings.client.sse import ConnectionState, Message, Reset, SSEListener, listen
+from tidings.client.sync import SyncListener, apublish, listen_sync, publish
 
-__all__ = ["Backoff", "ConnectionState", "Message", "Reset", "SSEListener", "listen"]
+__all__ = [
+    "Backoff",
+    "ConnectionState",
+    "Message",
+    "Reset",
+    "SSEListener",
+    "SyncListener",
+    "apublish",
+    "listen",
+    "listen_sync",
+    "publish",
+]

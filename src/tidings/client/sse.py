@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
@@ -86,7 +87,22 @@ class _Retryable(Exception):
     pass
 
 
-def _stream_url(url: str, channels: Sequence[str]) -> str:
+def request_headers(last_event_id: str, extra: dict[str, str]) -> dict[str, str]:
+    """The headers of a (re)connection: resume from ``last_event_id`` if any."""
+    headers = {"accept": "text/event-stream", "cache-control": "no-cache", **extra}
+    if last_event_id:
+        headers["last-event-id"] = last_event_id
+    return headers
+
+
+def check_response(status: int, content_type: str) -> None:
+    """Raise ``_Retryable`` for an answer that retrying may fix; terminal ones are
+    checked by the caller first (their body is read for the error)."""
+    if status != 200 or not content_type.startswith("text/event-stream"):
+        raise _Retryable(f"status {status}, content-type {content_type!r}")
+
+
+def stream_url(url: str, channels: Sequence[str]) -> str:
     parts = urlsplit(url)
     if parts.path in ("", "/"):
         url = url.rstrip("/") + "/sse"
@@ -96,7 +112,7 @@ def _stream_url(url: str, channels: Sequence[str]) -> str:
     return f"{url}{'&' if parts.query else '?'}{query}"
 
 
-def _convert(event: SSEEvent) -> Message | Reset:
+def convert(event: SSEEvent) -> Message | Reset:
     if event.type == "reset":
         try:
             body = orjson.loads(event.data)
@@ -130,7 +146,7 @@ class SSEListener:
         read_timeout: float = 45.0,
         on_state: Callable[[ConnectionState], None] | None = None,
     ) -> None:
-        self.url = _stream_url(url, channels)
+        self.url = stream_url(url, channels)
         self.last_event_id = last_event_id or ""
         self.backoff = backoff or Backoff()
         self.state = ConnectionState.CLOSED
@@ -148,9 +164,15 @@ class SSEListener:
                 self._on_state(state)
 
     async def __aenter__(self) -> SSEListener:
+        """Connect; return once the server has opened the stream (and subscribed)."""
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self._timeout)
-        self._events = self._run()
+        try:
+            first = await self._open(self._client)
+        except BaseException:
+            await self.aclose()
+            raise
+        self._events = self._run(self._client, first)
         return self
 
     async def __aexit__(
@@ -181,50 +203,70 @@ class SSEListener:
             raise RuntimeError("use the listener inside 'async with'")
         return await self._events.__anext__()
 
-    async def _run(self) -> AsyncGenerator[Message | Reset, None]:
-        assert self._client is not None
+    async def _open(self, client: httpx.AsyncClient) -> httpx.Response:
+        """Open a stream, retrying with backoff; raise when retrying cannot help."""
         last_error: BaseException | None = None
-        self._set_state(ConnectionState.CONNECTING)
+        if self.state is ConnectionState.CLOSED:
+            self._set_state(ConnectionState.CONNECTING)
         while True:
             try:
-                async for item in self._connect_once(self._client):
-                    yield item
-                last_error = None
+                return await self._open_once(client)
             except (httpx.TransportError, _Retryable) as exc:
                 last_error = exc
-                logger.info("SSE stream from %s dropped: %r", self.url, exc)
+                logger.info("cannot open the SSE stream %s: %r", self.url, exc)
             if self.backoff.exhausted:
                 self._set_state(ConnectionState.CLOSED)
                 raise ReconnectExhausted(self.backoff.attempt, last_error)
-            self._set_state(ConnectionState.RECONNECTING)
             await asyncio.sleep(self.backoff.next_delay())
 
-    async def _connect_once(
-        self, client: httpx.AsyncClient
-    ) -> AsyncGenerator[Message | Reset, None]:
-        headers = {"accept": "text/event-stream", "cache-control": "no-cache", **self._headers}
-        if self.last_event_id:
-            headers["last-event-id"] = self.last_event_id
-        async with client.stream(
-            "GET", self.url, headers=headers, timeout=self._timeout
-        ) as response:
+    async def _open_once(self, client: httpx.AsyncClient) -> httpx.Response:
+        headers = request_headers(self.last_event_id, self._headers)
+        request = client.build_request("GET", self.url, headers=headers, timeout=self._timeout)
+        response = await client.send(request, stream=True)
+        try:
             if response.status_code in TERMINAL_STATUSES:
                 body = (await response.aread()).decode("utf-8", "replace")
                 self._set_state(ConnectionState.CLOSED)
                 raise StreamRejected(response.status_code, body)
-            content_type = response.headers.get("content-type", "")
-            if response.status_code != 200 or not content_type.startswith("text/event-stream"):
-                raise _Retryable(f"status {response.status_code}, content-type {content_type!r}")
-            self._set_state(ConnectionState.OPEN)
-            self.backoff.reset()
-            decoder = SSEDecoder()
-            async for chunk in response.aiter_bytes():
-                for event in decoder.feed(chunk):
-                    self.last_event_id = event.id
-                    yield _convert(event)
-                self.last_event_id = decoder.last_event_id
-                if decoder.retry is not None:
-                    self.backoff.honour_retry(decoder.retry)
+            check_response(response.status_code, response.headers.get("content-type", ""))
+        except BaseException:
+            await response.aclose()
+            raise
+        self._set_state(ConnectionState.OPEN)
+        self.backoff.reset()
+        return response
+
+    async def _run(
+        self, client: httpx.AsyncClient, response: httpx.Response | None
+    ) -> AsyncGenerator[Message | Reset, None]:
+        while True:
+            if response is None:
+                response = await self._open(client)
+            try:
+                async with aclosing(self._read(response)) as items:
+                    async for item in items:
+                        yield item
+                logger.info("SSE stream from %s ended; reconnecting", self.url)
+            except httpx.TransportError as exc:
+                logger.info("SSE stream from %s dropped: %r", self.url, exc)
+            finally:
+                await response.aclose()
+                response = None
+            self._set_state(ConnectionState.RECONNECTING)
+            if self.backoff.exhausted:
+                self._set_state(ConnectionState.CLOSED)
+                raise ReconnectExhausted(self.backoff.attempt, None)
+            await asyncio.sleep(self.backoff.next_delay())
+
+    async def _read(self, response: httpx.Response) -> AsyncGenerator[Message | Reset, None]:
+        decoder = SSEDecoder()
+        async for chunk in response.aiter_bytes():
+            for event in decoder.feed(chunk):
+                self.last_event_id = event.id
+                yield convert(event)
+            self.last_event_id = decoder.last_event_id
+            if decoder.retry is not None:
+                self.backoff.honour_retry(decoder.retry)
 
 
 def listen(

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.support.sse_vectors import VECTORS, Vector
 from tidings.errors import FrameTooLarge
 from tidings.wire.sse import SSEDecoder, SSEEvent, encode_comment, encode_event
 
@@ -307,3 +308,14 @@ def test_decoder_never_crashes_on_arbitrary_bytes(data: bytes, cut: int) -> None
     expected = whole.feed(data) + whole.feed_eof()
     got = split.feed(data[:cut]) + split.feed(data[cut:]) + split.feed_eof()
     assert got == expected
+
+
+# -- the shared corpus (also run end to end through the client) ---------------
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=[v.name for v in VECTORS])
+def test_spec_vectors(vector: Vector) -> None:
+    events = decode_all_ways(vector.stream)
+    assert [(e.type, e.data, e.id) for e in events] == vector.events
+    _, decoder = decode_whole(vector.stream)
+    assert decoder.retry == vector.retry
