@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
 import httpx
 
+from tests.support.env import TIMEOUT, eventually
 from tests.support.sse import open_sse
+from tidings.hub import Hub
+from tidings.server import create_app
+from tidings.settings import Settings
 from tidings.testing import run_server
 from tidings.wire.cursor import decode_cursor
 
@@ -43,3 +49,29 @@ async def test_fastapi_example_streams_and_resumes() -> None:
         response = await client.get("/orders/42/events", headers={"last-event-id": "garbage"})
         assert response.status_code == 400
         assert response.json()["error"]["code"] == "invalid_cursor"
+
+
+async def test_client_examples_run_against_a_server(tmp_path: Path) -> None:
+    hub = Hub()
+    async with hub, run_server(create_app(hub, Settings(log_level="warning"))) as url:
+        port = url.rsplit(":", 1)[1]
+        for name in ("client_listen", "client_sync"):
+            source = (
+                (EXAMPLES / f"{name}.py").read_text().replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+            )
+            script = tmp_path / f"{name}.py"
+            script.write_text(source)
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(script),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            await eventually(lambda: hub.stats().subscriptions == 1, timeout=TIMEOUT * 2)
+            channel = "orders" if name == "client_listen" else "jobs"
+            await hub.publish(channel, {"id": 1, "state": "done"})
+            assert process.stdout is not None
+            line = await asyncio.wait_for(process.stdout.readline(), TIMEOUT)
+            assert b"done" in line
+            process.terminate()
+            await asyncio.wait_for(process.wait(), TIMEOUT)
