@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 from pathlib import Path
 from types import ModuleType
 
 import httpx
 
+from tests.support.env import TIMEOUT, eventually
 from tests.support.sse import open_sse
+from tidings.settings import Settings
 from tidings.testing import run_server
 from tidings.wire.cursor import decode_cursor
 
@@ -43,3 +46,24 @@ async def test_fastapi_example_streams_and_resumes() -> None:
         response = await client.get("/orders/42/events", headers={"last-event-id": "garbage"})
         assert response.status_code == 400
         assert response.json()["error"]["code"] == "invalid_cursor"
+
+
+async def test_websocket_chat_example_talks_and_resumes() -> None:
+    example = load("websocket_chat")
+    settings = Settings(log_level="warning", namespaces={"chat": {"join_leave": True}})
+    async with run_server(settings=settings) as url, httpx.AsyncClient(base_url=url) as client:
+        ws_url = url.replace("http://", "ws://") + "/ws"
+        listener = asyncio.create_task(example.chat(ws_url, "chat:lobby", "ada", stop_after=2))
+
+        async def listening() -> bool:
+            response = await client.get("/api/presence/chat:lobby")
+            return bool(response.json()["clients"])
+
+        await eventually(listening)
+        said = await example.chat(ws_url, "chat:lobby", "bob", say="hi ada", stop_after=1)
+        assert said == [{"from": "bob", "text": "hi ada"}]
+        await client.post(
+            "/api/publish", json={"channel": "chat:lobby", "data": {"from": "eve", "text": "hey"}}
+        )
+        heard = await asyncio.wait_for(listener, TIMEOUT)
+        assert heard == [{"from": "bob", "text": "hi ada"}, {"from": "eve", "text": "hey"}]

@@ -115,17 +115,24 @@ class PresenceKeeper:
         wakeup = self._wakeup
         loop = asyncio.get_running_loop()
         refresh_at = loop.time() + self.ttl / 3
-        while self._queue or self.entries:
-            if self._queue:
-                await self._apply(*self._queue.popleft())
-                continue
-            wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, refresh_at - loop.time())):
-                    await wakeup.wait()
-            if loop.time() >= refresh_at:
-                refresh_at = loop.time() + self.ttl / 3
-                await self._refresh()
+        try:
+            while self._queue or self.entries:
+                if self._queue:
+                    await self._apply(*self._queue.popleft())
+                    continue
+                wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, refresh_at - loop.time())):
+                        await wakeup.wait()
+                if loop.time() >= refresh_at:
+                    refresh_at = loop.time() + self.ttl / 3
+                    await self._refresh()
+        finally:
+            # Cancelled (the hub is closing and the backend hangs): nobody may
+            # wait forever for an add that will not happen.
+            for _, _, _, done in self._queue:
+                if done is not None and not done.done():
+                    done.set_result(None)
 
     async def _apply(
         self,

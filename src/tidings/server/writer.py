@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["FAST_WRITE", "FastWrite", "WriteListener"]
+__all__ = ["FAST_WRITE", "FastWrite", "WebSocketFastWrite", "WriteListener"]
 
 FAST_WRITE = "tidings.write"
 
@@ -55,3 +55,15 @@ class FastWrite(Protocol):
 
     def abort(self) -> None:
         """Close the connection at once, dropping anything buffered."""
+
+
+class WebSocketFastWrite(FastWrite, Protocol):
+    """The extension on a WebSocket connection: frames, plus the closing handshake."""
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Start the closing handshake now, without waiting for ASGI ``send``.
+
+        Sends the close frame after what is already buffered, tells the ASGI
+        app ``websocket.disconnect``, and drops the connection if the peer does
+        not complete the handshake in time. Does nothing once closing.
+        """
