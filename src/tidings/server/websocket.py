@@ -435,14 +435,24 @@ class _Connection:
     async def subscribe(self, command: protocol.Subscribe) -> None:
         channel = self.endpoint.check_subscribe(command.channel, self.subscription)
         request = command.id
+        answered = False
 
         def on_live(subscribed: Subscribed) -> None:
+            nonlocal answered
+            answered = True
             if request is not None:
                 self.send_reply(protocol.Reply(request, _subscribed_result(subscribed)))
 
-        await self.subscription.add(
-            channel, since=command.since, notify_reset=request is None, on_live=on_live
-        )
+        try:
+            await self.subscription.add(
+                channel, since=command.since, notify_reset=request is None, on_live=on_live
+            )
+        except Exception:
+            if not answered:
+                raise
+            # The channel is live and the reply went out: one reply per id, so
+            # a later failure (delivering the replay) is logged, not answered.
+            logger.exception("subscribing %s failed after the reply", channel)
 
     async def subscribe_all(self, channels: Iterable[str], cursor: dict[str, Position]) -> None:
         """Subscribe the channels named in the URL (validated already)."""
