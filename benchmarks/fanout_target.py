@@ -1,7 +1,8 @@
 """The fan-out benchmark target: the real Tidings app plus the harness's two hooks.
 
-``/sse`` (and ``/ws``) are Tidings' own endpoints, served by ``tidings serve``'s
-uvicorn configuration. ``/publish`` and ``/burst`` publish through the hub's
+``GET /sse?channel=`` and ``GET /ws?channel=`` (raw mode: each event one text
+frame holding exactly its data) are Tidings' own endpoints, served by
+``tidings serve``'s uvicorn configuration. ``/publish`` and ``/burst`` publish through the hub's
 public ``publish()``, history included, exactly as a user's publish would.
 The contract is in ``../shared/bench/README.md``.
 

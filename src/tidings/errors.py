@@ -6,6 +6,7 @@
     ├── ProtocolError                     malformed input on the wire (.code, .close_code)
     │   ├── FrameTooLarge                 (.size, .limit)
     │   ├── UnknownOp                     (.op)
+    │   ├── RateLimited                   more commands than a connection may send (.limit)
     │   └── InvalidCursor(…, ValueError)  a resume cursor that cannot be read (.cursor, .reason)
     ├── InvalidChannel(…, ValueError)     (.channel, .reason)
     ├── InvalidPublication(…, ValueError) bad event type, data or size; nothing was published
@@ -38,6 +39,7 @@ __all__ = [
     "ProtocolError",
     "PublishError",
     "QueueFull",
+    "RateLimited",
     "ReconnectExhausted",
     "StreamRejected",
     "SubscriptionClosed",
@@ -89,6 +91,21 @@ class UnknownOp(ProtocolError):
     def __init__(self, op: object) -> None:
         super().__init__(f"unknown op {op!r}")
         self.op = op
+
+
+class RateLimited(ProtocolError):
+    """A connection sent more commands than its rate limit allows.
+
+    ``limit`` is the allowed rate in commands per second. A WebSocket client
+    that keeps sending past it is closed with 4029 (reconnect later).
+    """
+
+    code = "rate_limited"
+    close_code = 4029
+
+    def __init__(self, limit: float) -> None:
+        super().__init__(f"more than {limit:g} commands per second")
+        self.limit = limit
 
 
 class InvalidCursor(ProtocolError, ValueError):

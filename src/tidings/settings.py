@@ -60,6 +60,12 @@ class Settings:
     sse_keepalive: float = 15.0
     max_body_bytes: int = 64 * 1024
     max_channels: int = 64
+    ws_ping_interval: float = 20.0
+    ws_pong_timeout: float = 20.0
+    ws_max_frame_bytes: int = 64 * 1024
+    ws_rate_limit: float = 100.0
+    ws_conformance_echo: bool = False
+    presence_ttl: float = 60.0
     fast_write: bool = True
     demo: bool = True
     namespaces: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -75,12 +81,22 @@ class Settings:
             )
         if self.overflow not in {policy.value for policy in OverflowPolicy}:
             raise SettingsError(f"overflow must be 'disconnect' or 'drop', not {self.overflow!r}")
-        for name in ("outbox_max_bytes", "max_body_bytes", "max_channels"):
+        for name in ("outbox_max_bytes", "max_body_bytes", "max_channels", "ws_max_frame_bytes"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be > 0")
-        for name in ("sse_retry", "sse_keepalive", "history_ttl", "idempotency_window"):
+        for name in (
+            "sse_retry",
+            "sse_keepalive",
+            "history_ttl",
+            "idempotency_window",
+            "ws_ping_interval",
+            "ws_pong_timeout",
+            "presence_ttl",
+        ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be > 0 seconds")
+        if self.ws_rate_limit <= 0:
+            raise SettingsError("ws_rate_limit must be > 0 commands per second")
         if self.history_size < 0:
             raise SettingsError("history_size must be >= 0")
         self.namespace_options()  # refuse bad namespace tables now, not at first use

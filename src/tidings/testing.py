@@ -22,7 +22,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from tidings.server.app import create_app
-from tidings.server.fastwrite import FastHttpToolsProtocol
+from tidings.server.fastwrite import FastHttpToolsProtocol, FastWebSocketsProtocol
 from tidings.settings import Settings
 
 __all__ = ["free_port", "run_server", "uvicorn_config"]
@@ -46,8 +46,13 @@ def uvicorn_config(
         host=settings.host,
         port=settings.port,
         http=FastHttpToolsProtocol if fast else "httptools",
-        ws="websockets-sansio",
+        ws=FastWebSocketsProtocol if fast else "websockets-sansio",
+        # Pushes are framed once and shared by every connection, which
+        # per-connection compression state would defeat: no permessage-deflate.
         ws_per_message_deflate=False,
+        ws_max_size=settings.ws_max_frame_bytes,
+        ws_ping_interval=settings.ws_ping_interval,
+        ws_ping_timeout=settings.ws_pong_timeout,
         lifespan="on",
         log_level=settings.log_level,
         timeout_graceful_shutdown=5,

@@ -75,3 +75,24 @@ async def test_client_examples_run_against_a_server(tmp_path: Path) -> None:
             assert b"done" in line
             process.terminate()
             await asyncio.wait_for(process.wait(), TIMEOUT)
+
+
+async def test_websocket_chat_example_talks_and_resumes() -> None:
+    example = load("websocket_chat")
+    settings = Settings(log_level="warning", namespaces={"chat": {"join_leave": True}})
+    async with run_server(settings=settings) as url, httpx.AsyncClient(base_url=url) as client:
+        ws_url = url.replace("http://", "ws://") + "/ws"
+        listener = asyncio.create_task(example.chat(ws_url, "chat:lobby", "ada", stop_after=2))
+
+        async def listening() -> bool:
+            response = await client.get("/api/presence/chat:lobby")
+            return bool(response.json()["clients"])
+
+        await eventually(listening)
+        said = await example.chat(ws_url, "chat:lobby", "bob", say="hi ada", stop_after=1)
+        assert said == [{"from": "bob", "text": "hi ada"}]
+        await client.post(
+            "/api/publish", json={"channel": "chat:lobby", "data": {"from": "eve", "text": "hey"}}
+        )
+        heard = await asyncio.wait_for(listener, TIMEOUT)
+        assert heard == [{"from": "bob", "text": "hi ada"}, {"from": "eve", "text": "hey"}]

@@ -1,4 +1,6 @@
-"""A client that reads nothing cannot grow the server's memory; it is cut off by policy."""
+"""A client that reads nothing cannot grow the server's memory; it is cut off by policy.
+
+Both transports: an SSE stream and a WebSocket (raw and protocol mode)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ TRANSPORT_BUFFER = 64 * 1024  # the transport's high-water mark before it pauses
 SLACK = 4 * 1024 * 1024  # allocator and interpreter noise
 EVENT = "x" * (32 * 1024 - 64)
 CONFIG = "[namespaces.slow]\nhistory_size = 10\n"
+#: A WebSocket close frame with code 4008 and its reason.
+SLOW_CONSUMER_CLOSE = b"\x88\x0f\x0f\xa8slow consumer"
 
 
 @pytest.fixture(params=["fast", "asgi"])
@@ -35,6 +39,22 @@ def open_stalled_client(port: int, channel: str) -> socket.socket:
     return sock
 
 
+def open_stalled_ws_client(port: int, channel: str, subprotocol: str | None) -> socket.socket:
+    """A WebSocket client (handshake by hand) with a tiny receive buffer that never reads."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    protocol = f"Sec-WebSocket-Protocol: {subprotocol}\r\n" if subprotocol else ""
+    sock.sendall(
+        (
+            f"GET /ws?channel={channel} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            f"Sec-WebSocket-Version: 13\r\n{protocol}\r\n"
+        ).encode()
+    )
+    return sock
+
+
 async def publish_many(client: httpx.AsyncClient, channel: str, count: int) -> None:
     async def worker(share: int) -> None:
         for _ in range(share):
@@ -44,12 +64,19 @@ async def publish_many(client: httpx.AsyncClient, channel: str, count: int) -> N
     await asyncio.gather(*(worker(count // 8) for _ in range(8)))
 
 
-async def test_stalled_client_is_disconnected_and_memory_stays_flat(server: ServerProcess) -> None:
+@pytest.mark.parametrize("kind", ["sse", "ws-raw", "ws-json"])
+async def test_stalled_client_is_disconnected_and_memory_stays_flat(
+    server: ServerProcess, kind: str
+) -> None:
     limits = httpx.Limits(max_connections=8)
     async with httpx.AsyncClient(base_url=server.url, timeout=10, limits=limits) as client:
         await publish_many(client, "slow:warm-up", 400)  # warm the allocator and code paths
         baseline = server.rss_kib()
-        sock = open_stalled_client(server.port, "slow:stalled")
+        if kind == "sse":
+            sock = open_stalled_client(server.port, "slow:stalled")
+        else:
+            subprotocol = "tidings.v1.json" if kind == "ws-json" else None
+            sock = open_stalled_ws_client(server.port, "slow:stalled", subprotocol)
         try:
 
             async def subscribed() -> bool:
@@ -66,15 +93,20 @@ async def test_stalled_client_is_disconnected_and_memory_stays_flat(server: Serv
             assert stats["connections"] == 0
             growth = (peak - baseline) * 1024
             assert growth <= OUTBOX + TRANSPORT_BUFFER + SLACK, f"RSS grew {growth} bytes"
-            # The client finds the end of its stream once it reads what was in flight.
+            # The client finds the end of its stream once it reads what was in
+            # flight: the connection ends, or (WebSocket fast path) the close
+            # frame says why before the server drops a peer that does not answer.
             sock.settimeout(TIMEOUT)
             received = 0
+            tail = b""
             with pytest.raises((ConnectionResetError, EOFError)):
-                while True:
+                while SLOW_CONSUMER_CLOSE not in tail:
                     chunk = sock.recv(1 << 20)
                     if not chunk:
                         raise EOFError
                     received += len(chunk)
+                    tail = tail[-64:] + chunk
+                raise EOFError
             assert received < 50 * 1024 * 1024
         finally:
             sock.close()

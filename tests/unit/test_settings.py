@@ -52,6 +52,11 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
         ('overflow = "explode"\n', "overflow must be"),
         ("sse_keepalive = 0\n", "sse_keepalive must be > 0"),
         ("max_body_bytes = -1\n", "max_body_bytes must be > 0"),
+        ("ws_max_frame_bytes = 0\n", "ws_max_frame_bytes must be > 0"),
+        ("ws_ping_interval = 0\n", "ws_ping_interval must be > 0 seconds"),
+        ("ws_pong_timeout = -1\n", "ws_pong_timeout must be > 0 seconds"),
+        ("ws_rate_limit = 0\n", "ws_rate_limit must be > 0"),
+        ("presence_ttl = 0\n", "presence_ttl must be > 0 seconds"),
         ("[namespaces.chat]\nhistory_sise = 1\n", "unknown setting(s) history_sise"),
         ("[namespaces.chat]\nhistory_size = -1\n", "history_size must be >= 0"),
         ("namespaces = 3\n", "namespaces must be a table"),
@@ -79,3 +84,22 @@ def test_bad_environment_values() -> None:
 def test_missing_file() -> None:
     with pytest.raises(SettingsError, match="cannot read settings file"):
         load_settings("/nonexistent/tidings.toml", env={})
+
+
+def test_websocket_settings() -> None:
+    defaults = Settings()
+    assert (defaults.ws_ping_interval, defaults.ws_pong_timeout) == (20.0, 20.0)
+    assert defaults.ws_max_frame_bytes == 64 * 1024
+    assert defaults.ws_conformance_echo is False
+    settings = load_settings(
+        env={
+            "TIDINGS_WS_PING_INTERVAL": "5",
+            "TIDINGS_WS_MAX_FRAME_BYTES": "1024",
+            "TIDINGS_WS_CONFORMANCE_ECHO": "on",
+            "TIDINGS_PRESENCE_TTL": "30",
+        }
+    )
+    assert settings.ws_ping_interval == 5.0
+    assert settings.ws_max_frame_bytes == 1024
+    assert settings.ws_conformance_echo is True
+    assert settings.presence_ttl == 30.0

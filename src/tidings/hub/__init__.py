@@ -5,6 +5,7 @@ from tidings.hub.backends.memory import MemoryBackend
 from tidings.hub.event import Encoding, Event, Item, Reset
 from tidings.hub.hub import ChannelSummary, Hub
 from tidings.hub.names import NamespaceOptions, Namespaces, validate_channel
+from tidings.hub.presence import ClientInfo
 from tidings.hub.stats import HubStats
 from tidings.hub.subscription import CloseReason, OverflowPolicy, Subscribed, Subscription
 
@@ -12,6 +13,7 @@ __all__ = [
     "Backend",
     "ChannelInfo",
     "ChannelSummary",
+    "ClientInfo",
     "CloseReason",
     "Encoding",
     "Event",

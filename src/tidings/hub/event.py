@@ -33,6 +33,11 @@ class Event:
         raw: The data as published: JSON bytes, or UTF-8 text when ``is_text``.
         is_text: Whether the publisher sent plain text rather than JSON.
         time: When it was published (seconds since the epoch).
+
+    The hub also makes presence notices of this class: type ``join`` or
+    ``leave``, offset 0, an empty epoch, and the client's presence document
+    as data. They are not part of the channel's stream (no position, no
+    history) and reach only subscriptions that carry a client.
     """
 
     __slots__ = ("_frames", "channel", "epoch", "is_text", "offset", "raw", "time", "type")

@@ -1,4 +1,4 @@
-"""Hub: publish, subscribe with exact resume, history, stats.
+"""Hub: publish, subscribe with exact resume, history, presence, stats.
 
 Theory of operation
 -------------------
@@ -17,23 +17,31 @@ and to read history after ``since``. Finally, without awaiting, the replay is
 delivered, then the buffered live events newer than the replay, and the
 subscription becomes live. With the memory backend the reads do not suspend,
 so the buffer stays empty; with Redis it covers the round trips.
+
+A subscription that carries a client takes part in presence (``presence.py``):
+once a channel is live for it, its entry is added; when the channel goes, the
+entry is removed. Join and leave notices are Events of type ``join`` /
+``leave`` with offset 0: they are delivered to member subscriptions only and
+are not part of the channel's stream or history.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import NamedTuple
 
 import orjson
 
 from tidings.errors import InvalidPublication, ProtocolError
-from tidings.hub.backends.base import Backend, History
+from tidings.hub.backends.base import Backend, History, PresenceChange
 from tidings.hub.backends.memory import MemoryBackend
 from tidings.hub.event import Event, Item
 from tidings.hub.names import NamespaceOptions, Namespaces, validate_channel, validate_event_type
+from tidings.hub.presence import ClientInfo, PresenceKeeper
 from tidings.hub.stats import Counters, HubStats
 from tidings.hub.subscription import (
     CloseReason,
@@ -84,6 +92,8 @@ class Hub:
         namespaces: History size, TTL and client permissions per namespace.
         outbox_max_bytes: Default bound of each subscription's outbox.
         overflow: Default policy when an outbox is full: ``"disconnect"`` or ``"drop"``.
+        presence_ttl: Seconds a presence entry outlives this process if it
+            stops without cleaning up (entries are refreshed meanwhile).
 
     Use ``async with hub:`` (or ``await hub.start()`` / ``await hub.aclose()``)
     to run the backend's background work and to close every subscription at
@@ -97,6 +107,7 @@ class Hub:
         namespaces: Namespaces | None = None,
         outbox_max_bytes: int = 1024 * 1024,
         overflow: OverflowPolicy | str = OverflowPolicy.DISCONNECT,
+        presence_ttl: float = 60.0,
     ) -> None:
         if outbox_max_bytes <= 0:
             raise ValueError(f"outbox_max_bytes must be > 0, not {outbox_max_bytes}")
@@ -108,7 +119,9 @@ class Hub:
         self._subscriptions: set[Subscription] = set()
         self._stats = Counters()
         self._started = False
+        self._presence = PresenceKeeper(self._backend, ttl=presence_ttl)
         self._backend.set_listener(self._dispatch)
+        self._backend.set_presence_listener(self._dispatch_presence)
 
     @property
     def backend(self) -> Backend:
@@ -134,6 +147,7 @@ class Hub:
         """Close every subscription (reason ``shutdown``) and stop the backend."""
         for subscription in list(self._subscriptions):
             subscription.close(CloseReason.SHUTDOWN)
+        await self._presence.aclose()
         if self._started:
             self._started = False
             await self._backend.aclose()
@@ -221,6 +235,21 @@ class Hub:
                 subscription.close(CloseReason.DISCONNECT)
         self._stats.delivered += len(subscribers)
 
+    def _dispatch_presence(self, change: PresenceChange) -> None:
+        """Deliver a join or leave notice to member subscriptions (called by the backend)."""
+        local = self._locals.get(change.channel)
+        if local is None or not self._namespaces.options(change.channel).join_leave:
+            return
+        notice = Event(change.channel, "", 0, change.payload, type=change.kind, time=time.time())
+        for subscription in local.snapshot:
+            if subscription.client is None:
+                continue
+            try:
+                subscription._deliver(notice)
+            except Exception:
+                logger.exception("delivery to %r failed; closing it", subscription)
+                subscription.close(CloseReason.DISCONNECT)
+
     # -- subscribing -----------------------------------------------------------
 
     def subscription(
@@ -228,8 +257,12 @@ class Hub:
         *,
         max_bytes: int | None = None,
         policy: OverflowPolicy | str | None = None,
+        client: ClientInfo | None = None,
     ) -> Subscription:
         """Create an empty subscription; add channels with ``Subscription.add``.
+
+        With ``client``, the subscription is listed in the presence of its
+        channels and receives their join and leave notices.
 
         The caller owns it and must ``close()`` it (transports do so in ``finally``).
         """
@@ -237,6 +270,7 @@ class Hub:
             self,
             max_bytes=max_bytes if max_bytes is not None else self._outbox_max_bytes,
             policy=OverflowPolicy(policy) if policy is not None else self._overflow,
+            client=client,
         )
         self._subscriptions.add(subscription)
         return subscription
@@ -275,6 +309,7 @@ class Hub:
         channel: str,
         since: Position | None,
         notify_reset: bool,
+        on_live: Callable[[Subscribed], None] | None = None,
     ) -> Subscribed:
         validate_channel(channel)
         local = self._locals.get(channel)
@@ -321,15 +356,23 @@ class Hub:
         local.subscribers[subscription] = None
         local.snapshot = tuple(local.subscribers)
         subscription.channels[channel] = None
-        subscription._deliver_many(items)
-        self._stats.delivered += len(items)
-        return Subscribed(
+        subscribed = Subscribed(
             channel,
             Position(position.epoch, max(last, position.offset)),
             reset is None,
             reset,
             len(replay),
         )
+        try:
+            if on_live is not None:
+                on_live(subscribed)
+        finally:
+            subscription._deliver_many(items)
+            self._stats.delivered += len(items)
+        client = subscription.client
+        if client is not None and (options.presence or options.join_leave):
+            await self._presence.add(channel, client)
+        return subscribed
 
     async def _watch(self, channel: str, local: _Local) -> None:
         ready = local.ready
@@ -353,6 +396,8 @@ class Hub:
             return
         if local.subscribers.pop(subscription, _MISSING) is not _MISSING:
             local.snapshot = tuple(local.subscribers)
+            if subscription.client is not None:
+                self._presence.remove(channel, subscription.client.client_id)
         local.pending.pop(subscription, None)
         self._release(channel, local)
 
@@ -391,6 +436,12 @@ class Hub:
         """Return the channel's current position (offset 0 before its first event)."""
         validate_channel(channel)
         return await self._backend.position(channel, options=self._namespaces.options(channel))
+
+    async def presence(self, channel: str) -> list[ClientInfo]:
+        """Return the clients subscribed to ``channel``, in every process, oldest first."""
+        validate_channel(channel)
+        entries = await self._backend.presence(channel)
+        return [ClientInfo.from_payload(payload) for payload in entries.values()]
 
     def subscriber_count(self, channel: str) -> int:
         """Local subscriptions that receive ``channel``."""

@@ -25,7 +25,9 @@ decides:
   its bound, and a :class:`~tidings.hub.event.Reset` for each channel that
   lost events takes their place, so the consumer learns about the gap.
 
-A paused writer gets the whole outbox in one write when the transport resumes.
+A paused writer gets the whole outbox in one write when the transport resumes
+(encoded by ``encode_batch`` when the transport gave one, so that a WebSocket
+can put the backlog in one frame).
 Closing is synchronous and idempotent: it removes the subscription from every
 channel at once, so ``finally: subscription.close()`` is enough to guarantee
 cleanup on cancellation.
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from tidings.hub.hub import Hub
+    from tidings.hub.presence import ClientInfo
 
 __all__ = ["CloseReason", "OverflowPolicy", "Subscribed", "Subscription"]
 
@@ -108,6 +111,7 @@ class Subscription:
         "__weakref__",
         "_closed_waiter",
         "_encode",
+        "_encode_batch",
         "_hub",
         "_on_close",
         "_outbox",
@@ -117,17 +121,29 @@ class Subscription:
         "_write",
         "_writer",
         "channels",
+        "client",
         "close_reason",
         "max_bytes",
         "policy",
     )
 
-    def __init__(self, hub: Hub, *, max_bytes: int, policy: OverflowPolicy) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        max_bytes: int,
+        policy: OverflowPolicy,
+        client: ClientInfo | None = None,
+    ) -> None:
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be > 0, not {max_bytes}")
         self._hub = hub
         self.max_bytes = max_bytes
         self.policy = OverflowPolicy(policy)
+        #: The client this subscription belongs to, when it takes part in
+        #: presence: it is listed by ``Hub.presence`` for its channels and
+        #: receives their join and leave notices (when the namespace enables them).
+        self.client = client
         #: Channels this subscription receives, in the order they were added.
         self.channels: dict[str, None] = {}
         #: Why it closed, or ``None`` while it is open.
@@ -142,12 +158,18 @@ class Subscription:
         self._writer: Callable[[bytes], object] | None = None
         self._write: Callable[[bytes], object] | None = None
         self._encode: Callable[[Item], bytes] | None = None
+        self._encode_batch: Callable[[list[Item]], bytes] | None = None
         self._paused = False
 
     # -- channels ----------------------------------------------------------
 
     async def add(
-        self, channel: str, *, since: Position | None = None, notify_reset: bool = True
+        self,
+        channel: str,
+        *,
+        since: Position | None = None,
+        notify_reset: bool = True,
+        on_live: Callable[[Subscribed], None] | None = None,
     ) -> Subscribed:
         """Start receiving ``channel``.
 
@@ -157,6 +179,10 @@ class Subscription:
         result says so and, with ``notify_reset``, a :class:`Reset` is queued
         before the live events.
 
+        ``on_live`` is called with the outcome at the moment the channel goes
+        live, before any replayed item is delivered: a transport answers the
+        request there, so that the answer precedes the replay on the wire.
+
         Raises:
             InvalidChannel: ``channel`` is not a valid name.
             ProtocolError: the subscription already receives ``channel``
@@ -165,7 +191,7 @@ class Subscription:
         """
         if self.close_reason is not None:
             raise ProtocolError("the subscription is closed", code="subscription_closed")
-        return await self._hub._attach(self, channel, since, notify_reset)
+        return await self._hub._attach(self, channel, since, notify_reset, on_live)
 
     def remove(self, channel: str) -> bool:
         """Stop receiving ``channel``; return whether it was subscribed."""
@@ -217,7 +243,8 @@ class Subscription:
             item = outbox.popleft()
             self._outbox_bytes -= item.size
             if isinstance(item, Event):
-                lost[item.channel] = Position(item.epoch, item.offset)
+                if item.offset:  # join/leave notices (offset 0) leave no gap in the stream
+                    lost[item.channel] = Position(item.epoch, item.offset)
                 dropped += 1
             else:
                 lost.setdefault(item.channel, item.position)
@@ -285,7 +312,11 @@ class Subscription:
     # -- fast path -------------------------------------------------------------
 
     def attach_writer(
-        self, write: Callable[[bytes], object], encode: Callable[[Item], bytes]
+        self,
+        write: Callable[[bytes], object],
+        encode: Callable[[Item], bytes],
+        *,
+        encode_batch: Callable[[list[Item]], bytes] | None = None,
     ) -> None:
         """Write items straight to a transport from now on.
 
@@ -294,9 +325,12 @@ class Subscription:
         :class:`~tidings.hub.event.Encoding`, so the bytes are shared). Anything
         already queued is written first, in one call. The transport reports
         flow control with :meth:`pause_writing` and :meth:`resume_writing`.
+        ``encode_batch``, when given, encodes two or more queued items at
+        once (default: their ``encode`` bytes joined).
         """
         self._writer = write
         self._encode = encode
+        self._encode_batch = encode_batch
         if not self._paused:
             self.resume_writing()
 
@@ -313,11 +347,16 @@ class Subscription:
             return
         self._write = writer
         if self._outbox:
-            encode = self._encode
-            assert encode is not None
-            data = b"".join([encode(item) for item in self._outbox])
+            items = list(self._outbox)
             self._outbox.clear()
             self._outbox_bytes = 0
+            encode_batch = self._encode_batch
+            if encode_batch is not None and len(items) > 1:
+                data = encode_batch(items)
+            else:
+                encode = self._encode
+                assert encode is not None
+                data = b"".join([encode(item) for item in items])
             writer(data)
 
     # -- closing -------------------------------------------------------------

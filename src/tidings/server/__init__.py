@@ -3,5 +3,6 @@
 from tidings.server.app import build_hub, create_app
 from tidings.server.responses import SSEResponse
 from tidings.server.sse import SSEStream
+from tidings.server.websocket import WebSocketEndpoint
 
-__all__ = ["SSEResponse", "SSEStream", "build_hub", "create_app"]
+__all__ = ["SSEResponse", "SSEStream", "WebSocketEndpoint", "build_hub", "create_app"]

@@ -25,7 +25,7 @@ from tidings.types import Position
 from tidings.wire.codes import ErrorCode
 from tidings.wire.cursor import decode_cursor
 
-__all__ = ["channels", "healthz", "history", "publish", "stats"]
+__all__ = ["channels", "healthz", "history", "presence", "publish", "stats"]
 
 _PUBLISH_FIELDS = frozenset({"channel", "data", "text", "event", "key"})
 MAX_HISTORY_LIMIT = 10000
@@ -185,6 +185,24 @@ async def history(request: Request) -> Response:
                 "offset": reset.position.offset,
                 "reason": reset.reason,
             },
+        }
+    )
+
+
+async def presence(request: Request) -> Response:
+    """``GET /api/presence/{channel}``: the clients subscribed to a channel."""
+    hub: Hub = _state(request).hub
+    channel = validate_channel(request.path_params["channel"])
+    if not hub.options(channel).presence:
+        raise PermissionDenied(channel, "presence")
+    clients = await hub.presence(channel)
+    return JSONBody(
+        {
+            "channel": channel,
+            "clients": [
+                {"client": client.client_id, "user": client.user_id, "info": client.info}
+                for client in clients
+            ],
         }
     )
 

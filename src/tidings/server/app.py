@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from tidings.errors import TidingsError
@@ -22,6 +22,7 @@ from tidings.server import api
 from tidings.server.errors import error_response
 from tidings.server.sse import SSEEndpoint, SSEKeepalive
 from tidings.server.state import ServerState
+from tidings.server.websocket import WebSocketEcho, WebSocketEndpoint
 from tidings.settings import Settings
 from tidings.wire.codes import ErrorCode
 
@@ -58,6 +59,7 @@ def build_hub(settings: Settings) -> Hub:
         namespaces=settings.namespace_options(),
         outbox_max_bytes=settings.outbox_max_bytes,
         overflow=settings.overflow,
+        presence_ttl=settings.presence_ttl,
     )
 
 
@@ -98,6 +100,15 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Star
         max_channels=settings.max_channels,
         on_open=state.counter("sse"),
     )
+    websocket = WebSocketEndpoint(
+        hub,
+        max_frame_bytes=settings.ws_max_frame_bytes,
+        rate_limit=settings.ws_rate_limit,
+        max_channels=settings.max_channels,
+        ping_interval=settings.ws_ping_interval,
+        pong_timeout=settings.ws_pong_timeout,
+        on_open=state.counter("ws"),
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -109,16 +120,22 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Star
             if owns_hub:
                 await hub.aclose()
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/sse", sse, methods=["GET"]),
         Route("/sse/{channel:path}", sse, methods=["GET"]),
+        WebSocketRoute("/ws", websocket),
         Route("/api/publish", api.publish, methods=["POST"]),
         Route("/api/history/{channel:path}", api.history, methods=["GET"]),
+        Route("/api/presence/{channel:path}", api.presence, methods=["GET"]),
         Route("/api/channels", api.channels, methods=["GET"]),
         Route("/api/stats", api.stats, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
+    if settings.ws_conformance_echo:
+        routes.append(
+            WebSocketRoute("/ws/echo", WebSocketEcho(max_frame_bytes=settings.ws_max_frame_bytes))
+        )
     if settings.demo:
         routes.append(Route("/", lambda request: FileResponse(STATIC / "index.html")))
     app = Starlette(

@@ -1,12 +1,20 @@
 """uvicorn protocol classes that offer the ``tidings.write`` scope extension.
 
-``tidings serve`` passes these to ``uvicorn.Config(http=…)``. They behave
-exactly like uvicorn's own classes and add one thing: each request's scope
+``tidings serve`` passes these to ``uvicorn.Config(http=…, ws=…)``. They
+behave like uvicorn's own classes and add one thing: each request's scope
 carries an object (``server/writer.py``) through which a streaming response
-writes pre-encoded bytes straight to the transport and hears about flow
-control, connection loss and shutdown, skipping the per-message cost of ASGI
-``send``. This is the one module that knows uvicorn's internals; the pinned
-uvicorn range in ``pyproject.toml`` is what it was written and tested against.
+or a WebSocket writes pre-encoded bytes straight to the transport and hears
+about flow control, connection loss and shutdown, skipping the per-message
+cost of ASGI ``send``. This is the one module that knows uvicorn's (and, for
+WebSockets, the websockets library's) internals; the pinned uvicorn range in
+``pyproject.toml`` is what it was written and tested against.
+
+The WebSocket class also changes two behaviours, both covered by the Autobahn
+run (``docs/websocket.md``): a peer that misses the pong deadline is closed
+with 4002 and dropped at once, with its subscriptions released, instead of
+waiting for a socket that a half-open peer never drains; and a close frame
+received in the middle of a fragmented message is answered with a normal
+close (RFC 6455 5.4 allows control frames there) instead of 1002.
 """
 
 from __future__ import annotations
@@ -15,10 +23,14 @@ from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame, Opcode
+from websockets.server import ServerProtocol
 
 from tidings.server.writer import FAST_WRITE, WriteListener
+from tidings.wire.codes import CloseCode
 
-__all__ = ["FastHttpToolsProtocol"]
+__all__ = ["FastHttpToolsProtocol", "FastWebSocketsProtocol"]
 
 
 class _HTTPFastWrite:
@@ -50,7 +62,7 @@ class _HTTPFastWrite:
     def abort(self) -> None:
         self._protocol.transport.abort()
 
-    def close(self) -> None:
+    def end(self) -> None:
         self._protocol.transport.close()
 
     def hand_off(self) -> None:
@@ -103,3 +115,151 @@ class FastHttpToolsProtocol(HttpToolsProtocol):
         if listener is not None:
             listener.shutdown()
         super().shutdown()
+
+
+class _WebSocketFastWrite:
+    """The extension object for one WebSocket (see ``server/writer.py``)."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: FastWebSocketsProtocol) -> None:
+        self._protocol = protocol
+
+    @property
+    def paused(self) -> bool:
+        return not self._protocol.writable.is_set()
+
+    def attach(self, listener: WriteListener) -> Callable[[bytes], object] | None:
+        protocol = self._protocol
+        transport = protocol.transport
+        if (
+            transport is None
+            or transport.is_closing()
+            or protocol.close_sent
+            or protocol.disconnected
+            or not protocol.handshake_complete
+        ):
+            return None
+        protocol.fast_listener = listener
+        return transport.write
+
+    def detach(self) -> None:
+        self._protocol.fast_listener = None
+
+    def write(self, data: bytes) -> None:
+        protocol = self._protocol
+        if not protocol.close_sent and not protocol.disconnected:
+            protocol.transport.write(data)
+
+    def abort(self) -> None:
+        self._protocol.transport.abort()
+
+    def close(self, code: int, reason: str = "") -> None:
+        self._protocol.fast_close(code, reason)
+
+
+class _ServerProtocol(ServerProtocol):
+    def recv_frame(self, frame: Frame) -> None:
+        # RFC 6455 5.4: control frames may come between the fragments of a
+        # message, a close frame included. The unfinished message is dropped
+        # and the close answered normally (websockets fails with 1002 here).
+        if frame.opcode is Opcode.CLOSE:
+            self.current_size = None
+        super().recv_frame(frame)
+
+
+class FastWebSocketsProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets-sansio protocol plus the ``tidings.write`` extension.
+
+    Writes through the extension bypass the websockets state machine: they
+    must be whole data frames, and they stop (the listener hears
+    ``connection_lost``) as soon as a closing handshake starts, so no data
+    frame ever follows a close frame.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fast_listener: WriteListener | None = None
+        # Same object, one changed method (see _ServerProtocol); swapping the
+        # class keeps whatever options uvicorn built it with.
+        self.conn.__class__ = _ServerProtocol
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        if self.response.status_code == 101:
+            extensions: dict[str, Any] = self.scope["extensions"]
+            extensions[FAST_WRITE] = _WebSocketFastWrite(self)
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            # The handshake is done: its request and response objects (headers
+            # and all) are never read again; free them for the connection's life.
+            self.request = self.response = None  # type: ignore[assignment]
+
+    def _release(self) -> None:
+        """Stop fast writes: the connection is closing or gone."""
+        listener, self.fast_listener = self.fast_listener, None
+        if listener is not None:
+            listener.connection_lost()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.fast_listener is not None:
+            self.fast_listener.pause_writing()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.fast_listener is not None:
+            self.fast_listener.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._release()
+
+    def shutdown(self) -> None:
+        listener, self.fast_listener = self.fast_listener, None
+        if listener is not None:
+            listener.shutdown()
+        super().shutdown()
+
+    def handle_close(self, event: Any) -> None:
+        self._release()
+        super().handle_close(event)
+
+    def handle_parser_exception(self) -> None:
+        self._release()
+        super().handle_parser_exception()
+
+    def keepalive_timeout(self) -> None:
+        # The peer did not answer a ping in time. It may be half-open (a
+        # stopped process, a dead network), so do not wait for a socket it
+        # will never drain: release its subscriptions, say why, and drop it.
+        self.pong_timer = None
+        self.pending_ping_payload = None
+        if self.close_sent or self.transport.is_closing():
+            return
+        self._release()
+        self.conn.fail(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.queue.put_nowait(
+            {"type": "websocket.disconnect", "code": int(CloseCode.HEARTBEAT_TIMEOUT)}
+        )
+        self.transport.abort()
+
+    def fast_close(self, code: int, reason: str) -> None:
+        """Start the closing handshake from the app without going through ASGI ``send``."""
+        if self.close_sent or self.disconnected or self.transport.is_closing():
+            return
+        self.fast_listener = None
+        self.stop_keepalive()
+        self.conn.send_close(code, reason)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        # A peer that does not answer (it may not read at all) is dropped.
+        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.abort)

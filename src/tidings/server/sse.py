@@ -43,7 +43,7 @@ from tidings.errors import PermissionDenied, ProtocolError, TidingsError
 from tidings.hub import Encoding, Hub, Item, OverflowPolicy, Reset, Subscription, validate_channel
 from tidings.hub.subscription import CloseReason
 from tidings.server.errors import error_response
-from tidings.server.writer import FAST_WRITE, FastWrite
+from tidings.server.writer import FAST_WRITE, HTTPFastWrite
 from tidings.types import Position
 from tidings.wire.cursor import decode_cursor, encode_cursor
 from tidings.wire.sse import encode_event
@@ -160,7 +160,7 @@ class _Connection:
         self.chunked = chunked
         self.keepalive = keepalive
         self.on_open = on_open
-        self.fast: FastWrite | None = None
+        self.fast: HTTPFastWrite | None = None
         self.ping_due = False
 
     def opened(self) -> None:
@@ -175,7 +175,7 @@ class _Connection:
         if self.on_open is not None:
             self.on_open(-1)
 
-    def hand_off(self, fast: FastWrite) -> bool:
+    def hand_off(self, fast: HTTPFastWrite) -> bool:
         """Give the connection to the transport; False if the peer is gone already."""
         subscription = self.subscription
         write = fast.attach(self)
@@ -200,7 +200,7 @@ class _Connection:
             fast.abort()  # drop what is buffered: that is the memory we protect
         elif reason is not CloseReason.DISCONNECT:
             fast.write(b"0\r\n\r\n")  # the last chunk: a clean end of the response
-            fast.close()
+            fast.end()
 
     def encoder(self) -> Callable[[Item], bytes]:
         if len(self.positions) == 1:
@@ -308,7 +308,7 @@ class SSEStream:
                 subscription.close()
                 await error_response(exc)(scope, receive, send)
                 return
-            fast: FastWrite | None = scope.get("extensions", {}).get(FAST_WRITE)
+            fast: HTTPFastWrite | None = scope.get("extensions", {}).get(FAST_WRITE)
             connection = _Connection(
                 subscription,
                 positions,

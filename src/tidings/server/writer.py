@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["FAST_WRITE", "FastWrite", "WriteListener"]
+__all__ = ["FAST_WRITE", "FastWrite", "HTTPFastWrite", "WebSocketFastWrite", "WriteListener"]
 
 FAST_WRITE = "tidings.write"
 
@@ -56,7 +56,11 @@ class FastWrite(Protocol):
     def abort(self) -> None:
         """Close the connection at once, dropping anything buffered."""
 
-    def close(self) -> None:
+
+class HTTPFastWrite(FastWrite, Protocol):
+    """The extension on an HTTP request: raw chunks, and a response that outlives its call."""
+
+    def end(self) -> None:
         """Close the connection once what is buffered has been sent."""
 
     def hand_off(self) -> None:
@@ -67,4 +71,16 @@ class FastWrite(Protocol):
         listener's owner closes it, or the server shuts down (the listener is
         told). Data the peer sends is discarded. This frees the task and the
         coroutines that would otherwise sit idle for every open stream.
+        """
+
+
+class WebSocketFastWrite(FastWrite, Protocol):
+    """The extension on a WebSocket connection: frames, plus the closing handshake."""
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Start the closing handshake now, without waiting for ASGI ``send``.
+
+        Sends the close frame after what is already buffered, tells the ASGI
+        app ``websocket.disconnect``, and drops the connection if the peer does
+        not complete the handshake in time. Does nothing once closing.
         """

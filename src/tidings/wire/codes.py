@@ -21,12 +21,15 @@ class ErrorCode(StrEnum):
 
     BAD_REQUEST = "bad_request"
     INVALID_JSON = "invalid_json"
+    INVALID_MSGPACK = "invalid_msgpack"
     INVALID_CHANNEL = "invalid_channel"
     INVALID_CURSOR = "invalid_cursor"
     INVALID_PUBLICATION = "invalid_publication"
     TOO_LARGE = "too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     UNKNOWN_OP = "unknown_op"
+    ALREADY_SUBSCRIBED = "already_subscribed"
+    NOT_SUBSCRIBED = "not_subscribed"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     PERMISSION_DENIED = "permission_denied"
@@ -50,6 +53,7 @@ class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
     PROTOCOL_ERROR = 1002
+    ABNORMAL_CLOSURE = 1006  # never sent: the connection dropped without a close frame
     INVALID_DATA = 1007
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011

@@ -5,7 +5,8 @@ import *`` and provides two fixtures:
 
 - ``make_hub(**options)``: an async factory returning a started :class:`Hub`
   on the backend under test (several calls share one backend "cluster", so a
-  test can open two hubs as two nodes), cleaned up by the fixture;
+  test can open two hubs as two nodes; a test that opens several passes them
+  the same options), cleaned up by the fixture;
 - ``advance(seconds)``: an async callable that makes that much backend time pass.
 
 Channel names are unique per test (``channel`` fixture) so that backends with
@@ -21,8 +22,9 @@ from typing import Any, Protocol
 
 import pytest
 
-from tests.support.env import TIMEOUT
+from tests.support.env import TIMEOUT, eventually
 from tidings import Event, Hub, NamespaceOptions, Namespaces, Position, Reset
+from tidings.hub import ClientInfo
 from tidings.hub.subscription import Subscription
 
 __all__ = [
@@ -33,7 +35,13 @@ __all__ = [
     "test_history_size_trims_oldest",
     "test_history_ttl_expires_events",
     "test_idempotent_publish_lands_once",
+    "test_join_and_leave_reach_members_on_every_node",
+    "test_namespace_without_presence_keeps_no_entries",
     "test_position_before_first_publish",
+    "test_presence_entries_are_listed_until_removed",
+    "test_presence_entries_expire_unless_refreshed",
+    "test_presence_is_shared_and_released_when_subscriptions_close",
+    "test_presence_without_join_leave_sends_no_notices",
     "test_publish_assigns_consecutive_offsets_in_one_epoch",
     "test_read_since_ahead_is_a_reset",
     "test_read_since_current_position_is_empty_and_exact",
@@ -335,3 +343,124 @@ async def test_replay_then_live_without_gap_or_duplicate_under_racing_publishes(
         )
     for received in results[2:]:
         assert received == list(range(start.offset + 1, start.offset + 1 + total))
+
+
+# -- presence ------------------------------------------------------------------------
+
+
+def payload(client_id: str) -> bytes:
+    return ClientInfo(client_id).payload()
+
+
+async def test_presence_entries_are_listed_until_removed(make_hub: MakeHub, channel: str) -> None:
+    backend = (await make_hub()).backend
+    assert await backend.presence(channel) == {}
+    await backend.presence_add(channel, "c1", payload("c1"), ttl=60)
+    await backend.presence_add(channel, "c2", payload("c2"), ttl=60)
+    await backend.presence_add(channel, "c1", payload("c1"), ttl=60)  # a refresh
+    assert await backend.presence(channel) == {"c1": payload("c1"), "c2": payload("c2")}
+    await backend.presence_remove(channel, "c1")
+    await backend.presence_remove(channel, "c1")  # gone already: nothing happens
+    await backend.presence_remove(channel + "-other", "c2")
+    assert await backend.presence(channel) == {"c2": payload("c2")}
+
+
+async def test_presence_entries_expire_unless_refreshed(
+    make_hub: MakeHub, advance: Advance, channel: str
+) -> None:
+    backend = (await make_hub()).backend
+    await backend.presence_add(channel, "kept", payload("kept"), ttl=2.0)
+    await backend.presence_add(channel, "lost", payload("lost"), ttl=2.0)
+    await advance(1.2)
+    await backend.presence_add(channel, "kept", payload("kept"), ttl=2.0)
+    await advance(1.2)
+    assert list(await backend.presence(channel)) == ["kept"]
+    await advance(2.5)
+    assert await backend.presence(channel) == {}
+
+
+def join_leave(channel: str) -> Namespaces:
+    namespace = channel.partition(":")[0]
+    return Namespaces(by_name={namespace: NamespaceOptions(join_leave=True)})
+
+
+async def notices(subscription: Subscription, count: int) -> list[tuple[str, str]]:
+    """The next ``count`` join/leave notices as (type, client id)."""
+    found = []
+    async with asyncio.timeout(TIMEOUT):
+        while len(found) < count:
+            item = await anext(subscription)
+            if isinstance(item, Event) and item.type in ("join", "leave"):
+                assert item.offset == 0
+                found.append((item.type, item.data["client"]))
+    return found
+
+
+async def test_join_and_leave_reach_members_on_every_node(make_hub: MakeHub, channel: str) -> None:
+    node_a = await make_hub(namespaces=join_leave(channel))
+    node_b = await make_hub(namespaces=join_leave(channel))
+    async with (
+        node_b.subscribe(channel) as anonymous,  # no client: not a member
+        node_b.subscription(client=ClientInfo("watcher")) as watcher,
+    ):
+        await watcher.add(channel)
+        assert await notices(watcher, 1) == [("join", "watcher")]
+        member = node_a.subscription(client=ClientInfo("ada", "u1", {"name": "Ada"}))
+        await member.add(channel)
+        assert await notices(watcher, 1) == [("join", "ada")]
+        clients = {client.client_id: client for client in await node_b.presence(channel)}
+        assert clients["ada"] == ClientInfo("ada", "u1", {"name": "Ada"})
+        assert set(clients) == {"watcher", "ada"}
+        member.close()
+        assert await notices(watcher, 1) == [("leave", "ada")]
+        assert [client.client_id for client in await node_a.presence(channel)] == ["watcher"]
+        await node_a.publish(channel, "marker")
+        (item,) = await take(anonymous, 1)
+        assert isinstance(item, Event)
+        assert item.data == "marker"  # no join or leave reached the anonymous subscription
+
+
+async def test_presence_without_join_leave_sends_no_notices(
+    make_hub: MakeHub, channel: str
+) -> None:
+    hub = await make_hub()
+    async with hub.subscription(client=ClientInfo("one")) as one:
+        await one.add(channel)
+        async with hub.subscription(client=ClientInfo("two")) as two:
+            await two.add(channel)
+            assert {client.client_id for client in await hub.presence(channel)} == {"one", "two"}
+        await hub.publish(channel, "marker")
+        (item,) = await take(one, 1)
+        assert isinstance(item, Event)
+        assert item.data == "marker"
+
+
+async def test_presence_is_shared_and_released_when_subscriptions_close(
+    make_hub: MakeHub, channel: str
+) -> None:
+    node_a, node_b = await make_hub(), await make_hub()
+    other = channel + "-b"
+    subscription = node_a.subscription(client=ClientInfo("c1"))
+    await subscription.add(channel)
+    await subscription.add(other)
+    assert [client.client_id for client in await node_b.presence(other)] == ["c1"]
+    assert subscription.remove(channel)
+
+    # Removal is asynchronous (the hub's presence task): ask until it shows.
+    await eventually(lambda: released(node_b, channel))
+    subscription.close()
+    await eventually(lambda: released(node_b, other))
+
+
+async def released(hub: Hub, channel: str) -> bool:
+    return not await hub.presence(channel)
+
+
+async def test_namespace_without_presence_keeps_no_entries(make_hub: MakeHub, channel: str) -> None:
+    namespace = channel.partition(":")[0]
+    hub = await make_hub(
+        namespaces=Namespaces(by_name={namespace: NamespaceOptions(presence=False)})
+    )
+    async with hub.subscription(client=ClientInfo("c1")) as subscription:
+        await subscription.add(channel)
+        assert await hub.presence(channel) == []

@@ -8,6 +8,7 @@ import pytest
 
 from tests.support.env import TIMEOUT
 from tidings import Event, Hub, InvalidChannel, InvalidPublication, Position, Reset
+from tidings.hub import ClientInfo, MemoryBackend
 
 
 async def test_bad_channel_names_are_refused() -> None:
@@ -175,3 +176,53 @@ async def test_options_must_be_sane() -> None:
         Hub(outbox_max_bytes=0)
     with pytest.raises(ValueError, match="disconnect"):
         Hub(overflow="explode")
+
+
+class CountingBackend(MemoryBackend):
+    """Counts presence writes, so a test can wait for the keeper's refresh."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.adds = 0
+        self.refreshed = asyncio.Event()
+
+    async def presence_add(
+        self, channel: str, client_id: str, payload: bytes, *, ttl: float
+    ) -> None:
+        await super().presence_add(channel, client_id, payload, ttl=ttl)
+        self.adds += 1
+        if self.adds > 1:
+            self.refreshed.set()
+
+
+async def test_presence_entries_are_refreshed_while_subscribed() -> None:
+    backend = CountingBackend()
+    async with Hub(backend, presence_ttl=0.15) as hub:
+        subscription = hub.subscription(client=ClientInfo("c1"))
+        await subscription.add("room")
+        async with asyncio.timeout(TIMEOUT):
+            await backend.refreshed.wait()  # within ttl / 3
+        assert [client.client_id for client in await hub.presence("room")] == ["c1"]
+        subscription.close()
+
+
+async def test_presence_is_cleaned_up_when_the_hub_closes() -> None:
+    backend = MemoryBackend()
+    hub = Hub(backend)
+    async with hub:
+        subscription = hub.subscription(client=ClientInfo("c1"))
+        await subscription.add("room")
+        assert await backend.presence("room")
+    assert subscription.closed
+    assert await backend.presence("room") == {}
+
+
+async def test_presence_ttl_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="ttl"):
+        Hub(presence_ttl=0)
+
+
+async def test_presence_of_an_invalid_channel_is_refused() -> None:
+    async with Hub() as hub:
+        with pytest.raises(InvalidChannel):
+            await hub.presence("a b")

@@ -32,10 +32,13 @@ async def make_hub(clock: FakeClock) -> AsyncIterator[MakeHub]:
     backend = MemoryBackend(clock=clock)
     hubs: list[Hub] = []
 
+    first_options: dict[str, Any] = {}
+
     async def make(**options: Any) -> Hub:
         if hubs:
-            assert not options, "memory 'nodes' share one hub; pass options to the first"
+            assert options in ({}, first_options), "memory 'nodes' share one hub and its options"
             return hubs[0]
+        first_options.update(options)
         hub = Hub(backend, **options)
         await hub.start()
         hubs.append(hub)

@@ -234,3 +234,59 @@ async def test_position_of_subscribe_result() -> None:
         assert third.take() == []  # notify_reset=False: the caller reports it itself
         for each in (subscription, other, third):
             each.close()
+
+
+async def test_resume_writes_a_backlog_with_the_batch_encoder() -> None:
+    async with Hub() as hub:
+        transport = Transport()
+        batches: list[list[int]] = []
+
+        def encode_batch(items: list[Event | Reset]) -> bytes:
+            batches.append([item.offset for item in items if isinstance(item, Event)])
+            return b"[" + b",".join(TEXT(item) for item in items) + b"]"
+
+        subscription = hub.subscription()
+        await subscription.add("a")
+        subscription.attach_writer(transport.write, TEXT, encode_batch=encode_batch)
+        subscription.pause_writing()
+        await hub.publish("a", text="1")
+        subscription.resume_writing()  # a backlog of one is written as itself
+        subscription.pause_writing()
+        for n in range(2, 5):
+            await hub.publish("a", text=str(n))
+        subscription.resume_writing()
+        assert transport.writes == [b"1", b"[2,3,4]"]
+        assert batches == [[2, 3, 4]]
+        subscription.close()
+
+
+async def test_on_live_answers_before_the_replay_is_delivered() -> None:
+    async with Hub() as hub:
+        for n in range(3):
+            position = await hub.publish("a", text=str(n))
+        transport = Transport()
+        subscription = hub.subscription()
+        subscription.attach_writer(transport.write, TEXT)
+        seen: list[tuple[int, list[bytes]]] = []
+        result = await subscription.add(
+            "a",
+            since=Position(position.epoch, 0),
+            on_live=lambda live: seen.append((live.replayed, list(transport.writes))),
+        )
+        assert seen == [(3, [])]  # called before anything was written
+        assert transport.writes == [b"0", b"1", b"2"]
+        assert result.position == position
+        subscription.close()
+
+
+async def test_dropped_presence_notices_leave_no_gap() -> None:
+    async with Hub(outbox_max_bytes=EVENT_OVERHEAD * 4, overflow="drop") as hub:
+        subscription = hub.subscription()
+        await subscription.add("a")
+        notice = Event("a", "", 0, b'{"client":"c"}', type="join")
+        for _ in range(6):
+            subscription._deliver(notice)
+        assert not subscription.closed
+        items = subscription.take()
+        assert not any(isinstance(item, Reset) for item in items)
+        subscription.close()

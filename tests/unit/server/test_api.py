@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from tidings.hub import Hub, NamespaceOptions, Namespaces
+from tidings.hub import ClientInfo, Hub, NamespaceOptions, Namespaces
 from tidings.server import create_app
 from tidings.settings import Settings
 
@@ -15,7 +15,11 @@ from tidings.settings import Settings
 @pytest.fixture
 async def hub() -> AsyncIterator[Hub]:
     namespaces = Namespaces(
-        by_name={"ro": NamespaceOptions(publish=False), "hidden": NamespaceOptions(subscribe=False)}
+        by_name={
+            "ro": NamespaceOptions(publish=False),
+            "hidden": NamespaceOptions(subscribe=False),
+            "quiet": NamespaceOptions(presence=False),
+        }
     )
     async with Hub(namespaces=namespaces) as hub:
         yield hub
@@ -191,3 +195,17 @@ async def test_publish_method_not_allowed(client: httpx.AsyncClient) -> None:
     response = await client.get("/api/publish")
     assert response.status_code == 405
     assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_presence_lists_member_subscriptions(client: httpx.AsyncClient, hub: Hub) -> None:
+    assert (await client.get("/api/presence/room")).json() == {"channel": "room", "clients": []}
+    async with hub.subscription(client=ClientInfo("c1", "u1", {"name": "ada"})) as member:
+        await member.add("room")
+        response = await client.get("/api/presence/room")
+        assert response.json()["clients"] == [
+            {"client": "c1", "user": "u1", "info": {"name": "ada"}}
+        ]
+    response = await client.get("/api/presence/a%20b")
+    assert (response.status_code, response.json()["error"]["code"]) == (400, "invalid_channel")
+    response = await client.get("/api/presence/quiet:x")
+    assert (response.status_code, response.json()["error"]["code"]) == (403, "permission_denied")

@@ -86,7 +86,7 @@ class FakeFastWrite:
         if self.listener is not None:
             self.listener.connection_lost()
 
-    def close(self) -> None:
+    def end(self) -> None:
         self.closed = True
 
     def hand_off(self) -> None:

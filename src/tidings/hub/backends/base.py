@@ -17,6 +17,13 @@ checks for every implementation:
   than history, or ahead of the channel).
 - The epoch of a channel changes whenever its history or offset counter is
   lost, so a position from before the loss is never resumed as if exact.
+- Presence: ``presence_add`` stores an entry ``(channel, client_id) ->
+  payload`` that lives ``ttl`` seconds unless added again (which refreshes it
+  and notifies no one); ``presence_remove`` deletes it; ``presence`` lists the
+  live entries of a channel, from every process. A new entry is announced to
+  the presence listener as ``"join"``, a removed one as ``"leave"`` (with its
+  payload), exactly once in every process that watches the channel. An entry
+  that expires is no longer listed; announcing its leave is optional.
 """
 
 from __future__ import annotations
@@ -28,10 +35,30 @@ from tidings.hub.event import Event, Reset
 from tidings.hub.names import NamespaceOptions
 from tidings.types import Position
 
-__all__ = ["Backend", "ChannelInfo", "History", "Listener"]
+__all__ = ["Backend", "ChannelInfo", "History", "Listener", "PresenceChange", "PresenceListener"]
 
 #: Called by the backend with every event of a watched channel.
 Listener = Callable[[Event], None]
+
+
+class PresenceChange(NamedTuple):
+    """A client joined or left a channel.
+
+    Attributes:
+        channel: The channel.
+        kind: ``"join"`` or ``"leave"``.
+        client_id: The client.
+        payload: The entry's payload (JSON: client, user and info).
+    """
+
+    channel: str
+    kind: str
+    client_id: str
+    payload: bytes
+
+
+#: Called by the backend with every presence change, from any process.
+PresenceListener = Callable[[PresenceChange], None]
 
 
 class History(NamedTuple):
@@ -106,3 +133,17 @@ class Backend(Protocol):
 
     async def channels(self) -> list[ChannelInfo]:
         """Return the channels the backend currently keeps state for."""
+
+    def set_presence_listener(self, listener: PresenceListener) -> None:
+        """Set the callable that receives join and leave changes."""
+
+    async def presence_add(
+        self, channel: str, client_id: str, payload: bytes, *, ttl: float
+    ) -> None:
+        """Add or refresh an entry that lives ``ttl`` seconds; announce it if it is new."""
+
+    async def presence_remove(self, channel: str, client_id: str) -> None:
+        """Remove an entry and announce its leave; nothing happens if there is none."""
+
+    async def presence(self, channel: str) -> dict[str, bytes]:
+        """Return the live entries of ``channel``: client id -> payload, oldest first."""

@@ -20,7 +20,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from tidings.hub.backends.base import ChannelInfo, History, Listener
+from tidings.hub.backends.base import (
+    ChannelInfo,
+    History,
+    Listener,
+    PresenceChange,
+    PresenceListener,
+)
 from tidings.hub.event import Event, Reset
 from tidings.hub.names import NamespaceOptions
 from tidings.types import Position
@@ -74,6 +80,9 @@ class MemoryBackend:
         self._states: dict[str, _ChannelState] = {}
         self._watched: dict[str, int] = {}
         self._listener: Listener = _no_listener
+        self._presence_listener: PresenceListener = _no_listener
+        # channel -> client id -> (payload, expiry time)
+        self._presence: dict[str, dict[str, tuple[bytes, float]]] = {}
         self._window = idempotency_window
         self._sweep_interval = sweep_interval
         self._clock = clock
@@ -81,6 +90,9 @@ class MemoryBackend:
 
     def set_listener(self, listener: Listener) -> None:
         self._listener = listener
+
+    def set_presence_listener(self, listener: PresenceListener) -> None:
+        self._presence_listener = listener
 
     async def start(self) -> None:
         if self._sweeper is None:
@@ -181,6 +193,39 @@ class MemoryBackend:
             )
         return infos
 
+    async def presence_add(
+        self, channel: str, client_id: str, payload: bytes, *, ttl: float
+    ) -> None:
+        now = self._clock()
+        entries = self._live_presence(channel, now)
+        new = client_id not in entries
+        entries[client_id] = (payload, now + ttl)
+        if new:
+            self._presence_listener(PresenceChange(channel, "join", client_id, payload))
+
+    async def presence_remove(self, channel: str, client_id: str) -> None:
+        entries = self._live_presence(channel, self._clock())
+        entry = entries.pop(client_id, None)
+        if not entries:
+            self._presence.pop(channel, None)
+        if entry is not None:
+            self._presence_listener(PresenceChange(channel, "leave", client_id, entry[0]))
+
+    async def presence(self, channel: str) -> dict[str, bytes]:
+        entries = self._live_presence(channel, self._clock())
+        if not entries:
+            self._presence.pop(channel, None)
+        return {client_id: payload for client_id, (payload, _) in entries.items()}
+
+    def _live_presence(self, channel: str, now: float) -> dict[str, tuple[bytes, float]]:
+        """The channel's entries after dropping (and announcing) the expired ones."""
+        entries = self._presence.setdefault(channel, {})
+        expired = [client_id for client_id, (_, expiry) in entries.items() if expiry <= now]
+        for client_id in expired:
+            payload, _ = entries.pop(client_id)
+            self._presence_listener(PresenceChange(channel, "leave", client_id, payload))
+        return entries
+
     def sweep(self) -> int:
         """Forget idle channels and expired keys now; return how many channels went."""
         now = self._clock()
@@ -198,6 +243,9 @@ class MemoryBackend:
                 idle.append(channel)
         for channel in idle:
             del self._states[channel]
+        for channel in list(self._presence):
+            if not self._live_presence(channel, now):
+                del self._presence[channel]
         return len(idle)
 
     async def _sweep_forever(self) -> None:
@@ -223,5 +271,5 @@ def _unreachable(state: _ChannelState, since: Position) -> str | None:
     return None
 
 
-def _no_listener(event: Event) -> None:
+def _no_listener(item: Event | PresenceChange) -> None:
     pass
