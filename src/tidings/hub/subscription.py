@@ -148,7 +148,9 @@ class Subscription:
         self.channels: dict[str, None] = {}
         #: Why it closed, or ``None`` while it is open.
         self.close_reason: CloseReason | None = None
-        self._outbox: deque[Item] = deque()
+        # The outbox exists only while something is queued: an idle
+        # subscription (most of them, on the fast path) does not pay for a deque.
+        self._outbox: deque[Item] | None = None
         self._outbox_bytes = 0
         self._waiter: asyncio.Future[None] | None = None
         self._closed_waiter: asyncio.Future[None] | None = None
@@ -218,7 +220,10 @@ class Subscription:
     def _enqueue(self, item: Item) -> None:
         if self.close_reason is not None:
             return
-        self._outbox.append(item)
+        outbox = self._outbox
+        if outbox is None:
+            outbox = self._outbox = deque()
+        outbox.append(item)
         self._outbox_bytes += item.size
         if self._outbox_bytes > self.max_bytes:
             self._overflow()
@@ -238,6 +243,7 @@ class Subscription:
         target = self.max_bytes // 2
         lost: dict[str, Position] = {}
         outbox = self._outbox
+        assert outbox is not None
         dropped = 0
         while outbox and self._outbox_bytes > target:
             item = outbox.popleft()
@@ -258,10 +264,9 @@ class Subscription:
 
     def take(self) -> list[Item]:
         """Return and clear everything queued, without waiting."""
-        items = list(self._outbox)
-        self._outbox.clear()
+        outbox, self._outbox = self._outbox, None
         self._outbox_bytes = 0
-        return items
+        return list(outbox) if outbox else []
 
     @property
     def pending_bytes(self) -> int:
@@ -299,14 +304,18 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Item:
-        while not self._outbox:
+        outbox = self._outbox
+        while not outbox:
             if self.close_reason is not None:
                 if self.close_reason in _HUB_REASONS:
                     raise SubscriptionClosed(self.close_reason)
                 raise StopAsyncIteration
             await self.wait()
-        item = self._outbox.popleft()
+            outbox = self._outbox
+        item = outbox.popleft()
         self._outbox_bytes -= item.size
+        if not outbox:
+            self._outbox = None
         return item
 
     # -- fast path -------------------------------------------------------------
@@ -347,9 +356,7 @@ class Subscription:
             return
         self._write = writer
         if self._outbox:
-            items = list(self._outbox)
-            self._outbox.clear()
-            self._outbox_bytes = 0
+            items = self.take()
             encode_batch = self._encode_batch
             if encode_batch is not None and len(items) > 1:
                 data = encode_batch(items)
@@ -375,7 +382,7 @@ class Subscription:
         self.close_reason = CloseReason(reason)
         self._write = None
         if reason is CloseReason.SLOW_CONSUMER:
-            self._outbox.clear()
+            self._outbox = None
             self._outbox_bytes = 0
         channels, self.channels = self.channels, {}
         for channel in channels:

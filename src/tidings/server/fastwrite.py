@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
@@ -157,6 +158,36 @@ class _WebSocketFastWrite:
     def close(self, code: int, reason: str = "") -> None:
         self._protocol.fast_close(code, reason)
 
+    def hand_off(self, receiver: Callable[[str | bytes], object]) -> None:
+        self._protocol.hand_off(receiver)
+
+    def pause_reading(self) -> None:
+        protocol = self._protocol
+        if not protocol.read_paused and not protocol.transport.is_closing():
+            protocol.read_paused = True
+            protocol.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        protocol = self._protocol
+        if protocol.read_paused and not protocol.transport.is_closing():
+            protocol.read_paused = False
+            protocol.transport.resume_reading()
+
+
+class _Discard:
+    """Stands in for uvicorn's receive queue once a WebSocket is handed off."""
+
+    __slots__ = ()
+
+    def put_nowait(self, message: object) -> None:
+        pass
+
+    def empty(self) -> bool:
+        return True
+
+
+_DISCARD = _Discard()
+
 
 class _ServerProtocol(ServerProtocol):
     def recv_frame(self, frame: Frame) -> None:
@@ -180,6 +211,7 @@ class FastWebSocketsProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fast_listener: WriteListener | None = None
+        self.receiver: Callable[[str | bytes], object] | None = None
         # Same object, one changed method (see _ServerProtocol); swapping the
         # class keeps whatever options uvicorn built it with.
         self.conn.__class__ = _ServerProtocol
@@ -196,6 +228,60 @@ class FastWebSocketsProtocol(WebSocketsSansIOProtocol):
             # The handshake is done: its request and response objects (headers
             # and all) are never read again; free them for the connection's life.
             self.request = self.response = None  # type: ignore[assignment]
+
+    def hand_off(self, receiver: Callable[[str | bytes], object]) -> None:
+        """Deliver the peer's messages to ``receiver`` instead of ASGI ``receive``."""
+        queue, self.queue = self.queue, _DISCARD  # type: ignore[assignment]
+        self.receiver = receiver
+        self.scope = None  # type: ignore[assignment]
+        # Messages that arrived before the hand-off go first, in order.
+        while not queue.empty():
+            message = queue.get_nowait()
+            if message["type"] == "websocket.receive":
+                text = message.get("text")
+                receiver(text if text is not None else message.get("bytes") or b"")
+        if self.read_paused and not self.close_sent:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def send_receive_event_to_app(self) -> None:
+        receiver = self.receiver
+        if receiver is None:
+            super().send_receive_event_to_app()
+            return
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        if self.close_sent:
+            return
+        if self.curr_msg_data_type == "text":
+            try:
+                text = bytes(data).decode()
+            except UnicodeDecodeError:
+                self.conn.send_close(1007)
+                self.handle_parser_exception()
+                return
+            receiver(text)
+        else:
+            receiver(bytes(data))
+
+    async def run_asgi(self) -> None:
+        # uvicorn's run_asgi closes the socket when the app returns; a
+        # handed-off connection outlives its app, so only close otherwise.
+        try:
+            result = await self.app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except BaseException:
+            self.logger.exception("Exception in ASGI application\n")
+            self.send_500_response()
+        else:
+            if not self.handshake_complete:
+                self.logger.error("ASGI callable returned without completing handshake.")
+                self.send_500_response()
+            elif result is not None:
+                self.logger.error("ASGI callable should return None, but returned '%s'.", result)
+        if self.close_timer is None and self.receiver is None:
+            self.transport.close()
 
     def _release(self) -> None:
         """Stop fast writes: the connection is closing or gone."""

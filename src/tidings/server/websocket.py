@@ -12,11 +12,15 @@ Theory of operation
 
 A connection is a :class:`_Connection` (slots only) shared by two flows:
 
-* **commands**: the ASGI task reads ``websocket.receive`` messages, checks
-  size and rate, decodes a command, runs it against the hub and answers with
-  exactly one reply when the command has an ``id``. A ``subscribe`` answers
+* **commands**: each message is checked for size and rate, decoded, run
+  against the hub and answered with exactly one reply when the command has an
+  ``id``, one command at a time in arrival order. A ``subscribe`` answers
   from ``Subscription.add(on_live=…)``, so its reply is on the wire before the
-  replayed events.
+  replayed events. On the fast path the connection is *handed off* once
+  accepted: the ASGI call returns, the protocol hands each message to
+  ``_Connection.message_received``, and a worker task runs only while
+  commands are waiting (reading pauses when too many are). On the ASGI path
+  a reader task feeds the same code from ``receive``.
 * **pushes**, which reach the subscription from ``Hub._dispatch`` without any
   task of ours:
 
@@ -49,6 +53,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl
@@ -99,6 +104,8 @@ logger = logging.getLogger(__name__)
 
 #: Replies a slow ASGI-path connection may have waiting before commands stop being read.
 MAX_PENDING_REPLIES = 64
+#: Commands a handed-off connection may have waiting before reading pauses.
+MAX_PENDING_COMMANDS = 32
 #: Seconds the ASGI path waits to hand a close frame to the server.
 CLOSE_SEND_TIMEOUT = 1.0
 #: "Send no close frame": the peer is gone, or the server sends its own.
@@ -210,6 +217,8 @@ class _Connection:
         "codec",
         "endpoint",
         "fast",
+        "handed_off",
+        "inbox",
         "replies",
         "sending",
         "stamp",
@@ -217,6 +226,7 @@ class _Connection:
         "strikes",
         "subscription",
         "tokens",
+        "worker",
     )
 
     def __init__(
@@ -242,6 +252,11 @@ class _Connection:
         #: When the pending ASGI send started (0.0: none pending), for the stall watch.
         self.sending = 0.0
         self._writable: asyncio.Future[None] | None = None
+        #: Handed off (fast path): the connection outlives its ASGI call.
+        self.handed_off = False
+        #: Messages waiting for the worker task, which exists only while some do.
+        self.inbox: deque[str | bytes] | None = None
+        self.worker: asyncio.Task[None] | None = None
 
     # -- ending ----------------------------------------------------------------
 
@@ -266,6 +281,17 @@ class _Connection:
         if fast is not None and code != _GONE:
             fast.close(code, reason)
         self._wake()
+        if self.handed_off:
+            # No ASGI call is left to clean up after a handed-off connection.
+            self.fast = None
+            if fast is not None:
+                fast.detach()
+            self.inbox = None
+            worker, self.worker = self.worker, None
+            if worker is not None and worker is not asyncio.current_task():
+                worker.cancel()
+            if self.endpoint.on_open is not None:
+                self.endpoint.on_open(-1)
 
     # -- fast-path listener (server/fastwrite.py calls these) ---------------------
 
@@ -342,10 +368,49 @@ class _Connection:
         self.strikes += 1.0
         return False
 
+    def message_received(self, data: str | bytes) -> None:
+        """A message from the peer of a handed-off connection (called by the protocol)."""
+        if self.subscription.closed:
+            return
+        if self.codec.raw:
+            self.end(CloseCode.BAD_REQUEST, "raw mode is receive-only")
+            return
+        inbox = self.inbox
+        if inbox is None:
+            inbox = self.inbox = deque()
+        inbox.append(data)
+        if len(inbox) >= MAX_PENDING_COMMANDS and self.fast is not None:
+            self.fast.pause_reading()
+        if self.worker is None:
+            self.worker = asyncio.get_running_loop().create_task(
+                self._work(), name="tidings-ws-commands"
+            )
+
+    async def _work(self) -> None:
+        """Run waiting commands in order; the task ends when none are left."""
+        try:
+            while self.inbox and not self.subscription.closed:
+                data = self.inbox.popleft()
+                if len(self.inbox) < MAX_PENDING_COMMANDS // 2 and self.fast is not None:
+                    self.fast.resume_reading()
+                await self.writable()
+                await self.handle(data)
+        except Exception:
+            logger.exception("WebSocket command failed")
+            self.end(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            if self.worker is asyncio.current_task():
+                self.worker = None
+            if not self.inbox:
+                self.inbox = None
+
     async def receive(self, message: Message) -> None:
-        """Handle one ``websocket.receive`` message."""
+        """Handle one ``websocket.receive`` message (the ASGI path)."""
         text = message.get("text")
-        data: str | bytes = text if text is not None else (message.get("bytes") or b"")
+        await self.handle(text if text is not None else (message.get("bytes") or b""))
+
+    async def handle(self, data: str | bytes) -> None:
+        """Check, decode and run one message from the peer."""
         codec = self.codec
         if codec.raw:
             self.end(CloseCode.BAD_REQUEST, "raw mode is receive-only")
@@ -625,47 +690,44 @@ class WebSocketEndpoint:
             try:
                 fast: WebSocketFastWrite | None = scope.get("extensions", {}).get(FAST_WRITE)
                 if fast is not None:
-                    await self._serve_fast(connection, fast, receive, channels, cursor)
+                    await self._serve_fast(connection, fast, channels, cursor)
                 else:
                     await self._serve_asgi(connection, receive, send, channels, cursor)
             finally:
-                if self.on_open is not None:
+                if self.on_open is not None and not connection.handed_off:
                     self.on_open(-1)
         finally:
-            subscription.close()
+            if not connection.handed_off:
+                subscription.close()
 
     async def _serve_fast(
         self,
         connection: _Connection,
         fast: WebSocketFastWrite,
-        receive: Receive,
         channels: list[str],
         cursor: dict[str, Position],
     ) -> None:
+        """Attach the connection to its transport, then hand it off and return."""
         subscription = connection.subscription
         write = fast.attach(connection)
         if write is None:  # the peer is already gone
             return
         connection.fast = fast
         subscription.on_close(connection.on_closed)
-        try:
-            if fast.paused:
-                subscription.pause_writing()
-            subscription.attach_writer(
-                write, connection.codec.frame_encoding, encode_batch=connection.codec.frames
-            )
-            await connection.subscribe_all(channels, cursor)
-            while not subscription.closed:
-                message = await receive()
-                if message["type"] != "websocket.receive":
-                    connection.connection_lost()
-                    break
-                await connection.writable()
-                await connection.receive(message)
-        finally:
+        if fast.paused:
+            subscription.pause_writing()
+        subscription.attach_writer(
+            write, connection.codec.frame_encoding, encode_batch=connection.codec.frames
+        )
+        await connection.subscribe_all(channels, cursor)
+        if subscription.closed:
             connection.fast = None
             fast.detach()
-            subscription.close(CloseReason.DISCONNECT)
+            return
+        # From here the subscription and the protocol own the connection;
+        # _Connection.on_closed cleans up when it ends.
+        connection.handed_off = True
+        fast.hand_off(connection.message_received)
 
     async def _serve_asgi(
         self,

@@ -84,3 +84,19 @@ class WebSocketFastWrite(FastWrite, Protocol):
         app ``websocket.disconnect``, and drops the connection if the peer does
         not complete the handshake in time. Does nothing once closing.
         """
+
+    def hand_off(self, receiver: Callable[[str | bytes], object]) -> None:
+        """Messages from the peer go to ``receiver`` from now on; the app may return.
+
+        Messages already received and not yet read through ASGI ``receive``
+        are given to ``receiver`` first, in order. The connection then lives
+        without its ASGI call: the listener hears when it ends, and ``close``
+        ends it from this side. This frees the task, the coroutines and the
+        receive queue that would otherwise sit idle for every open socket.
+        """
+
+    def pause_reading(self) -> None:
+        """Stop reading from the peer (backpressure for a handed-off receiver)."""
+
+    def resume_reading(self) -> None:
+        """Read from the peer again."""
