@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 BENCH := ../shared/bench
+BENCH_PYTHON ?= /tmp/benchvenv/bin/python
 
 .PHONY: serve test check bench bench-quick clean
 
@@ -28,6 +29,15 @@ test: $(VENV)/.installed-dev
 check: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
+
+$(BENCH_PYTHON):
+	bash $(BENCH)/setup.sh
+
+bench: $(VENV)/.installed-dev | $(BENCH_PYTHON)
+	$(BENCH_PYTHON) $(BENCH)/run.py --extra-targets benchmarks/targets.json --out benchmarks/results $(ARGS)
+
+bench-quick: $(VENV)/.installed-dev | $(BENCH_PYTHON)
+	$(BIN)/python benchmarks/quick.py --python $(BENCH_PYTHON)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info
