@@ -34,6 +34,33 @@ from tidings.wire.codes import CloseCode
 __all__ = ["FastHttpToolsProtocol", "FastWebSocketsProtocol"]
 
 
+class _Flag:
+    """An ``asyncio.Event`` stand-in for a handed-off connection: a flag, no waiters.
+
+    uvicorn keeps two events per HTTP connection and one per WebSocket that
+    only its ASGI ``send``/``receive`` wait on; after a hand-off nothing waits,
+    and each event's empty deque of waiters costs more than the rest of the
+    connection's Tidings state.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: bool) -> None:
+        self._value = value
+
+    def set(self) -> None:
+        self._value = True
+
+    def clear(self) -> None:
+        self._value = False
+
+    def is_set(self) -> bool:
+        return self._value
+
+    async def wait(self) -> None:
+        raise RuntimeError("nothing waits on a handed-off connection")
+
+
 class _HTTPFastWrite:
     """The extension object for one HTTP request (see ``server/writer.py``)."""
 
@@ -71,8 +98,12 @@ class _HTTPFastWrite:
         protocol.handed_off = True
         # uvicorn then neither logs nor closes when the app returns, and the
         # request's scope and body buffers can go.
-        protocol.cycle.response_complete = True
-        protocol.cycle.scope = None  # type: ignore[assignment]
+        cycle = protocol.cycle
+        cycle.response_complete = True
+        cycle.scope = None  # type: ignore[assignment]
+        cycle.message_event = _Flag(cycle.message_event.is_set())  # type: ignore[assignment]
+        flow = protocol.flow
+        flow._is_writable_event = _Flag(flow._is_writable_event.is_set())  # type: ignore[assignment]
         protocol.scope = None  # type: ignore[assignment]
         protocol.headers = None  # type: ignore[assignment]
 
@@ -227,6 +258,9 @@ class FastWebSocketsProtocol(WebSocketsSansIOProtocol):
         if message["type"] == "websocket.accept" and self.handshake_complete:
             # The handshake is done: its request and response objects (headers
             # and all) are never read again; free them for the connection's life.
+            # The websockets parser's generator frame keeps the request alive
+            # as a local, so empty its headers too.
+            self.request.headers.clear()
             self.request = self.response = None  # type: ignore[assignment]
 
     def hand_off(self, receiver: Callable[[str | bytes], object]) -> None:
@@ -234,6 +268,7 @@ class FastWebSocketsProtocol(WebSocketsSansIOProtocol):
         queue, self.queue = self.queue, _DISCARD  # type: ignore[assignment]
         self.receiver = receiver
         self.scope = None  # type: ignore[assignment]
+        self.writable = _Flag(self.writable.is_set())  # type: ignore[assignment]
         # Messages that arrived before the hand-off go first, in order.
         while not queue.empty():
             message = queue.get_nowait()
