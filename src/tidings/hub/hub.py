@@ -221,13 +221,22 @@ class Hub:
         for buffer in local.pending.values():
             buffer.append(event)
         subscribers = local.snapshot
+        # Most subscriptions share one encoding, so the frame of the previous
+        # one is reused when the encoder is the same object: one identity test
+        # per delivery instead of a call.
+        last_encode: object = None
+        frame = b""
         for subscription in subscribers:
             try:
                 # Subscription._deliver, inlined: this loop runs once per
                 # delivery and the method call is a measurable share of it.
                 write = subscription._write
                 if write is not None:
-                    write(subscription._encode(event))  # type: ignore[misc]
+                    encode = subscription._encode
+                    if encode is not last_encode:
+                        frame = encode(event)  # type: ignore[misc]
+                        last_encode = encode
+                    write(frame)
                 else:
                     subscription._enqueue(event)
             except Exception:
