@@ -166,7 +166,8 @@ class _Run:
             self.latencies.append((time.time_ns() - stamp) / 1e6)
         self.progress.delivered += 1
         self.last_delivery = time.monotonic()
-        if self.progress.delivered >= self.progress.expected > 0:
+        # Only once everything is published can "caught up" mean "done".
+        if self.progress.phase == "draining" and self.progress.delivered >= self.progress.expected:
             self.done.set()
 
 

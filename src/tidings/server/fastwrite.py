@@ -28,6 +28,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 
+from tidings.server.coalesce import CoalescingWriter
 from tidings.server.writer import FAST_WRITE, WriteListener
 from tidings.wire.codes import CloseCode
 
@@ -79,19 +80,30 @@ class _HTTPFastWrite:
         if transport is None or transport.is_closing() or protocol.cycle.disconnected:
             return None
         protocol.fast_listener = listener
-        return transport.write
+        writer = protocol.writer = CoalescingWriter(transport)
+        return writer.write
 
     def detach(self) -> None:
         self._protocol.fast_listener = None
 
     def write(self, data: bytes) -> None:
-        self._protocol.transport.write(data)
+        protocol = self._protocol
+        if protocol.writer is not None:
+            protocol.writer.write(data)
+        else:
+            protocol.transport.write(data)
 
     def abort(self) -> None:
-        self._protocol.transport.abort()
+        protocol = self._protocol
+        if protocol.writer is not None:
+            protocol.writer.discard()
+        protocol.transport.abort()
 
     def end(self) -> None:
-        self._protocol.transport.close()
+        protocol = self._protocol
+        if protocol.writer is not None:
+            protocol.writer.flush()
+        protocol.transport.close()
 
     def hand_off(self) -> None:
         protocol = self._protocol
@@ -114,6 +126,7 @@ class FastHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fast_listener: WriteListener | None = None
+        self.writer: CoalescingWriter | None = None
         self.handed_off = False
 
     def data_received(self, data: bytes) -> None:
@@ -138,6 +151,8 @@ class FastHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         listener, self.fast_listener = self.fast_listener, None
+        if self.writer is not None:
+            self.writer.discard()
         super().connection_lost(exc)
         if listener is not None:
             listener.connection_lost()
@@ -173,7 +188,8 @@ class _WebSocketFastWrite:
         ):
             return None
         protocol.fast_listener = listener
-        return transport.write
+        writer = protocol.writer = CoalescingWriter(transport)
+        return writer.write
 
     def detach(self) -> None:
         self._protocol.fast_listener = None
@@ -181,10 +197,16 @@ class _WebSocketFastWrite:
     def write(self, data: bytes) -> None:
         protocol = self._protocol
         if not protocol.close_sent and not protocol.disconnected:
-            protocol.transport.write(data)
+            if protocol.writer is not None:
+                protocol.writer.write(data)
+            else:
+                protocol.transport.write(data)
 
     def abort(self) -> None:
-        self._protocol.transport.abort()
+        protocol = self._protocol
+        if protocol.writer is not None:
+            protocol.writer.discard()
+        protocol.transport.abort()
 
     def close(self, code: int, reason: str = "") -> None:
         self._protocol.fast_close(code, reason)
@@ -242,6 +264,7 @@ class FastWebSocketsProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fast_listener: WriteListener | None = None
+        self.writer: CoalescingWriter | None = None
         self.receiver: Callable[[str | bytes], object] | None = None
         # Same object, one changed method (see _ServerProtocol); swapping the
         # class keeps whatever options uvicorn built it with.
@@ -319,7 +342,9 @@ class FastWebSocketsProtocol(WebSocketsSansIOProtocol):
             self.transport.close()
 
     def _release(self) -> None:
-        """Stop fast writes: the connection is closing or gone."""
+        """Stop fast writes: the connection is closing or gone; nothing pending goes out."""
+        if self.writer is not None:
+            self.writer.discard()
         listener, self.fast_listener = self.fast_listener, None
         if listener is not None:
             listener.connection_lost()
@@ -342,6 +367,8 @@ class FastWebSocketsProtocol(WebSocketsSansIOProtocol):
         listener, self.fast_listener = self.fast_listener, None
         if listener is not None:
             listener.shutdown()
+        if self.writer is not None:
+            self.writer.flush()  # what was sent before the close frame goes before it
         super().shutdown()
 
     def handle_close(self, event: Any) -> None:
@@ -374,6 +401,8 @@ class FastWebSocketsProtocol(WebSocketsSansIOProtocol):
         if self.close_sent or self.disconnected or self.transport.is_closing():
             return
         self.fast_listener = None
+        if self.writer is not None:
+            self.writer.flush()  # pending frames go before the close frame
         self.stop_keepalive()
         self.conn.send_close(code, reason)
         self.transport.write(b"".join(self.conn.data_to_send()))
