@@ -124,3 +124,251 @@ export async function publish(channel, data, { event, text = false, baseUrl = ""
   if (!response.ok) throw new Error(`${result.error.code}: ${result.error.message}`);
   return result;
 }
+
+// -- WebSocket -------------------------------------------------------------------
+
+/**
+ * WebSocket close codes Tidings uses (the same table as tidings.wire.codes.CloseCode;
+ * tests/unit/test_js_client.py keeps them equal). 4000-4499: reconnect and resume;
+ * 4500-4999: terminal.
+ */
+export const CLOSE_CODES = Object.freeze({
+  NORMAL: 1000,
+  GOING_AWAY: 1001,
+  PROTOCOL_ERROR: 1002,
+  ABNORMAL_CLOSURE: 1006,
+  INVALID_DATA: 1007,
+  MESSAGE_TOO_BIG: 1009,
+  INTERNAL_ERROR: 1011,
+  SERVICE_RESTART: 1012,
+  SHUTDOWN: 4001,
+  HEARTBEAT_TIMEOUT: 4002,
+  SLOW_CONSUMER: 4008,
+  RATE_LIMITED: 4029,
+  BAD_REQUEST: 4500,
+  UNAUTHORIZED: 4501,
+  FORBIDDEN: 4503,
+});
+
+/** Whether a client should reconnect after a close with `code`. */
+export function shouldReconnect(code) {
+  if (code >= 4500 && code <= 4999) return false;
+  return ![CLOSE_CODES.PROTOCOL_ERROR, CLOSE_CODES.INVALID_DATA, CLOSE_CODES.MESSAGE_TOO_BIG].includes(code);
+}
+
+/** A push of a channel's stream (or a join/leave/reset notice). */
+export class TidingsSocketEvent extends Event {
+  constructor(type, push) {
+    super(type);
+    this.channel = push.channel;
+    this.epoch = push.epoch ?? null;
+    this.offset = push.offset ?? null;
+    this.data = push.data;
+    this.text = push.text === true;
+  }
+}
+
+/** A command the server answered with an error. */
+export class TidingsError extends Error {
+  constructor(code, message) {
+    super(`${code}: ${message}`);
+    this.code = code;
+  }
+}
+
+function randomKey() {
+  return globalThis.crypto?.randomUUID?.() ?? `${Date.now()}-${Math.random().toString(36).slice(2)}`;
+}
+
+/**
+ * The Tidings WebSocket protocol (tidings.v1.json) with reconnect and exact recovery.
+ *
+ *   const socket = new TidingsSocket("/ws", { info: { name: "ada" } });
+ *   socket.addEventListener("message", (e) => console.log(e.channel, e.offset, e.data));
+ *   await socket.subscribe("chat:lobby");
+ *   await socket.publish("chat:lobby", { text: "hi" });
+ *
+ * After a drop it reconnects with exponential backoff and full jitter,
+ * re-sends `connect` and re-subscribes every channel from the last event it
+ * delivered, so recovery is exact or announced with a "reset" event.
+ * Publishes made while disconnected wait in a bounded queue and are sent
+ * once on reconnect; each carries an idempotency key, so a publish retried
+ * after a drop lands once. Terminal close codes (4500-4999) stop it.
+ */
+export class TidingsSocket extends EventTarget {
+  constructor(url = "/ws", { info = null, base = 0.5, cap = 30, maxAttempts = Infinity,
+                             requestTimeout = 10000, queueLimit = 1000 } = {}) {
+    super();
+    const target = new URL(url, window.location.href);
+    target.protocol = target.protocol.replace("http", "ws");
+    this.url = target.toString();
+    this.info = info;
+    this.state = "connecting";
+    this.backoff = { base, cap, maxAttempts, attempt: 0 };
+    this.requestTimeout = requestTimeout;
+    this.queueLimit = queueLimit;
+    this._nextId = 1;
+    this._pending = new Map(); // id -> {resolve, reject, timer, command}
+    this._queue = []; // publishes waiting for a connection
+    this._channels = new Map(); // channel -> {epoch, offset} of the last event delivered (or null)
+    this._closedByUser = false;
+    this._open();
+  }
+
+  /** Subscribe; resolves with the reply's result ({channel, epoch, offset, recovered, ...}). */
+  async subscribe(channel, { since = null } = {}) {
+    this._channels.set(channel, since);
+    if (this.state !== "open") return null; // sent on (re)connect
+    return this._subscribeNow(channel, since);
+  }
+
+  async unsubscribe(channel) {
+    this._channels.delete(channel);
+    if (this.state === "open") return this._request({ op: "unsubscribe", channel });
+    return null;
+  }
+
+  /** Publish; resolves with {channel, epoch, offset} once the server has it. */
+  publish(channel, data, { event, key, text = false } = {}) {
+    const command = { op: "publish", channel, key: key ?? randomKey() };
+    command[text ? "text" : "data"] = data;
+    if (event) command.event = event;
+    if (this.state === "open") return this._request(command, { retry: true });
+    if (this._queue.length >= this.queueLimit) {
+      return Promise.reject(new TidingsError("queue_full", `${this.queueLimit} publishes are waiting`));
+    }
+    return new Promise((resolve, reject) => this._queue.push({ command, resolve, reject }));
+  }
+
+  history(channel, { since, limit } = {}) {
+    const command = { op: "history", channel };
+    if (since) command.since = since;
+    if (limit !== undefined) command.limit = limit;
+    return this._request(command);
+  }
+
+  presence(channel) {
+    return this._request({ op: "presence", channel });
+  }
+
+  ping() {
+    return this._request({ op: "ping" });
+  }
+
+  close() {
+    this._closedByUser = true;
+    clearTimeout(this._timer);
+    this._ws?.close(1000);
+    this._fail(new TidingsError("connection_closed", "closed by the client"));
+    this._setState("closed");
+  }
+
+  // -- internals ---------------------------------------------------------------
+
+  _open() {
+    const ws = (this._ws = new WebSocket(this.url, ["tidings.v1.json"]));
+    ws.onopen = () => this._onOpen();
+    ws.onmessage = (message) => this._onMessage(message.data);
+    ws.onclose = (close) => this._onClose(close.code, close.reason);
+  }
+
+  async _onOpen() {
+    this.backoff.attempt = 0;
+    try {
+      if (this.info !== null) await this._request({ op: "connect", info: this.info });
+      this._setState("open");
+      for (const [channel, since] of this._channels) this._subscribeNow(channel, since).catch(() => {});
+      const queued = this._queue.splice(0);
+      for (const { command, resolve, reject } of queued) {
+        this._request(command, { retry: true }).then(resolve, reject);
+      }
+    } catch (error) {
+      this.dispatchEvent(Object.assign(new Event("error"), { error }));
+    }
+  }
+
+  async _subscribeNow(channel, since) {
+    const command = { op: "subscribe", channel };
+    if (since) command.since = since;
+    const result = await this._request(command);
+    if (result.recovered === false) {
+      this.dispatchEvent(new TidingsSocketEvent("reset", {
+        channel, epoch: result.epoch, offset: result.offset, data: { reason: result.reset },
+      }));
+    }
+    if (!this._channels.get(channel)) {
+      this._channels.set(channel, { epoch: result.epoch, offset: result.offset });
+    }
+    return result;
+  }
+
+  _request(command, { retry = false } = {}) {
+    if (this._ws.readyState !== WebSocket.OPEN) {
+      return Promise.reject(new TidingsError("connection_closed", `not connected (${this.state})`));
+    }
+    const id = this._nextId++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this._pending.delete(id);
+        reject(new TidingsError("timeout", `no reply to ${command.op} in ${this.requestTimeout} ms`));
+      }, this.requestTimeout);
+      this._pending.set(id, { resolve, reject, timer, command, retry });
+      this._ws.send(JSON.stringify({ id, ...command }));
+    });
+  }
+
+  _onMessage(text) {
+    const parsed = JSON.parse(text);
+    for (const message of Array.isArray(parsed) ? parsed : [parsed]) {
+      if ("ok" in message || "error" in message) {
+        const waiter = this._pending.get(message.id);
+        if (!waiter) continue;
+        this._pending.delete(message.id);
+        clearTimeout(waiter.timer);
+        if (message.error) waiter.reject(new TidingsError(message.error.code, message.error.message));
+        else waiter.resolve(message.result);
+      } else if (message.offset && this._channels.has(message.channel)) {
+        this._channels.set(message.channel, { epoch: message.epoch, offset: message.offset });
+        const type = message.event === "reset" ? "reset" : message.event;
+        this.dispatchEvent(new TidingsSocketEvent(type, message));
+        if (type !== "message" && type !== "reset") {
+          this.dispatchEvent(new TidingsSocketEvent("message", message));
+        }
+      } else if (message.channel) {
+        this.dispatchEvent(new TidingsSocketEvent(message.event, message)); // join, leave
+      }
+    }
+  }
+
+  _onClose(code, reason) {
+    this.closeCode = code;
+    this.closeReason = reason;
+    // Publishes in flight are kept and re-sent with the same key: they land once.
+    for (const [id, waiter] of this._pending) {
+      clearTimeout(waiter.timer);
+      this._pending.delete(id);
+      if (waiter.retry) this._queue.push({ command: waiter.command, resolve: waiter.resolve, reject: waiter.reject });
+      else waiter.reject(new TidingsError("connection_closed", `closed (${code})`));
+    }
+    if (this._closedByUser) return;
+    const { base, cap, maxAttempts } = this.backoff;
+    if (!shouldReconnect(code) || this.backoff.attempt >= maxAttempts) {
+      this._fail(new TidingsError("connection_closed", `closed (${code} ${reason})`));
+      this._setState("closed");
+      return;
+    }
+    this._setState("reconnecting");
+    const delay = Math.random() * Math.min(cap, base * 2 ** this.backoff.attempt++);
+    this._timer = setTimeout(() => this._open(), delay * 1000);
+  }
+
+  _fail(error) {
+    for (const { reject } of this._queue.splice(0)) reject(error);
+  }
+
+  _setState(state) {
+    if (state === this.state) return;
+    this.state = state;
+    this.dispatchEvent(new Event("statechange"));
+  }
+}
