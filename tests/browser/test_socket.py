@@ -23,7 +23,8 @@ SETUP = """async () => {
   socket.addEventListener("message", (e) => window.received.push([e.channel, e.offset, e.data]));
   socket.addEventListener("reset", (e) => window.resets.push([e.channel, e.offset]));
   window.socket = socket;
-  await new Promise((ok) => socket.addEventListener("statechange", () => socket.state === "open" && ok()));
+  const opened = () => socket.state === "open";
+  await new Promise((ok) => socket.addEventListener("statechange", () => opened() && ok()));
   return await socket.subscribe("room");
 }"""
 
