@@ -39,7 +39,7 @@ import orjson
 from tidings.errors import InvalidPublication, ProtocolError
 from tidings.hub.backends.base import Backend, History, PresenceChange
 from tidings.hub.backends.memory import MemoryBackend
-from tidings.hub.event import Event, Item
+from tidings.hub.event import Event, Item, Reset
 from tidings.hub.names import NamespaceOptions, Namespaces, validate_channel, validate_event_type
 from tidings.hub.presence import ClientInfo, PresenceKeeper
 from tidings.hub.stats import Counters, HubStats
@@ -78,7 +78,7 @@ class _Local:
         # Fan-out iterates a tuple rebuilt only after a change, so a
         # subscription closing mid-broadcast cannot disturb the loop.
         self.snapshot: tuple[Subscription, ...] = ()
-        self.pending: dict[Subscription, list[Event]] = {}
+        self.pending: dict[Subscription, list[Item]] = {}
         self.ready: asyncio.Future[None] | None = None
         self.error: BaseException | None = None
 
@@ -122,6 +122,7 @@ class Hub:
         self._presence = PresenceKeeper(self._backend, ttl=presence_ttl)
         self._backend.set_listener(self._dispatch)
         self._backend.set_presence_listener(self._dispatch_presence)
+        self._backend.set_reset_listener(self._dispatch_reset)
 
     @property
     def backend(self) -> Backend:
@@ -244,6 +245,20 @@ class Hub:
                 subscription.close(CloseReason.DISCONNECT)
         self._stats.delivered += len(subscribers)
 
+    def _dispatch_reset(self, reset: Reset) -> None:
+        """Tell local subscribers of a gap the backend could not fill (called by the backend)."""
+        local = self._locals.get(reset.channel)
+        if local is None:
+            return
+        for buffer in local.pending.values():
+            buffer.append(reset)
+        for subscription in local.snapshot:
+            try:
+                subscription._deliver(reset)
+            except Exception:
+                logger.exception("delivery to %r failed; closing it", subscription)
+                subscription.close(CloseReason.DISCONNECT)
+
     def _dispatch_presence(self, change: PresenceChange) -> None:
         """Deliver a join or leave notice to member subscriptions (called by the backend)."""
         local = self._locals.get(change.channel)
@@ -329,7 +344,7 @@ class Hub:
         options = self._namespaces.options(channel)
         if local is None:
             local = self._locals[channel] = _Local()
-        buffer: list[Event] = []
+        buffer: list[Item] = []
         local.pending[subscription] = buffer
         try:
             await self._watch(channel, local)
@@ -352,14 +367,22 @@ class Hub:
                 "the subscription closed while subscribing", code="subscription_closed"
             )
         position, replay, reset = history
+        epoch = position.epoch
         last = replay[-1].offset if replay else position.offset
         items: list[Item] = []
         if reset is not None and notify_reset:
             items.append(reset)
         items.extend(replay)
         for event in buffer:
-            if event.epoch == position.epoch and event.offset <= last:
-                continue  # already in the replay, or before the position we start from
+            if isinstance(event, Reset):
+                # The backend lost track of the stream while we read it: what
+                # follows continues from the reset's position.
+                if event.position.epoch != epoch or event.position.offset > last:
+                    items.append(event)
+                    epoch, last = event.position
+                continue
+            if event.epoch != epoch or event.offset <= last:
+                continue  # in the replay, before our position, or from an older epoch
             items.append(event)
             last = event.offset
         local.subscribers[subscription] = None
@@ -367,7 +390,7 @@ class Hub:
         subscription.channels[channel] = None
         subscribed = Subscribed(
             channel,
-            Position(position.epoch, max(last, position.offset)),
+            Position(epoch, last if epoch != position.epoch else max(last, position.offset)),
             reset is None,
             reset,
             len(replay),

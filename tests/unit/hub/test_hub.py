@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -226,3 +227,28 @@ async def test_presence_of_an_invalid_channel_is_refused() -> None:
     async with Hub() as hub:
         with pytest.raises(InvalidChannel):
             await hub.presence("a b")
+
+
+class ResettingBackend(MemoryBackend):
+    """A memory backend that can report a gap, as a shared backend does when history is lost."""
+
+    def set_reset_listener(self, listener: Callable[[Reset], None]) -> None:
+        self.reset_listener = listener
+
+
+async def test_a_reset_from_the_backend_reaches_live_subscribers_in_order() -> None:
+    backend = ResettingBackend()
+    async with (
+        Hub(backend) as hub,
+        hub.subscribe("c") as subscription,
+        hub.subscribe("other") as other,
+    ):
+        await hub.publish("c", 1)
+        reset = Reset("c", Position("new-epoch", 0), "epoch")
+        backend.reset_listener(reset)
+        backend.reset_listener(Reset("unwatched", Position("x", 0), "epoch"))  # ignored
+        await hub.publish("other", "marker")
+        items = [await anext(subscription), await anext(subscription)]
+        assert [type(item) for item in items] == [Event, Reset]
+        assert items[1] == reset
+        assert (await anext(other)).data == "marker"  # type: ignore[union-attr]

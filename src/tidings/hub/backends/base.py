@@ -11,7 +11,10 @@ checks for every implementation:
 - Every event of a watched channel reaches the listener given to
   ``set_listener``, exactly once per process and in offset order per
   channel, whichever process published it. ``watch`` returns only once
-  events published after it returns are certain to arrive.
+  events published after it returns are certain to arrive. When a watched
+  channel's stream has a gap the backend cannot fill (its epoch changed, or
+  events were lost and are no longer in history), the backend calls the
+  reset listener with a ``Reset`` instead, then goes on from its position.
 - ``read`` returns history after ``since`` when it is within the window, or a
   ``Reset`` with the current position when it is not (another epoch, older
   than history, or ahead of the channel).
@@ -35,10 +38,20 @@ from tidings.hub.event import Event, Reset
 from tidings.hub.names import NamespaceOptions
 from tidings.types import Position
 
-__all__ = ["Backend", "ChannelInfo", "History", "Listener", "PresenceChange", "PresenceListener"]
+__all__ = [
+    "Backend",
+    "ChannelInfo",
+    "History",
+    "Listener",
+    "PresenceChange",
+    "PresenceListener",
+    "ResetListener",
+]
 
 #: Called by the backend with every event of a watched channel.
 Listener = Callable[[Event], None]
+#: Called by the backend when a watched channel's stream has a gap it cannot fill.
+ResetListener = Callable[[Reset], None]
 
 
 class PresenceChange(NamedTuple):
@@ -90,6 +103,9 @@ class Backend(Protocol):
 
     def set_listener(self, listener: Listener) -> None:
         """Set the callable that receives events of watched channels."""
+
+    def set_reset_listener(self, listener: ResetListener) -> None:
+        """Set the callable told when a watched channel's stream cannot continue exactly."""
 
     async def start(self) -> None:
         """Connect and start background work."""

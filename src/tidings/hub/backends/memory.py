@@ -26,6 +26,7 @@ from tidings.hub.backends.base import (
     Listener,
     PresenceChange,
     PresenceListener,
+    ResetListener,
 )
 from tidings.hub.event import Event, Reset
 from tidings.hub.names import NamespaceOptions
@@ -93,6 +94,9 @@ class MemoryBackend:
 
     def set_presence_listener(self, listener: PresenceListener) -> None:
         self._presence_listener = listener
+
+    def set_reset_listener(self, listener: ResetListener) -> None:
+        pass  # a watched channel is never forgotten here, so its stream has no gaps
 
     async def start(self) -> None:
         if self._sweeper is None:

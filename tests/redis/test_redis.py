@@ -1,0 +1,161 @@
+"""hub/backends/redis.py: the backend contract over the real Redis, plus what only Redis does."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests.support.env import TIMEOUT
+from tests.unit.hub.backend_contract import *  # noqa: F403
+from tests.unit.hub.backend_contract import MakeHub, offsets, take
+from tidings import BackendUnavailable, Event, Hub, Position, Reset
+from tidings.hub.backends.redis import RedisBackend
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def make_hub(redis_url: str, redis_prefix: str, clock: FakeClock) -> AsyncIterator[MakeHub]:
+    # Each hub is a node with its own backend and connections; they share
+    # Redis (under this test's prefix) and the clock.
+    hubs: list[Hub] = []
+
+    async def make(**options: Any) -> Hub:
+        backend = RedisBackend(redis_url, prefix=redis_prefix, clock=clock)
+        hub = Hub(backend, **options)
+        await hub.start()
+        hubs.append(hub)
+        return hub
+
+    yield make
+    for hub in hubs:
+        await hub.aclose()
+
+
+@pytest.fixture
+def advance(clock: FakeClock) -> Any:
+    async def advance(seconds: float) -> None:
+        clock.now += seconds
+
+    return advance
+
+
+@pytest.fixture
+async def backends(redis_url: str, redis_prefix: str) -> AsyncIterator[list[RedisBackend]]:
+    """Two started backends on one prefix: two nodes, with Redis' own clock."""
+    nodes = [RedisBackend(redis_url, prefix=redis_prefix) for _ in range(2)]
+    for node in nodes:
+        await node.start()
+    yield nodes
+    for node in nodes:
+        await node.aclose()
+
+
+async def test_two_backends_publishing_at_once_never_share_an_offset(
+    backends: list[RedisBackend], channel: str
+) -> None:
+    async with Hub(backends[0]) as node_a, Hub(backends[1]) as node_b:
+        positions = await asyncio.gather(
+            *(node.publish(channel, n) for n in range(500) for node in (node_a, node_b))
+        )
+        assert sorted(p.offset for p in positions) == list(range(1, 1001))
+        assert len({p.epoch for p in positions}) == 1
+        history = await node_b.history(channel)
+        assert offsets(history.events) == list(range(1, 1001))
+
+
+async def delete_channel(client: Any, prefix: str, channel: str) -> None:
+    """What FLUSHALL, eviction or a restart without persistence does to a channel."""
+    deleted = await client.delete(f"{prefix}{{{channel}}}:m", f"{prefix}{{{channel}}}:s")
+    assert deleted == 2
+
+
+async def test_lost_stream_starts_a_new_epoch_and_old_positions_reset(
+    backends: list[RedisBackend], redis_client: Any, redis_prefix: str, channel: str
+) -> None:
+    async with Hub(backends[0]) as hub:
+        for n in range(3):
+            old = await hub.publish(channel, n)
+        await delete_channel(redis_client, redis_prefix, channel)
+        new = await hub.publish(channel, "after")
+        assert new.epoch != old.epoch
+        assert new.offset == 1
+        history = await hub.history(channel, since=old)
+        assert history.reset is not None
+        assert history.reset.reason == "epoch"
+        assert history.reset.position == new
+
+
+async def test_live_subscribers_get_a_reset_when_the_stream_is_lost(
+    backends: list[RedisBackend], redis_client: Any, redis_prefix: str, channel: str
+) -> None:
+    async with Hub(backends[0]) as node_a, Hub(backends[1]) as node_b:
+        async with node_b.subscribe(channel) as subscription:
+            await node_a.publish(channel, 1)
+            await node_a.publish(channel, 2)
+            assert offsets(await take(subscription, 2)) == [1, 2]
+            await delete_channel(redis_client, redis_prefix, channel)
+            new = await node_a.publish(channel, "new epoch")
+            reset, event = await take(subscription, 2)
+        assert isinstance(reset, Reset)
+        assert reset.reason == "epoch"
+        assert reset.position == Position(new.epoch, 0)
+        assert isinstance(event, Event)
+        assert (event.position, event.data) == (new, "new epoch")
+
+
+async def test_pubsub_reconnection_delivers_every_event_once_in_order(
+    backends: list[RedisBackend], redis_client: Any, channel: str
+) -> None:
+    """The subscriber's Pub/Sub connection is killed while another node publishes."""
+    total = 300
+    async with Hub(backends[0]) as node_a, Hub(backends[1]) as node_b:
+        async with node_b.subscribe(channel) as subscription:
+            name = backends[1].pubsub_client_name
+
+            async def publish_all() -> None:
+                for n in range(total):
+                    await node_a.publish(channel, n)
+                    if n in (50, 150):
+                        assert await kill_client(redis_client, name) == 1
+
+            publisher = asyncio.create_task(publish_all())
+            try:
+                items = await take(subscription, total)
+            finally:
+                await publisher
+        assert all(isinstance(item, Event) for item in items)
+        assert [item.data for item in items] == list(range(total))  # type: ignore[union-attr]
+        assert backends[1].reconnects >= 1
+
+
+async def kill_client(client: Any, name: str) -> int:
+    """Close the Redis connection named ``name`` from the server side."""
+    for entry in await client.client_list():
+        if entry.get("name") == name:
+            return int(await client.execute_command("CLIENT", "KILL", "ID", entry["id"]))
+    return 0
+
+
+async def test_start_fails_fast_when_redis_is_not_there(redis_prefix: str) -> None:
+    from tidings.testing import free_port
+
+    backend = RedisBackend(f"redis://127.0.0.1:{free_port()}/0", prefix=redis_prefix, timeout=1)
+    async with asyncio.timeout(TIMEOUT):
+        with pytest.raises(BackendUnavailable, match="unavailable"):
+            await backend.start()
+    await backend.aclose()
