@@ -36,6 +36,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--backend", choices=("memory", "redis"), help="where history lives")
     serve.add_argument("--redis-url", help="Redis URL for --backend redis")
+    serve.add_argument("--redis-prefix", help="prefix of every Redis key (default tidings:)")
     serve.add_argument(
         "--no-fast-write",
         dest="fast_write",
@@ -108,6 +109,7 @@ def _serve(args: argparse.Namespace) -> int:
             log_level=args.log_level,
             backend=args.backend,
             redis_url=args.redis_url,
+            redis_prefix=args.redis_prefix,
             fast_write=args.fast_write,
             demo=args.demo,
         )

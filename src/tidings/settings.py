@@ -50,7 +50,7 @@ class Settings:
     log_level: str = "info"
     backend: str = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_prefix: str = "tidings"
+    redis_prefix: str = "tidings:"
     history_size: int = 1000
     history_ttl: float = 300.0
     idempotency_window: float = 300.0

@@ -103,3 +103,33 @@ def test_websocket_settings() -> None:
     assert settings.ws_max_frame_bytes == 1024
     assert settings.ws_conformance_echo is True
     assert settings.presence_ttl == 30.0
+
+
+def test_redis_backend_settings(tmp_path: Path) -> None:
+    path = tmp_path / "tidings.toml"
+    path.write_text('backend = "redis"\nredis_url = "redis://cache:6380/2"\n')
+    settings = load_settings(path, env={"TIDINGS_REDIS_PREFIX": "app1:"})
+    assert (settings.backend, settings.redis_url, settings.redis_prefix) == (
+        "redis",
+        "redis://cache:6380/2",
+        "app1:",
+    )
+    assert load_settings(env={}).redis_prefix == "tidings:"
+    with pytest.raises(SettingsError, match="backend must be one of memory, redis"):
+        load_settings(env={"TIDINGS_BACKEND": "etcd"})
+
+
+def test_redis_settings_build_a_redis_backend() -> None:
+    from tidings.hub.backends.redis import RedisBackend
+    from tidings.server.app import build_hub
+
+    settings = load_settings(
+        env={},
+        backend="redis",
+        redis_url="redis://cache:6380/2",
+        redis_prefix="app1:",
+        idempotency_window=30.0,
+    )
+    backend = build_hub(settings).backend  # constructing connects to nothing
+    assert isinstance(backend, RedisBackend)
+    assert (backend.url, backend.prefix) == ("redis://cache:6380/2", "app1:")
