@@ -38,18 +38,22 @@ end
 
 -- Drop stream entries published before cutoff (ms); entries are in time order.
 local function expire_stream(stream, cutoff)
+  local count = 1  -- usually the oldest entry is fresh: look at it alone first
   while true do
-    local batch = redis.call('XRANGE', stream, '-', '+', 'COUNT', 100)
+    local batch = redis.call('XRANGE', stream, '-', '+', 'COUNT', count)
     if #batch == 0 then
       return
     end
-    for _, entry in ipairs(batch) do
+    for i, entry in ipairs(batch) do
       if tonumber(entry[2][2]) >= cutoff then
-        redis.call('XTRIM', stream, 'MINID', entry[1])
+        if i > 1 or count > 1 then
+          redis.call('XTRIM', stream, 'MINID', entry[1])
+        end
         return
       end
     end
     redis.call('XTRIM', stream, 'MINID', (id_offset(batch[#batch][1]) + 1) .. '-0')
+    count = 100
   end
 end
 
