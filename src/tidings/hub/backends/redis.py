@@ -279,7 +279,7 @@ class RedisBackend:
                 if client is None:
                     raise RedisError("the backend is closed")
                 pool = client.connection_pool
-                conn = await pool.get_connection()
+                conn = await pool.get_connection()  # type: ignore[no-untyped-call]
                 try:
                     for attempt in range(2):
                         await conn.send_packed_command(
