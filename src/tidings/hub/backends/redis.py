@@ -639,8 +639,14 @@ class _Fanout:
     # -- the connection --------------------------------------------------------------
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         attempt = sessions = 0
         while True:
+            if attempt:
+                # Capped exponential backoff with full jitter: nodes that lost
+                # Redis together do not come back in lockstep.
+                delay = random.uniform(0, min(self._max_delay, 0.05 * 2**attempt))
+                await asyncio.sleep(delay)
             conn = self._new_connection()
             try:
                 await conn.connect()  # type: ignore[no-untyped-call]
@@ -648,23 +654,22 @@ class _Fanout:
                 self._down = True
                 self._fail_pending(exc)
                 attempt += 1
-                delay = random.uniform(0, min(self._max_delay, 0.05 * 2**attempt))
-                logger.warning(
-                    "Redis Pub/Sub connection failed (%s); retrying in %.2f s", exc, delay
-                )
-                await conn.disconnect()
-                await asyncio.sleep(delay)
+                logger.warning("Redis Pub/Sub connection failed (attempt %d): %s", attempt, exc)
+                with contextlib.suppress(Exception):
+                    await conn.disconnect()
                 continue
             if sessions:
                 self.reconnects += 1
                 logger.info("Redis Pub/Sub connection restored after %d attempt(s)", attempt + 1)
             sessions += 1
-            attempt = 0
             self._down = False
+            started = loop.time()
             try:
                 await self._session(conn)
             except (RedisError, OSError, TimeoutError) as exc:
                 logger.warning("Redis Pub/Sub connection lost: %s", exc)
+            except Exception:
+                logger.exception("Redis Pub/Sub session failed; reconnecting")
             finally:
                 self._conn = None
                 self._connected.clear()
@@ -677,7 +682,9 @@ class _Fanout:
                     await conn.disconnect()
             self._fail_pending(None)
             self._down = True
-            await asyncio.sleep(random.uniform(0, 0.05))
+            # A session that ended at once (Redis accepting and dropping
+            # connections) keeps backing off; a long one starts over.
+            attempt = 1 if loop.time() - started > self._max_delay else attempt + 1
 
     def _new_connection(self) -> Connection:
         kwargs = dict(self._backend._client.connection_pool.connection_kwargs)  # type: ignore[union-attr]
@@ -748,7 +755,11 @@ class _Fanout:
             if kind == b"message":
                 watch = self._by_name.get(reply[1])
                 if watch is not None:
-                    self._on_message(watch, reply[2])
+                    try:
+                        self._on_message(watch, reply[2])
+                    except (ValueError, IndexError, UnicodeDecodeError):
+                        # Not ours (someone else publishing under our prefix): skip it.
+                        logger.warning("ignoring a malformed message on %r", reply[1][:200])
                 continue
             expects = self._expected.popleft() if self._expected else None
             if kind == b"subscribe" and expects is not None:
@@ -800,6 +811,7 @@ class _Fanout:
         backend = self._backend
         delay = 0.05
         while True:
+            caught_up = False
             try:
                 if not watch.ready.done():
                     # First confirmation: the position to start from, nothing to deliver.
@@ -810,14 +822,14 @@ class _Fanout:
                 else:
                     await self._catch_up(watch)
                     caught_up = True
-            except BackendUnavailable as exc:
+            except Exception as exc:
                 if not watch.ready.done():
                     watch.ready.set_exception(exc)
                     return
                 if self._conn is None:
                     return  # the reconnection fills every channel again
                 logger.warning("filling %s from Redis failed: %s", watch.channel, exc)
-                await asyncio.sleep(delay)
+                await asyncio.sleep(random.uniform(0, delay))
                 delay = min(delay * 2, self._max_delay)
                 continue
             if self._drain(watch, drop_other_epochs=caught_up):
@@ -831,24 +843,16 @@ class _Fanout:
         history = await backend.read(
             watch.channel, since=Position(watch.epoch, watch.last), limit=None, options=options
         )
-        reset = history.reset
-        if reset is not None and reset.reason == "epoch":
-            # A new epoch: deliver it from its first event when history still has it.
-            fresh = await backend.read(
-                watch.channel,
-                since=Position(reset.position.epoch, 0),
-                limit=None,
-                options=options,
-            )
-            if fresh.reset is None:
-                watch.epoch, watch.last = reset.position.epoch, 0
-                self.reset_listener(Reset(watch.channel, Position(watch.epoch, 0), "epoch"))
-                history = fresh
-                reset = None
-        if reset is not None:
-            watch.epoch, watch.last = reset.position
-            self.reset_listener(reset)
-            return
+        if history.reset is not None:
+            # The gap cannot be filled exactly (another epoch, or older than
+            # history): say so, and go on from the oldest event still kept,
+            # so that subscribers lose no more than history did.
+            kept = await backend.read(watch.channel, since=None, limit=None, options=options)
+            epoch, offset = kept.position
+            start = kept.events[0].offset - 1 if kept.events else offset
+            watch.epoch, watch.last = epoch, start
+            self.reset_listener(Reset(watch.channel, Position(epoch, start), history.reset.reason))
+            history = kept
         for event in history.events:
             if event.offset == watch.last + 1:
                 watch.last = event.offset
