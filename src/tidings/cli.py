@@ -123,9 +123,33 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"tidings: {exc} (install the extra: pip install 'tidings[redis]')", file=sys.stderr)
         return 2
+    if settings.backend == "redis":
+        problem = _check_redis(settings)
+        if problem:
+            print(f"tidings: {problem}", file=sys.stderr)
+            return 1
     config = uvicorn_config(app, settings, loop="uvloop")
     uvicorn.Server(config).run()
     return 0
+
+
+def _check_redis(settings: Any) -> str | None:
+    """Connect once to the configured Redis; return what is wrong, or None."""
+    from tidings.errors import BackendUnavailable
+    from tidings.hub.backends.redis import RedisBackend
+
+    async def check() -> None:
+        backend = RedisBackend(settings.redis_url, prefix=settings.redis_prefix)
+        try:
+            await backend.start()
+        finally:
+            await backend.aclose()
+
+    try:
+        asyncio.run(check())
+    except BackendUnavailable as exc:
+        return str(exc)
+    return None
 
 
 def _publish(args: argparse.Namespace) -> int:
