@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import random
@@ -89,8 +90,6 @@ class _Script:
     __slots__ = ("name", "sha", "source")
 
     def __init__(self, name: str) -> None:
-        import hashlib
-
         self.name = name
         self.source = _script(name)
         self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
@@ -192,7 +191,8 @@ class RedisBackend:
             protocol=2,
         )
         kwargs = client.connection_pool.connection_kwargs
-        self._label = f"redis at {kwargs.get('path') or kwargs.get('host')}:{kwargs.get('port')}"
+        where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+        self._label = f"redis at {where}"  # never the URL: it may hold a password
         self._client = client
         try:
             with self._map_redis_errors():
@@ -549,7 +549,6 @@ class _Fanout:
         self._expected: deque[_Watch | None] = deque()
         self._outgoing: list[tuple[Any, ...]] = []
         self._wakeup = asyncio.Event()
-        self._connected = asyncio.Event()
         self._down = False
         self._task: asyncio.Task[None] | None = None
         #: Reconnections so far (for tests and stats).
@@ -672,7 +671,6 @@ class _Fanout:
                 logger.exception("Redis Pub/Sub session failed; reconnecting")
             finally:
                 self._conn = None
-                self._connected.clear()
                 self._outgoing.clear()
                 self._expected.clear()
                 for watch in self._watches.values():
@@ -714,7 +712,6 @@ class _Fanout:
         self._expected.clear()
         for watch in self._watches.values():
             self._subscribe(watch)
-        self._connected.set()
         loop = asyncio.get_running_loop()
         tasks = [
             loop.create_task(self._write_loop(conn), name="tidings-redis-pubsub-write"),
