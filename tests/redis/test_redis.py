@@ -228,3 +228,19 @@ async def test_a_gap_older_than_history_is_a_reset(
     assert (reset.reason, reset.position) == ("window", Position(last.epoch, 3))
     assert offsets(rest) == [4, 5]
     assert [item.data for item in rest] == [4, 5]  # type: ignore[union-attr]
+
+
+async def test_watched_channels_keep_their_epoch_without_publishes(
+    redis_url: str, redis_prefix: str, redis_client: Any, channel: str
+) -> None:
+    backend = RedisBackend(redis_url, prefix=redis_prefix, meta_ttl=3600)
+    backend._fanout.refresh_interval = 0.05  # instead of meta_ttl / 4
+    meta = f"{redis_prefix}{{{channel}}}:m"
+    async with Hub(backend) as hub, hub.subscribe(channel):
+        await hub.publish(channel, 1)
+        await redis_client.pexpire(meta, 10_000)  # as if the last publish were long ago
+
+        async def refreshed() -> bool:
+            return int(await redis_client.pttl(meta)) > 3_000_000
+
+        await eventually(refreshed)

@@ -103,6 +103,7 @@ _SCRIPTS = (
     "presence_add",
     "presence_remove",
     "presence",
+    "touch",
 )
 
 
@@ -551,20 +552,25 @@ class _Fanout:
         self._wakeup = asyncio.Event()
         self._down = False
         self._task: asyncio.Task[None] | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        #: Seconds between refreshes of the watched channels' meta expiry.
+        self.refresh_interval = backend._meta_ttl_ms / 4000
         #: Reconnections so far (for tests and stats).
         self.reconnects = 0
 
     async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name="tidings-redis-pubsub"
-        )
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name="tidings-redis-pubsub")
+        self._refresher = loop.create_task(self._refresh_forever(), name="tidings-redis-refresh")
 
     async def aclose(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        tasks = (self._task, self._refresher)
+        self._task = self._refresher = None
+        for task in tasks:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for watch in list(self._watches.values()):
             self._stop_filler(watch)
             if not watch.ready.done():
@@ -572,6 +578,31 @@ class _Fanout:
                 watch.ready.exception()  # retrieved: nobody may be waiting
         self._watches.clear()
         self._by_name.clear()
+
+    async def _refresh_forever(self) -> None:
+        """Keep the epoch of watched channels alive, however long they go without publishes.
+
+        A channel's meta hash expires ``meta_ttl`` after its last publish; while
+        a process watches the channel, it pushes that expiry back, so that
+        its subscribers are not told to reset after a quiet day.
+        """
+        backend = self._backend
+        while True:
+            await asyncio.sleep(self.refresh_interval)
+            channels = list(self._watches)
+            try:
+                await asyncio.gather(
+                    *(
+                        backend._call(
+                            "touch",
+                            backend._keys(channel)[::2],
+                            (channel, backend._meta_ttl_ms, backend._now()),
+                        )
+                        for channel in channels
+                    )
+                )
+            except Exception as exc:
+                logger.warning("refreshing %d watched channels failed: %s", len(channels), exc)
 
     # -- watch / unwatch ---------------------------------------------------------------
 
