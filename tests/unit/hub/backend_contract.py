@@ -47,6 +47,7 @@ __all__ = [
     "test_read_since_current_position_is_empty_and_exact",
     "test_read_since_in_window_is_exact",
     "test_read_since_other_epoch_is_a_reset",
+    "test_read_since_outside_the_window_is_a_reset_whatever_the_limit",
     "test_read_since_trimmed_history_is_a_reset",
     "test_replay_then_live_without_gap_or_duplicate_under_racing_publishes",
     "test_subscribe_live_receives_in_order",
@@ -178,6 +179,24 @@ async def test_read_since_ahead_is_a_reset(make_hub: MakeHub, channel: str) -> N
     history = await hub.history(channel, since=Position(position.epoch, 5))
     assert history.reset is not None
     assert history.reset.reason == "window"
+
+
+async def test_read_since_outside_the_window_is_a_reset_whatever_the_limit(
+    make_hub: MakeHub, channel: str
+) -> None:
+    namespace = channel.partition(":")[0]
+    hub = await make_hub(
+        namespaces=Namespaces(by_name={namespace: NamespaceOptions(history_size=2)})
+    )
+    for n in range(5):
+        position = await hub.publish(channel, n)
+    for limit in (0, 1, None):
+        history = await hub.history(channel, since=Position(position.epoch, 1), limit=limit)
+        assert history.reset is not None, limit
+        assert history.reset.reason == "window"
+        assert history.events == []
+    within = await hub.history(channel, since=Position(position.epoch, 3), limit=0)
+    assert (within.reset, within.events) == (None, [])
 
 
 async def test_history_size_trims_oldest(make_hub: MakeHub, channel: str) -> None:

@@ -21,12 +21,14 @@ if ARGV[2] ~= epoch then
   return {epoch, offset, 'epoch', {}}
 elseif since > offset then
   return {epoch, offset, 'window', {}}  -- ahead of the channel: not a position we gave out
-elseif since == offset or limit == 0 then
+elseif since == offset then
   return {epoch, offset, '', {}}
 end
 local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
 if #first == 0 or id_offset(first[1][1]) > since + 1 then
   return {epoch, offset, 'window', {}}
+elseif limit == 0 then
+  return {epoch, offset, '', {}}
 end
 if limit < 0 then
   return {epoch, offset, '', redis.call('XRANGE', stream, (since + 1) .. '-0', '+')}
