@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from tests.support.env import TIMEOUT
 from tidings import Event, Hub, InvalidChannel, InvalidPublication, Position, Reset
-from tidings.hub import ClientInfo, MemoryBackend
+from tidings.hub import ClientInfo, History, MemoryBackend
 
 
 async def test_bad_channel_names_are_refused() -> None:
@@ -252,3 +253,43 @@ async def test_a_reset_from_the_backend_reaches_live_subscribers_in_order() -> N
         assert [type(item) for item in items] == [Event, Reset]
         assert items[1] == reset
         assert (await anext(other)).data == "marker"  # type: ignore[union-attr]
+
+
+class PausedReadBackend(ResettingBackend):
+    """Holds every read until released, so that the test can act while a subscribe reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def read(self, channel: str, **options: Any) -> History:
+        history = await super().read(channel, **options)
+        self.reading.set()
+        await self.release.wait()
+        return history
+
+
+async def test_a_reset_during_a_subscribe_follows_the_replay() -> None:
+    backend = PausedReadBackend()
+    async with Hub(backend) as hub:
+        first = await hub.publish("c", "old")
+        subscription = hub.subscription()
+        adding = asyncio.create_task(subscription.add("c", since=Position(first.epoch, 0)))
+        async with asyncio.timeout(TIMEOUT):
+            await backend.reading.wait()
+        # The backend lost the stream while the replay was read: a reset, then
+        # the new epoch's first event, both before the subscription is live.
+        backend.reset_listener(Reset("c", Position("new-epoch", 0), "epoch"))
+        backend._listener(Event("c", first.epoch, 1, b'"old"'))  # stale: dropped
+        backend._listener(Event("c", "new-epoch", 1, b'"new"'))
+        backend.release.set()
+        subscribed = await adding
+        assert subscribed.position == Position("new-epoch", 1)
+        items = [await anext(subscription) for _ in range(3)]
+        subscription.close()
+    assert items == [
+        Event("c", first.epoch, 1, b'"old"'),
+        Reset("c", Position("new-epoch", 0), "epoch"),
+        Event("c", "new-epoch", 1, b'"new"'),
+    ]
