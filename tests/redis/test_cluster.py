@@ -215,4 +215,5 @@ async def test_three_nodes_deliver_every_event_once_in_order(
         assert sorted(offsets[channel]) == list(range(1, PER_CHANNEL + 1)), channel
     for received, _ in clients:
         for channel in received.channels:
+            # pytest shows the first index where they differ
             assert received.numbers[channel] == expected[channel], (received.name, channel)

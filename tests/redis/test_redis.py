@@ -244,3 +244,65 @@ async def test_watched_channels_keep_their_epoch_without_publishes(
             return int(await redis_client.pttl(meta)) > 3_000_000
 
         await eventually(refreshed)
+
+
+async def test_clients_moving_between_nodes_resume_exactly_while_others_publish(
+    make_hub: MakeHub, channel: str
+) -> None:
+    """Subscribers hop from node to node with ``since`` under racing publishes.
+
+    The channel is live on some nodes, unwatched and watched again on others,
+    so every path of the watch/replay switch is crossed many times.
+    """
+    publishers = [await make_hub(), await make_hub()]
+    nodes = [await make_hub(), await make_hub()]
+    total = 1500
+    published = 0
+
+    async def publish_all() -> None:
+        nonlocal published
+        while published < total:
+            published += 1
+            await publishers[published % 2].publish(channel, published)
+
+    async def hop(name: int, since: Position) -> list[int]:
+        received: list[int] = []
+        hops = 0
+        while len(received) < total:
+            node = nodes[(name + hops) % len(nodes)]
+            async with node.subscribe(channel, since=since) as subscription:
+                batch = min(37 + name, total - len(received))
+                for item in await take(subscription, batch):
+                    assert isinstance(item, Event), item
+                    received.append(item.offset)
+                    since = item.position
+            hops += 1
+        return received
+
+    start = await publishers[0].position(channel)
+    assert start.offset == 0
+    async with asyncio.timeout(TIMEOUT * 6):
+        results = await asyncio.gather(publish_all(), *(hop(n, start) for n in range(4)))
+    for received in results[1:]:
+        assert received == list(range(1, total + 1))
+
+
+async def test_a_read_ahead_of_delivery_fills_from_the_stream(
+    backends: list[RedisBackend], channel: str
+) -> None:
+    """A subscriber joins while Pub/Sub never brings the newest event: no gap, no duplicate."""
+    async with (
+        Hub(backends[0]) as node_a,
+        Hub(backends[1]) as node_b,
+        node_b.subscribe(channel) as live,
+    ):
+        first = await node_a.publish(channel, 1)
+        assert offsets(await take(live, 1)) == [1]
+        await publish_unannounced(backends[0], channel, 2)
+        async with node_b.subscribe(channel, since=Position(first.epoch, 0)) as joining:
+            await node_a.publish(channel, 3)
+            assert offsets(await take(joining, 3)) == [1, 2, 3]
+            assert offsets(await take(live, 2)) == [2, 3]
+            await node_a.publish(channel, "marker")
+            (marker,) = await take(joining, 1)
+            assert marker.data == "marker"  # type: ignore[union-attr]

@@ -17,7 +17,10 @@ checks for every implementation:
   reset listener with a ``Reset`` instead, then goes on from its position.
 - ``read`` returns history after ``since`` when it is within the window, or a
   ``Reset`` with the current position when it is not (another epoch, older
-  than history, or ahead of the channel).
+  than history, or ahead of the channel). For a watched channel, ``read``
+  and ``position`` return only once every event up to the position they
+  report has reached the listener, so that a subscriber going live after
+  its replay never receives an event of the replay again.
 - The epoch of a channel changes whenever its history or offset counter is
   lost, so a position from before the loss is never resumed as if exact.
 - Presence: ``presence_add`` stores an entry ``(channel, client_id) ->

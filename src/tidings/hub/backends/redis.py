@@ -40,7 +40,9 @@ import contextlib
 import hashlib
 import logging
 import math
+import os
 import random
+import secrets
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
@@ -73,6 +75,8 @@ logger = logging.getLogger(__name__)
 #: Events a paused channel buffers while it fills a gap; past it they are
 #: dropped and read from the stream instead.
 MAX_QUEUED = 10_000
+#: Seconds a read waits for Pub/Sub to deliver what it saw before reading the stream.
+PUBSUB_GRACE = 0.1
 #: Extra lifetime of presence keys beyond an entry's TTL (collects what a
 #: vanished process left behind; entry scores decide what is live).
 PRESENCE_KEY_SLACK_MS = 60_000
@@ -158,6 +162,7 @@ class RedisBackend:
         self._timeout = timeout
         self._meta_ttl_ms = _ms(meta_ttl)
         self._clock = clock
+        self._instance = secrets.token_hex(3)
         self._scripts = {name: _Script(name) for name in _SCRIPTS}
         self._client: aioredis.Redis | None = None
         self._label = "redis"
@@ -231,8 +236,8 @@ class RedisBackend:
 
     @property
     def pubsub_client_name(self) -> str:
-        """The client name of this process' Pub/Sub connection (``CLIENT LIST`` shows it)."""
-        return f"tidings-pubsub-{id(self):x}"
+        """The client name of this backend's Pub/Sub connection (``CLIENT LIST`` shows it)."""
+        return f"tidings-pubsub-{os.getpid()}-{self._instance}"
 
     @property
     def reconnects(self) -> int:
@@ -375,6 +380,18 @@ class RedisBackend:
         limit: int | None,
         options: NamespaceOptions,
     ) -> History:
+        history = await self._read(channel, since=since, limit=limit, options=options)
+        await self._fanout.delivered(channel, history.position)
+        return history
+
+    async def _read(
+        self,
+        channel: str,
+        *,
+        since: Position | None,
+        limit: int | None,
+        options: NamespaceOptions,
+    ) -> History:
         epoch, offset, reason, entries = await self._call(
             "read",
             self._keys(channel),
@@ -399,7 +416,9 @@ class RedisBackend:
 
     async def position(self, channel: str, *, options: NamespaceOptions) -> Position:
         epoch, offset, _ = await self._position(channel)
-        return Position(epoch, offset)
+        position = Position(epoch, offset)
+        await self._fanout.delivered(channel, position)
+        return position
 
     async def _position(self, channel: str) -> tuple[str, int, int]:
         epoch, offset, kept = await self._call(
@@ -514,7 +533,18 @@ def _message_presence(channel: str, message: bytes) -> PresenceChange:
 class _Watch:
     """Fan-out state of one watched channel in this process."""
 
-    __slots__ = ("channel", "count", "epoch", "filler", "last", "live", "name", "queue", "ready")
+    __slots__ = (
+        "channel",
+        "count",
+        "epoch",
+        "filler",
+        "last",
+        "live",
+        "name",
+        "queue",
+        "ready",
+        "waiters",
+    )
 
     def __init__(self, channel: str, name: bytes, ready: asyncio.Future[None]) -> None:
         self.channel = channel
@@ -530,6 +560,22 @@ class _Watch:
         self.live = False
         self.queue: deque[Event] = deque()
         self.filler: asyncio.Task[None] | None = None
+        #: Reads waiting for delivery to reach their position.
+        self.waiters: list[tuple[Position, asyncio.Future[None]]] = []
+
+    def reached(self, position: Position) -> bool:
+        return self.epoch == position.epoch and self.last >= position.offset
+
+    def wake(self, *, everyone: bool = False) -> None:
+        """Release the waiters whose position delivery has reached."""
+        waiting = []
+        for position, future in self.waiters:
+            if everyone or self.reached(position):
+                if not future.done():
+                    future.set_result(None)
+            else:
+                waiting.append((position, future))
+        self.waiters = waiting
 
 
 class _Fanout:
@@ -638,6 +684,43 @@ class _Fanout:
             self._release(watch)
             raise
 
+    async def delivered(self, channel: str, position: Position) -> None:
+        """Return once every event of ``channel`` up to ``position`` went to the listener.
+
+        A read goes over the command connection and may see events that the
+        Pub/Sub connection has not delivered yet; a subscriber that went live
+        after such a read would get them twice (in its replay, then live).
+        So reads of a watched channel wait for delivery to catch up, which
+        takes no time at all unless Pub/Sub lags.
+        """
+        watch = self._watches.get(channel)
+        if (
+            watch is None
+            or not watch.ready.done()
+            or position.offset == 0  # nothing to deliver, even in a new epoch
+            or watch.reached(position)
+        ):
+            return
+        future = asyncio.get_running_loop().create_future()
+        watch.waiters.append((position, future))
+        try:
+            try:
+                async with asyncio.timeout(PUBSUB_GRACE):
+                    await asyncio.shield(future)
+            except TimeoutError:
+                # Pub/Sub did not bring it: read the stream instead.
+                if self._conn is not None and self._watches.get(channel) is watch:
+                    watch.live = False
+                    self._start_filler(watch)
+            async with asyncio.timeout(self._backend._timeout * 2):
+                await future
+        except TimeoutError:
+            raise BackendUnavailable(
+                self._backend._label, f"delivery of {channel} is behind Redis"
+            ) from None
+        finally:
+            watch.waiters = [(p, f) for p, f in watch.waiters if f is not future]
+
     def unwatch(self, channel: str) -> None:
         watch = self._watches.get(channel)
         if watch is not None:
@@ -653,6 +736,7 @@ class _Fanout:
         del self._watches[channel]
         del self._by_name[watch.name]
         self._stop_filler(watch)
+        watch.wake(everyone=True)
         if not watch.ready.done():
             watch.ready.cancel()
         if self._conn is not None:
@@ -812,6 +896,8 @@ class _Fanout:
                 if event.offset == watch.last + 1:
                     watch.last = event.offset
                     self.listener(event)
+                    if watch.waiters:
+                        watch.wake()
                     return
                 if event.offset <= watch.last:
                     return  # a duplicate
@@ -860,7 +946,10 @@ class _Fanout:
                 await asyncio.sleep(random.uniform(0, delay))
                 delay = min(delay * 2, self._max_delay)
                 continue
-            if self._drain(watch, drop_other_epochs=caught_up):
+            done = self._drain(watch, drop_other_epochs=caught_up)
+            if watch.waiters:
+                watch.wake()
+            if done:
                 watch.filler = None
                 return
 
@@ -868,14 +957,14 @@ class _Fanout:
         backend = self._backend
         # Late events are still events: no TTL trimming for a catch-up read.
         options = NamespaceOptions(history_ttl=backend._meta_ttl_ms / 1000)
-        history = await backend.read(
+        history = await backend._read(
             watch.channel, since=Position(watch.epoch, watch.last), limit=None, options=options
         )
         if history.reset is not None:
             # The gap cannot be filled exactly (another epoch, or older than
             # history): say so, and go on from the oldest event still kept,
             # so that subscribers lose no more than history did.
-            kept = await backend.read(watch.channel, since=None, limit=None, options=options)
+            kept = await backend._read(watch.channel, since=None, limit=None, options=options)
             epoch, offset = kept.position
             start = kept.events[0].offset - 1 if kept.events else offset
             watch.epoch, watch.last = epoch, start
