@@ -27,6 +27,14 @@ reconnects with capped exponential backoff and full jitter, subscribes again
 and fills every channel from the stream the same way, so delivery stays
 exactly once and in order.
 
+*Reads and delivery.* A read travels on a command connection and can see
+events that Pub/Sub has not brought yet. The hub replays such a read to a
+joining subscriber and then makes it live, so ``read`` and ``position`` of
+a watched channel return only once delivery has reached the position they
+saw (after a short grace the channel reads the stream instead of waiting
+for Pub/Sub). Watched channels also get their meta expiry pushed back
+periodically, so a quiet channel keeps its epoch while anyone listens.
+
 *Failures.* Every redis error is translated once, by ``_map_redis_errors``,
 into :class:`~tidings.errors.BackendUnavailable`. Commands time out after
 ``timeout`` seconds and are never retried by the client library: a publish
