@@ -1,15 +1,22 @@
 """Python clients: they import ``tidings.wire`` only, never the hub or the server."""
 
 from tidings.client.backoff import Backoff
+from tidings.client.socket import HistoryPage, Member, Notice, Socket, SocketEvent, Subscription
 from tidings.client.sse import ConnectionState, Message, Reset, SSEListener, listen
 from tidings.client.sync import SyncListener, apublish, listen_sync, publish
 
 __all__ = [
     "Backoff",
     "ConnectionState",
+    "HistoryPage",
+    "Member",
     "Message",
+    "Notice",
     "Reset",
     "SSEListener",
+    "Socket",
+    "SocketEvent",
+    "Subscription",
     "SyncListener",
     "apublish",
     "listen",

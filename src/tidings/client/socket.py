@@ -1,0 +1,1039 @@
+"""Socket: the Tidings WebSocket protocol with reconnect, exact resume and an offline queue.
+
+::
+
+    async with Socket("ws://127.0.0.1:8000/ws") as socket:
+        chat = await socket.subscribe("chat:lobby")
+        await socket.publish("chat:lobby", {"text": "hi"})  # returns the Position
+        async for event in chat:
+            if isinstance(event, Reset):
+                ...  # a gap the server could not fill: reload state
+            else:
+                print(event.offset, event.data)
+
+Theory of operation
+-------------------
+
+One *runner* task owns the connection. It connects (``websockets``, the
+``tidings.v1.json`` or ``tidings.v1.msgpack`` subprotocol), then runs three
+tasks on it: the *reader*, which matches replies to requests by id and hands
+pushes to their :class:`Subscription`; the *heartbeat*, which sends a
+WebSocket ping every ``ping_interval`` seconds and drops the connection when
+the pong is later than ``ping_timeout``; and the *handshake*, which sends
+``connect``, re-subscribes every channel with ``since`` = the position of the
+last event delivered, and sends the publishes queued while offline. Only then
+is the socket ``open``.
+
+When the connection ends, requests in flight are settled: publishes go back
+to the front of the offline queue (each keeps the idempotency key drawn when
+it was first called, so one the server already had lands once), reads are
+sent again on the next connection within their deadline. The runner waits a
+full-jitter backoff delay and connects again. Close codes 4500-4999 (and 1002,
+1007, 1009) and handshake answers 400/401/403/404 are final: everything
+pending fails with the error and iterators raise it.
+
+Positions are tracked per subscription from the replies and pushes the
+reader sees, in wire order, so a subscribe reply (which the server always
+sends before that channel's events) is applied before the events it
+precedes; an event at or below the last position of its epoch is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import inspect
+import logging
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, TypeAlias
+from urllib.parse import urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed as WebSocketClosed
+from websockets.exceptions import InvalidHandshake, InvalidStatus
+from websockets.protocol import State
+from websockets.typing import Subprotocol
+
+from tidings.client.backoff import Backoff
+from tidings.client.sse import TERMINAL_STATUSES, ConnectionState, Reset
+from tidings.errors import (
+    ConnectionClosed,
+    ProtocolError,
+    QueueFull,
+    ReconnectExhausted,
+    RequestTimeout,
+    StreamRejected,
+    TidingsError,
+)
+from tidings.types import Position
+from tidings.wire import protocol
+from tidings.wire.codes import CloseCode, ErrorCode, should_reconnect
+from tidings.wire.protocol import Format
+
+__all__ = [
+    "HistoryPage",
+    "Member",
+    "Notice",
+    "OfflineQueue",
+    "Requests",
+    "Socket",
+    "SocketEvent",
+    "Subscription",
+    "reply_error",
+    "socket_url",
+    "split_frame",
+]
+
+logger = logging.getLogger(__name__)
+
+_MISSING: Any = object()
+
+
+# -- values ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SocketEvent:
+    """An event of a channel's stream. ``data`` is the published JSON value, or
+    the published text when ``text`` is true."""
+
+    channel: str
+    epoch: str
+    offset: int
+    type: str
+    data: Any
+    text: bool = False
+
+    @property
+    def position(self) -> Position:
+        return Position(self.epoch, self.offset)
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A ``join`` or ``leave`` notice (namespaces with ``join_leave = true``)."""
+
+    channel: str
+    type: str
+    client: str | None
+    user: Any
+    info: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One client present in a channel."""
+
+    client: str
+    user: Any
+    info: Any
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """What :meth:`Socket.history` returns; ``reset`` is set when ``since`` was
+    outside the history window (the events then start at the oldest kept)."""
+
+    channel: str
+    position: Position
+    events: list[SocketEvent]
+    reset: Reset | None
+
+
+#: What a subscription delivers.
+Item: TypeAlias = SocketEvent | Reset | Notice
+#: A per-channel handler: a function or a coroutine function taking an item.
+Handler: TypeAlias = Callable[[Item], Awaitable[None] | None]
+
+
+# -- sans-I/O pieces -------------------------------------------------------------
+
+
+def socket_url(url: str) -> str:
+    """The WebSocket URL for ``url``: ``http(s)`` becomes ``ws(s)``, an empty path ``/ws``."""
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    if scheme not in ("ws", "wss") or not parts.netloc:
+        raise ValueError(f"not a WebSocket or HTTP URL: {url!r}")
+    path = parts.path if parts.path not in ("", "/") else "/ws"
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+def split_frame(data: str | bytes, fmt: Format) -> list[Any]:
+    """The messages of one frame: a single message, or a batch (an array) of them."""
+    document = protocol.load(data, fmt)
+    return document if isinstance(document, list) else [document]
+
+
+def reply_error(error: Any) -> TidingsError:
+    """The exception for an error reply's ``error`` object; ``code`` is the server's."""
+    if isinstance(error, dict):
+        code, message = str(error.get("code", ErrorCode.INTERNAL)), str(error.get("message", ""))
+    else:
+        code, message = ErrorCode.INTERNAL.value, repr(error)
+    exc = TidingsError(f"{code}: {message}")
+    exc.code = code
+    return exc
+
+
+def event_from(channel: str, message: dict[str, Any]) -> SocketEvent:
+    return SocketEvent(
+        channel,
+        message["epoch"],
+        message["offset"],
+        message.get("event", "message"),
+        message.get("data"),
+        message.get("text") is True,
+    )
+
+
+class _Dropped(Exception):
+    """The connection a request was sent on ended before its reply."""
+
+
+@dataclass(slots=True, eq=False)
+class _Outgoing:
+    """A publish: encoded once (its id and key fixed at the first call), sent once per
+    connection until acknowledged."""
+
+    id: int
+    payload: bytes
+    future: asyncio.Future[Any]
+
+
+@dataclass(slots=True, eq=False)
+class _Request:
+    op: str
+    future: asyncio.Future[Any]
+    outgoing: _Outgoing | None = None
+    subscription: Subscription | None = None
+    timer: asyncio.TimerHandle | None = None
+
+
+class Requests:
+    """Commands waiting for their reply, by id. Ids grow for the life of a
+    :class:`Socket` and never repeat, so a reply can only settle its own request."""
+
+    def __init__(self) -> None:
+        self._next_id = 1
+        self._waiting: dict[int, _Request] = {}
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def __contains__(self, request_id: object) -> bool:
+        return request_id in self._waiting
+
+    def next_id(self) -> int:
+        request_id = self._next_id
+        self._next_id += 1
+        return request_id
+
+    def open(self, request_id: int, request: _Request, *, timeout: float | None = None) -> None:
+        """Wait for the reply to ``request_id``; after ``timeout`` seconds, fail
+        the request with :class:`RequestTimeout`."""
+        if timeout is not None:
+            loop = asyncio.get_running_loop()
+            request.timer = loop.call_later(timeout, self._expire, request_id, timeout)
+        self._waiting[request_id] = request
+
+    def discard(self, request_id: int) -> None:
+        request = self._waiting.pop(request_id, None)
+        if request is not None and request.timer is not None:
+            request.timer.cancel()
+
+    def settle(self, message: dict[str, Any]) -> _Request | None:
+        """Take the request a reply answers (None for an unknown or late one).
+
+        The caller applies the reply and then calls :meth:`resolve`, so that
+        what the reply changes (a subscription's position) happens before the
+        messages that follow it on the wire.
+        """
+        request_id = message.get("id")
+        if not isinstance(request_id, int) or isinstance(request_id, bool):
+            return None
+        request = self._waiting.pop(request_id, None)
+        if request is not None and request.timer is not None:
+            request.timer.cancel()
+        return request
+
+    @staticmethod
+    def resolve(request: _Request, message: dict[str, Any]) -> None:
+        if request.future.done():  # the caller stopped waiting
+            return
+        if "error" in message:
+            request.future.set_exception(reply_error(message["error"]))
+        else:
+            request.future.set_result(message.get("result"))
+
+    def drop_all(self) -> list[_Request]:
+        """Forget every request (the connection ended), oldest first."""
+        requests = [self._waiting[key] for key in sorted(self._waiting)]
+        self._waiting.clear()
+        for request in requests:
+            if request.timer is not None:
+                request.timer.cancel()
+        return requests
+
+    def _expire(self, request_id: int, timeout: float) -> None:
+        request = self._waiting.pop(request_id, None)
+        if request is not None and not request.future.done():
+            request.future.set_exception(RequestTimeout(request.op, timeout))
+
+
+class OfflineQueue:
+    """Publishes waiting for a connection, in the order they were made; at most ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 0:
+            raise ValueError("queue_limit must be >= 0")
+        self.limit = limit
+        self._items: deque[_Outgoing] = deque()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: _Outgoing) -> None:
+        """Queue a new publish.
+
+        Raises:
+            QueueFull: ``limit`` publishes are waiting already.
+        """
+        if len(self._items) >= self.limit:
+            raise QueueFull(self.limit)
+        self._items.append(item)
+
+    def requeue(self, items: Iterable[_Outgoing]) -> None:
+        """Put back publishes that were in flight (they were accepted, so the
+        limit does not apply); the order stays the order of the calls."""
+        merged = [*self._items, *items]
+        merged.sort(key=lambda item: item.id)
+        self._items = deque(merged)
+
+    def pop(self) -> _Outgoing | None:
+        """The next publish still awaited by its caller, or None."""
+        while self._items:
+            item = self._items.popleft()
+            if not item.future.done():
+                return item
+        return None
+
+    def fail(self, exc: BaseException) -> None:
+        """Fail every waiting publish (the socket closed for good)."""
+        items, self._items = self._items, deque()
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(exc)
+
+
+# -- subscriptions ----------------------------------------------------------------
+
+
+class Subscription:
+    """One channel of a :class:`Socket`: an async iterator of :class:`SocketEvent`,
+    :class:`~tidings.client.Reset` and :class:`Notice` items, or a handler's feed.
+
+    ``position`` is the position of the last event delivered (or announced by
+    a reset); after a reconnect the socket subscribes again from there.
+    """
+
+    def __init__(
+        self,
+        channel: str,
+        *,
+        since: Position | None = None,
+        handler: Handler | None = None,
+        buffer: int = 10000,
+        socket: Socket | None = None,
+    ) -> None:
+        self.channel = channel
+        self.position = Position(*since) if since is not None else None
+        self.generation = 0  # the connection it was last subscribed on
+        self._handler = handler
+        self._buffer = buffer
+        self._socket = socket
+        self._items: deque[Item] = deque()
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._closed = False
+        self._error: BaseException | None = None
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.channel!r} at {self.position}>"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def track_subscribed(self, result: dict[str, Any]) -> Reset | None:
+        """Apply a subscribe reply; return the reset to deliver when it says
+        the position could not be resumed."""
+        position = Position(result["epoch"], result["offset"])
+        if result.get("recovered") is False:
+            self.position = position
+            return Reset(self.channel, position, str(result.get("reset") or "unknown"))
+        if self.position is None:
+            self.position = position
+        return None
+
+    def track_push(self, message: dict[str, Any]) -> Item | None:
+        """Apply a push of this channel; return the item to deliver, or None for
+        an event already delivered."""
+        offset = message.get("offset")
+        if offset is None:  # join and leave are not part of the stream
+            data = message.get("data")
+            entry = data if isinstance(data, dict) else {}
+            kind = message.get("event", "")
+            return Notice(
+                self.channel, kind, entry.get("client"), entry.get("user"), entry.get("info")
+            )
+        position = Position(message["epoch"], offset)
+        if message.get("event") == "reset":
+            self.position = position
+            data = message.get("data")
+            reason = data.get("reason") if isinstance(data, dict) else None
+            return Reset(self.channel, position, str(reason or "unknown"))
+        last = self.position
+        if last is not None and last.epoch == position.epoch and offset <= last.offset:
+            logger.debug("dropping %s %s: already delivered", self.channel, position)
+            return None
+        self.position = position
+        return event_from(self.channel, message)
+
+    async def deliver(self, item: Item) -> None:
+        """Hand ``item`` to the handler, or buffer it for the iterator (waiting
+        while ``buffer`` items are unread: the server then holds the rest)."""
+        if self._closed:
+            return
+        if self._handler is not None:
+            try:
+                outcome = self._handler(item)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception:
+                logger.exception("the handler of %s failed on %r", self.channel, item)
+            return
+        while len(self._items) >= self._buffer and not self._closed:
+            self._writable.clear()
+            await self._writable.wait()
+        if not self._closed:
+            self._items.append(item)
+            self._readable.set()
+
+    def close(self, error: BaseException | None = None) -> None:
+        """End the subscription: iterators yield what is buffered, then stop
+        (or raise ``error``)."""
+        if not self._closed:
+            self._closed = True
+            self._error = error
+        self._readable.set()
+        self._writable.set()
+
+    async def unsubscribe(self) -> None:
+        """Leave the channel (:meth:`Socket.unsubscribe`)."""
+        if self._socket is not None:
+            await self._socket.unsubscribe(self.channel)
+        self.close()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Item:
+        if self._handler is not None:
+            raise RuntimeError(f"the items of {self.channel!r} go to its handler")
+        while not self._items:
+            if self._closed:
+                if self._error is not None:
+                    raise self._error
+                raise StopAsyncIteration
+            self._readable.clear()
+            await self._readable.wait()
+        self._writable.set()
+        return self._items.popleft()
+
+
+# -- the socket --------------------------------------------------------------------------
+
+
+class Socket:
+    """A Tidings WebSocket connection that reconnects, resumes exactly and queues
+    publishes while offline. Use as ``async with Socket(url) as socket``.
+
+    Args:
+        url: ``ws://host:port/ws`` (``http://host:port`` works too; an empty
+            path becomes ``/ws``).
+        format: ``"json"`` (``tidings.v1.json``) or ``"msgpack"``.
+        info: Sent with ``connect`` on every connection; others see it in presence.
+        backoff: The reconnection schedule (exponential, full jitter, forever by default).
+        headers: Extra handshake headers (e.g. authorization).
+        request_timeout: Seconds a command waits for its reply
+            (:class:`~tidings.errors.RequestTimeout` after that).
+        ping_interval: Seconds between the client's pings; None disables them.
+        ping_timeout: Seconds a pong may take before the connection counts as
+            dead and is replaced.
+        open_timeout: Seconds the opening handshake may take.
+        close_timeout: Seconds :meth:`aclose` waits for the server's close frame.
+        queue_limit: Most publishes kept while disconnected
+            (:class:`~tidings.errors.QueueFull` past it).
+        buffer: Most unread items a subscription iterator holds before reading
+            from the server pauses.
+        max_size: Largest message accepted from the server, in bytes.
+        on_state: Called with each :class:`~tidings.client.ConnectionState` change.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        format: Literal["json", "msgpack"] = "json",
+        info: Any = None,
+        backoff: Backoff | None = None,
+        headers: dict[str, str] | None = None,
+        request_timeout: float = 10.0,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float = 20.0,
+        open_timeout: float = 10.0,
+        close_timeout: float = 5.0,
+        queue_limit: int = 1000,
+        buffer: int = 10000,
+        max_size: int | None = 16 * 1024 * 1024,
+        on_state: Callable[[ConnectionState], None] | None = None,
+    ) -> None:
+        self.url = socket_url(url)
+        self.format = Format(format)
+        self.info = info
+        self.backoff = backoff or Backoff()
+        self.state = ConnectionState.CLOSED
+        #: The client id the server gave this connection (with ``info``), or None.
+        self.client_id: str | None = None
+        #: Close code and reason of the last connection that ended.
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._headers = dict(headers or {})
+        self._request_timeout = request_timeout
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._open_timeout = open_timeout
+        self._close_timeout = close_timeout
+        self._buffer = buffer
+        self._max_size = max_size
+        self._on_state = on_state
+        self._requests = Requests()
+        self._queue = OfflineQueue(queue_limit)
+        self._subscriptions: dict[str, Subscription] = {}
+        self._ws: ClientConnection | None = None
+        self._generation = 0
+        self._ready = asyncio.Event()  # set when open, and when closed for good
+        self._stopped = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._closing = False
+        self._was_open = False
+        self._final: BaseException | None = None
+
+    # -- lifecycle --
+
+    async def __aenter__(self) -> Socket:
+        """Connect; return once the connection is open (retrying with backoff).
+
+        Raises:
+            StreamRejected: the server refused the handshake (400/401/403/404).
+            ConnectionClosed: the server closed with a final close code.
+            ReconnectExhausted: ``backoff.max_attempts`` attempts failed.
+        """
+        if self._runner is not None:
+            raise RuntimeError("a Socket can be entered once")
+        self._set_state(ConnectionState.CONNECTING)
+        self._runner = asyncio.get_running_loop().create_task(
+            self._run(), name=f"tidings-socket {self.url}"
+        )
+        try:
+            await self._ready.wait()
+        except BaseException:
+            await self.aclose()
+            raise
+        if self._final is not None:
+            error = self._final
+            await self.aclose()
+            raise error
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection (1000) and stop; pending publishes and requests
+        fail with :class:`~tidings.errors.ConnectionClosed`, iterators end."""
+        self._closing = True
+        runner, self._runner = self._runner, None
+        if runner is not None and not runner.done():
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+        if self._final is None:
+            self._finish(
+                ConnectionClosed(CloseCode.NORMAL, "closed by the client", reconnect=False)
+            )
+        self._set_state(ConnectionState.CLOSED)
+
+    async def wait_closed(self) -> None:
+        """Wait until the socket stops; raise the final error when it stopped on one."""
+        await self._stopped.wait()
+        if self._final is not None and not self._closed_by_us():
+            raise self._final
+
+    # -- operations --
+
+    async def subscribe(
+        self,
+        channel: str,
+        *,
+        since: Position | tuple[str, int] | None = None,
+        handler: Handler | None = None,
+    ) -> Subscription:
+        """Receive ``channel``; with ``since``, first every event after that position.
+
+        Without ``handler`` iterate the returned :class:`Subscription`; with
+        one, each item is passed to it (awaited when it is a coroutine). A
+        position that cannot be resumed arrives as a ``Reset`` item. While
+        disconnected the channel is subscribed on the next connection.
+
+        Raises:
+            TidingsError: the server refused (``code``: ``permission_denied``,
+                ``invalid_channel``, …); ``already_subscribed`` for a channel
+                this socket has.
+        """
+        self._check_usable()
+        if channel in self._subscriptions:
+            raise ProtocolError(f"already subscribed to {channel!r}", code="already_subscribed")
+        subscription = Subscription(
+            channel,
+            since=Position(*since) if since is not None else None,
+            handler=handler,
+            buffer=self._buffer,
+            socket=self,
+        )
+        self._subscriptions[channel] = subscription
+        ws = self._ws
+        if ws is not None and self.state is ConnectionState.OPEN:
+            try:
+                await self._subscribe_now(ws, subscription)
+            except _Dropped:
+                pass  # the next connection subscribes it
+            except BaseException:
+                if self._subscriptions.get(channel) is subscription:
+                    del self._subscriptions[channel]
+                subscription.close()
+                raise
+        return subscription
+
+    async def unsubscribe(self, channel: str) -> None:
+        """Leave ``channel``; its iterator ends after what is buffered."""
+        subscription = self._subscriptions.pop(channel, None)
+        if subscription is None:
+            return
+        subscription.close()
+        ws = self._ws
+        if (
+            ws is not None
+            and self.state is ConnectionState.OPEN
+            and subscription.generation == self._generation
+        ):
+            with contextlib.suppress(_Dropped):
+                await self._call(ws, protocol.Unsubscribe(None, channel), "unsubscribe")
+
+    async def publish(
+        self,
+        channel: str,
+        data: Any = _MISSING,
+        *,
+        text: str | None = None,
+        type: str | None = None,
+        key: str | None = None,
+    ) -> Position:
+        """Publish JSON ``data`` (or plain ``text``) and wait for the server's ack.
+
+        Each publish carries an idempotency ``key`` (a random one unless
+        given). While disconnected it waits in the offline queue and is sent on
+        the next connection; one in flight when the connection drops is sent
+        again with the same key, so it lands exactly once. Cancelling the call
+        withdraws a publish not sent yet.
+
+        Returns:
+            The event's position (for a repeated key, the first publish's).
+
+        Raises:
+            QueueFull: disconnected, and ``queue_limit`` publishes are waiting.
+            RequestTimeout: sent, but not acknowledged within ``request_timeout``.
+            TidingsError: the server refused it (``code`` says why).
+        """
+        self._check_usable()
+        if (data is _MISSING) == (text is None):
+            raise TypeError("publish() takes data (JSON) or text, exactly one")
+        request_id = self._requests.next_id()
+        command = protocol.Publish(
+            request_id,
+            channel,
+            None if text is not None else data,
+            text,
+            type or "message",
+            key or uuid.uuid4().hex,
+        )
+        payload = protocol.encode_command(command, self.format)  # refuses bad data here
+        outgoing = _Outgoing(request_id, payload, asyncio.get_running_loop().create_future())
+        ws = self._ws
+        if ws is not None and self.state is ConnectionState.OPEN:
+            with contextlib.suppress(_Dropped):  # if dropped, it is back in the queue
+                await self._send_publish(ws, outgoing)
+        else:
+            self._queue.put(outgoing)
+        result = await outgoing.future
+        return Position(result["epoch"], result["offset"])
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        since: Position | tuple[str, int] | None = None,
+        limit: int | None = None,
+    ) -> HistoryPage:
+        """The events of ``channel`` kept by the server (after ``since``, at most ``limit``)."""
+        command = protocol.History(
+            None, channel, Position(*since) if since is not None else None, limit
+        )
+        result = await self._read(command, "history")
+        reset = result.get("reset")
+        return HistoryPage(
+            channel,
+            Position(result["epoch"], result["offset"]),
+            [event_from(channel, event) for event in result["events"]],
+            None
+            if reset is None
+            else Reset(channel, Position(reset["epoch"], reset["offset"]), reset["reason"]),
+        )
+
+    async def presence(self, channel: str) -> list[Member]:
+        """The clients subscribed to ``channel``."""
+        result = await self._read(protocol.Presence(None, channel), "presence")
+        return [
+            Member(entry["client"], entry["user"], entry["info"]) for entry in result["clients"]
+        ]
+
+    async def ping(self) -> float:
+        """Round-trip a ``ping`` command; return the seconds it took."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await self._read(protocol.Ping(None), "ping")
+        return loop.time() - started
+
+    # -- requests --
+
+    def _check_usable(self) -> None:
+        if self._final is not None:
+            raise self._final
+        if self._runner is None:
+            raise RuntimeError("use the Socket inside 'async with'")
+
+    def _closed_by_us(self) -> bool:
+        return self._closing and isinstance(self._final, ConnectionClosed)
+
+    def _open_request(self, ws: ClientConnection, request_id: int, request: _Request) -> None:
+        if ws is not self._ws:
+            raise _Dropped
+        self._requests.open(request_id, request, timeout=self._request_timeout)
+
+    async def _send(self, ws: ClientConnection, payload: bytes) -> None:
+        # On a closed connection the reader sees the end, and the request is settled then.
+        with contextlib.suppress(WebSocketClosed):
+            await ws.send(payload, text=not self.format.binary)
+
+    async def _start(
+        self,
+        ws: ClientConnection,
+        command: protocol.Command,
+        op: str,
+        subscription: Subscription | None = None,
+    ) -> asyncio.Future[Any]:
+        """Send ``command`` on ``ws``; return the future of its reply."""
+        request_id = self._requests.next_id()
+        payload = protocol.encode_command(dataclasses.replace(command, id=request_id), self.format)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._open_request(ws, request_id, _Request(op, future, subscription=subscription))
+        await self._send(ws, payload)
+        return future
+
+    async def _call(self, ws: ClientConnection, command: protocol.Command, op: str) -> Any:
+        """Send ``command`` on ``ws`` and wait for its reply."""
+        return await (await self._start(ws, command, op))
+
+    async def _read(self, command: protocol.Command, op: str) -> Any:
+        """Run a read-only command, waiting for a connection and repeating it
+        after a drop, all within ``request_timeout``."""
+        self._check_usable()
+        try:
+            async with asyncio.timeout(self._request_timeout):
+                while True:
+                    await self._ready.wait()
+                    self._check_usable()
+                    ws = self._ws
+                    if ws is None:  # the connection is ending; _ready is cleared soon
+                        await asyncio.sleep(0)
+                        continue
+                    try:
+                        return await self._call(ws, command, op)
+                    except _Dropped:
+                        continue
+        except TimeoutError as exc:
+            if isinstance(exc, RequestTimeout):
+                raise
+            raise RequestTimeout(op, self._request_timeout) from None
+
+    async def _send_publish(self, ws: ClientConnection, outgoing: _Outgoing) -> None:
+        try:
+            self._open_request(ws, outgoing.id, _Request("publish", outgoing.future, outgoing))
+        except _Dropped:
+            self._queue.requeue([outgoing])
+            raise
+        await self._send(ws, outgoing.payload)
+
+    async def _subscribe_now(self, ws: ClientConnection, subscription: Subscription) -> None:
+        await (await self._start_subscribe(ws, subscription))
+
+    # -- the connection --
+
+    def _set_state(self, state: ConnectionState) -> None:
+        if state is not self.state:
+            logger.debug("socket %s: %s", self.url, state)
+            self.state = state
+            if self._on_state is not None:
+                self._on_state(state)
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                error = await self._session()
+                if self._closing:
+                    return
+                if self._was_open:
+                    self._set_state(ConnectionState.RECONNECTING)
+                if self.backoff.exhausted:
+                    raise ReconnectExhausted(self.backoff.attempt, error)
+                await asyncio.sleep(self.backoff.next_delay())
+        except TidingsError as exc:
+            logger.info("socket %s stopped: %s", self.url, exc)
+            self._finish(exc)
+        except Exception as exc:
+            logger.exception("socket %s failed", self.url)
+            self._finish(exc)
+
+    async def _session(self) -> BaseException | None:
+        """One connection, from opening to its end; return why it ended (for
+        the backoff) or raise a final error."""
+        try:
+            ws = await connect(
+                self.url,
+                subprotocols=[Subprotocol(self.format.subprotocol)],
+                additional_headers=self._headers,
+                open_timeout=self._open_timeout,
+                close_timeout=self._close_timeout,
+                ping_interval=None,  # our heartbeat, below, drops a dead peer at once
+                max_size=self._max_size,
+                compression=None,  # the server shares pre-encoded frames: no deflate
+                proxy=None,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status in TERMINAL_STATUSES:
+                body = bytes(exc.response.body or b"").decode("utf-8", "replace")
+                raise StreamRejected(status, body) from exc
+            logger.info("socket %s: handshake answered %s", self.url, status)
+            return exc
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            logger.info("socket %s: cannot connect: %r", self.url, exc)
+            return exc
+        try:
+            return await self._serve(ws)
+        finally:
+            await self._drop(ws)
+
+    async def _serve(self, ws: ClientConnection) -> BaseException:
+        if ws.subprotocol != self.format.subprotocol:
+            raise ProtocolError(f"the server did not accept {self.format.subprotocol}")
+        self._generation += 1
+        self._ws = ws
+        loop = asyncio.get_running_loop()
+        reader = loop.create_task(self._read_loop(ws), name="tidings-socket-reader")
+        heartbeat = loop.create_task(self._heartbeat(ws), name="tidings-socket-heartbeat")
+        handshake = loop.create_task(self._handshake(ws), name="tidings-socket-handshake")
+        try:
+            await asyncio.wait({reader, handshake}, return_when=asyncio.FIRST_COMPLETED)
+            if handshake.done():
+                handshake.result()  # a final error (connect refused) ends the socket
+            await reader
+        finally:
+            for task in (handshake, heartbeat, reader):
+                task.cancel()
+            await asyncio.gather(handshake, heartbeat, reader, return_exceptions=True)
+        code = ws.close_code if ws.close_code is not None else CloseCode.ABNORMAL_CLOSURE
+        self.close_code, self.close_reason = code, ws.close_reason or ""
+        if not should_reconnect(code):
+            raise ConnectionClosed(code, self.close_reason, reconnect=False)
+        logger.info("socket %s: connection closed (%s %s)", self.url, code, self.close_reason)
+        return ConnectionClosed(code, self.close_reason)
+
+    async def _drop(self, ws: ClientConnection) -> None:
+        """The connection is over: settle its requests, then close it."""
+        if self._ws is ws:
+            self._ws = None
+        if self._final is None:
+            self._ready.clear()
+        again: list[_Outgoing] = []
+        for request in self._requests.drop_all():
+            if request.outgoing is not None:
+                again.append(request.outgoing)
+            elif not request.future.done():
+                request.future.set_exception(_Dropped())
+        self._queue.requeue(again)
+        if ws.state is not State.CLOSED:
+            if self._closing:
+                with contextlib.suppress(Exception):
+                    await ws.close()
+            else:
+                ws.transport.abort()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._close_timeout):
+                await ws.wait_closed()
+
+    async def _handshake(self, ws: ClientConnection) -> None:
+        try:
+            if self.info is not None:
+                result = await self._call(ws, protocol.Connect(None, self.info), "connect")
+                self.client_id = result.get("client")
+            while True:
+                todo = [s for s in self._subscriptions.values() if s.generation != self._generation]
+                replies = [(s, await self._start_subscribe(ws, s)) for s in todo]
+                sent = 0
+                while (outgoing := self._queue.pop()) is not None:
+                    await self._send_publish(ws, outgoing)
+                    sent += 1
+                for subscription, reply in replies:
+                    await self._settle_subscribe(subscription, reply)
+                if not todo and not sent:
+                    break
+            # No await since the loop found nothing left: every publish made
+            # from now on is sent at once, after the queued ones.
+            self.backoff.reset()
+            self._was_open = True
+            self._set_state(ConnectionState.OPEN)
+            self._ready.set()
+        except (RequestTimeout, _Dropped) as exc:
+            logger.info("socket %s: handshake failed (%r); reconnecting", self.url, exc)
+            ws.transport.abort()
+
+    async def _start_subscribe(
+        self, ws: ClientConnection, subscription: Subscription
+    ) -> asyncio.Future[Any]:
+        subscription.generation = self._generation
+        command = protocol.Subscribe(None, subscription.channel, subscription.position)
+        return await self._start(ws, command, "subscribe", subscription)
+
+    async def _settle_subscribe(
+        self, subscription: Subscription, reply: asyncio.Future[Any]
+    ) -> None:
+        try:
+            await reply
+        except (RequestTimeout, _Dropped):
+            raise
+        except TidingsError as exc:
+            # Refused now (permissions changed): this channel ends, the others go on.
+            channel = subscription.channel
+            logger.warning("socket %s: cannot subscribe %s again: %s", self.url, channel, exc)
+            if self._subscriptions.get(subscription.channel) is subscription:
+                del self._subscriptions[subscription.channel]
+            subscription.close(exc)
+
+    async def _read_loop(self, ws: ClientConnection) -> None:
+        try:
+            async for data in ws:
+                try:
+                    messages = split_frame(data, self.format)
+                except ProtocolError:
+                    logger.error("socket %s: unreadable frame %r", self.url, data[:200])
+                    ws.transport.abort()
+                    return
+                for message in messages:
+                    if isinstance(message, dict):
+                        await self._dispatch(message)
+        except WebSocketClosed:
+            pass
+
+    async def _dispatch(self, message: dict[str, Any]) -> None:
+        if "ok" in message or "error" in message:
+            request = self._requests.settle(message)
+            if request is None:
+                if message.get("id") is None and "error" in message:
+                    logger.warning("socket %s: the server refused a message: %s", self.url, message)
+                return
+            subscription = request.subscription
+            if (
+                subscription is not None
+                and "error" not in message
+                and self._subscriptions.get(subscription.channel) is subscription
+            ):
+                reset = subscription.track_subscribed(message["result"])
+                if reset is not None:
+                    await subscription.deliver(reset)
+            self._requests.resolve(request, message)
+            return
+        channel = message.get("channel")
+        subscription = self._subscriptions.get(channel) if isinstance(channel, str) else None
+        if subscription is None or subscription.generation != self._generation:
+            return  # a channel left already: its last pushes may still arrive
+        item = subscription.track_push(message)
+        if item is not None:
+            await subscription.deliver(item)
+
+    async def _heartbeat(self, ws: ClientConnection) -> None:
+        interval = self._ping_interval
+        if interval is None:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                async with asyncio.timeout(self._ping_timeout):
+                    pong = await ws.ping()
+                    await pong
+            except TimeoutError:
+                logger.info(
+                    "socket %s: no pong within %g s; dropping the connection",
+                    self.url,
+                    self._ping_timeout,
+                )
+                ws.transport.abort()
+                return
+            except WebSocketClosed:
+                return
+
+    def _finish(self, error: BaseException) -> None:
+        """Stop for good: fail what waits, end every subscription."""
+        self._final = error
+        self._ws = None
+        for request in self._requests.drop_all():
+            if not request.future.done():
+                request.future.set_exception(error)
+        self._queue.fail(error)
+        subscriptions, self._subscriptions = self._subscriptions, {}
+        user_closed = self._closed_by_us()
+        for subscription in subscriptions.values():
+            subscription.close(None if user_closed else error)
+        self._set_state(ConnectionState.CLOSED)
+        self._ready.set()
+        self._stopped.set()
