@@ -84,6 +84,7 @@ __all__ = [
     "Socket",
     "SocketEvent",
     "Subscription",
+    "close_error",
     "reply_error",
     "socket_url",
     "split_frame",
@@ -162,6 +163,14 @@ def socket_url(url: str) -> str:
         raise ValueError(f"not a WebSocket or HTTP URL: {url!r}")
     path = parts.path if parts.path not in ("", "/") else "/ws"
     return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+def close_error(code: int | None, reason: str = "") -> ConnectionClosed:
+    """What a close with ``code`` means for the client: ``reconnect`` is false for
+    the final codes (4500-4999, 1002, 1007, 1009), the same table as tidings.js.
+    No code at all (the connection dropped) is 1006, which reconnects."""
+    code = CloseCode.ABNORMAL_CLOSURE if code is None else code
+    return ConnectionClosed(code, reason, reconnect=should_reconnect(code))
 
 
 def split_frame(data: str | bytes, fmt: Format) -> list[Any]:
@@ -882,12 +891,12 @@ class Socket:
             for task in (handshake, heartbeat, reader):
                 task.cancel()
             await asyncio.gather(handshake, heartbeat, reader, return_exceptions=True)
-        code = ws.close_code if ws.close_code is not None else CloseCode.ABNORMAL_CLOSURE
-        self.close_code, self.close_reason = code, ws.close_reason or ""
-        if not should_reconnect(code):
-            raise ConnectionClosed(code, self.close_reason, reconnect=False)
-        logger.info("socket %s: connection closed (%s %s)", self.url, code, self.close_reason)
-        return ConnectionClosed(code, self.close_reason)
+        closed = close_error(ws.close_code, ws.close_reason or "")
+        self.close_code, self.close_reason = closed.close_code, closed.reason
+        if not closed.reconnect:
+            raise closed
+        logger.info("socket %s: %s", self.url, closed)
+        return closed
 
     async def _drop(self, ws: ClientConnection) -> None:
         """The connection is over: settle its requests, then close it."""
