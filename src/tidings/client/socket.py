@@ -80,6 +80,7 @@ __all__ = [
     "Member",
     "Notice",
     "OfflineQueue",
+    "Pacer",
     "Requests",
     "Socket",
     "SocketEvent",
@@ -340,6 +341,31 @@ class OfflineQueue:
                 item.future.set_exception(exc)
 
 
+class Pacer:
+    """Spaces commands to at most ``rate`` per second, in bursts of at most
+    ``burst`` (the generic cell rate algorithm), so a client never trips the
+    server's ``ws_rate_limit``: a refused publish in the middle of a flush
+    would land out of order.
+    """
+
+    def __init__(self, rate: float | None, *, burst: float | None = None) -> None:
+        if rate is not None and rate <= 0:
+            raise ValueError("rate_limit must be > 0 commands per second, or None")
+        self.interval = 0.0 if rate is None else 1.0 / rate
+        size = max(1.0, burst if burst is not None else (rate or 2.0) / 2)
+        self.tolerance = (size - 1.0) * self.interval
+        self._theoretical = float("-inf")
+
+    def reserve(self, now: float) -> float:
+        """Take the next slot; return how many seconds to wait for it."""
+        if not self.interval:
+            return 0.0
+        theoretical = max(self._theoretical, now)
+        self._theoretical = theoretical + self.interval
+        delay = theoretical - self.tolerance - now
+        return delay if delay > 1e-9 else 0.0  # not a sleep for float rounding
+
+
 # -- subscriptions ----------------------------------------------------------------
 
 
@@ -487,8 +513,10 @@ class Socket:
             dead and is replaced.
         open_timeout: Seconds the opening handshake may take.
         close_timeout: Seconds :meth:`aclose` waits for the server's close frame.
-        queue_limit: Most publishes kept while disconnected
-            (:class:`~tidings.errors.QueueFull` past it).
+        queue_limit: Most publishes waiting to be sent, while disconnected or
+            held back by ``rate_limit`` (:class:`~tidings.errors.QueueFull` past it).
+        rate_limit: Most commands per second the client sends (the server's
+            ``ws_rate_limit``, 100 by default); None sends without pacing.
         buffer: Most unread items a subscription iterator holds before reading
             from the server pauses.
         max_size: Largest message accepted from the server, in bytes.
@@ -509,6 +537,7 @@ class Socket:
         open_timeout: float = 10.0,
         close_timeout: float = 5.0,
         queue_limit: int = 1000,
+        rate_limit: float | None = 100.0,
         buffer: int = 10000,
         max_size: int | None = 16 * 1024 * 1024,
         on_state: Callable[[ConnectionState], None] | None = None,
@@ -534,6 +563,8 @@ class Socket:
         self._on_state = on_state
         self._requests = Requests()
         self._queue = OfflineQueue(queue_limit)
+        self._queued = asyncio.Event()  # set when the queue may hold a publish to send
+        self._pacer = Pacer(rate_limit)
         self._subscriptions: dict[str, Subscription] = {}
         self._ws: ClientConnection | None = None
         self._generation = 0
@@ -543,6 +574,16 @@ class Socket:
         self._closing = False
         self._was_open = False
         self._final: BaseException | None = None
+
+    @property
+    def queued(self) -> int:
+        """How many publishes wait to be sent (the offline queue)."""
+        return len(self._queue)
+
+    @property
+    def subscriptions(self) -> dict[str, Subscription]:
+        """The channels of this socket (a copy)."""
+        return dict(self._subscriptions)
 
     # -- lifecycle --
 
@@ -671,16 +712,17 @@ class Socket:
         """Publish JSON ``data`` (or plain ``text``) and wait for the server's ack.
 
         Each publish carries an idempotency ``key`` (a random one unless
-        given). While disconnected it waits in the offline queue and is sent on
-        the next connection; one in flight when the connection drops is sent
-        again with the same key, so it lands exactly once. Cancelling the call
-        withdraws a publish not sent yet.
+        given). Publishes go out in the order of the calls; while disconnected
+        they wait in the offline queue and are sent on the next connection. One
+        in flight when the connection drops is sent again with the same key, so
+        it lands exactly once. Cancelling the call withdraws a publish not sent
+        yet.
 
         Returns:
             The event's position (for a repeated key, the first publish's).
 
         Raises:
-            QueueFull: disconnected, and ``queue_limit`` publishes are waiting.
+            QueueFull: ``queue_limit`` publishes are waiting to be sent.
             RequestTimeout: sent, but not acknowledged within ``request_timeout``.
             TidingsError: the server refused it (``code`` says why).
         """
@@ -698,12 +740,8 @@ class Socket:
         )
         payload = protocol.encode_command(command, self.format)  # refuses bad data here
         outgoing = _Outgoing(request_id, payload, asyncio.get_running_loop().create_future())
-        ws = self._ws
-        if ws is not None and self.state is ConnectionState.OPEN:
-            with contextlib.suppress(_Dropped):  # if dropped, it is back in the queue
-                await self._send_publish(ws, outgoing)
-        else:
-            self._queue.put(outgoing)
+        self._queue.put(outgoing)
+        self._queued.set()
         result = await outgoing.future
         return Position(result["epoch"], result["offset"])
 
@@ -772,6 +810,7 @@ class Socket:
         subscription: Subscription | None = None,
     ) -> asyncio.Future[Any]:
         """Send ``command`` on ``ws``; return the future of its reply."""
+        await self._pace()
         request_id = self._requests.next_id()
         payload = protocol.encode_command(dataclasses.replace(command, id=request_id), self.format)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -805,13 +844,29 @@ class Socket:
                 raise
             raise RequestTimeout(op, self._request_timeout) from None
 
-    async def _send_publish(self, ws: ClientConnection, outgoing: _Outgoing) -> None:
-        try:
-            self._open_request(ws, outgoing.id, _Request("publish", outgoing.future, outgoing))
-        except _Dropped:
-            self._queue.requeue([outgoing])
-            raise
-        await self._send(ws, outgoing.payload)
+    async def _pace(self) -> None:
+        delay = self._pacer.reserve(asyncio.get_running_loop().time())
+        if delay:
+            await asyncio.sleep(delay)
+
+    async def _send_queue(self, ws: ClientConnection) -> None:
+        """Send the queued publishes, in order, for as long as ``ws`` lives."""
+        while True:
+            if not self._queue:
+                self._queued.clear()
+                await self._queued.wait()
+                continue
+            await self._pace()
+            outgoing = self._queue.pop()
+            if outgoing is None:
+                continue  # withdrawn by their callers
+            # From here the request table owns it: a drop puts it back in the queue.
+            try:
+                self._open_request(ws, outgoing.id, _Request("publish", outgoing.future, outgoing))
+            except _Dropped:
+                self._queue.requeue([outgoing])
+                raise
+            await self._send(ws, outgoing.payload)
 
     async def _subscribe_now(self, ws: ClientConnection, subscription: Subscription) -> None:
         await (await self._start_subscribe(ws, subscription))
@@ -868,10 +923,13 @@ class Socket:
         except (OSError, InvalidHandshake, TimeoutError) as exc:
             logger.info("socket %s: cannot connect: %r", self.url, exc)
             return exc
+        final = True  # until _serve returns: what it raises ends the socket
         try:
-            return await self._serve(ws)
+            ended = await self._serve(ws)
+            final = False
+            return ended
         finally:
-            await self._drop(ws)
+            await self._drop(ws, settle=not final)
 
     async def _serve(self, ws: ClientConnection) -> BaseException:
         if ws.subprotocol != self.format.subprotocol:
@@ -898,19 +956,21 @@ class Socket:
         logger.info("socket %s: %s", self.url, closed)
         return closed
 
-    async def _drop(self, ws: ClientConnection) -> None:
-        """The connection is over: settle its requests, then close it."""
+    async def _drop(self, ws: ClientConnection, *, settle: bool) -> None:
+        """The connection is over: settle its requests (unless the socket stops,
+        and they fail with its error), then close it."""
         if self._ws is ws:
             self._ws = None
-        if self._final is None:
+        if settle:
             self._ready.clear()
-        again: list[_Outgoing] = []
-        for request in self._requests.drop_all():
-            if request.outgoing is not None:
-                again.append(request.outgoing)
-            elif not request.future.done():
-                request.future.set_exception(_Dropped())
-        self._queue.requeue(again)
+            again: list[_Outgoing] = []
+            for request in self._requests.drop_all():
+                if request.outgoing is not None:
+                    again.append(request.outgoing)
+                elif not request.future.done():
+                    request.future.set_exception(_Dropped())
+            self._queue.requeue(again)
+            self._queued.set()
         if ws.state is not State.CLOSED:
             if self._closing:
                 with contextlib.suppress(Exception):
@@ -922,30 +982,42 @@ class Socket:
                 await ws.wait_closed()
 
     async def _handshake(self, ws: ClientConnection) -> None:
+        """Connect, subscribe every channel, then send the queue while the connection lives."""
+        sender: asyncio.Task[None] | None = None
         try:
             if self.info is not None:
                 result = await self._call(ws, protocol.Connect(None, self.info), "connect")
                 self.client_id = result.get("client")
             while True:
                 todo = [s for s in self._subscriptions.values() if s.generation != self._generation]
+                if not todo:
+                    break
                 replies = [(s, await self._start_subscribe(ws, s)) for s in todo]
-                sent = 0
-                while (outgoing := self._queue.pop()) is not None:
-                    await self._send_publish(ws, outgoing)
-                    sent += 1
+                if sender is None:
+                    # The queued publishes follow the subscribes, so every
+                    # channel of this socket sees them.
+                    sender = asyncio.get_running_loop().create_task(
+                        self._send_queue(ws), name="tidings-socket-sender"
+                    )
                 for subscription, reply in replies:
                     await self._settle_subscribe(subscription, reply)
-                if not todo and not sent:
-                    break
-            # No await since the loop found nothing left: every publish made
-            # from now on is sent at once, after the queued ones.
+            # No await since the loop found nothing left: a channel subscribed
+            # from now on is sent at once.
             self.backoff.reset()
             self._was_open = True
             self._set_state(ConnectionState.OPEN)
             self._ready.set()
+            if sender is None:
+                await self._send_queue(ws)
+            else:
+                await sender
         except (RequestTimeout, _Dropped) as exc:
             logger.info("socket %s: handshake failed (%r); reconnecting", self.url, exc)
             ws.transport.abort()
+        finally:
+            if sender is not None:
+                sender.cancel()
+                await asyncio.gather(sender, return_exceptions=True)
 
     async def _start_subscribe(
         self, ws: ClientConnection, subscription: Subscription

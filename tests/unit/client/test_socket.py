@@ -14,6 +14,7 @@ from tests.support.env import TIMEOUT
 from tidings.client import Notice, Reset, SocketEvent, Subscription
 from tidings.client.socket import (
     OfflineQueue,
+    Pacer,
     Requests,
     Socket,
     _Outgoing,
@@ -402,3 +403,26 @@ async def test_a_socket_is_used_inside_async_with() -> None:
         await socket.subscribe("c")
     with pytest.raises(ValueError, match="msgpackx"):
         Socket("ws://h/ws", format="msgpackx")  # type: ignore[arg-type]
+
+
+# -- pacing ----------------------------------------------------------------------------
+
+
+def test_the_pacer_allows_a_burst_then_spaces_commands() -> None:
+    pacer = Pacer(100.0, burst=3)
+    waits = [pacer.reserve(now=10.0) for _ in range(6)]
+    assert waits[:3] == [0.0, 0.0, 0.0]
+    assert waits[3:] == pytest.approx([0.01, 0.02, 0.03])
+    # Idle time earns the burst back, never more.
+    assert [pacer.reserve(now=20.0) for _ in range(4)][3] == pytest.approx(0.01)
+
+
+def test_the_default_burst_is_half_the_rate_and_none_disables_pacing() -> None:
+    pacer = Pacer(100.0)
+    waits = [pacer.reserve(now=0.0) for _ in range(51)]
+    assert waits[49] == 0.0
+    assert waits[50] == pytest.approx(0.01)
+    unpaced = Pacer(None)
+    assert all(unpaced.reserve(now=0.0) == 0.0 for _ in range(1000))
+    with pytest.raises(ValueError, match="rate_limit"):
+        Pacer(0)
