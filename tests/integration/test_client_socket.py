@@ -13,7 +13,7 @@ import orjson
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from tests.support.env import TIMEOUT
+from tests.support.env import TIMEOUT, eventually
 from tests.support.proxy import FaultProxy
 from tests.support.server import ServerProcess
 from tidings.client import (
@@ -34,6 +34,8 @@ from tidings.errors import (
     StreamRejected,
     TidingsError,
 )
+from tidings.hub import Hub
+from tidings.server import create_app
 from tidings.settings import Settings
 from tidings.testing import free_port, run_server
 from tidings.types import Position
@@ -439,6 +441,26 @@ async def test_backoff_stays_within_its_bounds_and_gives_up() -> None:
     assert [upper for _, upper in backoff.delays] == [0.01, 0.02, 0.04, 0.05]
     assert all(0 <= delay <= upper for delay, upper in backoff.delays)
     assert states.seen == [ConnectionState.CONNECTING, ConnectionState.CLOSED]
+
+
+async def test_a_consumer_that_falls_behind_loses_nothing() -> None:
+    hub = Hub(outbox_max_bytes=64 * 1024)
+    app = create_app(hub, Settings(log_level="warning"))
+    async with hub, run_server(app) as url, no_leaks():
+        states = States()
+        async with Socket(
+            url, buffer=5, backoff=Backoff(base=0.01, cap=0.05), on_state=states
+        ) as socket:
+            feed = await socket.subscribe("feed")
+            padding = "x" * 2000
+            for n in range(2000):  # about 4 MB that the client does not read yet
+                await hub.publish("feed", {"n": n, "padding": padding})
+            # The server's outbox overflowed: it closed the connection (4008).
+            await eventually(lambda: hub.stats().slow_consumers >= 1)
+            items = await take(feed, 2000)
+            assert [item.data["n"] for item in items] == list(range(2000))
+            assert socket.close_code == 4008
+            assert states.seen.count(ConnectionState.RECONNECTING) >= 1
 
 
 # -- close codes ----------------------------------------------------------------------------
