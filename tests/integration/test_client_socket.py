@@ -175,12 +175,16 @@ async def test_every_operation_in_both_formats(fmt: Any) -> None:
 
             async def handler(item: Any) -> None:
                 handled.append(item)
-                if len(handled) == 1:
+                if isinstance(item, SocketEvent):
+                    # A handler may wait for replies: it does not hold up the reader.
+                    echo = await socket.publish("chat:echo", item.data)
+                    handled.append(echo)
                     got_two.set()
 
             await socket.subscribe("chat:other", handler=handler)
             await socket.publish("chat:other", 2)
             await asyncio.wait_for(got_two.wait(), TIMEOUT)
+            assert [e.data for e in (await socket.history("chat:echo")).events] == [2]
             left = await socket.subscribe("left")
             await socket.unsubscribe("left")
             assert [item async for item in left] == [], "unsubscribing ends the iterator"
@@ -198,7 +202,7 @@ async def test_every_operation_in_both_formats(fmt: Any) -> None:
         with pytest.raises(ConnectionClosed):
             await socket.publish("chat:room", 1)
         assert [item async for item in room] == [], "the iterator ends with the socket"
-    assert [type(item) for item in handled] == [Notice, SocketEvent]
+    assert [type(item) for item in handled] == [Notice, SocketEvent, Position]
 
 
 async def test_subscribing_since_a_position_replays_exactly_what_came_after() -> None:

@@ -373,8 +373,11 @@ class Subscription:
     """One channel of a :class:`Socket`: an async iterator of :class:`SocketEvent`,
     :class:`~tidings.client.Reset` and :class:`Notice` items, or a handler's feed.
 
-    ``position`` is the position of the last event delivered (or announced by
-    a reset); after a reconnect the socket subscribes again from there.
+    ``position`` is the position of the last event received (or announced by
+    a reset); after a reconnect the socket subscribes again from there. Items
+    wait in a buffer of at most ``buffer`` until read; a handler is called
+    from a task of its own, one item at a time, so it may await the socket
+    (a publish, a history read) without holding up the connection.
     """
 
     def __init__(
@@ -397,6 +400,7 @@ class Subscription:
         self._writable = asyncio.Event()
         self._closed = False
         self._error: BaseException | None = None
+        self._pump: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Subscription {self.channel!r} at {self.position}>"
@@ -441,24 +445,56 @@ class Subscription:
         return event_from(self.channel, message)
 
     async def deliver(self, item: Item) -> None:
-        """Hand ``item`` to the handler, or buffer it for the iterator (waiting
-        while ``buffer`` items are unread: the server then holds the rest)."""
+        """Buffer ``item`` for the iterator or the handler, waiting while
+        ``buffer`` items are unread (the server holds the rest meanwhile)."""
+        while len(self._items) >= self._buffer and not self._closed:
+            self._writable.clear()
+            await self._writable.wait()
         if self._closed:
             return
-        if self._handler is not None:
+        self._items.append(item)
+        self._readable.set()
+        if self._handler is not None and self._pump is None:
+            self._pump = asyncio.get_running_loop().create_task(
+                self._call_handler(self._handler), name=f"tidings-socket-handler {self.channel}"
+            )
+
+    async def _take(self) -> Item | None:
+        """The next item; None once closed and drained."""
+        while not self._items:
+            if self._closed:
+                return None
+            self._readable.clear()
+            await self._readable.wait()
+        self._writable.set()
+        return self._items.popleft()
+
+    async def _call_handler(self, handler: Handler) -> None:
+        while (item := await self._take()) is not None:
             try:
-                outcome = self._handler(item)
+                outcome = handler(item)
                 if inspect.isawaitable(outcome):
                     await outcome
             except Exception:
                 logger.exception("the handler of %s failed on %r", self.channel, item)
-            return
-        while len(self._items) >= self._buffer and not self._closed:
-            self._writable.clear()
-            await self._writable.wait()
-        if not self._closed:
-            self._items.append(item)
-            self._readable.set()
+
+    @property
+    def handling(self) -> bool:
+        """Whether the handler's task is running."""
+        return self._pump is not None and not self._pump.done()
+
+    async def wait_handled(self) -> None:
+        """After :meth:`close`: wait until the handler has been called with every item."""
+        if self._pump is not None:
+            await asyncio.shield(self._pump)
+
+    async def stop(self) -> None:
+        """Close, and stop the handler's task at once."""
+        self.close()
+        pump = self._pump
+        if pump is not None and not pump.done():
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
 
     def close(self, error: BaseException | None = None) -> None:
         """End the subscription: iterators yield what is buffered, then stop
@@ -481,15 +517,12 @@ class Subscription:
     async def __anext__(self) -> Item:
         if self._handler is not None:
             raise RuntimeError(f"the items of {self.channel!r} go to its handler")
-        while not self._items:
-            if self._closed:
-                if self._error is not None:
-                    raise self._error
-                raise StopAsyncIteration
-            self._readable.clear()
-            await self._readable.wait()
-        self._writable.set()
-        return self._items.popleft()
+        item = await self._take()
+        if item is None:
+            if self._error is not None:
+                raise self._error
+            raise StopAsyncIteration
+        return item
 
 
 # -- the socket --------------------------------------------------------------------------
@@ -572,7 +605,9 @@ class Socket:
         self._stopped = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
+        self._closed_by_client = False
         self._was_open = False
+        self._ended: list[Subscription] = []  # subscriptions whose handler may still run
         self._final: BaseException | None = None
 
     @property
@@ -595,7 +630,7 @@ class Socket:
             ConnectionClosed: the server closed with a final close code.
             ReconnectExhausted: ``backoff.max_attempts`` attempts failed.
         """
-        if self._runner is not None:
+        if self._runner is not None or self._final is not None:
             raise RuntimeError("a Socket can be entered once")
         self._set_state(ConnectionState.CONNECTING)
         self._runner = asyncio.get_running_loop().create_task(
@@ -629,9 +664,13 @@ class Socket:
             runner.cancel()
             await asyncio.gather(runner, return_exceptions=True)
         if self._final is None:
+            self._closed_by_client = True
             self._finish(
                 ConnectionClosed(CloseCode.NORMAL, "closed by the client", reconnect=False)
             )
+        ended, self._ended = self._ended, []
+        for subscription in ended:
+            await subscription.stop()
         self._set_state(ConnectionState.CLOSED)
 
     async def wait_closed(self) -> None:
@@ -691,6 +730,8 @@ class Socket:
         if subscription is None:
             return
         subscription.close()
+        # Its handler still gets what is buffered; aclose() stops it if need be.
+        self._ended = [s for s in (*self._ended, subscription) if s.handling]
         ws = self._ws
         if (
             ws is not None
@@ -790,7 +831,7 @@ class Socket:
             raise RuntimeError("use the Socket inside 'async with'")
 
     def _closed_by_us(self) -> bool:
-        return self._closing and isinstance(self._final, ConnectionClosed)
+        return self._closed_by_client
 
     def _open_request(self, ws: ClientConnection, request_id: int, request: _Request) -> None:
         if ws is not self._ws:
@@ -1112,6 +1153,7 @@ class Socket:
                 request.future.set_exception(error)
         self._queue.fail(error)
         subscriptions, self._subscriptions = self._subscriptions, {}
+        self._ended.extend(subscriptions.values())
         user_closed = self._closed_by_us()
         for subscription in subscriptions.values():
             subscription.close(None if user_closed else error)

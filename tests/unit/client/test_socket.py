@@ -381,7 +381,11 @@ async def test_handlers_get_every_item_and_their_errors_are_logged(
     with caplog.at_level(logging.ERROR, logger="tidings.client.socket"):
         for event in events:
             await subscription.deliver(event)
+        assert subscription.handling
+        subscription.close()
+        await asyncio.wait_for(subscription.wait_handled(), TIMEOUT)
     assert seen == events
+    assert not subscription.handling
     assert "the handler of c failed" in caplog.text
     with pytest.raises(RuntimeError, match="handler"):
         await anext(subscription)
@@ -389,7 +393,29 @@ async def test_handlers_get_every_item_and_their_errors_are_logged(
     plain: list[Any] = []
     sync = Subscription("c", handler=plain.append)
     await sync.deliver(events[0])
+    sync.close()
+    await asyncio.wait_for(sync.wait_handled(), TIMEOUT)
     assert plain == [events[0]]
+
+
+async def test_a_handler_runs_apart_from_the_reader_and_stop_cancels_it() -> None:
+    release = asyncio.Event()
+    seen: list[Any] = []
+
+    async def slow(item: Any) -> None:
+        seen.append(item)
+        await release.wait()  # e.g. awaiting a publish's ack, which the reader brings
+
+    subscription = Subscription("c", handler=slow, buffer=2)
+    events = [SocketEvent("c", "e", n, "message", n) for n in range(1, 4)]
+    for event in events:
+        await asyncio.wait_for(subscription.deliver(event), TIMEOUT)  # the reader goes on
+    await asyncio.sleep(0)
+    assert seen == events[:1]
+    await subscription.stop()
+    assert not subscription.handling
+    release.set()
+    assert seen == events[:1]
 
 
 # -- the socket before it connects ----------------------------------------------------
