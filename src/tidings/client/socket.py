@@ -17,20 +17,23 @@ Theory of operation
 One *runner* task owns the connection. It connects (``websockets``, the
 ``tidings.v1.json`` or ``tidings.v1.msgpack`` subprotocol), then runs three
 tasks on it: the *reader*, which matches replies to requests by id and hands
-pushes to their :class:`Subscription`; the *heartbeat*, which sends a
-WebSocket ping every ``ping_interval`` seconds and drops the connection when
-the pong is later than ``ping_timeout``; and the *handshake*, which sends
-``connect``, re-subscribes every channel with ``since`` = the position of the
-last event delivered, and sends the publishes queued while offline. Only then
-is the socket ``open``.
+pushes to their :class:`~tidings.client.Subscription`; the *heartbeat*, which
+sends a WebSocket ping every ``ping_interval`` seconds and drops the
+connection when the pong is later than ``ping_timeout``; and the
+*handshake*, which sends ``connect``, re-subscribes every channel with
+``since`` = the position of the last event received, starts the *sender*
+(which sends the publish queue in call order, paced under the server's rate
+limit) and, once the subscribe replies are in, marks the socket ``open``.
+Handlers run in a task per subscription, never in the reader.
 
-When the connection ends, requests in flight are settled: publishes go back
-to the front of the offline queue (each keeps the idempotency key drawn when
-it was first called, so one the server already had lands once), reads are
-sent again on the next connection within their deadline. The runner waits a
-full-jitter backoff delay and connects again. Close codes 4500-4999 (and 1002,
-1007, 1009) and handshake answers 400/401/403/404 are final: everything
-pending fails with the error and iterators raise it.
+Every publish goes through the queue (``_pending.OfflineQueue``), bounded by
+``queue_limit``. When the connection ends, requests in flight are settled:
+publishes go back to the queue in call order (each keeps the idempotency key
+drawn at its first call, so one the server already had lands once), reads
+are sent again on the next connection within their deadline. The runner
+waits a full-jitter backoff delay and connects again. Close codes 4500-4999
+(and 1002, 1007, 1009) and handshake answers 400/401/403/404 are final:
+everything pending fails with the error and iterators raise it.
 
 Positions are tracked per subscription from the replies and pushes the
 reader sees, in wire order, so a subscribe reply (which the server always
@@ -43,14 +46,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import inspect
 import logging
 import uuid
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -59,12 +59,26 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.protocol import State
 from websockets.typing import Subprotocol
 
+from tidings.client._pending import (
+    Dropped,
+    OfflineQueue,
+    Outgoing,
+    Pacer,
+    Request,
+    Requests,
+)
 from tidings.client.backoff import Backoff
 from tidings.client.sse import TERMINAL_STATUSES, ConnectionState, Reset
+from tidings.client.subscription import (
+    Handler,
+    HistoryPage,
+    Member,
+    Subscription,
+    event_from,
+)
 from tidings.errors import (
     ConnectionClosed,
     ProtocolError,
-    QueueFull,
     ReconnectExhausted,
     RequestTimeout,
     StreamRejected,
@@ -72,88 +86,17 @@ from tidings.errors import (
 )
 from tidings.types import Position
 from tidings.wire import protocol
-from tidings.wire.codes import CloseCode, ErrorCode, should_reconnect
+from tidings.wire.codes import CloseCode, should_reconnect
 from tidings.wire.protocol import Format
 
-__all__ = [
-    "HistoryPage",
-    "Member",
-    "Notice",
-    "OfflineQueue",
-    "Pacer",
-    "Requests",
-    "Socket",
-    "SocketEvent",
-    "Subscription",
-    "close_error",
-    "reply_error",
-    "socket_url",
-    "split_frame",
-]
+__all__ = ["Socket", "close_error", "socket_url", "split_frame"]
 
 logger = logging.getLogger(__name__)
 
 _MISSING: Any = object()
 
 
-# -- values ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SocketEvent:
-    """An event of a channel's stream. ``data`` is the published JSON value, or
-    the published text when ``text`` is true."""
-
-    channel: str
-    epoch: str
-    offset: int
-    type: str
-    data: Any
-    text: bool = False
-
-    @property
-    def position(self) -> Position:
-        return Position(self.epoch, self.offset)
-
-
-@dataclass(frozen=True, slots=True)
-class Notice:
-    """A ``join`` or ``leave`` notice (namespaces with ``join_leave = true``)."""
-
-    channel: str
-    type: str
-    client: str | None
-    user: Any
-    info: Any
-
-
-@dataclass(frozen=True, slots=True)
-class Member:
-    """One client present in a channel."""
-
-    client: str
-    user: Any
-    info: Any
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryPage:
-    """What :meth:`Socket.history` returns; ``reset`` is set when ``since`` was
-    outside the history window (the events then start at the oldest kept)."""
-
-    channel: str
-    position: Position
-    events: list[SocketEvent]
-    reset: Reset | None
-
-
-#: What a subscription delivers.
-Item: TypeAlias = SocketEvent | Reset | Notice
-#: A per-channel handler: a function or a coroutine function taking an item.
-Handler: TypeAlias = Callable[[Item], Awaitable[None] | None]
-
-
-# -- sans-I/O pieces -------------------------------------------------------------
+# -- sans-I/O helpers -------------------------------------------------------------
 
 
 def socket_url(url: str) -> str:
@@ -178,351 +121,6 @@ def split_frame(data: str | bytes, fmt: Format) -> list[Any]:
     """The messages of one frame: a single message, or a batch (an array) of them."""
     document = protocol.load(data, fmt)
     return document if isinstance(document, list) else [document]
-
-
-def reply_error(error: Any) -> TidingsError:
-    """The exception for an error reply's ``error`` object; ``code`` is the server's."""
-    if isinstance(error, dict):
-        code, message = str(error.get("code", ErrorCode.INTERNAL)), str(error.get("message", ""))
-    else:
-        code, message = ErrorCode.INTERNAL.value, repr(error)
-    exc = TidingsError(f"{code}: {message}")
-    exc.code = code
-    return exc
-
-
-def event_from(channel: str, message: dict[str, Any]) -> SocketEvent:
-    return SocketEvent(
-        channel,
-        message["epoch"],
-        message["offset"],
-        message.get("event", "message"),
-        message.get("data"),
-        message.get("text") is True,
-    )
-
-
-class _Dropped(Exception):
-    """The connection a request was sent on ended before its reply."""
-
-
-@dataclass(slots=True, eq=False)
-class _Outgoing:
-    """A publish: encoded once (its id and key fixed at the first call), sent once per
-    connection until acknowledged."""
-
-    id: int
-    payload: bytes
-    future: asyncio.Future[Any]
-
-
-@dataclass(slots=True, eq=False)
-class _Request:
-    op: str
-    future: asyncio.Future[Any]
-    outgoing: _Outgoing | None = None
-    subscription: Subscription | None = None
-    timer: asyncio.TimerHandle | None = None
-
-
-class Requests:
-    """Commands waiting for their reply, by id. Ids grow for the life of a
-    :class:`Socket` and never repeat, so a reply can only settle its own request."""
-
-    def __init__(self) -> None:
-        self._next_id = 1
-        self._waiting: dict[int, _Request] = {}
-
-    def __len__(self) -> int:
-        return len(self._waiting)
-
-    def __contains__(self, request_id: object) -> bool:
-        return request_id in self._waiting
-
-    def next_id(self) -> int:
-        request_id = self._next_id
-        self._next_id += 1
-        return request_id
-
-    def open(self, request_id: int, request: _Request, *, timeout: float | None = None) -> None:
-        """Wait for the reply to ``request_id``; after ``timeout`` seconds, fail
-        the request with :class:`RequestTimeout`."""
-        if timeout is not None:
-            loop = asyncio.get_running_loop()
-            request.timer = loop.call_later(timeout, self._expire, request_id, timeout)
-        self._waiting[request_id] = request
-
-    def discard(self, request_id: int) -> None:
-        request = self._waiting.pop(request_id, None)
-        if request is not None and request.timer is not None:
-            request.timer.cancel()
-
-    def settle(self, message: dict[str, Any]) -> _Request | None:
-        """Take the request a reply answers (None for an unknown or late one).
-
-        The caller applies the reply and then calls :meth:`resolve`, so that
-        what the reply changes (a subscription's position) happens before the
-        messages that follow it on the wire.
-        """
-        request_id = message.get("id")
-        if not isinstance(request_id, int) or isinstance(request_id, bool):
-            return None
-        request = self._waiting.pop(request_id, None)
-        if request is not None and request.timer is not None:
-            request.timer.cancel()
-        return request
-
-    @staticmethod
-    def resolve(request: _Request, message: dict[str, Any]) -> None:
-        if request.future.done():  # the caller stopped waiting
-            return
-        if "error" in message:
-            request.future.set_exception(reply_error(message["error"]))
-        else:
-            request.future.set_result(message.get("result"))
-
-    def drop_all(self) -> list[_Request]:
-        """Forget every request (the connection ended), oldest first."""
-        requests = [self._waiting[key] for key in sorted(self._waiting)]
-        self._waiting.clear()
-        for request in requests:
-            if request.timer is not None:
-                request.timer.cancel()
-        return requests
-
-    def _expire(self, request_id: int, timeout: float) -> None:
-        request = self._waiting.pop(request_id, None)
-        if request is not None and not request.future.done():
-            request.future.set_exception(RequestTimeout(request.op, timeout))
-
-
-class OfflineQueue:
-    """Publishes waiting for a connection, in the order they were made; at most ``limit``."""
-
-    def __init__(self, limit: int) -> None:
-        if limit < 0:
-            raise ValueError("queue_limit must be >= 0")
-        self.limit = limit
-        self._items: deque[_Outgoing] = deque()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def put(self, item: _Outgoing) -> None:
-        """Queue a new publish.
-
-        Raises:
-            QueueFull: ``limit`` publishes are waiting already.
-        """
-        if len(self._items) >= self.limit:
-            raise QueueFull(self.limit)
-        self._items.append(item)
-
-    def requeue(self, items: Iterable[_Outgoing]) -> None:
-        """Put back publishes that were in flight (they were accepted, so the
-        limit does not apply); the order stays the order of the calls."""
-        merged = [*self._items, *items]
-        merged.sort(key=lambda item: item.id)
-        self._items = deque(merged)
-
-    def pop(self) -> _Outgoing | None:
-        """The next publish still awaited by its caller, or None."""
-        while self._items:
-            item = self._items.popleft()
-            if not item.future.done():
-                return item
-        return None
-
-    def fail(self, exc: BaseException) -> None:
-        """Fail every waiting publish (the socket closed for good)."""
-        items, self._items = self._items, deque()
-        for item in items:
-            if not item.future.done():
-                item.future.set_exception(exc)
-
-
-class Pacer:
-    """Spaces commands to at most ``rate`` per second, in bursts of at most
-    ``burst`` (the generic cell rate algorithm), so a client never trips the
-    server's ``ws_rate_limit``: a refused publish in the middle of a flush
-    would land out of order.
-    """
-
-    def __init__(self, rate: float | None, *, burst: float | None = None) -> None:
-        if rate is not None and rate <= 0:
-            raise ValueError("rate_limit must be > 0 commands per second, or None")
-        self.interval = 0.0 if rate is None else 1.0 / rate
-        size = max(1.0, burst if burst is not None else (rate or 2.0) / 2)
-        self.tolerance = (size - 1.0) * self.interval
-        self._theoretical = float("-inf")
-
-    def reserve(self, now: float) -> float:
-        """Take the next slot; return how many seconds to wait for it."""
-        if not self.interval:
-            return 0.0
-        theoretical = max(self._theoretical, now)
-        self._theoretical = theoretical + self.interval
-        delay = theoretical - self.tolerance - now
-        return delay if delay > 1e-9 else 0.0  # not a sleep for float rounding
-
-
-# -- subscriptions ----------------------------------------------------------------
-
-
-class Subscription:
-    """One channel of a :class:`Socket`: an async iterator of :class:`SocketEvent`,
-    :class:`~tidings.client.Reset` and :class:`Notice` items, or a handler's feed.
-
-    ``position`` is the position of the last event received (or announced by
-    a reset); after a reconnect the socket subscribes again from there. Items
-    wait in a buffer of at most ``buffer`` until read; a handler is called
-    from a task of its own, one item at a time, so it may await the socket
-    (a publish, a history read) without holding up the connection.
-    """
-
-    def __init__(
-        self,
-        channel: str,
-        *,
-        since: Position | None = None,
-        handler: Handler | None = None,
-        buffer: int = 10000,
-        socket: Socket | None = None,
-    ) -> None:
-        self.channel = channel
-        self.position = Position(*since) if since is not None else None
-        self.generation = 0  # the connection it was last subscribed on
-        self._handler = handler
-        self._buffer = buffer
-        self._socket = socket
-        self._items: deque[Item] = deque()
-        self._readable = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._closed = False
-        self._error: BaseException | None = None
-        self._pump: asyncio.Task[None] | None = None
-
-    def __repr__(self) -> str:
-        return f"<Subscription {self.channel!r} at {self.position}>"
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def track_subscribed(self, result: dict[str, Any]) -> Reset | None:
-        """Apply a subscribe reply; return the reset to deliver when it says
-        the position could not be resumed."""
-        position = Position(result["epoch"], result["offset"])
-        if result.get("recovered") is False:
-            self.position = position
-            return Reset(self.channel, position, str(result.get("reset") or "unknown"))
-        if self.position is None:
-            self.position = position
-        return None
-
-    def track_push(self, message: dict[str, Any]) -> Item | None:
-        """Apply a push of this channel; return the item to deliver, or None for
-        an event already delivered."""
-        offset = message.get("offset")
-        if offset is None:  # join and leave are not part of the stream
-            data = message.get("data")
-            entry = data if isinstance(data, dict) else {}
-            kind = message.get("event", "")
-            return Notice(
-                self.channel, kind, entry.get("client"), entry.get("user"), entry.get("info")
-            )
-        position = Position(message["epoch"], offset)
-        if message.get("event") == "reset":
-            self.position = position
-            data = message.get("data")
-            reason = data.get("reason") if isinstance(data, dict) else None
-            return Reset(self.channel, position, str(reason or "unknown"))
-        last = self.position
-        if last is not None and last.epoch == position.epoch and offset <= last.offset:
-            logger.debug("dropping %s %s: already delivered", self.channel, position)
-            return None
-        self.position = position
-        return event_from(self.channel, message)
-
-    async def deliver(self, item: Item) -> None:
-        """Buffer ``item`` for the iterator or the handler, waiting while
-        ``buffer`` items are unread (the server holds the rest meanwhile)."""
-        while len(self._items) >= self._buffer and not self._closed:
-            self._writable.clear()
-            await self._writable.wait()
-        if self._closed:
-            return
-        self._items.append(item)
-        self._readable.set()
-        if self._handler is not None and self._pump is None:
-            self._pump = asyncio.get_running_loop().create_task(
-                self._call_handler(self._handler), name=f"tidings-socket-handler {self.channel}"
-            )
-
-    async def _take(self) -> Item | None:
-        """The next item; None once closed and drained."""
-        while not self._items:
-            if self._closed:
-                return None
-            self._readable.clear()
-            await self._readable.wait()
-        self._writable.set()
-        return self._items.popleft()
-
-    async def _call_handler(self, handler: Handler) -> None:
-        while (item := await self._take()) is not None:
-            try:
-                outcome = handler(item)
-                if inspect.isawaitable(outcome):
-                    await outcome
-            except Exception:
-                logger.exception("the handler of %s failed on %r", self.channel, item)
-
-    @property
-    def handling(self) -> bool:
-        """Whether the handler's task is running."""
-        return self._pump is not None and not self._pump.done()
-
-    async def wait_handled(self) -> None:
-        """After :meth:`close`: wait until the handler has been called with every item."""
-        if self._pump is not None:
-            await asyncio.shield(self._pump)
-
-    async def stop(self) -> None:
-        """Close, and stop the handler's task at once."""
-        self.close()
-        pump = self._pump
-        if pump is not None and not pump.done():
-            pump.cancel()
-            await asyncio.gather(pump, return_exceptions=True)
-
-    def close(self, error: BaseException | None = None) -> None:
-        """End the subscription: iterators yield what is buffered, then stop
-        (or raise ``error``)."""
-        if not self._closed:
-            self._closed = True
-            self._error = error
-        self._readable.set()
-        self._writable.set()
-
-    async def unsubscribe(self) -> None:
-        """Leave the channel (:meth:`Socket.unsubscribe`)."""
-        if self._socket is not None:
-            await self._socket.unsubscribe(self.channel)
-        self.close()
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> Item:
-        if self._handler is not None:
-            raise RuntimeError(f"the items of {self.channel!r} go to its handler")
-        item = await self._take()
-        if item is None:
-            if self._error is not None:
-                raise self._error
-            raise StopAsyncIteration
-        return item
 
 
 # -- the socket --------------------------------------------------------------------------
@@ -715,7 +313,7 @@ class Socket:
         if ws is not None and self.state is ConnectionState.OPEN:
             try:
                 await self._subscribe_now(ws, subscription)
-            except _Dropped:
+            except Dropped:
                 pass  # the next connection subscribes it
             except BaseException:
                 if self._subscriptions.get(channel) is subscription:
@@ -738,7 +336,7 @@ class Socket:
             and self.state is ConnectionState.OPEN
             and subscription.generation == self._generation
         ):
-            with contextlib.suppress(_Dropped):
+            with contextlib.suppress(Dropped):
                 await self._call(ws, protocol.Unsubscribe(None, channel), "unsubscribe")
 
     async def publish(
@@ -780,7 +378,7 @@ class Socket:
             key or uuid.uuid4().hex,
         )
         payload = protocol.encode_command(command, self.format)  # refuses bad data here
-        outgoing = _Outgoing(request_id, payload, asyncio.get_running_loop().create_future())
+        outgoing = Outgoing(request_id, payload, asyncio.get_running_loop().create_future())
         self._queue.put(outgoing)
         self._queued.set()
         result = await outgoing.future
@@ -833,9 +431,9 @@ class Socket:
     def _closed_by_us(self) -> bool:
         return self._closed_by_client
 
-    def _open_request(self, ws: ClientConnection, request_id: int, request: _Request) -> None:
+    def _open_request(self, ws: ClientConnection, request_id: int, request: Request) -> None:
         if ws is not self._ws:
-            raise _Dropped
+            raise Dropped
         self._requests.open(request_id, request, timeout=self._request_timeout)
 
     async def _send(self, ws: ClientConnection, payload: bytes) -> None:
@@ -855,7 +453,7 @@ class Socket:
         request_id = self._requests.next_id()
         payload = protocol.encode_command(dataclasses.replace(command, id=request_id), self.format)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._open_request(ws, request_id, _Request(op, future, subscription=subscription))
+        self._open_request(ws, request_id, Request(op, future, subscription=subscription))
         await self._send(ws, payload)
         return future
 
@@ -878,7 +476,7 @@ class Socket:
                         continue
                     try:
                         return await self._call(ws, command, op)
-                    except _Dropped:
+                    except Dropped:
                         continue
         except TimeoutError as exc:
             if isinstance(exc, RequestTimeout):
@@ -903,8 +501,8 @@ class Socket:
                 continue  # withdrawn by their callers
             # From here the request table owns it: a drop puts it back in the queue.
             try:
-                self._open_request(ws, outgoing.id, _Request("publish", outgoing.future, outgoing))
-            except _Dropped:
+                self._open_request(ws, outgoing.id, Request("publish", outgoing.future, outgoing))
+            except Dropped:
                 self._queue.requeue([outgoing])
                 raise
             await self._send(ws, outgoing.payload)
@@ -1004,12 +602,12 @@ class Socket:
             self._ws = None
         if settle:
             self._ready.clear()
-            again: list[_Outgoing] = []
+            again: list[Outgoing] = []
             for request in self._requests.drop_all():
                 if request.outgoing is not None:
                     again.append(request.outgoing)
                 elif not request.future.done():
-                    request.future.set_exception(_Dropped())
+                    request.future.set_exception(Dropped())
             self._queue.requeue(again)
             self._queued.set()
         if ws.state is not State.CLOSED:
@@ -1052,7 +650,7 @@ class Socket:
                 await self._send_queue(ws)
             else:
                 await sender
-        except (RequestTimeout, _Dropped) as exc:
+        except (RequestTimeout, Dropped) as exc:
             logger.info("socket %s: handshake failed (%r); reconnecting", self.url, exc)
             ws.transport.abort()
         finally:
@@ -1072,7 +670,7 @@ class Socket:
     ) -> None:
         try:
             await reply
-        except (RequestTimeout, _Dropped):
+        except (RequestTimeout, Dropped):
             raise
         except TidingsError as exc:
             # Refused now (permissions changed): this channel ends, the others go on.
