@@ -356,20 +356,35 @@ async def test_a_stalled_connection_misses_the_heartbeat_deadline_and_resumes() 
             assert [(i.data, i.offset) for i in (first, second, third)] == [(1, 1), (2, 2), (3, 3)]
 
 
-async def test_requests_time_out_on_a_silent_connection() -> None:
+async def test_requests_time_out_on_a_silent_connection_and_publishes_wait() -> None:
     with ServerProcess() as server:
+        states = States()
         async with (
             FaultProxy(server.port) as proxy,
+            http(server.url) as client,
             no_leaks(),
-            Socket(proxy.url, request_timeout=0.3, ping_interval=None) as socket,
+            Socket(
+                proxy.url,
+                request_timeout=0.3,
+                ping_interval=None,
+                backoff=Backoff(base=0.02, cap=0.1),
+                on_state=states,
+            ) as socket,
         ):
             proxy.stall()
             with pytest.raises(RequestTimeout) as caught:
                 await socket.ping()
             assert isinstance(caught.value, TimeoutError)
             assert caught.value.op == "ping"
+            # A publish without its ack in time: the connection is taken for dead.
+            publish = asyncio.create_task(socket.publish("jobs", "once"))
+            await states.reach(ConnectionState.RECONNECTING)
+            assert not publish.done()
             proxy.resume()
+            position = await asyncio.wait_for(publish, TIMEOUT * 2)
+            assert position.offset == 1
             assert await socket.ping() >= 0
+            assert await history(client, "jobs") == ["once"]
 
 
 async def test_publishes_during_an_outage_are_queued_bounded_and_sent_once() -> None:

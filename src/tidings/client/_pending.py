@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,11 +53,18 @@ class Request:
 
 class Requests:
     """Commands waiting for their reply, by id. Ids grow for the life of a
-    :class:`Socket` and never repeat, so a reply can only settle its own request."""
+    :class:`Socket` and never repeat, so a reply can only settle its own request.
 
-    def __init__(self) -> None:
+    A request without its reply in time fails with :class:`RequestTimeout`,
+    except a publish: it stays, and ``on_stale`` is called (the socket then
+    drops the connection, and the publish is sent again on the next one with
+    the same idempotency key, so it is neither lost nor repeated).
+    """
+
+    def __init__(self, *, on_stale: Callable[[Request], None] | None = None) -> None:
         self._next_id = 1
         self._waiting: dict[int, Request] = {}
+        self._on_stale = on_stale
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -117,8 +124,15 @@ class Requests:
         return requests
 
     def _expire(self, request_id: int, timeout: float) -> None:
-        request = self._waiting.pop(request_id, None)
-        if request is not None and not request.future.done():
+        request = self._waiting.get(request_id)
+        if request is None:
+            return
+        request.timer = None
+        if request.outgoing is not None and self._on_stale is not None:
+            self._on_stale(request)
+            return
+        del self._waiting[request_id]
+        if not request.future.done():
             request.future.set_exception(RequestTimeout(request.op, timeout))
 
 

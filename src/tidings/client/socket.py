@@ -192,7 +192,7 @@ class Socket:
         self._buffer = buffer
         self._max_size = max_size
         self._on_state = on_state
-        self._requests = Requests()
+        self._requests = Requests(on_stale=self._stale)
         self._queue = OfflineQueue(queue_limit)
         self._queued = asyncio.Event()  # set when the queue may hold a publish to send
         self._pacer = Pacer(rate_limit)
@@ -354,15 +354,18 @@ class Socket:
         given). Publishes go out in the order of the calls; while disconnected
         they wait in the offline queue and are sent on the next connection. One
         in flight when the connection drops is sent again with the same key, so
-        it lands exactly once. Cancelling the call withdraws a publish not sent
-        yet.
+        it lands exactly once. A publish not acknowledged within
+        ``request_timeout`` is taken as a sign of a dead connection: the socket
+        reconnects and sends it again. So the call returns once the server has
+        the event, however long that takes, and fails only when the server
+        refuses it or the socket stops for good. Cancelling the call withdraws
+        a publish not sent yet (wrap it in ``asyncio.timeout`` to bound the wait).
 
         Returns:
             The event's position (for a repeated key, the first publish's).
 
         Raises:
             QueueFull: ``queue_limit`` publishes are waiting to be sent.
-            RequestTimeout: sent, but not acknowledged within ``request_timeout``.
             TidingsError: the server refused it (``code`` says why).
         """
         self._check_usable()
@@ -430,6 +433,17 @@ class Socket:
 
     def _closed_by_us(self) -> bool:
         return self._closed_by_client
+
+    def _stale(self, request: Request) -> None:
+        """A publish got no ack in time: take the connection for dead."""
+        ws = self._ws
+        if ws is not None:
+            logger.info(
+                "socket %s: no ack within %g s; dropping the connection",
+                self.url,
+                self._request_timeout,
+            )
+            ws.transport.abort()
 
     def _open_request(self, ws: ClientConnection, request_id: int, request: Request) -> None:
         if ws is not self._ws:

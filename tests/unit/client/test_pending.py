@@ -169,3 +169,20 @@ def test_the_default_burst_is_half_the_rate_and_none_disables_pacing() -> None:
     assert all(unpaced.reserve(now=0.0) == 0.0 for _ in range(1000))
     with pytest.raises(ValueError, match="rate_limit"):
         Pacer(0)
+
+
+async def test_a_publish_without_its_ack_in_time_is_kept_and_reported_stale() -> None:
+    stale: list[Request] = []
+    requests = Requests(on_stale=stale.append)
+    request_id = requests.next_id()
+    publish = Request("publish", asyncio.get_running_loop().create_future(), outgoing(request_id))
+    requests.open(request_id, publish, timeout=0.01)
+    reads = Request("ping", asyncio.get_running_loop().create_future())
+    read_id = requests.next_id()
+    requests.open(read_id, reads, timeout=0.01)
+    with pytest.raises(RequestTimeout):
+        await asyncio.wait_for(reads.future, TIMEOUT)
+    assert stale == [publish]
+    assert not publish.future.done()
+    assert request_id in requests, "dropping the connection puts it back in the queue"
+    assert requests.drop_all() == [publish]
