@@ -412,6 +412,32 @@ async def test_a_consumer_that_falls_behind_loses_nothing() -> None:
             assert states.seen.count(ConnectionState.RECONNECTING) >= 1
 
 
+async def test_events_dropped_for_a_slow_consumer_are_announced() -> None:
+    hub = Hub(outbox_max_bytes=64 * 1024, overflow="drop")
+    app = create_app(hub, Settings(log_level="warning"))
+    async with hub, run_server(app) as url, no_leaks(), Socket(url, buffer=5) as socket:
+        feed = await socket.subscribe("feed")
+        padding = "x" * 2000
+        for n in range(1, 2001):
+            await hub.publish("feed", {"n": n, "padding": padding})
+        await eventually(lambda: hub.stats().dropped > 0)
+        items: list[Any] = []
+        while not items or items[-1].position.offset < 2000:
+            items.extend(await take(feed, 1))
+    # Every gap comes with a reset that says where the stream goes on.
+    resets = [item for item in items if isinstance(item, Reset)]
+    assert resets
+    assert {reset.reason for reset in resets} == {"overflow"}
+    previous = 0
+    for item in items:
+        if isinstance(item, Reset):
+            previous = item.position.offset
+        else:
+            assert item.offset == previous + 1, "no silent gap"
+            assert item.data["n"] == item.offset
+            previous = item.offset
+
+
 # -- close codes ----------------------------------------------------------------------------
 
 
