@@ -637,6 +637,7 @@ class Socket:
     async def _handshake(self, ws: ClientConnection) -> None:
         """Connect, subscribe every channel, then send the queue while the connection lives."""
         sender: asyncio.Task[None] | None = None
+        replies: list[tuple[Subscription, asyncio.Future[Any]]] = []
         try:
             if self.info is not None:
                 result = await self._call(ws, protocol.Connect(None, self.info), "connect")
@@ -645,7 +646,9 @@ class Socket:
                 todo = [s for s in self._subscriptions.values() if s.generation != self._generation]
                 if not todo:
                     break
-                replies = [(s, await self._start_subscribe(ws, s)) for s in todo]
+                replies = []
+                for subscription in todo:
+                    replies.append((subscription, await self._start_subscribe(ws, subscription)))
                 if sender is None:
                     # The queued publishes follow the subscribes, so every
                     # channel of this socket sees them.
@@ -668,6 +671,8 @@ class Socket:
             logger.info("socket %s: handshake failed (%r); reconnecting", self.url, exc)
             ws.transport.abort()
         finally:
+            for _, reply in replies:
+                reply.cancel()  # no one waits for them any more
             if sender is not None:
                 sender.cancel()
                 await asyncio.gather(sender, return_exceptions=True)
