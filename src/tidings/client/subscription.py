@@ -113,6 +113,8 @@ class Subscription:
     ) -> None:
         self.channel = channel
         self.position = Position(*since) if since is not None else None
+        # The last event delivered (or ``since``): an event at or below it is a duplicate.
+        self._floor = self.position
         self.generation = 0  # the connection it was last subscribed on
         self._handler = handler
         self._buffer = buffer
@@ -133,10 +135,18 @@ class Subscription:
 
     def track_subscribed(self, result: dict[str, Any]) -> Reset | None:
         """Apply a subscribe reply; return the reset to deliver when it says
-        the position could not be resumed."""
+        the position could not be resumed.
+
+        The reply's position is where the channel stands once the items that
+        follow the reply have arrived: the replay, and events published while
+        the server subscribed. So it becomes the resume point only when there
+        is no other (a new subscription, a reset), and never the floor below
+        which events count as duplicates: those events are still to come.
+        """
         position = Position(result["epoch"], result["offset"])
         if result.get("recovered") is False:
             self.position = position
+            self._floor = None  # another epoch, or a window left: all that follows is new
             return Reset(self.channel, position, str(result.get("reset") or "unknown"))
         if self.position is None:
             self.position = position
@@ -155,15 +165,15 @@ class Subscription:
             )
         position = Position(message["epoch"], offset)
         if message.get("event") == "reset":
-            self.position = position
+            self.position = self._floor = position
             data = message.get("data")
             reason = data.get("reason") if isinstance(data, dict) else None
             return Reset(self.channel, position, str(reason or "unknown"))
-        last = self.position
-        if last is not None and last.epoch == position.epoch and offset <= last.offset:
+        floor = self._floor
+        if floor is not None and floor.epoch == position.epoch and offset <= floor.offset:
             logger.debug("dropping %s %s: already delivered", self.channel, position)
             return None
-        self.position = position
+        self.position = self._floor = position
         return event_from(self.channel, message)
 
     async def deliver(self, item: Item) -> None:

@@ -37,6 +37,29 @@ async def test_a_new_subscription_starts_at_the_reply_position() -> None:
     assert subscription.position == Position("e1", 8)
 
 
+async def test_events_published_while_subscribing_follow_the_reply() -> None:
+    # The reply's position counts the events the server sends right after it.
+    subscription = Subscription("c")
+    assert subscription.track_subscribed(subscribed("e1", 12, replayed=0)) is None
+    assert subscription.position == Position("e1", 12)
+    assert [subscription.track_push(push(n)) is not None for n in (11, 12, 12, 13)] == [
+        True,
+        True,
+        False,
+        True,
+    ]
+    assert subscription.position == Position("e1", 13)
+
+
+async def test_events_after_a_reset_reply_are_all_new() -> None:
+    subscription = Subscription("c", since=Position("e1", 40))
+    reset = subscription.track_subscribed(
+        subscribed("e1", 90, recovered=False, reset="window", replayed=0)
+    )
+    assert reset == Reset("c", Position("e1", 90), "window")
+    assert [subscription.track_push(push(n)) is not None for n in (89, 90, 91)] == [True] * 3
+
+
 async def test_a_recovered_subscription_keeps_its_position_until_the_replay() -> None:
     subscription = Subscription("c", since=Position("e1", 3))
     assert subscription.track_subscribed(subscribed("e1", 5, replayed=2)) is None
