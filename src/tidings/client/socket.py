@@ -38,7 +38,7 @@ everything pending fails with the error and iterators raise it.
 Positions are tracked per subscription from the replies and pushes the
 reader sees, in wire order, so a subscribe reply (which the server always
 sends before that channel's events) is applied before the events it
-precedes; an event at or below the last position of its epoch is dropped.
+precedes; an event at or below the last one delivered (in its epoch) is dropped.
 """
 
 from __future__ import annotations

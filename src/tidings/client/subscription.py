@@ -65,8 +65,9 @@ class Member:
 
 @dataclass(frozen=True, slots=True)
 class HistoryPage:
-    """What :meth:`Socket.history` returns; ``reset`` is set when ``since`` was
-    outside the history window (the events then start at the oldest kept)."""
+    """What :meth:`Socket.history` returns: the events and the channel's position.
+    ``reset`` is set when ``since`` cannot be served (another epoch, or older
+    than the history window)."""
 
     channel: str
     position: Position
