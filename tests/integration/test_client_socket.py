@@ -26,6 +26,7 @@ from tidings.client import (
 )
 from tidings.errors import (
     ConnectionClosed,
+    ProtocolError,
     QueueFull,
     ReconnectExhausted,
     RequestTimeout,
@@ -465,37 +466,54 @@ async def test_a_message_too_big_is_a_final_close() -> None:
             await socket.ping()
 
 
-Script = Callable[[ServerConnection, int], Awaitable[None]]
+class Scripted:
+    """What a scripted server saw: every command, and each connection's handshake headers."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.commands: list[Any] = []
+        self.headers: list[dict[str, str]] = []
+
+    async def read(self, connection: ServerConnection) -> Any:
+        command = orjson.loads(await connection.recv())
+        self.commands.append(command)
+        return command
+
+
+Script = Callable[[Scripted, ServerConnection, int], Awaitable[None]]
 
 
 @asynccontextmanager
-async def scripted_server(script: Script) -> AsyncIterator[tuple[str, list[Any]]]:
-    """A WebSocket server speaking tidings.v1.json by ``script(connection, n)``; it
-    records every command it receives."""
-    received: list[Any] = []
+async def scripted_server(
+    script: Script, subprotocols: list[str] | None = None
+) -> AsyncIterator[Scripted]:
+    """A WebSocket server that plays ``script(scripted, connection, n)`` on its
+    n-th connection, speaking tidings.v1.json unless told otherwise."""
+    scripted = Scripted()
     connections = 0
 
     async def handler(connection: ServerConnection) -> None:
         nonlocal connections
         connections += 1
-        await script(connection, connections)
+        assert connection.request is not None
+        scripted.headers.append(dict(connection.request.headers.raw_items()))
+        await script(scripted, connection, connections)
 
-    async def read(connection: ServerConnection) -> Any:
-        command = orjson.loads(await connection.recv())
-        received.append(command)
-        return command
+    offered = ["tidings.v1.json"] if subprotocols is None else subprotocols
+    async with serve(handler, "127.0.0.1", 0, subprotocols=offered or None) as server:  # type: ignore[arg-type]
+        scripted.url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+        yield scripted
 
-    scripted_server.read = read  # type: ignore[attr-defined]
-    async with serve(handler, "127.0.0.1", 0, subprotocols=["tidings.v1.json"]) as server:
-        port = server.sockets[0].getsockname()[1]
-        yield f"ws://127.0.0.1:{port}/ws", received
+
+async def reply(connection: ServerConnection, command: Any, result: Any) -> None:
+    await connection.send(
+        orjson.dumps({"id": command["id"], "ok": True, "result": result}).decode()
+    )
 
 
 async def reply_subscribed(connection: ServerConnection, command: Any, offset: int) -> None:
     result = {"channel": command["channel"], "epoch": "e", "offset": offset, "recovered": True}
-    await connection.send(
-        orjson.dumps({"id": command["id"], "ok": True, "result": result}).decode()
-    )
+    await reply(connection, command, result)
 
 
 def push(offset: int) -> str:
@@ -505,13 +523,13 @@ def push(offset: int) -> str:
 
 @pytest.mark.parametrize(("code", "reason"), [(4501, "unauthorized"), (4503, "forbidden")])
 async def test_terminal_close_codes_stop_for_good(code: int, reason: str) -> None:
-    async def script(connection: ServerConnection, n: int) -> None:
-        await scripted_server.read(connection)  # type: ignore[attr-defined]
+    async def script(server: Scripted, connection: ServerConnection, n: int) -> None:
+        await server.read(connection)
         await connection.close(code, reason)
 
-    async with scripted_server(script) as (url, received), no_leaks():
+    async with scripted_server(script) as server, no_leaks():
         states = States()
-        async with Socket(url, backoff=Backoff(base=0.01), on_state=states) as socket:
+        async with Socket(server.url, backoff=Backoff(base=0.01), on_state=states) as socket:
             with pytest.raises(ConnectionClosed) as caught:
                 await socket.subscribe("c")
             error = caught.value
@@ -520,7 +538,7 @@ async def test_terminal_close_codes_stop_for_good(code: int, reason: str) -> Non
                 await socket.publish("c", 1)
             with pytest.raises(ConnectionClosed):
                 await socket.wait_closed()
-        assert len(received) == 1, "no reconnection"
+        assert len(server.commands) == 1, "no reconnection"
         assert states.seen == [
             ConnectionState.CONNECTING,
             ConnectionState.OPEN,
@@ -528,9 +546,11 @@ async def test_terminal_close_codes_stop_for_good(code: int, reason: str) -> Non
         ]
 
 
-async def test_a_retryable_close_resubscribes_from_the_last_event() -> None:
-    async def script(connection: ServerConnection, n: int) -> None:
-        command = await scripted_server.read(connection)  # type: ignore[attr-defined]
+async def test_a_retryable_close_reconnects_and_resubscribes_from_the_last_event() -> None:
+    async def script(server: Scripted, connection: ServerConnection, n: int) -> None:
+        connect = await server.read(connection)
+        await reply(connection, connect, {"client": f"client-{n}"})
+        command = await server.read(connection)
         if n == 1:
             await reply_subscribed(connection, command, 0)
             await connection.send(f"[{push(1)},{push(2)}]")  # a batch
@@ -541,14 +561,42 @@ async def test_a_retryable_close_resubscribes_from_the_last_event() -> None:
             await connection.send(push(3))
             await connection.wait_closed()
 
-    async with scripted_server(script) as (url, received), no_leaks():
+    async with scripted_server(script) as server, no_leaks():
         states = States()
-        async with Socket(url, backoff=Backoff(base=0.01), on_state=states) as socket:
+        async with Socket(
+            server.url,
+            info={"name": "ada"},
+            headers={"authorization": "Bearer t0ken"},
+            backoff=Backoff(base=0.01),
+            on_state=states,
+        ) as socket:
             channel = await socket.subscribe("c")
             items = await take(channel, 3)
             assert socket.close_code == 4008
+            assert socket.client_id == "client-2"
     assert [item.offset for item in items] == [1, 2, 3]
-    first, second = received
+    connect_1, first, connect_2, second = server.commands
+    assert (
+        connect_1
+        == connect_2 | {"id": connect_1["id"]}
+        == {
+            "id": connect_1["id"],
+            "op": "connect",
+            "info": {"name": "ada"},
+        }
+    )
     assert first == {"id": first["id"], "op": "subscribe", "channel": "c"}
     assert second["since"] == {"epoch": "e", "offset": 2}
+    assert [headers["authorization"] for headers in server.headers] == ["Bearer t0ken"] * 2
     assert states.seen.count(ConnectionState.RECONNECTING) == 1
+
+
+async def test_a_server_that_refuses_the_subprotocol_stops_the_socket() -> None:
+    async def script(server: Scripted, connection: ServerConnection, n: int) -> None:
+        await connection.wait_closed()
+
+    async with scripted_server(script, subprotocols=[]) as server, no_leaks():
+        with pytest.raises(ProtocolError, match=r"did not accept tidings\.v1\.msgpack"):
+            async with Socket(server.url, format="msgpack"):
+                pass
+        assert len(server.headers) == 1, "no reconnection"
