@@ -500,7 +500,7 @@ async def scripted_server(
         await script(scripted, connection, connections)
 
     offered = ["tidings.v1.json"] if subprotocols is None else subprotocols
-    async with serve(handler, "127.0.0.1", 0, subprotocols=offered or None) as server:  # type: ignore[arg-type]
+    async with serve(handler, "127.0.0.1", 0, subprotocols=offered or None) as server:
         scripted.url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
         yield scripted
 
@@ -576,15 +576,8 @@ async def test_a_retryable_close_reconnects_and_resubscribes_from_the_last_event
             assert socket.client_id == "client-2"
     assert [item.offset for item in items] == [1, 2, 3]
     connect_1, first, connect_2, second = server.commands
-    assert (
-        connect_1
-        == connect_2 | {"id": connect_1["id"]}
-        == {
-            "id": connect_1["id"],
-            "op": "connect",
-            "info": {"name": "ada"},
-        }
-    )
+    for connect in (connect_1, connect_2):  # info goes with every connection
+        assert connect == {"id": connect["id"], "op": "connect", "info": {"name": "ada"}}
     assert first == {"id": first["id"], "op": "subscribe", "channel": "c"}
     assert second["since"] == {"epoch": "e", "offset": 2}
     assert [headers["authorization"] for headers in server.headers] == ["Bearer t0ken"] * 2
