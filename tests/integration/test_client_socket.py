@@ -439,6 +439,30 @@ async def test_events_dropped_for_a_slow_consumer_are_announced() -> None:
             previous = item.offset
 
 
+async def test_giving_up_fails_what_waits_and_ends_the_iterators() -> None:
+    server = ServerProcess().start()
+    try:
+        states = States()
+        backoff = RecordingBackoff(base=0.01, cap=0.02, max_attempts=2)
+        async with no_leaks(), Socket(server.url, backoff=backoff, on_state=states) as socket:
+            feed = await socket.subscribe("feed")
+            server.kill()
+            await states.reach(ConnectionState.RECONNECTING)
+            waiting = asyncio.create_task(socket.publish("feed", "never sent"))
+            with pytest.raises(ReconnectExhausted) as caught:
+                await asyncio.wait_for(socket.wait_closed(), TIMEOUT)
+            assert caught.value.attempts == 2
+            with pytest.raises(ReconnectExhausted):
+                await waiting
+            with pytest.raises(ReconnectExhausted):
+                await anext(feed)
+            assert socket.state is ConnectionState.CLOSED
+    finally:
+        server.close()
+    assert len(backoff.delays) == 2
+    assert states.seen[-1] is ConnectionState.CLOSED
+
+
 # -- close codes ----------------------------------------------------------------------------
 
 
