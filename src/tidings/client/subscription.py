@@ -138,11 +138,12 @@ class Subscription:
         """Apply a subscribe reply; return the reset to deliver when it says
         the position could not be resumed.
 
-        The reply's position is where the channel stands once the items that
-        follow the reply have arrived: the replay, and events published while
-        the server subscribed. So it becomes the resume point only when there
-        is no other (a new subscription, a reset), and never the floor below
-        which events count as duplicates: those events are still to come.
+        The reply's position is where the channel stood when the
+        subscription went live: the replay ends there and events published
+        while the server subscribed follow it. It becomes the resume point
+        only when there is no other (a new subscription, a reset), and never
+        the floor below which events count as duplicates: the replay is
+        still to come.
         """
         position = Position(result["epoch"], result["offset"])
         if result.get("recovered") is False:
