@@ -11,6 +11,7 @@ import pytest
 from tests.support.env import TIMEOUT
 from tidings import Event, Hub, InvalidChannel, InvalidPublication, Position, Reset
 from tidings.hub import ClientInfo, History, MemoryBackend
+from tidings.hub.names import NamespaceOptions
 
 
 async def test_bad_channel_names_are_refused() -> None:
@@ -285,7 +286,9 @@ async def test_a_reset_during_a_subscribe_follows_the_replay() -> None:
         backend._listener(Event("c", "new-epoch", 1, b'"new"'))
         backend.release.set()
         subscribed = await adding
-        assert subscribed.position == Position("new-epoch", 1)
+        # The position is the one the replay was read at; what follows it
+        # (the reset and the new epoch) is still to be delivered.
+        assert subscribed.position == first
         items = [await anext(subscription) for _ in range(3)]
         subscription.close()
     assert items == [
@@ -293,3 +296,28 @@ async def test_a_reset_during_a_subscribe_follows_the_replay() -> None:
         Reset("c", Position("new-epoch", 0), "epoch"),
         Event("c", "new-epoch", 1, b'"new"'),
     ]
+
+
+class RacingBackend(MemoryBackend):
+    """Publishes one event between reading a channel's position and returning it."""
+
+    async def position(self, channel: str, *, options: NamespaceOptions) -> Position:
+        position = await super().position(channel, options=options)
+        await self.publish(channel, b"raced", type="message", is_text=True, options=options)
+        return position
+
+
+async def test_the_subscribed_position_precedes_events_still_to_be_delivered() -> None:
+    async with Hub(RacingBackend()) as hub:
+        await hub.publish("room", "before")
+        subscription = hub.subscription()
+        try:
+            subscribed = await subscription.add("room")
+            # The raced event arrives after the result; resuming from the
+            # reported position must not skip it.
+            assert subscribed.position.offset == 1
+            item = await asyncio.wait_for(anext(aiter(subscription)), TIMEOUT)
+            assert isinstance(item, Event)
+            assert item.offset == 2
+        finally:
+            subscription.close()
