@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -138,8 +138,13 @@ async def moving_ws_client(
             received.add(push["data"])
 
 
-async def publish_all(urls: list[str]) -> dict[str, dict[int, int]]:
-    """Publish EVENTS events round-robin through ``urls``; return channel -> offset -> number."""
+async def publish_all(
+    urls: list[str], midway: Callable[[], Awaitable[None]]
+) -> dict[str, dict[int, int]]:
+    """Publish EVENTS events round-robin through ``urls``; return channel -> offset -> number.
+
+    ``midway`` runs once, when half of the events are published.
+    """
     offsets: dict[str, dict[int, int]] = defaultdict(dict)
     limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
     numbers = iter(range(EVENTS))
@@ -155,14 +160,34 @@ async def publish_all(urls: list[str]) -> dict[str, dict[int, int]]:
                 )
                 assert response.status_code == 200, response.text
                 offsets[channel][response.json()["offset"]] = n
+                if n == EVENTS // 2:
+                    await midway()
 
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
     return offsets
 
 
+async def kill_pubsub(redis_url: str, node: ServerProcess) -> None:
+    """Cut a node's Pub/Sub connection from the Redis side, as a network blip would."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        names = [
+            entry["id"]
+            for entry in await client.client_list()
+            if entry.get("name", "").startswith(f"tidings-pubsub-{node.pid}-")
+        ]
+        assert len(names) == 1, names
+        await client.execute_command("CLIENT", "KILL", "ID", names[0])
+    finally:
+        await client.aclose()
+
+
 async def test_three_nodes_deliver_every_event_once_in_order(
-    nodes: list[ServerProcess],
+    nodes: list[ServerProcess], redis_url: str
 ) -> None:
+    """Also across a cut of node B's Pub/Sub connection halfway through."""
     node_a, node_b, node_c = (node.url for node in nodes)
     urls = [node_a, node_b, node_c]
     clients: list[tuple[Received, Any]] = []
@@ -203,7 +228,7 @@ async def test_three_nodes_deliver_every_event_once_in_order(
                 for ready in readies:
                     await ready.wait()
             async with asyncio.timeout(TIMEOUT * 40):
-                offsets = await publish_all(urls)
+                offsets = await publish_all(urls, lambda: kill_pubsub(redis_url, nodes[1]))
                 for received, _ in clients:
                     await received.done.wait()
 
