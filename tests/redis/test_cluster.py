@@ -3,7 +3,8 @@
 SSE and WebSocket clients are spread over the nodes; 10,000 events are
 published round-robin through all three over HTTP; every client must get
 every event of its channels once and in offset order, including two clients
-that move from node A to node C in the middle of the stream.
+that move from node A to node C in the middle of the stream, while node B's
+Pub/Sub connection is cut halfway through.
 """
 
 from __future__ import annotations

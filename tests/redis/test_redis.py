@@ -306,3 +306,38 @@ async def test_a_read_ahead_of_delivery_fills_from_the_stream(
             await node_a.publish(channel, "marker")
             (marker,) = await take(joining, 1)
             assert marker.data == "marker"  # type: ignore[union-attr]
+
+
+async def test_one_pubsub_connection_subscribed_only_to_locally_watched_channels(
+    backends: list[RedisBackend], redis_client: Any, channel: str
+) -> None:
+    backend = backends[0]
+    name = backend.pubsub_client_name
+
+    async def subscriptions() -> list[int]:
+        """Channel subscriptions of each connection carrying the backend's name."""
+        return [
+            int(entry["sub"])
+            for entry in await redis_client.client_list()
+            if entry.get("name") == name
+        ]
+
+    async def subscribed_to(count: int) -> bool:
+        return await subscriptions() == [count]
+
+    names = [f"{channel}-{n}" for n in range(20)]
+    async with Hub(backend) as hub:
+        first = hub.subscription()
+        second = hub.subscription()
+        for each in names:
+            await first.add(each)
+        for each in names[:5]:
+            await second.add(each)  # already watched here: no new SUBSCRIBE
+        assert await subscriptions() == [20]
+        for each in names[:10]:
+            first.remove(each)
+        await eventually(lambda: subscribed_to(15))  # 5 still have a subscriber
+        second.close()
+        await eventually(lambda: subscribed_to(10))
+        first.close()
+        await eventually(lambda: subscribed_to(0))
