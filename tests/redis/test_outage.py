@@ -35,29 +35,34 @@ OUTAGE = 5.0
 
 
 class RedisServer:
-    """A ``redis-server`` of the test's own, without persistence, stopped by its PID."""
+    """A ``redis-server`` of the test's own, stopped by its PID.
 
-    def __init__(self, binary: str, port: int) -> None:
+    Without ``data_dir`` it keeps nothing (a restart loses everything); with
+    one, it writes every command to an append-only file there first.
+    """
+
+    def __init__(self, binary: str, port: int, data_dir: Path | None = None) -> None:
         self.binary = binary
         self.port = port
         self.url = f"redis://127.0.0.1:{port}/0"
+        self.data_dir = data_dir
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        if self.data_dir is None:
+            command += ["--appendonly", "no"]
+        else:
+            command += [
                 "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                str(self.data_dir),
+            ]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline:
@@ -91,6 +96,19 @@ def own_redis() -> Iterator[RedisServer]:
     if binary is None:
         unavailable("redis-server is not installed")
     server = RedisServer(binary, free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def own_persistent_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        unavailable("redis-server is not installed")
+    server = RedisServer(binary, free_port(), data_dir=tmp_path)
     server.start()
     try:
         yield server
@@ -211,3 +229,65 @@ async def test_redis_outage_fails_fast_keeps_clients_and_recovers(own_redis: Red
     assert all(
         after - before < 32 * 1024 for before, after in zip(rss_before, rss_after, strict=True)
     )
+
+
+async def test_redis_restart_with_history_kept_resumes_without_reset(
+    own_persistent_redis: RedisServer,
+) -> None:
+    """Redis comes back with its data: the nodes fill what Pub/Sub missed, no reset."""
+    redis_server = own_persistent_redis
+    env = {
+        "TIDINGS_BACKEND": "redis",
+        "TIDINGS_REDIS_URL": redis_server.url,
+        "TIDINGS_REDIS_PREFIX": f"restart-{uuid.uuid4().hex[:8]}:",
+    }
+    channel = "restart:c"
+    with ServerProcess(env=env) as node_a, ServerProcess(env=env) as node_b:
+        async with (
+            httpx.AsyncClient(timeout=httpx.Timeout(TIMEOUT, read=None)) as http,
+            open_sse(http, f"{node_a.url}/sse?channel={channel}") as sse,
+            connect(
+                node_b.url.replace("http", "ws") + "/ws",
+                subprotocols=["tidings.v1.json"],  # type: ignore[list-item]
+            ) as ws,
+        ):
+            peer = Peer(ws)
+            await peer.result("subscribe", channel=channel)
+            response = await http.post(
+                f"{node_a.url}/api/publish", json={"channel": channel, "data": 0}
+            )
+            before = response.json()
+            assert [orjson.loads(event.data) for event in await sse.events(1)] == [0]
+            assert [push["data"] for push in await peer.pushes_of(1)] == [0]
+
+            redis_server.kill()
+            response = await http.post(
+                f"{node_a.url}/api/publish", json={"channel": channel, "data": "lost"}
+            )
+            assert response.status_code == 503, response.text
+            redis_server.start()
+
+            # Publish through each node as soon as it answers again: the other
+            # node may not have its Pub/Sub connection back yet, and must fill
+            # what it missed from the stream.
+            numbers = iter(range(1, 21))
+
+            async def published(node: ServerProcess) -> bool:
+                response = await http.post(
+                    f"{node.url}/api/publish", json={"channel": channel, "data": next(numbers)}
+                )
+                return response.status_code == 200
+
+            await eventually(lambda: published(node_a), timeout=TIMEOUT * 2, interval=0.05)
+            await eventually(lambda: published(node_b), timeout=TIMEOUT * 2, interval=0.05)
+            history = (await http.get(f"{node_b.url}/api/history/{channel}")).json()
+            assert history["epoch"] == before["epoch"]
+            data = [event["data"] for event in history["events"]]
+            assert data[0] == 0
+            count = len(data)
+            got_sse = [orjson.loads(event.data) for event in await sse.events(count - 1)]
+            got_ws = await peer.pushes_of(count - 1)
+            assert got_sse == data[1:]
+            assert [push["data"] for push in got_ws] == data[1:]
+            assert [push["offset"] for push in got_ws] == list(range(2, count + 1))
+            assert all(push["event"] == "message" for push in got_ws)
