@@ -323,10 +323,7 @@ class StreamView:
             origin = await self._origin(channel, generation)
             if origin is None:
                 raise LookupError
-            cursor_text = request.headers.get("last-event-id")
-            if cursor_text is None:
-                cursor_text = request.query_params.get("last_event_id", "")
-            since = decode_cursor(cursor_text).get(channel, origin)
+            since = _since(request, channel, origin)
             last = (await hub.history(channel, limit=1)).events
         except LookupError:
             response = openai_error(
@@ -368,6 +365,25 @@ class StreamView:
                 await send({"type": "http.response.body", "body": body, "more_body": not finished})
                 if finished:
                     return
+
+
+def _since(request: Request, channel: str, origin: Position) -> Position:
+    """Where a viewer starts: ``Last-Event-ID``, ``?last_event_id=``, ``?after=N``, or the start.
+
+    ``after=N`` skips the first N events: a client that received N ``data:``
+    chunks from ``POST /v1/chat/completions`` resumes with it.
+    """
+    cursor_text = request.headers.get("last-event-id")
+    if cursor_text is None:
+        cursor_text = request.query_params.get("last_event_id")
+    if cursor_text:
+        return decode_cursor(cursor_text).get(channel, origin)
+    after = request.query_params.get("after")
+    if after is None:
+        return origin
+    if not after.isdigit() or len(after) > 12:
+        raise InvalidCursor(after, "after must be a number of events")
+    return Position(origin.epoch, origin.offset + int(after))
 
 
 def _at_or_after(since: Position, event: Event) -> bool:
