@@ -37,7 +37,7 @@ import secrets
 import statistics
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -127,6 +127,11 @@ class Generation:
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
         self.task: asyncio.Task[None] | None = None
+        #: The data of the ``end`` event, once the generation has ended.
+        self.end: dict[str, Any] | None = None
+        #: Whether that event reached the hub (False if the backend failed).
+        self.end_published = False
+        self._on_done: list[Callable[[], None]] = []
         self._running = False
         self._grace: asyncio.TimerHandle | None = None
         self._done = asyncio.Event()
@@ -139,6 +144,14 @@ class Generation:
         """Wait until the generation has ended and its ``end`` event is published."""
         await self._done.wait()
         return self.status
+
+    def on_done(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` once the generation has ended; return its unregister function."""
+        if self._done.is_set():
+            callback()
+            return lambda: None
+        self._on_done.append(callback)
+        return lambda: self._on_done.remove(callback) if callback in self._on_done else None
 
     @contextlib.contextmanager
     def listening(self) -> Iterator[Generation]:
@@ -309,13 +322,19 @@ class Relay:
                 **error_object("the generation failed", type="server_error", code="internal"),
             }
         generation._finish(status)
+        generation.end = end
         self._finished(generation)
         try:
             await self.hub.publish(generation.channel, end, event="end")
+            generation.end_published = True
         except TidingsError as exc:
+            # Local listeners still learn the end from ``generation.end``.
             logger.warning("could not publish the end of generation %s: %s", generation.id, exc)
         finally:
             generation._done.set()
+            callbacks, generation._on_done = generation._on_done, []
+            for callback in callbacks:
+                callback()
 
     async def _publish(self, generation: Generation, delta: Delta) -> None:
         if delta.is_token:

@@ -89,6 +89,13 @@ def _end_response(end: dict[str, Any], headers: dict[str, str]) -> Response:
     return _JSON({"error": error}, status_code=status, headers=headers)
 
 
+def _final(end: dict[str, Any], completion: Completion, headers: dict[str, str]) -> Response:
+    """The response to a non-streamed request once its generation has ended."""
+    if end.get("status") == "completed":
+        return _JSON(completion.result(), headers=headers)
+    return _end_response(end, headers)
+
+
 async def _watch_disconnect(receive: Receive, subscription: Subscription) -> None:
     while True:
         message = await receive()
@@ -116,20 +123,41 @@ async def _listen(
                 await watcher
 
 
-async def _batches(subscription: Subscription, keepalive: float) -> AsyncIterator[list[Item]]:
-    """Yield what is queued, batch by batch; an empty batch every ``keepalive`` idle seconds."""
-    while True:
-        try:
-            async with asyncio.timeout(keepalive):
-                await subscription.wait()
-        except TimeoutError:
-            yield []
-            continue
-        items = subscription.take()
-        if items:
-            yield items
-        elif subscription.closed:
-            return
+async def _batches(
+    subscription: Subscription, keepalive: float, generation: Generation | None
+) -> AsyncIterator[list[Item]]:
+    """Yield what is queued, batch by batch, until the subscription closes.
+
+    An empty batch means "nothing new": every ``keepalive`` idle seconds, or
+    when the generation ended without its ``end`` event reaching the hub (a
+    backend failure); the caller then reads ``generation.end``.
+    """
+    unregister = generation.on_done(subscription.wakeup) if generation is not None else lambda: None
+    try:
+        while True:
+            items = subscription.take()
+            if items:
+                yield items
+                continue
+            if subscription.closed:
+                return
+            if _lost_end(generation) is not None:
+                yield []
+                continue
+            try:
+                async with asyncio.timeout(keepalive):
+                    await subscription.wait()
+            except TimeoutError:
+                yield []
+    finally:
+        unregister()
+
+
+def _lost_end(generation: Generation | None) -> dict[str, Any] | None:
+    """The end of a generation whose ``end`` event could not be published."""
+    if generation is None or not generation.done or generation.end_published:
+        return None
+    return generation.end
 
 
 def _history_lost(item: Reset) -> dict[str, Any]:
@@ -209,9 +237,9 @@ class ChatCompletions:
         headers = {STREAM_ID_HEADER: generation.id}
         started = False
         async with _listen(self.relay.hub, generation.channel, generation.origin, receive) as sub:
-            async for items in _batches(sub, self.keepalive):
+            async for items in _batches(sub, self.keepalive, generation):
                 out: list[bytes] = []
-                end: dict[str, Any] | None = None
+                end: dict[str, Any] | None = None if items else _lost_end(generation)
                 for item in items:
                     if isinstance(item, Reset):
                         end = _history_lost(item)
@@ -261,7 +289,11 @@ class ChatCompletions:
         headers = {STREAM_ID_HEADER: generation.id}
         completion = Completion(generation.id, generation.created, generation.model)
         async with _listen(self.relay.hub, generation.channel, generation.origin, receive) as sub:
-            async for items in _batches(sub, self.keepalive):
+            async for items in _batches(sub, self.keepalive, generation):
+                lost = None if items else _lost_end(generation)
+                if lost is not None:
+                    await _final(lost, completion, headers)(scope, receive, send)
+                    return
                 for item in items:
                     if isinstance(item, Reset):
                         await _end_response(_history_lost(item) | {"http_status": 500}, headers)(
@@ -269,13 +301,8 @@ class ChatCompletions:
                         )
                         return
                     if item.type == "end":
-                        end = orjson.loads(item.raw)
-                        response: Response
-                        if end.get("status") == "completed":
-                            response = _JSON(completion.result(), headers=headers)
-                        else:
-                            response = _end_response(end, headers)
-                        await response(scope, receive, send)
+                        final = _final(orjson.loads(item.raw), completion, headers)
+                        await final(scope, receive, send)
                         return
                     completion.add(orjson.loads(item.raw))
 
@@ -344,16 +371,27 @@ class StreamView:
             await Response(status_code=204)(scope, receive, send)
             return
         with generation.listening() if generation is not None else contextlib.nullcontext():
-            await self._follow(channel, since, scope, receive, send)
+            await self._follow(channel, since, generation, scope, receive, send)
 
     async def _follow(
-        self, channel: str, since: Position, scope: Scope, receive: Receive, send: Send
+        self,
+        channel: str,
+        since: Position,
+        generation: Generation | None,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
         async with _listen(self.relay.hub, channel, since, receive) as sub:
             head = encode_event(retry=self.retry_ms, id=encode_cursor({channel: since}))
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
             await send({"type": "http.response.body", "body": head, "more_body": True})
-            async for items in _batches(sub, self.keepalive):
+            async for items in _batches(sub, self.keepalive, generation):
+                lost = None if items else _lost_end(generation)
+                if lost is not None:
+                    frame = encode_event(orjson.dumps(lost).decode(), event="end")
+                    await send({"type": "http.response.body", "body": frame})
+                    return
                 frames = []
                 finished = False
                 for item in items:

@@ -9,6 +9,7 @@ import httpx
 import orjson
 import pytest
 
+from tidings.errors import BackendUnavailable
 from tidings.hub import Hub
 from tidings.server import create_app
 from tidings.settings import Settings
@@ -130,3 +131,29 @@ async def test_the_relay_can_be_disabled() -> None:
             response = await client.post("/v1/chat/completions", json=BODY)
             assert response.status_code == 404
             assert "llm" not in (await client.get("/api/stats")).json()
+
+
+class EndlessHub(Hub):
+    """A hub whose backend fails exactly when a generation's ``end`` is published."""
+
+    async def publish(self, channel: str, data: Any = None, **options: Any) -> Any:
+        if options.get("event") == "end":
+            raise BackendUnavailable("test", "down")
+        return await super().publish(channel, data, **options)
+
+
+async def test_a_lost_end_event_still_ends_every_response() -> None:
+    async with EndlessHub() as hub:
+        app = create_app(hub, Settings(llm=QUICK_DEMO))
+        transport = httpx.ASGITransport(app=app)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                streamed = await client.post("/v1/chat/completions", json={**BODY, "stream": True})
+                assert streamed.content.endswith(b"data: [DONE]\n\n")
+                whole = await client.post("/v1/chat/completions", json=BODY)
+                assert whole.status_code == 200
+                assert whole.json()["choices"][0]["finish_reason"] == "stop"
+                view = await client.get(f"/v1/streams/{whole.headers['x-tidings-stream-id']}")
+                assert view.content.endswith(b'event: end\ndata: {"status":"completed"}\n\n')
+        finally:
+            await app.state.tidings.relay.aclose()
