@@ -15,6 +15,7 @@ import pytest
 from tests.support.env import TIMEOUT
 from tests.support.fake_openai import FakeUpstream, Scenario
 from tests.support.sse import SSEReader, open_sse
+from tidings.server.app import build_hub, create_app
 from tidings.settings import Settings
 from tidings.testing import run_server
 from tidings.wire.sse import SSEEvent
@@ -498,3 +499,45 @@ async def test_stats_report_llm_figures(sdk: openai.AsyncOpenAI, http: httpx.Asy
     assert stats["ttft_ms_p50"] > 0
     assert stats["ttft_ms_mean"] > 0
     assert stats["tokens_per_second"] > 0
+
+
+# -- several servers on one backend -----------------------------------------------------
+
+
+async def test_two_servers_on_one_hub_share_viewers_and_deletes(upstream: FakeUpstream) -> None:
+    """Two apps on one hub stand for two nodes on one backend: a viewer on B follows
+    A's generation past A's grace period, and a DELETE on B cancels it on A.
+
+    (In one process B's viewer is also a subscriber of A's hub; the "heard"
+    messages that stand for it across processes are tested in
+    tests/unit/llm/test_relay.py.)"""
+    upstream.scenario("paused", Scenario(pause_after=3))
+    upstream.scenario("unheard", Scenario(pause_after=1))
+    settings = relay_settings(upstream, grace=0.3)
+    async with (
+        build_hub(settings) as hub,
+        run_server(create_app(hub, settings)) as node_a,
+        run_server(create_app(hub, settings)) as node_b,
+        httpx.AsyncClient(base_url=node_a, timeout=TIMEOUT) as a,
+        httpx.AsyncClient(base_url=node_b, timeout=TIMEOUT) as b,
+    ):
+        async with post_stream(a, model="paused") as (response, reader):
+            stream_id = response.headers["x-tidings-stream-id"]
+            await reader.events(4)
+        async with open_sse(b, f"/v1/streams/{stream_id}") as viewer:
+            assert contents(await viewer.events(4)) == "tok0 tok1 tok2 "
+            async with post_stream(a, model="unheard") as (_, other):
+                await other.events(2)
+            unheard = await upstream.next_call(2, TIMEOUT)
+            async with asyncio.timeout(TIMEOUT):
+                await unheard.disconnected.wait()
+            generation = upstream.calls[0]
+            assert not generation.disconnected.is_set()
+            deleted = await b.delete(f"/v1/streams/{stream_id}")
+            assert deleted.status_code == 200
+            assert deleted.json()["status"] == "cancelled"
+            async with asyncio.timeout(TIMEOUT):
+                await generation.disconnected.wait()
+            rest = await read_to_end(viewer)
+    end = orjson.loads(rest[-1].data)
+    assert (rest[-1].type, end["status"], end["reason"]) == ("end", "cancelled", "deleted")

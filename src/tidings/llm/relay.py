@@ -23,6 +23,12 @@ with reason ``deleted``. Cancelling the task closes the provider's iterator
 at once, which closes the upstream HTTP request; the task then publishes the
 ``end`` event with ``status: cancelled``.
 
+Relays on one backend (several servers on Redis) tell each other about
+DELETEs and listeners through ``llm.control``: a ``DELETE`` that reaches a
+server that does not run the generation is forwarded to the one that does,
+and a viewer on another server sends "heard" messages that count as a
+listener there.
+
 A finished generation stays known for ``ttl`` seconds (its events stay in the
 channel's history as long, through the ``llm`` namespace options), then it is
 forgotten.
@@ -37,14 +43,15 @@ import secrets
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from enum import StrEnum
 from typing import Any, NamedTuple
 
 from tidings.errors import QueueFull, TidingsError, UpstreamError, UpstreamTimeout
-from tidings.hub import Hub
+from tidings.hub import Event, Hub
 from tidings.llm.chunks import Delta, build_chunk, error_object
 from tidings.llm.config import ProviderRouter
+from tidings.llm.control import RelayControl
 from tidings.llm.request import ChatRequest
 from tidings.types import Position
 
@@ -122,6 +129,8 @@ class Generation:
         self.status = Status.RUNNING
         self.cancel_reason: str | None = None
         self.listeners = 0
+        #: When a viewer on another server last said it listens (monotonic seconds).
+        self.heard_at = float("-inf")
         self.tokens = 0
         self.started_at = time.monotonic()
         self.first_token_at: float | None = None
@@ -183,6 +192,12 @@ class Generation:
         if self._relay.hub.subscriber_count(self.channel):
             # Someone follows the channel another way (/sse/llm:…, WebSocket).
             self._start_grace()
+            return
+        quiet = time.monotonic() - self.heard_at
+        if quiet < self._relay.grace:
+            # A viewer on another server listens; check again when its word expires.
+            loop = asyncio.get_running_loop()
+            self._grace = loop.call_later(self._relay.grace - quiet, self._grace_over)
             return
         logger.info("generation %s went unheard for %.1f s: cancelling", self.id, self._relay.grace)
         self.cancel("unheard")
@@ -246,6 +261,7 @@ class Relay:
         self._tokens = 0
         self._ttft: deque[float] = deque(maxlen=RECENT)
         self._rates: deque[float] = deque(maxlen=RECENT)
+        self._control = RelayControl(hub, on_cancel=self._remote_cancel, on_heard=self._heard)
 
     async def start(self, request: ChatRequest) -> Generation:
         """Start a generation for ``request`` and return it.
@@ -257,6 +273,7 @@ class Relay:
         if len(self._running) >= self.max_generations:
             raise QueueFull(self.max_generations)
         provider = self.router.provider_for(request.model)
+        await self._control.start()  # before any DELETE from elsewhere can name it
         generation_id = "chatcmpl-" + secrets.token_hex(12)
         origin = await self.hub.position(CHANNEL_PREFIX + generation_id)
         generation = Generation(self, generation_id, request.model, provider.name, origin)
@@ -279,6 +296,65 @@ class Relay:
         if generation is not None:
             generation.cancel(reason)
         return generation
+
+    async def cancel_anywhere(
+        self, generation_id: str, reason: str = "deleted", *, wait: float = 10.0
+    ) -> dict[str, Any] | None:
+        """Cancel a generation wherever it runs and return the data of its ``end`` event.
+
+        Returns ``None`` for an unknown generation, and ``{"status": "cancelling"}``
+        when the ``end`` did not come within ``wait`` seconds.
+        """
+        generation = self._generations.get(generation_id)
+        if generation is not None:
+            generation.cancel(reason)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await generation.wait()
+            return generation.end if generation.end is not None else {"status": "cancelling"}
+        channel = CHANNEL_PREFIX + generation_id
+        position = await self.hub.position(channel)
+        if position.offset == 0:
+            return None
+        last = (await self.hub.history(channel, limit=1)).events
+        if last and last[-1].type == "end":
+            ended: dict[str, Any] = last[-1].data
+            return ended
+        async with self.hub.subscribe(channel, since=position) as subscription:
+            await self._control.send_cancel(generation_id, reason)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    async for item in subscription:
+                        if isinstance(item, Event) and item.type == "end":
+                            end: dict[str, Any] = item.data
+                            return end
+        return {"status": "cancelling"}
+
+    @contextlib.asynccontextmanager
+    async def remote_listener(self, generation_id: str) -> AsyncIterator[None]:
+        """Count as a listener of a generation that runs on another server, for a block."""
+        task = asyncio.get_running_loop().create_task(self._keep_heard(generation_id))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _keep_heard(self, generation_id: str) -> None:
+        while True:
+            await self._control.send_heard(generation_id)
+            await asyncio.sleep(max(self.grace / 3, 0.01))
+
+    def _remote_cancel(self, generation_id: str, reason: str) -> None:
+        generation = self._generations.get(generation_id)
+        if generation is not None:
+            generation.cancel(reason)
+
+    def _heard(self, generation_id: str) -> None:
+        generation = self._generations.get(generation_id)
+        if generation is not None:
+            generation.heard_at = time.monotonic()
 
     async def _run(self, generation: Generation, request: ChatRequest) -> None:
         provider = self.router.provider_for(request.model)
@@ -388,4 +464,5 @@ class Relay:
             handle.cancel()
         self._expiry.clear()
         self._generations.clear()
+        await self._control.aclose()
         await self.router.aclose()

@@ -50,7 +50,7 @@ __all__ = ["ChatCompletions", "StreamView", "openai_error"]
 logger = logging.getLogger(__name__)
 
 STREAM_ID_HEADER = "x-tidings-stream-id"
-_STREAM_ID = re.compile(r"[A-Za-z0-9_-]{1,128}\Z")
+_STREAM_ID = re.compile(r"[A-Za-z0-9-][A-Za-z0-9_-]{0,127}\Z")  # "_control" is not one
 _PING = b": ping\n\n"
 _DONE = b"data: [DONE]\n\n"
 _OPENAI_SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), *SSE_HEADERS[1:]]
@@ -327,13 +327,17 @@ class StreamView:
         await response(scope, receive, send)
 
     async def _delete(self, stream_id: str) -> Response:
-        generation = self.relay.cancel(stream_id, "deleted")
-        if generation is None:
+        try:
+            end = await self.relay.cancel_anywhere(stream_id, "deleted")
+        except BackendUnavailable as exc:
+            return openai_error(503, str(exc), type="server_error", code="unavailable")
+        if end is None:
             return openai_error(404, f"no running or recent stream {stream_id!r}", code="not_found")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(10.0):
-                await generation.wait()
-        return _JSON({"id": stream_id, "object": "tidings.stream", "status": generation.status})
+        status = end.get("status", "cancelling")
+        return _JSON(
+            {"id": stream_id, "object": "tidings.stream", "status": status},
+            status_code=202 if status == "cancelling" else 200,
+        )
 
     async def _origin(self, channel: str, generation: Generation | None) -> Position | None:
         if generation is not None:
@@ -370,8 +374,13 @@ class StreamView:
             # The client has everything: 204 also tells an EventSource not to reconnect.
             await Response(status_code=204)(scope, receive, send)
             return
-        with generation.listening() if generation is not None else contextlib.nullcontext():
-            await self._follow(channel, since, generation, scope, receive, send)
+        if generation is not None:
+            with generation.listening():
+                await self._follow(channel, since, generation, scope, receive, send)
+        else:
+            # The generation runs on another server (or has ended): say we listen.
+            async with self.relay.remote_listener(stream_id):
+                await self._follow(channel, since, generation, scope, receive, send)
 
     async def _follow(
         self,

@@ -248,3 +248,59 @@ async def test_aclose_cancels_running_generations_and_closes_providers(
     assert provider.provider_closed
     end = orjson.loads((await hub.history(generation.channel)).events[-1].raw)
     assert end["reason"] == "shutdown"
+
+
+# Two relays on one hub stand for two servers on one backend (Redis).
+
+
+async def test_a_delete_on_another_relay_cancels_where_it_runs(hub: Hub) -> None:
+    provider = Scripted()
+    provider.block_at = 2
+    here = Relay(hub, ProviderRouter({"p": provider}, {}, default="p"))
+    there = Relay(hub, ProviderRouter({"p": Scripted()}, {}, default="p"))
+    try:
+        generation = await here.start(chat())
+        async with asyncio.timeout(TIMEOUT):
+            await provider.blocked.wait()
+        assert there.get(generation.id) is None
+        end = await there.cancel_anywhere(generation.id)
+        assert end is not None
+        assert (end["status"], end["reason"]) == ("cancelled", "deleted")
+        assert provider.closed.is_set()
+        # Once ended, the answer comes from history; an unknown id is None.
+        assert await there.cancel_anywhere(generation.id) == end
+        assert await there.cancel_anywhere("chatcmpl-unknown") is None
+    finally:
+        await here.aclose()
+        await there.aclose()
+
+
+async def test_a_delete_that_gets_no_answer_says_cancelling(hub: Hub) -> None:
+    relay = Relay(hub, ProviderRouter({"p": Scripted()}, {}, default="p"))
+    try:
+        # A generation whose server is gone: its events exist, nobody runs it.
+        await hub.publish("llm:chatcmpl-orphan", {"choices": []})
+        end = await relay.cancel_anywhere("chatcmpl-orphan", wait=0.05)
+        assert end == {"status": "cancelling"}
+    finally:
+        await relay.aclose()
+
+
+async def test_a_listener_on_another_relay_keeps_a_generation_alive(hub: Hub) -> None:
+    watched, clock = Scripted("watched"), Scripted("clock")
+    watched.block_at = clock.block_at = 1
+    router = ProviderRouter({"watched": watched, "clock": clock}, {"w": "watched"}, default="clock")
+    here = Relay(hub, router, grace=0.3)
+    there = Relay(hub, ProviderRouter({"p": Scripted()}, {}, default="p"), grace=0.3)
+    try:
+        generation = await here.start(chat("w"))
+        async with there.remote_listener(generation.id):
+            for _ in range(3):  # each unheard generation outlives one grace period
+                unheard = await here.start(chat("clock"))
+                assert await wait(here, unheard.id) is Status.CANCELLED
+            assert not generation.done
+        assert await wait(here, generation.id) is Status.CANCELLED
+        assert generation.cancel_reason == "unheard"
+    finally:
+        await here.aclose()
+        await there.aclose()
