@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import orjson
@@ -106,15 +106,22 @@ async def _watch_disconnect(receive: Receive, subscription: Subscription) -> Non
 
 @contextlib.asynccontextmanager
 async def _listen(
-    hub: Hub, channel: str, since: Position, receive: Receive
-) -> AsyncIterator[Subscription]:
-    """Subscribe from ``since`` and close the subscription when the client goes."""
+    hub: Hub,
+    channel: str,
+    since: Position,
+    receive: Receive,
+    *,
+    keepalive: float,
+    generation: Generation | None,
+) -> AsyncIterator[AsyncIterator[list[Item]]]:
+    """Subscribe from ``since``; yield the batches (see ``_batches``) until the client goes."""
     subscription = hub.subscription()
     watcher: asyncio.Task[None] | None = None
     try:
         await subscription.add(channel, since=since)
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, subscription))
-        yield subscription
+        async with contextlib.aclosing(_batches(subscription, keepalive, generation)) as batches:
+            yield batches
     finally:
         subscription.close()
         if watcher is not None:
@@ -125,7 +132,7 @@ async def _listen(
 
 async def _batches(
     subscription: Subscription, keepalive: float, generation: Generation | None
-) -> AsyncIterator[list[Item]]:
+) -> AsyncGenerator[list[Item], None]:
     """Yield what is queued, batch by batch, until the subscription closes.
 
     An empty batch means "nothing new": every ``keepalive`` idle seconds, or
@@ -236,8 +243,15 @@ class ChatCompletions:
     ) -> None:
         headers = {STREAM_ID_HEADER: generation.id}
         started = False
-        async with _listen(self.relay.hub, generation.channel, generation.origin, receive) as sub:
-            async for items in _batches(sub, self.keepalive, generation):
+        async with _listen(
+            self.relay.hub,
+            generation.channel,
+            generation.origin,
+            receive,
+            keepalive=self.keepalive,
+            generation=generation,
+        ) as batches:
+            async for items in batches:
                 out: list[bytes] = []
                 end: dict[str, Any] | None = None if items else _lost_end(generation)
                 for item in items:
@@ -288,8 +302,15 @@ class ChatCompletions:
     ) -> None:
         headers = {STREAM_ID_HEADER: generation.id}
         completion = Completion(generation.id, generation.created, generation.model)
-        async with _listen(self.relay.hub, generation.channel, generation.origin, receive) as sub:
-            async for items in _batches(sub, self.keepalive, generation):
+        async with _listen(
+            self.relay.hub,
+            generation.channel,
+            generation.origin,
+            receive,
+            keepalive=self.keepalive,
+            generation=generation,
+        ) as batches:
+            async for items in batches:
                 lost = None if items else _lost_end(generation)
                 if lost is not None:
                     await _final(lost, completion, headers)(scope, receive, send)
@@ -391,11 +412,18 @@ class StreamView:
         receive: Receive,
         send: Send,
     ) -> None:
-        async with _listen(self.relay.hub, channel, since, receive) as sub:
+        async with _listen(
+            self.relay.hub,
+            channel,
+            since,
+            receive,
+            keepalive=self.keepalive,
+            generation=generation,
+        ) as batches:
             head = encode_event(retry=self.retry_ms, id=encode_cursor({channel: since}))
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
             await send({"type": "http.response.body", "body": head, "more_body": True})
-            async for items in _batches(sub, self.keepalive, generation):
+            async for items in batches:
                 lost = None if items else _lost_end(generation)
                 if lost is not None:
                     frame = encode_event(orjson.dumps(lost).decode(), event="end")
