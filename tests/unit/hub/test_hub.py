@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 
 import pytest
 
@@ -226,3 +227,20 @@ async def test_presence_of_an_invalid_channel_is_refused() -> None:
     async with Hub() as hub:
         with pytest.raises(InvalidChannel):
             await hub.presence("a b")
+
+
+async def test_history_keeps_json_events_right_sized() -> None:
+    # orjson over-allocates its output (4 KiB for a small event); an event
+    # kept in history must cost about its size, not the buffer's.
+    tracemalloc.start()
+    try:
+        async with Hub() as hub:
+            await hub.publish("sized", {"warm": "up"})
+            before = tracemalloc.get_traced_memory()[0]
+            for n in range(1000):
+                await hub.publish("sized", {"n": n, "text": "a small event of about 60 bytes"})
+            kept = tracemalloc.get_traced_memory()[0] - before
+            assert len((await hub.history("sized")).events) == 1000
+    finally:
+        tracemalloc.stop()
+    assert kept < 1000 * 1024, f"{kept / 1000:.0f} bytes per event"
