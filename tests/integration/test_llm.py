@@ -236,6 +236,9 @@ async def test_upstream_error_mid_stream_ends_with_an_error_chunk(
     last = orjson.loads(events[-1].data)
     assert last["error"]["type"] == "upstream_error"
     assert b"[DONE]" not in reader.raw
+    with pytest.raises(openai.APIStatusError) as caught:
+        await sdk.chat.completions.create(model="flaky", messages=MESSAGES)
+    assert caught.value.status_code == 502
 
 
 async def test_upstream_cut_mid_stream_ends_with_an_error_chunk(
@@ -389,6 +392,33 @@ async def test_delete_cancels_and_closes_the_upstream_request(
     stats = (await http.get("/api/stats")).json()["llm"]
     assert stats["cancelled"] >= 1
     assert stats["active"] == 0
+
+
+async def test_delete_answers_a_waiting_non_streamed_request(
+    http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    upstream.scenario("paused", Scenario(pause_after=1))
+    document = {"model": "paused", "messages": MESSAGES}
+    request = asyncio.ensure_future(http.post("/v1/chat/completions", json=document))
+    try:
+        call = await upstream.next_call(1, TIMEOUT)
+        async with asyncio.timeout(TIMEOUT):
+            await call.paused.wait()
+        stats = (await http.get("/api/stats")).json()["llm"]
+        assert stats["active"] == 1
+        (stream_id,) = [
+            channel["channel"].removeprefix("llm:")
+            for channel in (await http.get("/api/channels")).json()["channels"]
+            if channel["channel"].startswith("llm:chatcmpl-") and channel["subscribers"] == 1
+        ]
+        assert (await http.delete(f"/v1/streams/{stream_id}")).status_code == 200
+        async with asyncio.timeout(TIMEOUT):
+            response = await request
+    finally:
+        request.cancel()
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "cancelled"
+    assert response.headers["x-tidings-stream-id"] == stream_id
 
 
 async def test_an_unheard_generation_is_cancelled_after_the_grace_period(
