@@ -56,27 +56,45 @@ class RelayControl:
         self._ready: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
-        """Subscribe to the control channel (once; later calls wait for the first)."""
-        if self._ready is None:
-            self._ready = asyncio.get_running_loop().create_future()
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(self._ready), name="tidings-llm-control"
-            )
-        await asyncio.shield(self._ready)
+        """Subscribe to the control channel (once; later calls wait for the first).
+
+        Raises:
+            BackendUnavailable: the backend cannot be reached; the next call tries again.
+        """
+        ready = self._ready
+        if ready is not None and ready.done() and not ready.cancelled() and ready.exception():
+            self._ready = ready = None  # the last attempt failed: try again
+        if ready is None:
+            loop = asyncio.get_running_loop()
+            ready = self._ready = loop.create_future()
+            self._task = loop.create_task(self._run(ready), name="tidings-llm-control")
+        await asyncio.shield(ready)
 
     async def _run(self, ready: asyncio.Future[None]) -> None:
-        try:
-            async with self.hub.subscribe(CONTROL_CHANNEL) as subscription:
-                ready.set_result(None)
-                async for item in subscription:
-                    if isinstance(item, Event):
-                        self._handle(item.data)
-        except SubscriptionClosed:
-            pass
-        except BaseException as exc:
-            if not ready.done():
-                ready.set_exception(exc)
-            raise
+        while True:
+            try:
+                async with self.hub.subscribe(CONTROL_CHANNEL) as subscription:
+                    if not ready.done():
+                        ready.set_result(None)
+                    async for item in subscription:
+                        if isinstance(item, Event):
+                            self._handle(item.data)
+                return  # closed by the hub without a reason to come back
+            except SubscriptionClosed as exc:
+                if exc.reason == "shutdown":
+                    return
+                # A slow consumer (a burst of messages): subscribe again, live.
+                logger.warning("the LLM control subscription closed (%s); resubscribing", exc)
+            except asyncio.CancelledError:
+                if not ready.done():
+                    ready.cancel()
+                raise
+            except BaseException as exc:
+                if not ready.done():
+                    ready.set_exception(exc)
+                    ready.exception()  # retrieved: start() raises it, the task logs nothing
+                    return
+                raise
 
     def _handle(self, message: Any) -> None:
         if not isinstance(message, dict) or not isinstance(message.get("id"), str):

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from tests.support.env import TIMEOUT
-from tidings.errors import QueueFull, UpstreamError, UpstreamTimeout
+from tidings.errors import BackendUnavailable, QueueFull, UpstreamError, UpstreamTimeout
 from tidings.hub import Hub
 from tidings.llm.chunks import Delta
 from tidings.llm.config import ProviderRouter
@@ -304,3 +304,25 @@ async def test_a_listener_on_another_relay_keeps_a_generation_alive(hub: Hub) ->
     finally:
         await here.aclose()
         await there.aclose()
+
+
+async def test_a_failed_control_subscription_is_retried(provider: Scripted) -> None:
+    class Flaky(Hub):
+        failures = 1
+
+        async def _attach(self, subscription: Any, channel: str, *args: Any) -> Any:
+            if channel == "llm:_control" and self.failures:
+                self.failures -= 1
+                raise BackendUnavailable("test", "down")
+            return await super()._attach(subscription, channel, *args)
+
+    async with Flaky() as hub:
+        relay = Relay(hub, ProviderRouter({"p": provider}, {}, default="p"))
+        try:
+            with pytest.raises(BackendUnavailable):
+                await relay.start(chat())
+            assert relay.stats().started == 0
+            generation = await relay.start(chat())
+            assert await wait(relay, generation.id) is Status.COMPLETED
+        finally:
+            await relay.aclose()
