@@ -225,12 +225,18 @@ class ChatCompletions:
         except BackendUnavailable as exc:
             response = openai_error(503, str(exc), type="server_error", code="unavailable")
         else:
-            with generation.listening():
-                if chat.stream:
-                    await self._stream(generation, chat.include_usage, scope, receive, send)
-                else:
-                    await self._whole(generation, scope, receive, send)
-            return
+            try:
+                with generation.listening():
+                    if chat.stream:
+                        await self._stream(generation, chat.include_usage, scope, receive, send)
+                    else:
+                        await self._whole(generation, scope, receive, send)
+                return
+            except BackendUnavailable as exc:
+                # Only subscribing can raise it, before a byte is sent: the
+                # answer cannot reach its client, so stop it now.
+                generation.cancel("unheard")
+                response = openai_error(503, str(exc), type="server_error", code="unavailable")
         await response(scope, receive, send)
 
     async def _stream(
@@ -395,13 +401,18 @@ class StreamView:
             # The client has everything: 204 also tells an EventSource not to reconnect.
             await Response(status_code=204)(scope, receive, send)
             return
-        if generation is not None:
-            with generation.listening():
-                await self._follow(channel, since, generation, scope, receive, send)
-        else:
-            # The generation runs on another server (or has ended): say we listen.
-            async with self.relay.remote_listener(stream_id):
-                await self._follow(channel, since, generation, scope, receive, send)
+        try:
+            if generation is not None:
+                with generation.listening():
+                    await self._follow(channel, since, generation, scope, receive, send)
+            else:
+                # The generation runs on another server (or has ended): say we listen.
+                async with self.relay.remote_listener(stream_id):
+                    await self._follow(channel, since, generation, scope, receive, send)
+        except BackendUnavailable as exc:  # from subscribing, before a byte is sent
+            await openai_error(503, str(exc), type="server_error", code="unavailable")(
+                scope, receive, send
+            )
 
     async def _follow(
         self,

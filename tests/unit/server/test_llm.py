@@ -157,3 +157,34 @@ async def test_a_lost_end_event_still_ends_every_response() -> None:
                 assert view.content.endswith(b'event: end\ndata: {"status":"completed"}\n\n')
         finally:
             await app.state.tidings.relay.aclose()
+
+
+class NoSubscribeHub(Hub):
+    """A hub whose backend fails when a generation's channel is subscribed to."""
+
+    async def _attach(self, subscription: Any, channel: str, *args: Any) -> Any:
+        if channel.startswith("llm:chatcmpl-"):
+            raise BackendUnavailable("test", "down")
+        return await super()._attach(subscription, channel, *args)
+
+
+async def test_a_backend_failure_while_subscribing_is_a_503() -> None:
+    async with NoSubscribeHub() as hub:
+        app = create_app(hub, Settings(llm=QUICK_DEMO))
+        transport = httpx.ASGITransport(app=app)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                for body in (BODY, {**BODY, "stream": True}):
+                    response = await client.post("/v1/chat/completions", json=body)
+                    assert response.status_code == 503
+                    assert response.json()["error"]["code"] == "unavailable"
+                stream_id = response.headers.get("x-tidings-stream-id")
+                assert stream_id is None
+                relay = app.state.tidings.relay
+                for generation in relay._generations.values():
+                    assert await generation.wait() == "cancelled"
+                    assert generation.cancel_reason == "unheard"
+                    view = await client.get(f"/v1/streams/{generation.id}")
+                    assert view.status_code == 503
+        finally:
+            await app.state.tidings.relay.aclose()
