@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -9,6 +10,7 @@ import httpx
 import orjson
 import pytest
 
+from tests.support.env import TIMEOUT
 from tidings.errors import BackendUnavailable
 from tidings.hub import Hub
 from tidings.server import create_app
@@ -182,7 +184,8 @@ async def test_a_backend_failure_while_subscribing_is_a_503() -> None:
                 assert stream_id is None
                 relay = app.state.tidings.relay
                 for generation in relay._generations.values():
-                    assert await generation.wait() == "cancelled"
+                    async with asyncio.timeout(TIMEOUT):
+                        assert await generation.wait() == "cancelled"
                     assert generation.cancel_reason == "unheard"
                     view = await client.get(f"/v1/streams/{generation.id}")
                     assert view.status_code == 503
