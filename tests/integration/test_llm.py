@@ -53,7 +53,9 @@ async def url(upstream: FakeUpstream, request: pytest.FixtureRequest) -> AsyncIt
 
 @pytest.fixture
 async def sdk(url: str) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0) as client:
+    async with openai.AsyncOpenAI(
+        base_url=url + "/v1", api_key="unused", max_retries=0, timeout=TIMEOUT
+    ) as client:
         yield client
 
 
