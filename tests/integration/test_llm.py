@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.env import TIMEOUT
 from tests.support.fake_openai import FakeUpstream, Scenario
+from tests.support.proxy import FaultProxy
 from tests.support.sse import SSEReader, open_sse
 from tidings.server.app import build_hub, create_app
 from tidings.settings import Settings
@@ -573,3 +574,34 @@ async def test_two_servers_on_one_hub_share_viewers_and_deletes(upstream: FakeUp
             rest = await read_to_end(viewer)
     end = orjson.loads(rest[-1].data)
     assert (rest[-1].type, end["status"], end["reason"]) == ("end", "cancelled", "deleted")
+
+
+async def test_a_viewer_resumes_on_another_server_when_its_own_is_lost(
+    upstream: FakeUpstream,
+) -> None:
+    scenario = upstream.scenario("paused", Scenario(pause_after=4))
+    settings = relay_settings(upstream)
+    async with (
+        build_hub(settings) as hub,
+        run_server(create_app(hub, settings)) as node_a,
+        run_server(create_app(hub, settings)) as node_b,
+        FaultProxy(int(node_b.rsplit(":", 1)[1])) as path_to_b,
+        httpx.AsyncClient(base_url=node_a, timeout=TIMEOUT) as a,
+        httpx.AsyncClient(base_url=path_to_b.url, timeout=TIMEOUT) as b,
+        post_stream(a, model="paused") as (response, reader),
+    ):
+        stream_id = response.headers["x-tidings-stream-id"]
+        async with open_sse(b, f"/v1/streams/{stream_id}") as viewer:
+            seen = await viewer.events(5)
+            cursor = viewer.last_event_id
+            await path_to_b.cut()  # node B is lost to the viewer
+            with pytest.raises(httpx.TransportError):
+                await read_to_end(viewer)
+        scenario.release.set()
+        # The viewer comes back on node A with its cursor.
+        headers = {"last-event-id": cursor}
+        async with open_sse(a, f"/v1/streams/{stream_id}", headers=headers) as again:
+            rest = await read_to_end(again)
+        await read_to_end(reader)
+    assert contents(seen) + contents(rest) == "".join(scenario.tokens)
+    assert orjson.loads(rest[-1].data) == {"status": "completed"}
