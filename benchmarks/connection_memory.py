@@ -8,7 +8,7 @@ allocator (libuv handles, kernel socket buffers) is not in these figures; the
 harness's RSS-based "idle KiB per connection" includes the former.
 
     python benchmarks/connection_memory.py --transport sse -n 2000
-    python benchmarks/connection_memory.py --transport ws -n 2000 [--no-fast-write]
+    python benchmarks/connection_memory.py --transport ws -n 2000 [--no-fast-write] [--detail 12]
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def open_clients(port: int, count: int, transport: str) -> list[socket.socket]:
     return sockets
 
 
-async def measure(transport: str, count: int, fast_write: bool) -> None:
+async def measure(transport: str, count: int, fast_write: bool, detail: int) -> None:
     app = create_app(settings=Settings(log_level="warning", demo=False))
     async with run_server(app, fast_write=fast_write) as url:
         port = int(url.rsplit(":", 1)[1])
@@ -88,6 +88,7 @@ async def measure(transport: str, count: int, fast_write: bool) -> None:
         after = tracemalloc.take_snapshot()
         tracemalloc.stop()
         groups: Counter[str] = Counter()
+        lines: Counter[str] = Counter()
         for stat in after.compare_to(before, "traceback"):
             # Charge each allocation to the innermost frame that is not the
             # standard library's, falling back to the innermost frame.
@@ -99,6 +100,8 @@ async def measure(transport: str, count: int, fast_write: bool) -> None:
                 next((f for f in reversed(frames) if group_of(f.filename) != "other"), frames[-1]),
             )
             groups[group_of(owner.filename)] += stat.size_diff
+            where = owner.filename.rsplit("site-packages/", 1)[-1]
+            lines[f"{where}:{owner.lineno}"] += stat.size_diff
         total = sum(groups.values())
         mode = "fast write" if fast_write else "plain ASGI"
         print(
@@ -106,6 +109,10 @@ async def measure(transport: str, count: int, fast_write: bool) -> None:
         )
         for name, size in groups.most_common():
             print(f"  {size / count:8.0f} B  {name}")
+        if detail:
+            print("  by line:")
+            for line, size in lines.most_common(detail):
+                print(f"    {size / count:8.0f} B  {line}")
         for sock in clients + warm:
             sock.close()
         await asyncio.sleep(0.5)
@@ -116,8 +123,9 @@ def main() -> None:
     parser.add_argument("--transport", choices=("sse", "ws"), default="sse")
     parser.add_argument("-n", type=int, default=2000)
     parser.add_argument("--no-fast-write", dest="fast_write", action="store_false")
+    parser.add_argument("--detail", type=int, default=0, help="also list the top DETAIL lines")
     args = parser.parse_args()
-    uvloop.run(measure(args.transport, min(args.n, 10000), args.fast_write))
+    uvloop.run(measure(args.transport, min(args.n, 10000), args.fast_write, args.detail))
 
 
 if __name__ == "__main__":
