@@ -546,7 +546,7 @@ async def test_two_servers_on_one_hub_share_viewers_and_deletes(upstream: FakeUp
     tests/unit/llm/test_relay.py.)"""
     upstream.scenario("paused", Scenario(pause_after=3))
     upstream.scenario("unheard", Scenario(pause_after=1))
-    settings = relay_settings(upstream, grace=0.3)
+    settings = relay_settings(upstream, grace=1.0)
     async with (
         build_hub(settings) as hub,
         run_server(create_app(hub, settings)) as node_a,

@@ -65,7 +65,7 @@ def nodes(prefix: str, upstream: FakeUpstream) -> Iterator[tuple[ServerProcess, 
         "TIDINGS_REDIS_URL": REDIS_URL,
         "TIDINGS_REDIS_PREFIX": prefix,
         "TIDINGS_LLM_BASE_URL": upstream.base_url,
-        "TIDINGS_LLM_GRACE": "0.5",
+        "TIDINGS_LLM_GRACE": "2",
     }
     with ServerProcess(env=env) as node_a, ServerProcess(env=env) as node_b:
         yield node_a, node_b
