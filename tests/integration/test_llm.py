@@ -178,6 +178,17 @@ async def test_demo_provider_answers_without_upstream(sdk: openai.AsyncOpenAI) -
     assert completion.usage.completion_tokens == 5
 
 
+async def test_sdk_lists_the_models_that_route_somewhere(
+    sdk: openai.AsyncOpenAI, upstream: FakeUpstream
+) -> None:
+    upstream.scenario("quick-x", Scenario())
+    models = {model.id: model.owned_by async for model in sdk.models.list()}
+    assert models == {"demo": "demo", "fake": "upstream", "quick-x": "quick"}
+    upstream.models_status = 500  # a failing upstream lists nothing; the rest still do
+    models = {model.id: model.owned_by async for model in sdk.models.list()}
+    assert models == {"demo": "demo"}
+
+
 # -- the wire format ---------------------------------------------------------------
 
 

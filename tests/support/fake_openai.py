@@ -78,6 +78,8 @@ class FakeUpstream:
         self.default = default or Scenario()
         self.scenarios: dict[str, Scenario] = {}
         self.calls: list[Call] = []
+        #: The status of ``GET /v1/models`` (which lists "fake" and the scenarios).
+        self.models_status = 200
         self._new_call = asyncio.Condition()
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
@@ -134,6 +136,14 @@ class FakeUpstream:
             for name, _, value in (line.partition(":") for line in lines[1:] if line)
         }
         body = await reader.readexactly(int(headers.get("content-length", "0")))
+        if method == "GET" and path == "/v1/models":
+            names = sorted({"fake", *self.scenarios})
+            await _respond(
+                writer,
+                self.models_status,
+                {"object": "list", "data": [{"id": name, "object": "model"} for name in names]},
+            )
+            return
         if method != "POST" or path != "/v1/chat/completions":
             await _respond(writer, 404, {"error": {"message": f"no route {method} {path}"}})
             return

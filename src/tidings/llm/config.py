@@ -22,17 +22,22 @@ scalar of the table is ``TIDINGS_LLM_`` + its name in capitals.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tidings.errors import UpstreamError
 from tidings.llm.providers.base import Provider
 from tidings.llm.providers.demo import DemoProvider
 from tidings.llm.request import RequestLimits
 
 __all__ = ["LLMConfig", "ProviderConfig", "ProviderRouter"]
+
+logger = logging.getLogger(__name__)
 
 PROVIDER_KINDS = ("demo", "openai")
 _PROVIDER_FIELDS = {
@@ -211,6 +216,10 @@ class LLMConfig:
         return ProviderRouter(providers, self.models, default=self.default_provider)
 
 
+def _is_glob(pattern: str) -> bool:
+    return any(char in pattern for char in "*?[")
+
+
 def _table(table: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     value = table.get(name, {})
     if not isinstance(value, Mapping):
@@ -253,6 +262,33 @@ class ProviderRouter:
             )
             name = next(matches, self.default)
         return self.providers[name]
+
+    async def list_models(self, *, wait: float = 5.0) -> dict[str, str]:
+        """Every model name that routes somewhere, mapped to its provider's name.
+
+        Names come from ``[llm.models]`` (exact ones, not globs) and from each
+        provider's own list, kept when this router sends that name to that
+        provider. A provider that fails or does not answer in ``wait``
+        seconds contributes nothing (and is logged).
+        """
+        names = {name: self.models[name] for name in self.models if not _is_glob(name)}
+
+        async def listed(provider: Provider) -> list[str]:
+            try:
+                async with asyncio.timeout(wait):
+                    return await provider.models()
+            except (TimeoutError, UpstreamError) as exc:
+                logger.warning("provider %s did not list its models: %s", provider.name, exc)
+                return []
+
+        providers = list(self.providers.values())
+        for provider, found in zip(
+            providers, await asyncio.gather(*(listed(p) for p in providers)), strict=True
+        ):
+            for name in found:
+                if self.provider_for(name) is provider:
+                    names.setdefault(name, provider.name)
+        return dict(sorted(names.items()))
 
     async def aclose(self) -> None:
         for provider in self.providers.values():

@@ -21,7 +21,7 @@ from tidings.hub.backends.base import Backend
 from tidings.llm import Relay
 from tidings.server import api
 from tidings.server.errors import error_response
-from tidings.server.llm import ChatCompletions, StreamView
+from tidings.server.llm import ChatCompletions, StreamView, list_models
 from tidings.server.sse import SSEEndpoint, SSEKeepalive
 from tidings.server.state import ServerState
 from tidings.server.websocket import WebSocketEcho, WebSocketEndpoint
@@ -158,6 +158,7 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Star
             keepalive=settings.sse_keepalive,
         )
         routes.append(Route("/v1/chat/completions", completions, methods=["POST"]))
+        routes.append(Route("/v1/models", list_models, methods=["GET"]))
         routes.append(Route("/v1/streams/{stream_id}", streams, methods=["GET", "DELETE"]))
     if settings.ws_conformance_echo:
         routes.append(

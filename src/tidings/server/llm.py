@@ -45,7 +45,7 @@ from tidings.types import Position
 from tidings.wire.cursor import decode_cursor, encode_cursor
 from tidings.wire.sse import encode_event
 
-__all__ = ["ChatCompletions", "StreamView", "openai_error"]
+__all__ = ["ChatCompletions", "StreamView", "list_models", "openai_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +176,21 @@ def _history_lost(item: Reset) -> dict[str, Any]:
             code="history_lost",
         ),
     }
+
+
+async def list_models(request: Request) -> Response:
+    """``GET /v1/models``: the models the relay can route, in OpenAI's list shape."""
+    relay: Relay = request.app.state.tidings.relay
+    models = await relay.router.list_models()
+    return _JSON(
+        {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "created": 0, "owned_by": provider}
+                for name, provider in models.items()
+            ],
+        }
+    )
 
 
 class ChatCompletions:

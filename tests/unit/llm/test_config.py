@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from tidings.errors import UpstreamError
 from tidings.llm.config import LLMConfig, ProviderRouter
 from tidings.llm.providers.demo import DemoProvider
 from tidings.llm.providers.openai import OpenAIProvider
@@ -98,3 +101,41 @@ async def test_router_closes_every_provider() -> None:
     router = ProviderRouter({"a": Recording(name="a"), "b": Recording(name="b")}, {}, default="a")
     await router.aclose()
     assert sorted(closed) == ["a", "b"]
+
+
+class Listing(DemoProvider):
+    def __init__(self, name: str, names: list[str] | None) -> None:
+        super().__init__(name=name)
+        self.names = names
+
+    async def models(self) -> list[str]:
+        if self.names is None:
+            raise UpstreamError("down")
+        if self.names == ["hang"]:
+            await asyncio.Event().wait()
+        return self.names
+
+
+async def test_list_models_keeps_what_routes_to_each_provider() -> None:
+    router = ProviderRouter(
+        {
+            "a": Listing("a", ["gpt-1", "gpt-2", "llama"]),
+            "b": Listing("b", ["llama", "mistral"]),
+            "broken": Listing("broken", None),
+        },
+        {"llama": "b", "gpt-*": "a", "exact": "broken"},
+        default="a",
+    )
+    assert await router.list_models() == {
+        "exact": "broken",
+        "gpt-1": "a",
+        "gpt-2": "a",
+        "llama": "b",
+    }
+
+
+async def test_list_models_does_not_wait_for_a_silent_provider() -> None:
+    router = ProviderRouter(
+        {"a": Listing("a", ["m"]), "silent": Listing("silent", ["hang"])}, {}, default="a"
+    )
+    assert await router.list_models(wait=0.01) == {"m": "a"}

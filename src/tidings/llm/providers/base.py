@@ -33,6 +33,14 @@ class Provider(Protocol):
         """Generate the answer to ``request``."""
         ...
 
+    async def models(self) -> list[str]:
+        """The model names this provider serves (for ``GET /v1/models``).
+
+        Raises:
+            UpstreamError: the upstream could not be asked.
+        """
+        ...
+
     async def aclose(self) -> None:
         """Release shared resources (connection pools)."""
         ...

@@ -91,5 +91,8 @@ class DemoProvider:
             }
         )
 
+    async def models(self) -> list[str]:
+        return [self.name]
+
     async def aclose(self) -> None:
         return None

@@ -138,6 +138,7 @@ class OpenAIProvider:
     ) -> None:
         self.name = name
         self.url = base_url.rstrip("/") + "/chat/completions"
+        self.models_url = base_url.rstrip("/") + "/models"
         self.model = model
         request_headers = {"accept": "text/event-stream", **(headers or {})}
         if api_key:
@@ -190,6 +191,21 @@ class OpenAIProvider:
         if not finished:
             raise UpstreamError("upstream closed the stream before the answer was finished")
         logger.debug("upstream %s ended without [DONE] after the last choice finished", self.url)
+
+    async def models(self) -> list[str]:
+        """The upstream's ``GET /models`` ids (or the configured ``model`` alone)."""
+        with _map_httpx_errors(self.models_url):
+            response = await self._client.get(self.models_url)
+        if response.status_code >= 400:
+            raise UpstreamError(
+                _upstream_message(response.status_code, response.content),
+                status=response.status_code,
+            )
+        try:
+            data = orjson.loads(response.content)["data"]
+            return [str(entry["id"]) for entry in data]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise UpstreamError(f"upstream {self.models_url} sent no model list") from exc
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -170,3 +170,28 @@ def test_parse_chunk_passes_tool_calls_through() -> None:
     (delta,) = parse_chunk(orjson.dumps(document).decode())
     assert delta.tool_calls == (call,)
     assert delta.is_token
+
+
+async def test_models_lists_the_upstream_ids() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert str(request.url) == "http://upstream/v1/models"
+        return httpx.Response(200, json={"object": "list", "data": [{"id": "a"}, {"id": "b"}]})
+
+    provider = provider_for(handler)
+    try:
+        assert await provider.models() == ["a", "b"]
+    finally:
+        await provider.aclose()
+
+
+@pytest.mark.parametrize(
+    "response",
+    [httpx.Response(404, json={"error": {"message": "no"}}), httpx.Response(200, json=[1])],
+)
+async def test_models_failures_are_upstream_errors(response: httpx.Response) -> None:
+    provider = provider_for(lambda request: response)
+    try:
+        with pytest.raises(UpstreamError):
+            await provider.models()
+    finally:
+        await provider.aclose()
