@@ -18,6 +18,7 @@
     ├── ConnectionClosed                  client: server closed (.close_code, .reason, .reconnect)
     ├── StreamRejected                    client: a non-retryable HTTP status (.status)
     ├── ReconnectExhausted                client: max attempts reached (.attempts, .last_error)
+    ├── RequestTimeout(…, TimeoutError)   client: no reply in time (.op, .timeout)
     ├── QueueFull                         a bounded queue is full (.limit)
     └── UpstreamError                     an LLM upstream failed (.status, .body)
         └── UpstreamTimeout               the upstream did not answer in time
@@ -44,6 +45,7 @@ __all__ = [
     "QueueFull",
     "RateLimited",
     "ReconnectExhausted",
+    "RequestTimeout",
     "StreamRejected",
     "SubscriptionClosed",
     "TidingsError",
@@ -231,6 +233,17 @@ class ReconnectExhausted(TidingsError):
         super().__init__(f"gave up after {attempts} attempts: {last_error!r}")
         self.attempts = attempts
         self.last_error = last_error
+
+
+class RequestTimeout(TidingsError, TimeoutError):
+    """Client side: a WebSocket command got no reply within its deadline."""
+
+    code = "timeout"
+
+    def __init__(self, op: str, timeout: float) -> None:
+        super().__init__(f"no reply to {op} within {timeout:g} s")
+        self.op = op
+        self.timeout = timeout
 
 
 class QueueFull(TidingsError):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import httpx
 import orjson
+import pytest
 
 from tests.support.env import TIMEOUT, eventually
 from tests.support.sse import open_sse
@@ -125,3 +128,58 @@ async def test_llm_fastapi_example_streams_an_answer_and_resumes() -> None:
             event.id for event in events[len(events) // 2 + 1 :]
         ]
         assert (await client.get("/answers/chatcmpl-none")).status_code == 404
+
+
+async def test_socket_example_consumes_and_publishes(tmp_path: Path) -> None:
+    hub = Hub()
+    async with hub, run_server(create_app(hub, Settings(log_level="warning"))) as url:
+        port = url.rsplit(":", 1)[1]
+        source = (EXAMPLES / "client_socket.py").read_text()
+        script = tmp_path / "client_socket.py"
+        script.write_text(source.replace("127.0.0.1:8000", f"127.0.0.1:{port}"))
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(script),
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            await eventually(lambda: hub.subscriber_count("orders") == 1, timeout=TIMEOUT * 2)
+            await hub.publish("orders", {"id": 7, "state": "paid"})
+            assert process.stdout is not None
+            line = await asyncio.wait_for(process.stdout.readline(), TIMEOUT)
+            assert line == b"orders 1 {'id': 7, 'state': 'paid'}\n"
+            line = await asyncio.wait_for(process.stdout.readline(), TIMEOUT)
+            assert line == b"packed at 1\n"
+            history = await hub.history("packed")
+            assert [event.data for event in history.events] == [{"order": 7}]
+        finally:
+            process.terminate()
+            await asyncio.wait_for(process.wait(), TIMEOUT)
+
+
+async def test_socket_chat_example_shows_history_then_live(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    example = load("client_socket_chat")
+    hub = Hub()
+    out: list[str] = []
+
+    def printed(text: str) -> bool:
+        out.append(capsys.readouterr().out)
+        return text in "".join(out)
+
+    async with hub, run_server(create_app(hub, Settings(log_level="warning"))) as url:
+        await hub.publish("chat:lobby", {"from": "bob", "text": "anyone?"})
+        ws_url = url.replace("http://", "ws://") + "/ws"
+        chat = asyncio.create_task(example.chat(ws_url, "chat:lobby", "ada", "hi bob"))
+        try:
+            await eventually(lambda: printed("here: ada"))
+            await hub.publish("chat:lobby", {"from": "bob", "text": "hello ada"})
+            await eventually(lambda: printed("bob: hello ada"))
+        finally:
+            chat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await chat
+    lines = "".join(out).splitlines()
+    assert lines == ["bob: anyone?", "ada: hi bob", "here: ada", "bob: hello ada"]

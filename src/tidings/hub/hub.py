@@ -368,9 +368,13 @@ class Hub:
         local.subscribers[subscription] = None
         local.snapshot = tuple(local.subscribers)
         subscription.channels[channel] = None
+        # The position reported is where the channel stood when the read was
+        # made, so the replay ends there and every buffered event comes after
+        # it: a subscriber that resumes from it before those items arrive
+        # misses none of them.
         subscribed = Subscribed(
             channel,
-            Position(position.epoch, max(last, position.offset)),
+            Position(position.epoch, max(replay[-1].offset if replay else 0, position.offset)),
             reset is None,
             reset,
             len(replay),

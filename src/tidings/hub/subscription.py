@@ -84,7 +84,9 @@ class Subscribed(NamedTuple):
 
     Attributes:
         channel: The channel.
-        position: The position the live stream continues from, after any replay.
+        position: The channel's position when the subscription went live:
+            the replay (if any) ends there, and every event after it is
+            delivered after this result, so resuming from it loses nothing.
         recovered: ``True`` when ``since`` was honoured exactly (or not given);
             ``False`` when the subscriber was told to reset.
         reset: The reset, when ``recovered`` is ``False``.

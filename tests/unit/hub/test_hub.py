@@ -10,6 +10,7 @@ import pytest
 from tests.support.env import TIMEOUT
 from tidings import Event, Hub, InvalidChannel, InvalidPublication, Position, Reset
 from tidings.hub import ClientInfo, MemoryBackend
+from tidings.hub.names import NamespaceOptions
 
 
 async def test_bad_channel_names_are_refused() -> None:
@@ -244,3 +245,28 @@ async def test_history_keeps_json_events_right_sized() -> None:
     finally:
         tracemalloc.stop()
     assert kept < 1000 * 1024, f"{kept / 1000:.0f} bytes per event"
+
+
+class RacingBackend(MemoryBackend):
+    """Publishes one event between reading a channel's position and returning it."""
+
+    async def position(self, channel: str, *, options: NamespaceOptions) -> Position:
+        position = await super().position(channel, options=options)
+        await self.publish(channel, b"raced", type="message", is_text=True, options=options)
+        return position
+
+
+async def test_the_subscribed_position_precedes_events_still_to_be_delivered() -> None:
+    async with Hub(RacingBackend()) as hub:
+        await hub.publish("room", "before")
+        subscription = hub.subscription()
+        try:
+            subscribed = await subscription.add("room")
+            # The raced event arrives after the result; resuming from the
+            # reported position must not skip it.
+            assert subscribed.position.offset == 1
+            item = await asyncio.wait_for(anext(aiter(subscription)), TIMEOUT)
+            assert isinstance(item, Event)
+            assert item.offset == 2
+        finally:
+            subscription.close()

@@ -1,0 +1,80 @@
+"""tidings.client.Socket on `tidings serve --backend redis`: a killed node resumes exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import socket
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.env import TIMEOUT, unavailable
+from tests.support.server import ServerProcess
+from tests.support.socket_client import RecordingBackoff, States, history, http, no_leaks, take
+from tidings.client import ConnectionState, Socket, SocketEvent
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+
+
+def redis_answers() -> bool:
+    try:
+        with socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A key prefix only this test uses, deleted afterwards."""
+    if importlib.util.find_spec("tidings.hub.backends.redis") is None:
+        pytest.skip("this build has no Redis backend")
+    redis = pytest.importorskip("redis", reason="redis-py is not installed")
+    if not redis_answers():
+        unavailable(f"no Redis answers at {REDIS_HOST}:{REDIS_PORT}")
+    prefix = f"tidings-test:{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+async def test_a_killed_node_resumes_exactly_with_redis(redis_prefix: str) -> None:
+    args = ["--backend", "redis", "--redis-url", REDIS_URL, "--redis-prefix", redis_prefix]
+    node = ServerProcess(args=args).start()
+    try:
+        with ServerProcess(args=args) as other:
+            async with http(other.url) as client, no_leaks():
+                states = States()
+                backoff = RecordingBackoff(base=0.05, cap=0.2)
+                async with Socket(node.url, backoff=backoff, on_state=states) as socket:
+                    orders = await socket.subscribe("orders")
+                    sent = [await socket.publish("orders", n) for n in range(3)]
+                    before = await take(orders, 3)
+
+                    node.kill()
+                    await states.reach(ConnectionState.RECONNECTING)
+                    offline = asyncio.create_task(socket.publish("orders", "while down"))
+                    for n in (3, 4):  # published through the other node meanwhile
+                        await client.post("/api/publish", json={"channel": "orders", "data": n})
+                    await asyncio.to_thread(node.start)
+                    landed = await asyncio.wait_for(offline, TIMEOUT * 2)
+                    after = await take(orders, 3)
+                assert await history(client, "orders") == [0, 1, 2, 3, 4, "while down"]
+    finally:
+        node.close()
+    items = before + after
+    assert all(isinstance(item, SocketEvent) for item in items), "no reset: history kept it all"
+    assert [item.data for item in items] == [0, 1, 2, 3, 4, "while down"]
+    assert [item.offset for item in items] == [1, 2, 3, 4, 5, 6]
+    assert {item.epoch for item in items} == {sent[0].epoch}
+    assert landed == items[-1].position
+    assert all(0 <= delay <= upper <= 0.2 for delay, upper in backoff.delays)
