@@ -7,7 +7,8 @@
     │   ├── FrameTooLarge                 (.size, .limit)
     │   ├── UnknownOp                     (.op)
     │   ├── RateLimited                   more commands than a connection may send (.limit)
-    │   └── InvalidCursor(…, ValueError)  a resume cursor that cannot be read (.cursor, .reason)
+    │   ├── InvalidCursor(…, ValueError)  a resume cursor that cannot be read (.cursor, .reason)
+    │   └── InvalidChatRequest(…, ValueError)  a chat completion request refused (.param)
     ├── InvalidChannel(…, ValueError)     (.channel, .reason)
     ├── InvalidPublication(…, ValueError) bad event type, data or size; nothing was published
     ├── PermissionDenied                  (.channel, .action): the namespace forbids the action
@@ -20,6 +21,7 @@
     ├── RequestTimeout(…, TimeoutError)   client: no reply in time (.op, .timeout)
     ├── QueueFull                         a bounded queue is full (.limit)
     └── UpstreamError                     an LLM upstream failed (.status, .body)
+        └── UpstreamTimeout               the upstream did not answer in time
 
 Each class carries ``code``, the stable string that HTTP bodies, WebSocket
 replies and the JavaScript client use for it (the values are the members of
@@ -34,6 +36,7 @@ __all__ = [
     "ConnectionClosed",
     "FrameTooLarge",
     "InvalidChannel",
+    "InvalidChatRequest",
     "InvalidCursor",
     "InvalidPublication",
     "PermissionDenied",
@@ -48,6 +51,7 @@ __all__ = [
     "TidingsError",
     "UnknownOp",
     "UpstreamError",
+    "UpstreamTimeout",
 ]
 
 
@@ -119,6 +123,16 @@ class InvalidCursor(ProtocolError, ValueError):
         super().__init__(f"invalid cursor {cursor[:80]!r}: {reason}")
         self.cursor = cursor
         self.reason = reason
+
+
+class InvalidChatRequest(ProtocolError, ValueError):
+    """A chat completion request that cannot be served; ``param`` names the field."""
+
+    code = "invalid_request"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class InvalidChannel(TidingsError, ValueError):
@@ -251,3 +265,9 @@ class UpstreamError(TidingsError):
         super().__init__(message)
         self.status = status
         self.body = body
+
+
+class UpstreamTimeout(UpstreamError):
+    """An LLM upstream did not connect, answer or send the next chunk in time."""
+
+    code = "timeout"

@@ -13,8 +13,14 @@ A TOML file holds the fields at the top level and namespaces in tables::
     history_size = 100
     publish = false
 
+    [llm.providers.local]
+    kind = "openai"
+    base_url = "http://127.0.0.1:11434/v1"
+
 Each top-level field can be overridden by an environment variable named
-``TIDINGS_`` + the field name in capitals (``TIDINGS_PORT=8080``).
+``TIDINGS_`` + the field name in capitals (``TIDINGS_PORT=8080``); each
+scalar of the ``[llm]`` table by ``TIDINGS_LLM_`` + its name
+(``TIDINGS_LLM_BASE_URL``, ``TIDINGS_LLM_GRACE``).
 """
 
 from __future__ import annotations
@@ -29,10 +35,12 @@ from typing import Any
 
 from tidings.hub.names import NamespaceOptions, Namespaces
 from tidings.hub.subscription import OverflowPolicy
+from tidings.llm.config import LLMConfig
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
 ENV_PREFIX = "TIDINGS_"
+LLM_ENV_PREFIX = "TIDINGS_LLM_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 BACKENDS = ("memory", "redis")
 
@@ -69,6 +77,7 @@ class Settings:
     fast_write: bool = True
     demo: bool = True
     namespaces: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    llm: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -100,6 +109,16 @@ class Settings:
         if self.history_size < 0:
             raise SettingsError("history_size must be >= 0")
         self.namespace_options()  # refuse bad namespace tables now, not at first use
+        self.llm_config()
+
+    def llm_config(self) -> LLMConfig:
+        """Read the ``[llm]`` table (see ``docs/reference/settings.md``)."""
+        if not isinstance(self.llm, Mapping):
+            raise SettingsError("llm must be a table")
+        try:
+            return LLMConfig.from_table(self.llm)
+        except (TypeError, ValueError) as exc:
+            raise SettingsError(str(exc)) from exc
 
     def namespace_options(self) -> Namespaces:
         """Build the hub's per-namespace options from these settings."""
@@ -119,6 +138,12 @@ class Settings:
                 by_name[name] = dataclasses.replace(default, **table)
             except (TypeError, ValueError) as exc:
                 raise SettingsError(f"namespaces.{name}: {exc}") from exc
+        if "llm" not in by_name:
+            # Generations are published by the server only, and kept whole for their TTL.
+            llm = self.llm_config()
+            by_name["llm"] = NamespaceOptions(
+                history_size=llm.history_size, history_ttl=llm.ttl, publish=False
+            )
         try:
             return Namespaces(default=default, by_name=by_name)
         except ValueError as exc:
@@ -129,7 +154,7 @@ _FIELDS = {f.name: f for f in fields(Settings)}
 _SCALAR_TYPES: dict[str, type] = {
     name: {"int": int, "float": float, "bool": bool, "str": str}[str(f.type)]
     for name, f in _FIELDS.items()
-    if name != "namespaces"
+    if name not in ("namespaces", "llm")
 }
 
 
@@ -186,9 +211,9 @@ def load_settings(
         for name, value in document.items():
             if name not in _FIELDS:
                 raise SettingsError(f"{source}: unknown setting {name!r}")
-            if name == "namespaces":
+            if name in ("namespaces", "llm"):
                 if not isinstance(value, dict):
-                    raise SettingsError(f"{source}: namespaces must be a table of tables")
+                    raise SettingsError(f"{source}: {name} must be a table")
                 values[name] = value
             else:
                 values[name] = _convert(name, value, source)
@@ -196,6 +221,13 @@ def load_settings(
         raw = env.get(ENV_PREFIX + name.upper())
         if raw is not None:
             values[name] = _convert(name, raw, ENV_PREFIX + name.upper())
+    llm_env = {
+        key[len(LLM_ENV_PREFIX) :].lower(): value
+        for key, value in env.items()
+        if key.startswith(LLM_ENV_PREFIX)
+    }
+    if llm_env:
+        values["llm"] = {**values.get("llm", {}), **llm_env}
     for name, value in overrides.items():
         if name not in _FIELDS:
             raise SettingsError(f"unknown setting {name!r}")

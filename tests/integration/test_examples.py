@@ -11,6 +11,7 @@ from pathlib import Path
 from types import ModuleType
 
 import httpx
+import orjson
 import pytest
 
 from tests.support.env import TIMEOUT, eventually
@@ -99,6 +100,34 @@ async def test_websocket_chat_example_talks_and_resumes() -> None:
         )
         heard = await asyncio.wait_for(listener, TIMEOUT)
         assert heard == [{"from": "bob", "text": "hi ada"}, {"from": "eve", "text": "hey"}]
+
+
+async def test_llm_fastapi_example_streams_an_answer_and_resumes() -> None:
+    example = load("llm_fastapi")
+    async with run_server(example.app) as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/questions", params={"question": "why?"})
+        answer = response.json()
+        async with open_sse(client, answer["events"]) as reader:
+            await reader.until(b"event: end", timeout=TIMEOUT * 2)
+            events = await reader.events(len(reader._pending))
+        assert events[-1].type == "end"
+        text = "".join(
+            choice["delta"].get("content", "")
+            for event in events
+            if event.type == "message"
+            for choice in orjson.loads(event.data)["choices"]
+        )
+        assert text.startswith('You asked: "why?".')
+        middle = events[len(events) // 2]
+        async with open_sse(
+            client, answer["events"], headers={"last-event-id": middle.id}
+        ) as reader:
+            await reader.until(b"event: end", timeout=TIMEOUT * 2)
+            rest = await reader.events(len(reader._pending))
+        assert [event.id for event in rest] == [
+            event.id for event in events[len(events) // 2 + 1 :]
+        ]
+        assert (await client.get("/answers/chatcmpl-none")).status_code == 404
 
 
 async def test_socket_example_consumes_and_publishes(tmp_path: Path) -> None:

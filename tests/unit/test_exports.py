@@ -6,7 +6,14 @@ import importlib
 
 import pytest
 
-PACKAGES = ["tidings", "tidings.hub", "tidings.server", "tidings.client", "tidings.errors"]
+PACKAGES = [
+    "tidings",
+    "tidings.hub",
+    "tidings.llm",
+    "tidings.server",
+    "tidings.client",
+    "tidings.errors",
+]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

@@ -18,7 +18,7 @@ ALLOWED_TIDINGS = {
     "jobs": {"errors", "types", "wire", "hub", "jobs"},
     "client": {"errors", "types", "wire", "client"},
     "server": {"errors", "types", "wire", "hub", "llm", "jobs", "server", "settings"},
-    "settings": {"errors", "types", "wire", "hub"},
+    "settings": {"errors", "types", "wire", "hub", "llm"},
 }
 FENCED = {
     "starlette": ("server/", "testing.py"),

@@ -133,3 +133,40 @@ def test_redis_settings_build_a_redis_backend() -> None:
     backend = build_hub(settings).backend  # constructing connects to nothing
     assert isinstance(backend, RedisBackend)
     assert (backend.url, backend.prefix) == ("redis://cache:6380/2", "app1:")
+
+
+def test_llm_table_from_file_and_environment(tmp_path: Path) -> None:
+    path = tmp_path / "tidings.toml"
+    path.write_text(
+        "[llm]\ngrace = 4\n"
+        '[llm.providers.local]\nkind = "openai"\nbase_url = "http://127.0.0.1:11434/v1"\n'
+        '[llm.models]\n"llama*" = "local"\n'
+    )
+    env = {"TIDINGS_LLM_GRACE": "2.5", "TIDINGS_LLM_MAX_GENERATIONS": "8"}
+    llm = load_settings(path, env=env).llm_config()
+    assert (llm.grace, llm.max_generations) == (2.5, 8)
+    assert llm.providers["local"].base_url == "http://127.0.0.1:11434/v1"
+    assert llm.models == {"llama*": "local"}
+    assert llm.default_provider == "demo"
+    upstream = load_settings(env={"TIDINGS_LLM_BASE_URL": "https://api.openai.com/v1"})
+    assert upstream.llm_config().default_provider == "upstream"
+
+
+def test_llm_channels_are_kept_whole_and_closed_to_client_publishes() -> None:
+    options = Settings(llm={"ttl": 60, "history_size": 5000}).namespace_options().options("llm:x")
+    assert options == NamespaceOptions(history_size=5000, history_ttl=60.0, publish=False)
+    mine = Settings(namespaces={"llm": {"history_size": 10}}).namespace_options()
+    assert mine.options("llm:x").history_size == 10
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TIDINGS_LLM_GRACE": "soon"}, "llm.grace must be a float"),
+        ({"TIDINGS_LLM_COLOUR": "red"}, "unknown setting llm.colour"),
+        ({"TIDINGS_LLM_BASE_URL": "ftp://x"}, "base_url must be an http"),
+    ],
+)
+def test_bad_llm_settings_are_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        load_settings(env=env)

@@ -197,7 +197,10 @@ class Hub:
             raw, is_text = _text_bytes(text), True
         else:
             try:
-                raw = orjson.dumps(data)
+                # orjson returns its output in an over-allocated buffer (4 KiB
+                # for a 100-byte event); history keeps events for minutes, so
+                # keep a right-sized copy.
+                raw = bytes(memoryview(orjson.dumps(data)))
             except TypeError as exc:
                 raise InvalidPublication(f"data is not JSON-serialisable: {exc}") from exc
             is_text = False

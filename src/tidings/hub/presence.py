@@ -53,7 +53,8 @@ class ClientInfo(NamedTuple):
 
     def payload(self) -> bytes:
         """The JSON document stored in the backend and sent in join/leave notices."""
-        return orjson.dumps({"client": self.client_id, "user": self.user_id, "info": self.info})
+        document = {"client": self.client_id, "user": self.user_id, "info": self.info}
+        return bytes(memoryview(orjson.dumps(document)))  # right-sized: it is kept
 
     @classmethod
     def from_payload(cls, payload: bytes) -> ClientInfo:

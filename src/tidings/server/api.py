@@ -230,14 +230,15 @@ async def stats(request: Request) -> Response:
     """``GET /api/stats``: connections and hub counters."""
     state = _state(request)
     hub_stats = state.hub.stats()._asdict()
-    return JSONBody(
-        {
-            "connections": sum(state.connections.values()),
-            "transports": dict(state.connections),
-            "backend": state.hub.backend.name,
-            **hub_stats,
-        }
-    )
+    body = {
+        "connections": sum(state.connections.values()),
+        "transports": dict(state.connections),
+        "backend": state.hub.backend.name,
+        **hub_stats,
+    }
+    if state.relay is not None:
+        body["llm"] = state.relay.stats()._asdict()
+    return JSONBody(body)
 
 
 async def healthz(request: Request) -> Response:

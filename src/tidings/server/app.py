@@ -18,8 +18,10 @@ from starlette.staticfiles import StaticFiles
 from tidings.errors import TidingsError
 from tidings.hub import Hub, MemoryBackend
 from tidings.hub.backends.base import Backend
+from tidings.llm import Relay
 from tidings.server import api
 from tidings.server.errors import error_response
+from tidings.server.llm import ChatCompletions, StreamView, list_models
 from tidings.server.sse import SSEEndpoint, SSEKeepalive
 from tidings.server.state import ServerState
 from tidings.server.websocket import WebSocketEcho, WebSocketEndpoint
@@ -92,7 +94,20 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Star
     owns_hub = hub is None
     hub = hub if hub is not None else build_hub(settings)
     keepalive = SSEKeepalive(settings.sse_keepalive)
-    state = ServerState(hub=hub, settings=settings, keepalive=keepalive)
+    llm = settings.llm_config()
+    relay = (
+        Relay(
+            hub,
+            llm.router(),
+            grace=llm.grace,
+            cancel_unheard=llm.cancel_unheard,
+            ttl=llm.ttl,
+            max_generations=llm.max_generations,
+        )
+        if llm.enabled
+        else None
+    )
+    state = ServerState(hub=hub, settings=settings, keepalive=keepalive, relay=relay)
     sse = SSEEndpoint(
         hub,
         retry=settings.sse_retry,
@@ -117,6 +132,8 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Star
         try:
             yield
         finally:
+            if relay is not None:
+                await relay.aclose()  # publishes each running generation's end first
             if owns_hub:
                 await hub.aclose()
 
@@ -132,6 +149,17 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Star
         Route("/healthz", api.healthz, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
+    if relay is not None:
+        streams = StreamView(relay, retry=settings.sse_retry, keepalive=settings.sse_keepalive)
+        completions = ChatCompletions(
+            relay,
+            limits=llm.limits,
+            max_body_bytes=llm.max_body_bytes,
+            keepalive=settings.sse_keepalive,
+        )
+        routes.append(Route("/v1/chat/completions", completions, methods=["POST"]))
+        routes.append(Route("/v1/models", list_models, methods=["GET"]))
+        routes.append(Route("/v1/streams/{stream_id}", streams, methods=["GET", "DELETE"]))
     if settings.ws_conformance_echo:
         routes.append(
             WebSocketRoute("/ws/echo", WebSocketEcho(max_frame_bytes=settings.ws_max_frame_bytes))

@@ -26,6 +26,7 @@ from tidings.errors import (
     StreamRejected,
     TidingsError,
     UpstreamError,
+    UpstreamTimeout,
 )
 from tidings.wire.codes import ErrorCode
 
@@ -42,6 +43,7 @@ HTTP_STATUS: tuple[tuple[type[TidingsError], int], ...] = (
     (BackendUnavailable, 503),
     (PublishError, 500),
     (QueueFull, 429),
+    (UpstreamTimeout, 504),
     (UpstreamError, 502),
     (StreamRejected, 502),
 )

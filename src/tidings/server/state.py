@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from tidings.hub import Hub
+from tidings.llm import Relay
 from tidings.server.sse import SSEKeepalive
 from tidings.settings import Settings
 
@@ -20,6 +21,7 @@ class ServerState:
     settings: Settings
     keepalive: SSEKeepalive
     connections: Counter[str] = field(default_factory=Counter)
+    relay: Relay | None = None
 
     def counter(self, transport: str) -> _Count:
         """Return a callable that adds to the open-connection count of ``transport``."""

@@ -24,6 +24,7 @@ class ErrorCode(StrEnum):
     INVALID_MSGPACK = "invalid_msgpack"
     INVALID_CHANNEL = "invalid_channel"
     INVALID_CURSOR = "invalid_cursor"
+    INVALID_REQUEST = "invalid_request"
     INVALID_PUBLICATION = "invalid_publication"
     TOO_LARGE = "too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
@@ -44,6 +45,7 @@ class ErrorCode(StrEnum):
     QUEUE_FULL = "queue_full"
     UPSTREAM_ERROR = "upstream_error"
     TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
     INTERNAL = "internal"
 
 

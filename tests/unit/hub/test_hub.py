@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
@@ -296,6 +297,23 @@ async def test_a_reset_during_a_subscribe_follows_the_replay() -> None:
         Reset("c", Position("new-epoch", 0), "epoch"),
         Event("c", "new-epoch", 1, b'"new"'),
     ]
+
+
+async def test_history_keeps_json_events_right_sized() -> None:
+    # orjson over-allocates its output (4 KiB for a small event); an event
+    # kept in history must cost about its size, not the buffer's.
+    tracemalloc.start()
+    try:
+        async with Hub() as hub:
+            await hub.publish("sized", {"warm": "up"})
+            before = tracemalloc.get_traced_memory()[0]
+            for n in range(1000):
+                await hub.publish("sized", {"n": n, "text": "a small event of about 60 bytes"})
+            kept = tracemalloc.get_traced_memory()[0] - before
+            assert len((await hub.history("sized")).events) == 1000
+    finally:
+        tracemalloc.stop()
+    assert kept < 1000 * 1024, f"{kept / 1000:.0f} bytes per event"
 
 
 class RacingBackend(MemoryBackend):

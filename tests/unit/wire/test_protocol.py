@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
+import tracemalloc
 from typing import Any
 
 import msgpack
@@ -416,3 +417,17 @@ def test_frame_header_matches_rfc6455(length: int, binary: bool) -> None:
     else:
         assert data[1] == 127
         assert struct.unpack("!Q", data[2:10])[0] == length
+
+
+def test_json_pushes_are_right_sized() -> None:
+    # orjson returns its output in a 4 KiB buffer; a push's encoding is kept
+    # with its event in history, so it must cost about its length.
+    push = protocol.Push("room", "message", protocol.Raw(b'{"n": 1}', False), "e", 1)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [protocol.encode_push(push, Format.JSON) for _ in range(1000)]
+        per_push = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert per_push < 200

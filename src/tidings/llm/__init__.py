@@ -1,0 +1,32 @@
+"""LLM token streaming: providers and the relay that publishes generations to the hub.
+
+No ASGI here: ``tidings.server.llm`` serves ``/v1/chat/completions`` and
+``/v1/streams/{id}`` on top of :class:`Relay`.
+"""
+
+from tidings.llm.chunks import Completion, Delta, build_chunk, error_object
+from tidings.llm.config import LLMConfig, ProviderConfig, ProviderRouter
+from tidings.llm.providers.base import Provider
+from tidings.llm.providers.demo import DemoProvider
+from tidings.llm.relay import CHANNEL_PREFIX, Generation, LLMStats, Relay, Status
+from tidings.llm.request import ChatRequest, RequestLimits, validate_request
+
+__all__ = [
+    "CHANNEL_PREFIX",
+    "ChatRequest",
+    "Completion",
+    "Delta",
+    "DemoProvider",
+    "Generation",
+    "LLMConfig",
+    "LLMStats",
+    "Provider",
+    "ProviderConfig",
+    "ProviderRouter",
+    "Relay",
+    "RequestLimits",
+    "Status",
+    "build_chunk",
+    "error_object",
+    "validate_request",
+]

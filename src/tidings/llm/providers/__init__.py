@@ -1,0 +1,9 @@
+"""LLM providers: the interface, the built-in demo, and OpenAI-compatible upstreams.
+
+``OpenAIProvider`` lives in ``tidings.llm.providers.openai`` (it needs httpx).
+"""
+
+from tidings.llm.providers.base import Provider
+from tidings.llm.providers.demo import DemoProvider
+
+__all__ = ["DemoProvider", "Provider"]

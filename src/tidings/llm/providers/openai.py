@@ -1,0 +1,211 @@
+"""OpenAIProvider: any OpenAI-compatible upstream over httpx streaming.
+
+OpenAI, vLLM, Ollama, llama.cpp's server, LM Studio and others all speak
+``POST {base_url}/chat/completions`` with ``stream: true``. The response is
+read with httpx and parsed with Tidings' own :class:`~tidings.wire.sse.SSEDecoder`;
+no SDK is needed. httpx errors are translated here, once, to
+:class:`~tidings.errors.UpstreamError` and :class:`~tidings.errors.UpstreamTimeout`.
+Closing the iterator (a cancelled generation) leaves the ``async with`` of the
+request, which closes the upstream connection at once: the upstream sees the
+client go and stops generating.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, Iterator, Mapping
+from typing import Any
+
+import httpx
+import orjson
+
+from tidings.errors import UpstreamError, UpstreamTimeout
+from tidings.llm.chunks import Delta
+from tidings.llm.request import ChatRequest
+from tidings.wire.sse import SSEDecoder
+
+__all__ = ["OpenAIProvider", "parse_chunk"]
+
+logger = logging.getLogger(__name__)
+
+#: Largest upstream SSE event accepted, in characters.
+MAX_EVENT_BYTES = 1024 * 1024
+_KNOWN_DELTA_FIELDS = frozenset({"role", "content", "tool_calls"})
+
+
+def _upstream_message(status: int, body: bytes) -> str:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        document = None
+    if isinstance(document, dict):
+        error = document.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return f"upstream answered {status}: {error['message']}"
+        if isinstance(error, str):
+            return f"upstream answered {status}: {error}"
+    return f"upstream answered {status}"
+
+
+def parse_chunk(data: str) -> list[Delta]:
+    """Turn one upstream ``chat.completion.chunk`` (JSON text) into deltas.
+
+    Raises:
+        UpstreamError: the data is not a chunk, or it is an error object
+            (an upstream failing mid-stream sends ``{"error": {...}}``).
+    """
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamError(f"upstream sent a chunk that is not JSON: {data[:200]!r}") from exc
+    if not isinstance(chunk, dict):
+        raise UpstreamError(f"upstream sent a chunk that is not an object: {data[:200]!r}")
+    if chunk.get("error") is not None:
+        error = chunk["error"]
+        message = error.get("message") if isinstance(error, dict) else str(error)
+        raise UpstreamError(f"upstream failed mid-stream: {message}", body=data[:4096])
+    choices = chunk.get("choices") or []
+    if not isinstance(choices, list):
+        raise UpstreamError("upstream sent a chunk whose choices is not a list")
+    deltas = [_choice_delta(choice) for choice in choices]
+    usage = chunk.get("usage")
+    if isinstance(usage, dict):
+        deltas.append(Delta(usage=usage))
+    return deltas
+
+
+def _choice_delta(choice: object) -> Delta:
+    if not isinstance(choice, dict):
+        raise UpstreamError("upstream sent a choice that is not an object")
+    delta = choice.get("delta") or {}
+    if not isinstance(delta, dict):
+        raise UpstreamError("upstream sent a delta that is not an object")
+    content = delta.get("content")
+    tool_calls = delta.get("tool_calls")
+    extra = {
+        key: value
+        for key, value in delta.items()
+        if key not in _KNOWN_DELTA_FIELDS and value is not None
+    }
+    index = choice.get("index", 0)
+    return Delta(
+        content=content if isinstance(content, str) else None,
+        role=delta["role"] if isinstance(delta.get("role"), str) else None,
+        tool_calls=tuple(tool_calls) if isinstance(tool_calls, list) and tool_calls else None,
+        finish_reason=choice.get("finish_reason") or None,
+        index=index if isinstance(index, int) else 0,
+        extra=extra,
+    )
+
+
+@contextlib.contextmanager
+def _map_httpx_errors(url: str) -> Iterator[None]:
+    """Translate httpx's errors to UpstreamError, once, at the edge."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeout(f"upstream {url} timed out ({type(exc).__name__})") from exc
+    except httpx.HTTPError as exc:
+        raise UpstreamError(f"upstream {url} failed: {type(exc).__name__}: {exc}") from exc
+
+
+class OpenAIProvider:
+    """Relays to an OpenAI-compatible ``/chat/completions`` endpoint.
+
+    Args:
+        base_url: The API root, such as ``https://api.openai.com/v1`` or
+            ``http://127.0.0.1:11434/v1`` (Ollama).
+        api_key: Sent as ``Authorization: Bearer …`` when not empty.
+        timeout: Seconds to wait for the response and for each next chunk.
+        connect_timeout: Seconds to wait for the connection.
+        headers: Extra request headers.
+        model: Send this model name upstream instead of the requested one.
+        transport: An httpx transport (tests); the default opens real connections.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        name: str = "openai",
+        api_key: str = "",
+        timeout: float = 60.0,
+        connect_timeout: float = 10.0,
+        headers: Mapping[str, str] | None = None,
+        model: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.name = name
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.models_url = base_url.rstrip("/") + "/models"
+        self.model = model
+        request_headers = {"accept": "text/event-stream", **(headers or {})}
+        if api_key:
+            request_headers["authorization"] = f"Bearer {api_key}"
+        self._client = httpx.AsyncClient(
+            headers=request_headers,
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            transport=transport,
+            # Requests to the upstream are one per generation and long; a
+            # bounded pool would queue generations behind each other.
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
+        )
+
+    def request_body(self, request: ChatRequest) -> dict[str, Any]:
+        """The body sent upstream: the client's, always streamed, with usage."""
+        body = dict(request.body or {"model": request.model, "messages": list(request.messages)})
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+        if self.model is not None:
+            body["model"] = self.model
+        return body
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
+        body = orjson.dumps(self.request_body(request))
+        decoder = SSEDecoder(max_event_bytes=MAX_EVENT_BYTES)
+        finished = False
+        with _map_httpx_errors(self.url):
+            async with self._client.stream(
+                "POST", self.url, content=body, headers={"content-type": "application/json"}
+            ) as response:
+                if response.status_code >= 400:
+                    text = await response.aread()
+                    raise UpstreamError(
+                        _upstream_message(response.status_code, text),
+                        status=response.status_code,
+                        body=text[:4096].decode("utf-8", "replace"),
+                    )
+                async for raw in response.aiter_bytes():
+                    for event in decoder.feed(raw):
+                        if event.data == "[DONE]":
+                            return
+                        for delta in parse_chunk(event.data):
+                            finished = finished or delta.finish_reason is not None
+                            yield delta
+                for event in decoder.feed_eof():
+                    if event.data == "[DONE]":
+                        return
+                    for delta in parse_chunk(event.data):
+                        yield delta
+        if not finished:
+            raise UpstreamError("upstream closed the stream before the answer was finished")
+        logger.debug("upstream %s ended without [DONE] after the last choice finished", self.url)
+
+    async def models(self) -> list[str]:
+        """The upstream's ``GET /models`` ids (or the configured ``model`` alone)."""
+        with _map_httpx_errors(self.models_url):
+            response = await self._client.get(self.models_url)
+        if response.status_code >= 400:
+            raise UpstreamError(
+                _upstream_message(response.status_code, response.content),
+                status=response.status_code,
+            )
+        try:
+            data = orjson.loads(response.content)["data"]
+            return [str(entry["id"]) for entry in data]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise UpstreamError(f"upstream {self.models_url} sent no model list") from exc
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

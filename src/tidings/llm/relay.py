@@ -1,0 +1,468 @@
+"""Relay: generations as hub channels, cancelled when nobody listens.
+
+Theory of operation
+-------------------
+
+``Relay.start(request)`` creates a :class:`Generation` with an id
+(``chatcmpl-…``) and a channel ``llm:{id}``, notes the channel's position
+(the *origin*: a listener that subscribes from it receives the generation
+whole), and starts one task that owns the provider's iterator under
+``contextlib.aclosing``. The task publishes each delta as a
+``chat.completion.chunk`` event (type ``message``; a usage-only chunk has
+type ``usage``), then exactly one ``end`` event whose data says how it ended:
+``{"status": "completed" | "failed" | "cancelled", …}``. The task does not
+belong to any connection: a client may drop and come back, or several may
+watch, through the hub's replay-then-live subscriptions.
+
+Listeners (the original request, each ``/v1/streams/{id}`` viewer) hold
+``generation.listening()`` while they are connected. When the count drops to
+zero a timer of ``grace`` seconds starts; a listener arriving stops it. When
+it fires and the channel still has no local subscriber, the generation is
+cancelled with reason ``unheard``. ``Relay.cancel`` (``DELETE``) does the same
+with reason ``deleted``. Cancelling the task closes the provider's iterator
+at once, which closes the upstream HTTP request; the task then publishes the
+``end`` event with ``status: cancelled``.
+
+Relays on one backend (several servers on Redis) tell each other about
+DELETEs and listeners through ``llm.control``: a ``DELETE`` that reaches a
+server that does not run the generation is forwarded to the one that does,
+and a viewer on another server sends "heard" messages that count as a
+listener there.
+
+A finished generation stays known for ``ttl`` seconds (its events stay in the
+channel's history as long, through the ``llm`` namespace options), then it is
+forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import statistics
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from enum import StrEnum
+from typing import Any, NamedTuple
+
+from tidings.errors import QueueFull, TidingsError, UpstreamError, UpstreamTimeout
+from tidings.hub import Event, Hub
+from tidings.llm.chunks import Delta, build_chunk, error_object
+from tidings.llm.config import ProviderRouter
+from tidings.llm.control import RelayControl
+from tidings.llm.request import ChatRequest
+from tidings.types import Position
+
+__all__ = ["CHANNEL_PREFIX", "Generation", "LLMStats", "Relay", "Status", "upstream_status"]
+
+logger = logging.getLogger(__name__)
+
+#: Generations are published to ``llm:{id}``.
+CHANNEL_PREFIX = "llm:"
+#: Finished generations whose TTFT and rate make the recent figures.
+RECENT = 100
+
+
+class Status(StrEnum):
+    """Where a generation is; the last three are final."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+def upstream_status(exc: UpstreamError) -> int:
+    """The HTTP status a client gets for an upstream failure.
+
+    Statuses the client can act on pass through (a bad request, a missing
+    model, a rate limit); a timeout is 504; anything else is 502.
+    """
+    if isinstance(exc, UpstreamTimeout):
+        return 504
+    if exc.status in (400, 404, 413, 422, 429):
+        return exc.status
+    return 502
+
+
+class LLMStats(NamedTuple):
+    """A snapshot of the relay's figures.
+
+    Attributes:
+        active: Generations running now.
+        started: Generations started since the relay was created.
+        completed: Generations that finished normally.
+        failed: Generations that ended with an upstream or internal error.
+        cancelled: Generations cancelled (``DELETE``, unheard, shutdown).
+        tokens: Content and tool-call deltas relayed.
+        ttft_ms_mean: Mean time to first token of the recent generations, in ms.
+        ttft_ms_p50: Median of the same.
+        tokens_per_second: Mean rate of the recent generations, first token to last.
+    """
+
+    active: int
+    started: int
+    completed: int
+    failed: int
+    cancelled: int
+    tokens: int
+    ttft_ms_mean: float | None
+    ttft_ms_p50: float | None
+    tokens_per_second: float | None
+
+
+class Generation:
+    """One generation: its identity, state and listeners."""
+
+    def __init__(
+        self, relay: Relay, generation_id: str, model: str, provider: str, origin: Position
+    ) -> None:
+        self._relay = relay
+        self.id = generation_id
+        self.channel = CHANNEL_PREFIX + generation_id
+        self.model = model
+        self.provider = provider
+        self.created = int(time.time())
+        self.origin = origin
+        self.status = Status.RUNNING
+        self.cancel_reason: str | None = None
+        self.listeners = 0
+        #: When a viewer on another server last said it listens (monotonic seconds).
+        self.heard_at = float("-inf")
+        self.tokens = 0
+        self.started_at = time.monotonic()
+        self.first_token_at: float | None = None
+        self.last_token_at: float | None = None
+        self.task: asyncio.Task[None] | None = None
+        #: The data of the ``end`` event, once the generation has ended.
+        self.end: dict[str, Any] | None = None
+        #: Whether that event reached the hub (False if the backend failed).
+        self.end_published = False
+        self._on_done: list[Callable[[], None]] = []
+        self._running = False
+        self._grace: asyncio.TimerHandle | None = None
+        self._done = asyncio.Event()
+
+    @property
+    def done(self) -> bool:
+        return self.status is not Status.RUNNING
+
+    async def wait(self) -> Status:
+        """Wait until the generation has ended and its ``end`` event is published."""
+        await self._done.wait()
+        return self.status
+
+    def on_done(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` once the generation has ended; return its unregister function."""
+        if self._done.is_set():
+            callback()
+            return lambda: None
+        self._on_done.append(callback)
+        return lambda: self._on_done.remove(callback) if callback in self._on_done else None
+
+    @contextlib.contextmanager
+    def listening(self) -> Iterator[Generation]:
+        """Count a listener for the duration of a ``with`` block."""
+        self.listeners += 1
+        self._stop_grace()
+        try:
+            yield self
+        finally:
+            self.listeners -= 1
+            if self.listeners == 0:
+                self._start_grace()
+
+    def _start_grace(self) -> None:
+        relay = self._relay
+        if self.done or not relay.cancel_unheard or self._grace is not None:
+            return
+        self._grace = asyncio.get_running_loop().call_later(relay.grace, self._grace_over)
+
+    def _stop_grace(self) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+
+    def _grace_over(self) -> None:
+        self._grace = None
+        if self.done or self.listeners:
+            return
+        if self._relay.hub.subscriber_count(self.channel):
+            # Someone follows the channel another way (/sse/llm:…, WebSocket).
+            self._start_grace()
+            return
+        quiet = time.monotonic() - self.heard_at
+        if quiet < self._relay.grace:
+            # A viewer on another server listens; check again when its word expires.
+            loop = asyncio.get_running_loop()
+            self._grace = loop.call_later(self._relay.grace - quiet, self._grace_over)
+            return
+        logger.info("generation %s went unheard for %.1f s: cancelling", self.id, self._relay.grace)
+        self.cancel("unheard")
+
+    def cancel(self, reason: str) -> bool:
+        """Cancel the generation (closing its upstream request); False if it had ended."""
+        if self.done or self.task is None or self.cancel_reason is not None:
+            return False
+        self.cancel_reason = reason
+        if self._running:
+            self.task.cancel()
+        # else: the task has not run yet; it sees cancel_reason on its first step.
+        return True
+
+    def _token(self, now: float) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = now
+        self.last_token_at = now
+        self.tokens += 1
+
+    def _finish(self, status: Status) -> None:
+        self.status = status
+        self._stop_grace()
+
+    def __repr__(self) -> str:
+        return f"<Generation {self.id} {self.status} listeners={self.listeners}>"
+
+
+class Relay:
+    """Runs generations and publishes them to the hub.
+
+    Args:
+        hub: Where generations are published.
+        router: Picks the provider for a model name; the relay closes it.
+        grace: Seconds a generation may run with no listener before it is cancelled.
+        cancel_unheard: Whether unheard generations are cancelled at all.
+        ttl: Seconds a finished generation stays known.
+        max_generations: Generations that may run at once; more raise QueueFull.
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        router: ProviderRouter,
+        *,
+        grace: float = 10.0,
+        cancel_unheard: bool = True,
+        ttl: float = 600.0,
+        max_generations: int = 256,
+    ) -> None:
+        self.hub = hub
+        self.router = router
+        self.grace = grace
+        self.cancel_unheard = cancel_unheard
+        self.ttl = ttl
+        self.max_generations = max_generations
+        self._generations: dict[str, Generation] = {}
+        self._running: set[Generation] = set()
+        self._expiry: dict[str, asyncio.TimerHandle] = {}
+        self._counts = {status: 0 for status in Status}
+        self._tokens = 0
+        self._ttft: deque[float] = deque(maxlen=RECENT)
+        self._rates: deque[float] = deque(maxlen=RECENT)
+        self._control = RelayControl(hub, on_cancel=self._remote_cancel, on_heard=self._heard)
+
+    async def start(self, request: ChatRequest) -> Generation:
+        """Start a generation for ``request`` and return it.
+
+        Raises:
+            QueueFull: ``max_generations`` are running already.
+            BackendUnavailable: the hub's backend cannot be reached.
+        """
+        if len(self._running) >= self.max_generations:
+            raise QueueFull(self.max_generations)
+        provider = self.router.provider_for(request.model)
+        await self._control.start()  # before any DELETE from elsewhere can name it
+        generation_id = "chatcmpl-" + secrets.token_hex(12)
+        origin = await self.hub.position(CHANNEL_PREFIX + generation_id)
+        generation = Generation(self, generation_id, request.model, provider.name, origin)
+        self._generations[generation_id] = generation
+        self._running.add(generation)
+        self._counts[Status.RUNNING] += 1
+        generation.task = asyncio.get_running_loop().create_task(
+            self._run(generation, request), name=f"tidings-llm-{generation_id}"
+        )
+        generation._start_grace()  # until the first listener arrives
+        return generation
+
+    def get(self, generation_id: str) -> Generation | None:
+        """The generation with this id, while it runs or within the TTL after."""
+        return self._generations.get(generation_id)
+
+    def cancel(self, generation_id: str, reason: str = "deleted") -> Generation | None:
+        """Cancel a generation; return it, or None when it is unknown."""
+        generation = self._generations.get(generation_id)
+        if generation is not None:
+            generation.cancel(reason)
+        return generation
+
+    async def cancel_anywhere(
+        self, generation_id: str, reason: str = "deleted", *, wait: float = 10.0
+    ) -> dict[str, Any] | None:
+        """Cancel a generation wherever it runs and return the data of its ``end`` event.
+
+        Returns ``None`` for an unknown generation, and ``{"status": "cancelling"}``
+        when the ``end`` did not come within ``wait`` seconds.
+        """
+        generation = self._generations.get(generation_id)
+        if generation is not None:
+            generation.cancel(reason)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await generation.wait()
+            return generation.end if generation.end is not None else {"status": "cancelling"}
+        channel = CHANNEL_PREFIX + generation_id
+        position = await self.hub.position(channel)
+        if position.offset == 0:
+            return None
+        last = (await self.hub.history(channel, limit=1)).events
+        if last and last[-1].type == "end":
+            ended: dict[str, Any] = last[-1].data
+            return ended
+        async with self.hub.subscribe(channel, since=position) as subscription:
+            await self._control.send_cancel(generation_id, reason)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    async for item in subscription:
+                        if isinstance(item, Event) and item.type == "end":
+                            end: dict[str, Any] = item.data
+                            return end
+        return {"status": "cancelling"}
+
+    @contextlib.asynccontextmanager
+    async def remote_listener(self, generation_id: str) -> AsyncIterator[None]:
+        """Count as a listener of a generation that runs on another server, for a block."""
+        task = asyncio.get_running_loop().create_task(self._keep_heard(generation_id))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _keep_heard(self, generation_id: str) -> None:
+        while True:
+            await self._control.send_heard(generation_id)
+            await asyncio.sleep(max(self.grace / 3, 0.01))
+
+    def _remote_cancel(self, generation_id: str, reason: str) -> None:
+        generation = self._generations.get(generation_id)
+        if generation is not None:
+            generation.cancel(reason)
+
+    def _heard(self, generation_id: str) -> None:
+        generation = self._generations.get(generation_id)
+        if generation is not None:
+            generation.heard_at = time.monotonic()
+
+    async def _run(self, generation: Generation, request: ChatRequest) -> None:
+        provider = self.router.provider_for(request.model)
+        end: dict[str, Any]
+        status = Status.COMPLETED
+        generation._running = True
+        try:
+            if generation.cancel_reason is not None:
+                raise asyncio.CancelledError
+            async with contextlib.aclosing(provider.stream(request)) as deltas:
+                async for delta in deltas:
+                    await self._publish(generation, delta)
+            end = {"status": "completed"}
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            status = Status.CANCELLED
+            reason = generation.cancel_reason or "cancelled"
+            end = {
+                "status": "cancelled",
+                "reason": reason,
+                **error_object(
+                    f"the generation was cancelled ({reason})", type="cancelled", code="cancelled"
+                ),
+            }
+        except UpstreamError as exc:
+            status = Status.FAILED
+            logger.warning("generation %s failed: %s", generation.id, exc)
+            end = {
+                "status": "failed",
+                "http_status": upstream_status(exc),
+                **error_object(str(exc), type="upstream_error", code=exc.code),
+            }
+        except Exception:
+            status = Status.FAILED
+            logger.exception("generation %s failed", generation.id)
+            end = {
+                "status": "failed",
+                "http_status": 500,
+                **error_object("the generation failed", type="server_error", code="internal"),
+            }
+        generation._finish(status)
+        generation.end = end
+        self._finished(generation)
+        try:
+            await self.hub.publish(generation.channel, end, event="end")
+            generation.end_published = True
+        except TidingsError as exc:
+            # Local listeners still learn the end from ``generation.end``.
+            logger.warning("could not publish the end of generation %s: %s", generation.id, exc)
+        finally:
+            generation._done.set()
+            callbacks, generation._on_done = generation._on_done, []
+            for callback in callbacks:
+                callback()
+
+    async def _publish(self, generation: Generation, delta: Delta) -> None:
+        if delta.is_token:
+            generation._token(time.monotonic())
+            self._tokens += 1
+        chunk = build_chunk(generation.id, generation.created, generation.model, delta)
+        event = "message" if delta.has_choice else "usage"
+        await self.hub.publish(generation.channel, chunk, event=event)
+
+    def _finished(self, generation: Generation) -> None:
+        self._running.discard(generation)
+        self._counts[generation.status] += 1
+        first, last = generation.first_token_at, generation.last_token_at
+        if first is not None:
+            self._ttft.append(first - generation.started_at)
+            if last is not None and last > first and generation.tokens > 1:
+                self._rates.append((generation.tokens - 1) / (last - first))
+        self._expiry[generation.id] = asyncio.get_running_loop().call_later(
+            self.ttl, self._forget, generation.id
+        )
+
+    def _forget(self, generation_id: str) -> None:
+        self._expiry.pop(generation_id, None)
+        self._generations.pop(generation_id, None)
+
+    def stats(self) -> LLMStats:
+        """The relay's figures now."""
+        ttft = list(self._ttft)
+        return LLMStats(
+            active=len(self._running),
+            started=self._counts[Status.RUNNING],
+            completed=self._counts[Status.COMPLETED],
+            failed=self._counts[Status.FAILED],
+            cancelled=self._counts[Status.CANCELLED],
+            tokens=self._tokens,
+            ttft_ms_mean=round(statistics.fmean(ttft) * 1000, 3) if ttft else None,
+            ttft_ms_p50=round(statistics.median(ttft) * 1000, 3) if ttft else None,
+            tokens_per_second=round(statistics.fmean(self._rates), 1) if self._rates else None,
+        )
+
+    async def aclose(self, *, wait: float = 10.0) -> None:
+        """Cancel every running generation (reason ``shutdown``), wait, close providers."""
+        tasks = []
+        for generation in list(self._running):
+            generation.cancel("shutdown")
+            if generation.task is not None:
+                tasks.append(generation.task)
+        if tasks:
+            await asyncio.wait(tasks, timeout=wait)
+        for handle in self._expiry.values():
+            handle.cancel()
+        self._expiry.clear()
+        self._generations.clear()
+        await self._control.aclose()
+        await self.router.aclose()

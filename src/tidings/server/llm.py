@@ -1,0 +1,491 @@
+"""``POST /v1/chat/completions`` and ``GET|DELETE /v1/streams/{id}`` over ``llm.Relay``.
+
+The completions endpoint speaks OpenAI's protocol exactly: errors are
+``{"error": {"message", "type", "param", "code"}}``; a streamed answer is
+nothing but ``data:`` lines and ``:`` comments (no ``id:``, ``event:`` or
+``retry:`` field, no data-less block, no BOM) ending with ``data: [DONE]``,
+or, after a failure, with ``data: {"error": …}``. The ``X-Tidings-Stream-Id``
+header names the generation, which ``/v1/streams/{id}`` serves over Tidings'
+own SSE: ``id:`` cursors, ``Last-Event-ID`` resume, ``event: end`` last.
+
+Both the request and each viewer are listeners of the generation
+(``Generation.listening``); a watcher task turns ``http.disconnect`` into
+closing the subscription, so a client that goes away stops listening at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from tidings.errors import (
+    BackendUnavailable,
+    FrameTooLarge,
+    InvalidChatRequest,
+    InvalidCursor,
+    ProtocolError,
+    QueueFull,
+)
+from tidings.hub import Event, Hub, Item, Reset, Subscription
+from tidings.hub.subscription import CloseReason
+from tidings.llm import CHANNEL_PREFIX, Completion, Generation, Relay, error_object
+from tidings.llm.request import RequestLimits, validate_request
+from tidings.server.api import read_body
+from tidings.server.sse import SSE_FRAME, SSE_HEADERS
+from tidings.types import Position
+from tidings.wire.cursor import decode_cursor, encode_cursor
+from tidings.wire.sse import encode_event
+
+__all__ = ["ChatCompletions", "StreamView", "list_models", "openai_error"]
+
+logger = logging.getLogger(__name__)
+
+STREAM_ID_HEADER = "x-tidings-stream-id"
+_STREAM_ID = re.compile(r"[A-Za-z0-9-][A-Za-z0-9_-]{0,127}\Z")  # "_control" is not one
+_PING = b": ping\n\n"
+_DONE = b"data: [DONE]\n\n"
+_OPENAI_SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), *SSE_HEADERS[1:]]
+#: Status of a request whose generation was cancelled before its first chunk.
+CANCELLED_STATUS = 409
+
+
+class _JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def openai_error(
+    status: int,
+    message: str,
+    *,
+    type: str = "invalid_request_error",
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """A JSON error response in OpenAI's shape."""
+    return _JSON(
+        error_object(message, type=type, code=code, param=param),
+        status_code=status,
+        headers=headers,
+    )
+
+
+def _end_response(end: dict[str, Any], headers: dict[str, str]) -> Response:
+    """The error response for a generation that ended before its first chunk."""
+    error = end.get("error") or {}
+    status = int(end.get("http_status") or CANCELLED_STATUS)
+    return _JSON({"error": error}, status_code=status, headers=headers)
+
+
+def _final(end: dict[str, Any], completion: Completion, headers: dict[str, str]) -> Response:
+    """The response to a non-streamed request once its generation has ended."""
+    if end.get("status") == "completed":
+        return _JSON(completion.result(), headers=headers)
+    return _end_response(end, headers)
+
+
+async def _watch_disconnect(receive: Receive, subscription: Subscription) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            subscription.close(CloseReason.DISCONNECT)
+            return
+
+
+@contextlib.asynccontextmanager
+async def _listen(
+    hub: Hub,
+    channel: str,
+    since: Position,
+    receive: Receive,
+    *,
+    keepalive: float,
+    generation: Generation | None,
+) -> AsyncIterator[AsyncIterator[list[Item]]]:
+    """Subscribe from ``since``; yield the batches (see ``_batches``) until the client goes."""
+    subscription = hub.subscription()
+    watcher: asyncio.Task[None] | None = None
+    try:
+        await subscription.add(channel, since=since)
+        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, subscription))
+        async with contextlib.aclosing(_batches(subscription, keepalive, generation)) as batches:
+            yield batches
+    finally:
+        subscription.close()
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+
+async def _batches(
+    subscription: Subscription, keepalive: float, generation: Generation | None
+) -> AsyncGenerator[list[Item], None]:
+    """Yield what is queued, batch by batch, until the subscription closes.
+
+    An empty batch means "nothing new": every ``keepalive`` idle seconds, or
+    when the generation ended without its ``end`` event reaching the hub (a
+    backend failure); the caller then reads ``generation.end``.
+    """
+    unregister = generation.on_done(subscription.wakeup) if generation is not None else lambda: None
+    try:
+        while True:
+            items = subscription.take()
+            if items:
+                yield items
+                continue
+            if subscription.closed:
+                return
+            if _lost_end(generation) is not None:
+                yield []
+                continue
+            try:
+                async with asyncio.timeout(keepalive):
+                    await subscription.wait()
+            except TimeoutError:
+                yield []
+    finally:
+        unregister()
+
+
+def _lost_end(generation: Generation | None) -> dict[str, Any] | None:
+    """The end of a generation whose ``end`` event could not be published."""
+    if generation is None or not generation.done or generation.end_published:
+        return None
+    return generation.end
+
+
+def _history_lost(item: Reset) -> dict[str, Any]:
+    return {
+        "status": "failed",
+        **error_object(
+            f"the generation's history is gone ({item.reason})",
+            type="server_error",
+            code="history_lost",
+        ),
+    }
+
+
+async def list_models(request: Request) -> Response:
+    """``GET /v1/models``: the models the relay can route, in OpenAI's list shape."""
+    relay: Relay = request.app.state.tidings.relay
+    models = await relay.router.list_models()
+    return _JSON(
+        {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "created": 0, "owned_by": provider}
+                for name, provider in models.items()
+            ],
+        }
+    )
+
+
+class ChatCompletions:
+    """``POST /v1/chat/completions``: start a generation and relay it, streamed or whole."""
+
+    def __init__(
+        self,
+        relay: Relay,
+        *,
+        limits: RequestLimits,
+        max_body_bytes: int,
+        keepalive: float,
+    ) -> None:
+        self.relay = relay
+        self.limits = limits
+        self.max_body_bytes = max_body_bytes
+        self.keepalive = keepalive
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type not in ("", "application/json"):
+            response = openai_error(
+                415, f"unsupported Content-Type {media_type!r}: send application/json"
+            )
+            await response(scope, receive, send)
+            return
+        try:
+            body = await read_body(request, self.max_body_bytes)
+            chat = validate_request(orjson.loads(body), self.limits)
+            generation = await self.relay.start(chat)
+        except orjson.JSONDecodeError as exc:
+            response = openai_error(400, f"the body is not valid JSON: {exc}", code="invalid_json")
+        except FrameTooLarge as exc:
+            response = openai_error(413, str(exc), code="too_large")
+        except InvalidChatRequest as exc:
+            response = openai_error(400, str(exc), code="invalid_value", param=exc.param)
+        except ProtocolError as exc:
+            response = openai_error(400, str(exc), code=exc.code)
+        except QueueFull as exc:
+            response = openai_error(
+                429,
+                f"too many generations are running (at most {exc.limit})",
+                type="rate_limit_error",
+                code="too_many_generations",
+            )
+        except BackendUnavailable as exc:
+            response = openai_error(503, str(exc), type="server_error", code="unavailable")
+        else:
+            try:
+                with generation.listening():
+                    if chat.stream:
+                        await self._stream(generation, chat.include_usage, scope, receive, send)
+                    else:
+                        await self._whole(generation, scope, receive, send)
+                return
+            except BackendUnavailable as exc:
+                # Only subscribing can raise it, before a byte is sent: the
+                # answer cannot reach its client, so stop it now.
+                generation.cancel("unheard")
+                response = openai_error(503, str(exc), type="server_error", code="unavailable")
+        await response(scope, receive, send)
+
+    async def _stream(
+        self,
+        generation: Generation,
+        include_usage: bool,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        headers = {STREAM_ID_HEADER: generation.id}
+        started = False
+        async with _listen(
+            self.relay.hub,
+            generation.channel,
+            generation.origin,
+            receive,
+            keepalive=self.keepalive,
+            generation=generation,
+        ) as batches:
+            async for items in batches:
+                out: list[bytes] = []
+                end: dict[str, Any] | None = None if items else _lost_end(generation)
+                for item in items:
+                    if isinstance(item, Reset):
+                        end = _history_lost(item)
+                        break
+                    if item.type == "end":
+                        end = orjson.loads(item.raw)
+                        break
+                    if item.type == "message" or (item.type == "usage" and include_usage):
+                        out.append(b"data: " + item.raw + b"\n\n")
+                if not started:
+                    if not out:
+                        if end is not None:
+                            await _end_response(end, headers)(scope, receive, send)
+                            return
+                        continue  # nothing to say yet: headers wait for the first chunk
+                    started = True
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 200,
+                            "headers": [
+                                *_OPENAI_SSE_HEADERS,
+                                (STREAM_ID_HEADER.encode(), generation.id.encode()),
+                            ],
+                        }
+                    )
+                if end is not None:
+                    if end.get("status") == "completed":
+                        out.append(_DONE)
+                    else:
+                        out.append(b"data: " + orjson.dumps({"error": end["error"]}) + b"\n\n")
+                    await send({"type": "http.response.body", "body": b"".join(out)})
+                    return
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": b"".join(out) or _PING,
+                        "more_body": True,
+                    }
+                )
+        # The client went away; its generation goes on for others (or is
+        # cancelled once unheard for the grace period).
+
+    async def _whole(
+        self, generation: Generation, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        headers = {STREAM_ID_HEADER: generation.id}
+        completion = Completion(generation.id, generation.created, generation.model)
+        async with _listen(
+            self.relay.hub,
+            generation.channel,
+            generation.origin,
+            receive,
+            keepalive=self.keepalive,
+            generation=generation,
+        ) as batches:
+            async for items in batches:
+                lost = None if items else _lost_end(generation)
+                if lost is not None:
+                    await _final(lost, completion, headers)(scope, receive, send)
+                    return
+                for item in items:
+                    if isinstance(item, Reset):
+                        await _end_response(_history_lost(item) | {"http_status": 500}, headers)(
+                            scope, receive, send
+                        )
+                        return
+                    if item.type == "end":
+                        final = _final(orjson.loads(item.raw), completion, headers)
+                        await final(scope, receive, send)
+                        return
+                    completion.add(orjson.loads(item.raw))
+
+
+class StreamView:
+    """``GET /v1/streams/{id}`` (replay and follow over SSE) and ``DELETE`` (cancel)."""
+
+    def __init__(self, relay: Relay, *, retry: float, keepalive: float) -> None:
+        self.relay = relay
+        self.retry_ms = round(retry * 1000)
+        self.keepalive = keepalive
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stream_id = scope["path_params"]["stream_id"]
+        if not _STREAM_ID.match(stream_id):
+            response = openai_error(404, f"no stream {stream_id[:80]!r}", code="not_found")
+        elif scope["method"] == "DELETE":
+            response = await self._delete(stream_id)
+        else:
+            await self._get(stream_id, scope, receive, send)
+            return
+        await response(scope, receive, send)
+
+    async def _delete(self, stream_id: str) -> Response:
+        try:
+            end = await self.relay.cancel_anywhere(stream_id, "deleted")
+        except BackendUnavailable as exc:
+            return openai_error(503, str(exc), type="server_error", code="unavailable")
+        if end is None:
+            return openai_error(404, f"no running or recent stream {stream_id!r}", code="not_found")
+        status = end.get("status", "cancelling")
+        return _JSON(
+            {"id": stream_id, "object": "tidings.stream", "status": status},
+            status_code=202 if status == "cancelling" else 200,
+        )
+
+    async def _origin(self, channel: str, generation: Generation | None) -> Position | None:
+        if generation is not None:
+            return generation.origin
+        position = await self.relay.hub.position(channel)
+        return Position(position.epoch, 0) if position.offset else None
+
+    async def _get(self, stream_id: str, scope: Scope, receive: Receive, send: Send) -> None:
+        hub = self.relay.hub
+        channel = CHANNEL_PREFIX + stream_id
+        generation = self.relay.get(stream_id)
+        request = Request(scope, receive)
+        try:
+            origin = await self._origin(channel, generation)
+            if origin is None:
+                raise LookupError
+            since = _since(request, channel, origin)
+            last = (await hub.history(channel, limit=1)).events
+        except LookupError:
+            response = openai_error(
+                404, f"no running or recent stream {stream_id!r}", code="not_found"
+            )
+            await response(scope, receive, send)
+            return
+        except InvalidCursor as exc:
+            await openai_error(400, str(exc), code=exc.code)(scope, receive, send)
+            return
+        except BackendUnavailable as exc:
+            await openai_error(503, str(exc), type="server_error", code="unavailable")(
+                scope, receive, send
+            )
+            return
+        if last and last[-1].type == "end" and _at_or_after(since, last[-1]):
+            # The client has everything: 204 also tells an EventSource not to reconnect.
+            await Response(status_code=204)(scope, receive, send)
+            return
+        try:
+            if generation is not None:
+                with generation.listening():
+                    await self._follow(channel, since, generation, scope, receive, send)
+            else:
+                # The generation runs on another server (or has ended): say we listen.
+                async with self.relay.remote_listener(stream_id):
+                    await self._follow(channel, since, generation, scope, receive, send)
+        except BackendUnavailable as exc:  # from subscribing, before a byte is sent
+            await openai_error(503, str(exc), type="server_error", code="unavailable")(
+                scope, receive, send
+            )
+
+    async def _follow(
+        self,
+        channel: str,
+        since: Position,
+        generation: Generation | None,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        async with _listen(
+            self.relay.hub,
+            channel,
+            since,
+            receive,
+            keepalive=self.keepalive,
+            generation=generation,
+        ) as batches:
+            head = encode_event(retry=self.retry_ms, id=encode_cursor({channel: since}))
+            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            await send({"type": "http.response.body", "body": head, "more_body": True})
+            async for items in batches:
+                lost = None if items else _lost_end(generation)
+                if lost is not None:
+                    frame = encode_event(orjson.dumps(lost).decode(), event="end")
+                    await send({"type": "http.response.body", "body": frame})
+                    return
+                frames = []
+                finished = False
+                for item in items:
+                    frames.append(SSE_FRAME(item))
+                    if isinstance(item, Event) and item.type == "end":
+                        finished = True
+                        break
+                body = b"".join(frames) or _PING
+                await send({"type": "http.response.body", "body": body, "more_body": not finished})
+                if finished:
+                    return
+
+
+def _since(request: Request, channel: str, origin: Position) -> Position:
+    """Where a viewer starts: ``Last-Event-ID``, ``?last_event_id=``, ``?after=N``, or the start.
+
+    ``after=N`` skips the first N events: a client that received N ``data:``
+    chunks from ``POST /v1/chat/completions`` resumes with it.
+    """
+    cursor_text = request.headers.get("last-event-id")
+    if cursor_text is None:
+        cursor_text = request.query_params.get("last_event_id")
+    if cursor_text:
+        return decode_cursor(cursor_text).get(channel, origin)
+    after = request.query_params.get("after")
+    if after is None:
+        return origin
+    if not after.isdigit() or len(after) > 12:
+        raise InvalidCursor(after, "after must be a number of events")
+    return Position(origin.epoch, origin.offset + int(after))
+
+
+def _at_or_after(since: Position, event: Event) -> bool:
+    return since.epoch == event.epoch and since.offset >= event.offset

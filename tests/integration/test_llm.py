@@ -1,0 +1,618 @@
+"""The LLM relay end to end: the official openai SDK -> Tidings -> a fake OpenAI upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from tests.support.env import TIMEOUT
+from tests.support.fake_openai import FakeUpstream, Scenario
+from tests.support.proxy import FaultProxy
+from tests.support.sse import SSEReader, open_sse
+from tidings.server.app import build_hub, create_app
+from tidings.settings import Settings
+from tidings.testing import run_server
+from tidings.wire.sse import SSEEvent
+
+MESSAGES: list[Any] = [{"role": "user", "content": "Say something."}]
+
+
+def relay_settings(upstream: FakeUpstream, **llm: Any) -> Settings:
+    table = {
+        "base_url": upstream.base_url,
+        "grace": 30.0,
+        "providers": {
+            "quick": {"kind": "openai", "base_url": upstream.base_url, "timeout": 0.5},
+            "demo": {"kind": "demo", "first_token_delay": 0.0, "token_interval": 0.001},
+        },
+        "models": {"quick-*": "quick", "demo": "demo"},
+        **llm,
+    }
+    return Settings(log_level="warning", llm=table)
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    async with FakeUpstream() as fake:
+        yield fake
+
+
+@pytest.fixture(params=["fast", "asgi"])
+async def url(upstream: FakeUpstream, request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    async with run_server(
+        settings=relay_settings(upstream), fast_write=request.param == "fast"
+    ) as base:
+        yield base
+
+
+@pytest.fixture
+async def sdk(url: str) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(
+        base_url=url + "/v1", api_key="unused", max_retries=0, timeout=TIMEOUT
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+async def http(url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def post_stream(
+    http: httpx.AsyncClient, **body: Any
+) -> AsyncIterator[tuple[httpx.Response, SSEReader]]:
+    document = {"model": "fake", "messages": MESSAGES, "stream": True, **body}
+    async with http.stream("POST", "/v1/chat/completions", json=document) as response:
+        assert response.status_code == 200, (await response.aread())[:500]
+        reader = SSEReader(response)
+        try:
+            yield response, reader
+        finally:
+            await reader.aclose()
+
+
+async def read_to_end(reader: SSEReader) -> list[SSEEvent]:
+    """Every event until the response ends."""
+    async with asyncio.timeout(TIMEOUT):
+        with contextlib.suppress(StopAsyncIteration):
+            while True:
+                await reader._read_more()
+    events, reader._pending = reader._pending, []
+    return events
+
+
+def contents(events: list[SSEEvent]) -> str:
+    text = []
+    for event in events:
+        if event.type == "message" and event.data.startswith("{"):
+            for choice in orjson.loads(event.data).get("choices", []):
+                text.append(choice["delta"].get("content") or "")
+    return "".join(text)
+
+
+# -- the official SDK ------------------------------------------------------------
+
+
+async def test_sdk_streams_every_token_with_one_completion_id(
+    sdk: openai.AsyncOpenAI, upstream: FakeUpstream
+) -> None:
+    stream = await sdk.chat.completions.create(model="fake", messages=MESSAGES, stream=True)
+    chunks = [chunk async for chunk in stream]
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert text == "".join(upstream.default.tokens)
+    assert len({chunk.id for chunk in chunks}) == 1
+    assert chunks[0].id.startswith("chatcmpl-")
+    assert {chunk.object for chunk in chunks} == {"chat.completion.chunk"}
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert all(chunk.usage is None for chunk in chunks)  # include_usage was not asked for
+    call = upstream.calls[0]
+    assert call.body["stream"] is True
+    assert call.body["messages"] == MESSAGES
+
+
+async def test_sdk_stream_with_include_usage(sdk: openai.AsyncOpenAI) -> None:
+    stream = await sdk.chat.completions.create(
+        model="fake", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [chunk async for chunk in stream]
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 12
+
+
+async def test_sdk_without_streaming(sdk: openai.AsyncOpenAI, upstream: FakeUpstream) -> None:
+    completion = await sdk.chat.completions.create(model="fake", messages=MESSAGES)
+    assert completion.object == "chat.completion"
+    assert completion.id.startswith("chatcmpl-")
+    assert completion.choices[0].message.content == "".join(upstream.default.tokens)
+    assert completion.choices[0].message.role == "assistant"
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None
+    assert completion.usage.total_tokens == 15
+
+
+async def test_sdk_stream_helper(sdk: openai.AsyncOpenAI, upstream: FakeUpstream) -> None:
+    deltas = []
+    async with sdk.chat.completions.stream(model="fake", messages=MESSAGES) as stream:
+        async for event in stream:
+            if event.type == "content.delta":
+                deltas.append(event.delta)
+        final = await stream.get_final_completion()
+    assert "".join(deltas) == "".join(upstream.default.tokens)
+    assert final.choices[0].message.content == "".join(upstream.default.tokens)
+    assert final.choices[0].finish_reason == "stop"
+
+
+async def test_tool_call_deltas_pass_through(
+    sdk: openai.AsyncOpenAI, upstream: FakeUpstream
+) -> None:
+    upstream.scenario("tools", Scenario(tool_call=("get_weather", ['{"city"', ': "Oslo"}'])))
+    async with sdk.chat.completions.stream(model="tools", messages=MESSAGES) as stream:
+        final = await stream.get_final_completion()
+    choice = final.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.tool_calls is not None
+    (call,) = choice.message.tool_calls
+    assert call.id == "call_1"
+    assert call.function.name == "get_weather"
+    assert call.function.arguments == '{"city": "Oslo"}'
+    whole = await sdk.chat.completions.create(model="tools", messages=MESSAGES)
+    assert whole.choices[0].message.tool_calls is not None
+    assert whole.choices[0].message.tool_calls[0].function.arguments == '{"city": "Oslo"}'
+
+
+async def test_demo_provider_answers_without_upstream(sdk: openai.AsyncOpenAI) -> None:
+    completion = await sdk.chat.completions.create(model="demo", messages=MESSAGES, max_tokens=5)
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.choices[0].message.content == 'You asked: "Say something.". This'
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == 5
+
+
+async def test_sdk_lists_the_models_that_route_somewhere(
+    sdk: openai.AsyncOpenAI, upstream: FakeUpstream
+) -> None:
+    upstream.scenario("quick-x", Scenario())
+    models = {model.id: model.owned_by async for model in sdk.models.list()}
+    assert models == {"demo": "demo", "fake": "upstream", "quick-x": "quick"}
+    upstream.models_status = 500  # a failing upstream lists nothing; the rest still do
+    models = {model.id: model.owned_by async for model in sdk.models.list()}
+    assert models == {"demo": "demo"}
+
+
+# -- the wire format ---------------------------------------------------------------
+
+
+async def test_stream_is_only_data_lines_and_comments(http: httpx.AsyncClient) -> None:
+    async with post_stream(http) as (response, reader):
+        events = await read_to_end(reader)
+    stream_id = response.headers["x-tidings-stream-id"]
+    assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+    raw = bytes(reader.raw)
+    assert not raw.startswith(b"\xef\xbb\xbf")
+    for block in raw.split(b"\n\n")[:-1]:
+        lines = block.split(b"\n")
+        assert all(line.startswith((b"data: ", b":")) for line in lines), block
+        assert any(line.startswith(b"data: ") for line in lines), block
+    assert raw.endswith(b"data: [DONE]\n\n")
+    chunks = [orjson.loads(event.data) for event in events[:-1]]
+    for chunk in chunks:
+        assert chunk["id"] == stream_id
+        assert chunk["object"] == "chat.completion.chunk"
+        assert isinstance(chunk["created"], int)
+        assert chunk["model"] == "fake"
+        assert [choice["index"] for choice in chunk["choices"]] == [0]
+    assert {event.id for event in events} == {""}  # no id: field
+    assert {event.type for event in events} == {"message"}  # no event: field
+    assert reader.decoder.retry is None  # no retry: field
+
+
+# -- upstream failures ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("upstream_status", "status"), [(429, 429), (400, 400), (500, 502)])
+async def test_upstream_refusal_becomes_an_http_error(
+    sdk: openai.AsyncOpenAI, upstream: FakeUpstream, upstream_status: int, status: int
+) -> None:
+    upstream.scenario("refused", Scenario(status=upstream_status, error_message="no capacity"))
+    for stream in (True, False):
+        with pytest.raises(openai.APIStatusError) as caught:
+            await sdk.chat.completions.create(model="refused", messages=MESSAGES, stream=stream)
+        assert caught.value.status_code == status
+        body = caught.value.body
+        assert isinstance(body, dict)
+        assert "no capacity" in body["message"]
+        assert body["type"] == "upstream_error"
+        assert set(body) == {"message", "type", "param", "code"}
+
+
+async def test_upstream_error_mid_stream_ends_with_an_error_chunk(
+    sdk: openai.AsyncOpenAI, http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    upstream.scenario("flaky", Scenario(fail_after=3))
+    stream = await sdk.chat.completions.create(model="flaky", messages=MESSAGES, stream=True)
+    received = []
+    with pytest.raises(openai.APIError, match="failed mid-stream"):
+        async for chunk in stream:
+            received.append(chunk.choices[0].delta.content or "")
+    assert "".join(received) == "tok0 tok1 tok2 "
+    async with post_stream(http, model="flaky") as (_, reader):
+        events = await read_to_end(reader)
+    last = orjson.loads(events[-1].data)
+    assert last["error"]["type"] == "upstream_error"
+    assert b"[DONE]" not in reader.raw
+    with pytest.raises(openai.APIStatusError) as caught:
+        await sdk.chat.completions.create(model="flaky", messages=MESSAGES)
+    assert caught.value.status_code == 502
+
+
+async def test_upstream_cut_mid_stream_ends_with_an_error_chunk(
+    http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    upstream.scenario("cut", Scenario(cut_after=2))
+    async with post_stream(http, model="cut") as (_, reader):
+        events = await read_to_end(reader)
+    assert contents(events) == "tok0 tok1 "
+    assert orjson.loads(events[-1].data)["error"]["code"] == "upstream_error"
+
+
+async def test_upstream_stall_times_out_and_closes_the_upstream_request(
+    http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    upstream.scenario("quick-stall", Scenario(pause_after=2))
+    async with post_stream(http, model="quick-stall") as (_, reader):
+        events = await read_to_end(reader)
+    assert contents(events) == "tok0 tok1 "
+    assert orjson.loads(events[-1].data)["error"]["code"] == "timeout"
+    async with asyncio.timeout(TIMEOUT):
+        await upstream.calls[0].disconnected.wait()
+
+
+async def test_unreachable_upstream_is_a_502(http: httpx.AsyncClient) -> None:
+    # Model "quick-…" goes to the fake; the base_url provider is the default,
+    # so a server whose upstream is gone answers 502 right away.
+    async with FakeUpstream() as gone:
+        pass
+    settings = relay_settings(gone)
+    async with run_server(settings=settings) as base, httpx.AsyncClient(base_url=base) as client:
+        document = {"model": "any", "messages": MESSAGES, "stream": True}
+        response = await client.post("/v1/chat/completions", json=document)
+    assert response.status_code == 502
+    assert response.json()["error"]["type"] == "upstream_error"
+
+
+# -- resume ---------------------------------------------------------------------------
+
+
+async def test_a_dropped_request_resumes_through_the_stream_exactly_once(
+    http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    scenario = upstream.scenario("paused", Scenario(pause_after=5))
+    async with post_stream(http, model="paused") as (response, reader):
+        stream_id = response.headers["x-tidings-stream-id"]
+        first = await reader.events(6)  # the role chunk and five tokens
+    assert contents(first) == "tok0 tok1 tok2 tok3 tok4 "
+    scenario.release.set()
+    async with open_sse(http, f"/v1/streams/{stream_id}?after={len(first)}") as viewer:
+        rest = await read_to_end(viewer)
+    assert contents(first) + contents(rest) == "".join(scenario.tokens)
+    assert rest[-1].type == "end"
+    assert orjson.loads(rest[-1].data) == {"status": "completed"}
+    assert upstream.calls[0].tokens_sent == len(scenario.tokens)
+
+
+async def test_a_viewer_resumes_with_last_event_id_exactly_once(
+    http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    scenario = upstream.scenario("paused", Scenario(pause_after=4))
+    async with post_stream(http, model="paused") as (response, reader):
+        stream_id = response.headers["x-tidings-stream-id"]
+        async with open_sse(http, f"/v1/streams/{stream_id}") as viewer:
+            seen = await viewer.events(5)
+            cursor = viewer.last_event_id
+        assert cursor.startswith(f"llm:{stream_id}:")
+        scenario.release.set()
+        async with open_sse(
+            http, f"/v1/streams/{stream_id}", headers={"last-event-id": cursor}
+        ) as viewer:
+            rest = await read_to_end(viewer)
+        whole = await read_to_end(reader)
+    assert contents(seen) + contents(rest) == "".join(scenario.tokens)
+    assert contents(whole) == "".join(scenario.tokens)
+    offsets = [int(event.id.rsplit(":", 1)[1]) for event in seen + rest]
+    assert offsets == list(range(1, len(offsets) + 1))
+    # Resuming after the end: nothing more to send, and no reconnect either.
+    response = await http.get(f"/v1/streams/{stream_id}", headers={"last-event-id": rest[-1].id})
+    assert response.status_code == 204
+
+
+async def test_a_late_viewer_gets_the_whole_answer(
+    sdk: openai.AsyncOpenAI, http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    raw = await sdk.chat.completions.with_raw_response.create(model="fake", messages=MESSAGES)
+    stream_id = raw.headers["x-tidings-stream-id"]
+    assert raw.parse().id == stream_id
+    for _ in range(2):
+        async with open_sse(http, f"/v1/streams/{stream_id}") as viewer:
+            events = await read_to_end(viewer)
+        assert contents(events) == "".join(upstream.default.tokens)
+        assert [event.type for event in events[-2:]] == ["usage", "end"]
+    assert len(upstream.calls) == 1
+
+
+async def test_a_second_viewer_follows_a_running_answer(
+    http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    scenario = upstream.scenario("paused", Scenario(pause_after=3))
+    async with post_stream(http, model="paused") as (response, reader):
+        stream_id = response.headers["x-tidings-stream-id"]
+        await reader.events(4)
+        async with (
+            open_sse(http, f"/v1/streams/{stream_id}") as first,
+            open_sse(http, f"/v1/streams/{stream_id}") as second,
+        ):
+            await first.events(4)
+            scenario.release.set()
+            one, two = await read_to_end(first), await read_to_end(second)
+    assert contents(one) == "".join(scenario.tokens[3:])
+    assert contents(two) == "".join(scenario.tokens)
+
+
+async def test_unknown_stream_is_a_404(http: httpx.AsyncClient) -> None:
+    for method in ("GET", "DELETE"):
+        response = await http.request(method, "/v1/streams/chatcmpl-nope")
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "not_found"
+    response = await http.get("/v1/streams/chatcmpl-x", headers={"last-event-id": "bad cursor"})
+    assert response.status_code == 404
+
+
+# -- cancellation ---------------------------------------------------------------------
+
+
+async def test_delete_cancels_and_closes_the_upstream_request(
+    http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    upstream.scenario("paused", Scenario(pause_after=3))
+    async with post_stream(http, model="paused") as (response, reader):
+        stream_id = response.headers["x-tidings-stream-id"]
+        call = await upstream.next_call(1, TIMEOUT)
+        async with asyncio.timeout(TIMEOUT):
+            await call.paused.wait()
+        deleted = await http.delete(f"/v1/streams/{stream_id}")
+        assert deleted.status_code == 200
+        assert deleted.json()["status"] == "cancelled"
+        async with asyncio.timeout(TIMEOUT):
+            await call.disconnected.wait()
+        events = await read_to_end(reader)
+    assert contents(events) == "tok0 tok1 tok2 "
+    assert orjson.loads(events[-1].data)["error"]["code"] == "cancelled"
+    async with open_sse(http, f"/v1/streams/{stream_id}") as viewer:
+        replay = await read_to_end(viewer)
+    end = orjson.loads(replay[-1].data)
+    assert replay[-1].type == "end"
+    assert (end["status"], end["reason"]) == ("cancelled", "deleted")
+    again = await http.delete(f"/v1/streams/{stream_id}")
+    assert again.json()["status"] == "cancelled"
+    stats = (await http.get("/api/stats")).json()["llm"]
+    assert stats["cancelled"] >= 1
+    assert stats["active"] == 0
+
+
+async def test_delete_answers_a_waiting_non_streamed_request(
+    http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    upstream.scenario("paused", Scenario(pause_after=1))
+    document = {"model": "paused", "messages": MESSAGES}
+    request = asyncio.ensure_future(http.post("/v1/chat/completions", json=document))
+    try:
+        call = await upstream.next_call(1, TIMEOUT)
+        async with asyncio.timeout(TIMEOUT):
+            await call.paused.wait()
+        stats = (await http.get("/api/stats")).json()["llm"]
+        assert stats["active"] == 1
+        (stream_id,) = [
+            channel["channel"].removeprefix("llm:")
+            for channel in (await http.get("/api/channels")).json()["channels"]
+            if channel["channel"].startswith("llm:chatcmpl-") and channel["subscribers"] == 1
+        ]
+        assert (await http.delete(f"/v1/streams/{stream_id}")).status_code == 200
+        async with asyncio.timeout(TIMEOUT):
+            response = await request
+    finally:
+        request.cancel()
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "cancelled"
+    assert response.headers["x-tidings-stream-id"] == stream_id
+
+
+async def test_an_unheard_generation_is_cancelled_after_the_grace_period(
+    upstream: FakeUpstream,
+) -> None:
+    upstream.scenario("paused", Scenario(pause_after=2))
+    settings = relay_settings(upstream, grace=0.2)
+    async with run_server(settings=settings) as base, httpx.AsyncClient(base_url=base) as http:
+        async with post_stream(http, model="paused") as (response, reader):
+            stream_id = response.headers["x-tidings-stream-id"]
+            await reader.events(3)
+        call = upstream.calls[0]
+        async with asyncio.timeout(TIMEOUT):
+            await call.disconnected.wait()
+        async with open_sse(http, f"/v1/streams/{stream_id}") as viewer:
+            replay = await read_to_end(viewer)
+    end = orjson.loads(replay[-1].data)
+    assert (end["status"], end["reason"]) == ("cancelled", "unheard")
+    assert call.tokens_sent == 2
+
+
+async def test_a_viewer_keeps_a_generation_alive(upstream: FakeUpstream) -> None:
+    scenario = upstream.scenario("paused", Scenario(pause_after=2))
+    upstream.scenario("unheard", Scenario(pause_after=2))
+    settings = relay_settings(upstream, grace=0.2)
+    async with (
+        run_server(settings=settings) as base,
+        httpx.AsyncClient(base_url=base) as http,
+        post_stream(http, model="paused") as (response, reader),
+    ):
+        stream_id = response.headers["x-tidings-stream-id"]
+        await reader.events(3)
+        async with open_sse(http, f"/v1/streams/{stream_id}") as viewer:
+            await viewer.events(3)
+            await reader.aclose()  # the request goes; the viewer stays
+            # A generation nobody hears, started after that: once it is
+            # cancelled, the first one's grace period is over too.
+            async with post_stream(http, model="unheard") as (_, other):
+                await other.events(3)
+            unheard = await upstream.next_call(2, TIMEOUT)
+            async with asyncio.timeout(TIMEOUT):
+                await unheard.disconnected.wait()
+            assert not upstream.calls[0].disconnected.is_set()
+            scenario.release.set()
+            rest = await read_to_end(viewer)
+    assert orjson.loads(rest[-1].data) == {"status": "completed"}
+    assert contents(rest) == "".join(scenario.tokens[2:])
+    assert upstream.calls[0].tokens_sent == len(scenario.tokens)
+
+
+# -- validation -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": MESSAGES}, "model"),
+        ({"model": "fake"}, "messages"),
+        ({"model": "fake", "messages": []}, "messages"),
+        ({"model": "fake", "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+        ({"model": "fake", "messages": [{"role": "user"}]}, "messages[0].content"),
+        ({"model": "fake", "messages": MESSAGES, "stream": "yes"}, "stream"),
+        (
+            {"model": "fake", "messages": MESSAGES, "stream_options": {"include_usage": True}},
+            "stream_options",
+        ),
+        ({"model": "fake", "messages": MESSAGES, "n": 2}, "n"),
+        ({"model": "fake", "messages": MESSAGES, "max_tokens": 0}, "max_tokens"),
+        ({"model": "fake", "messages": MESSAGES, "temperature": 3}, "temperature"),
+    ],
+)
+async def test_invalid_requests_get_openai_error_bodies(
+    http: httpx.AsyncClient, upstream: FakeUpstream, body: dict[str, Any], param: str
+) -> None:
+    response = await http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert set(error) == {"message", "type", "param", "code"}
+    assert not upstream.calls
+
+
+async def test_malformed_bodies_are_refused(
+    http: httpx.AsyncClient, sdk: openai.AsyncOpenAI
+) -> None:
+    response = await http.post("/v1/chat/completions", content=b"{not json")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_json"
+    response = await http.post(
+        "/v1/chat/completions", content=b"x", headers={"content-type": "text/plain"}
+    )
+    assert response.status_code == 415
+    with pytest.raises(openai.BadRequestError) as caught:
+        await sdk.chat.completions.create(model="fake", messages=[])
+    assert caught.value.param == "messages"
+
+
+# -- figures ----------------------------------------------------------------------------
+
+
+async def test_stats_report_llm_figures(sdk: openai.AsyncOpenAI, http: httpx.AsyncClient) -> None:
+    await sdk.chat.completions.create(model="fake", messages=MESSAGES)
+    stats = (await http.get("/api/stats")).json()["llm"]
+    assert stats["started"] == stats["completed"] == 1
+    assert stats["active"] == 0
+    assert stats["tokens"] == 12
+    assert stats["ttft_ms_p50"] > 0
+    assert stats["ttft_ms_mean"] > 0
+    assert stats["tokens_per_second"] > 0
+
+
+# -- several servers on one backend -----------------------------------------------------
+
+
+async def test_two_servers_on_one_hub_share_viewers_and_deletes(upstream: FakeUpstream) -> None:
+    """Two apps on one hub stand for two nodes on one backend: a viewer on B follows
+    A's generation past A's grace period, and a DELETE on B cancels it on A.
+
+    (In one process B's viewer is also a subscriber of A's hub; the "heard"
+    messages that stand for it across processes are tested in
+    tests/unit/llm/test_relay.py.)"""
+    upstream.scenario("paused", Scenario(pause_after=3))
+    upstream.scenario("unheard", Scenario(pause_after=1))
+    settings = relay_settings(upstream, grace=1.0)
+    async with (
+        build_hub(settings) as hub,
+        run_server(create_app(hub, settings)) as node_a,
+        run_server(create_app(hub, settings)) as node_b,
+        httpx.AsyncClient(base_url=node_a, timeout=TIMEOUT) as a,
+        httpx.AsyncClient(base_url=node_b, timeout=TIMEOUT) as b,
+    ):
+        async with post_stream(a, model="paused") as (response, reader):
+            stream_id = response.headers["x-tidings-stream-id"]
+            await reader.events(4)
+        async with open_sse(b, f"/v1/streams/{stream_id}") as viewer:
+            assert contents(await viewer.events(4)) == "tok0 tok1 tok2 "
+            async with post_stream(a, model="unheard") as (_, other):
+                await other.events(2)
+            unheard = await upstream.next_call(2, TIMEOUT)
+            async with asyncio.timeout(TIMEOUT):
+                await unheard.disconnected.wait()
+            generation = upstream.calls[0]
+            assert not generation.disconnected.is_set()
+            deleted = await b.delete(f"/v1/streams/{stream_id}")
+            assert deleted.status_code == 200
+            assert deleted.json()["status"] == "cancelled"
+            async with asyncio.timeout(TIMEOUT):
+                await generation.disconnected.wait()
+            rest = await read_to_end(viewer)
+    end = orjson.loads(rest[-1].data)
+    assert (rest[-1].type, end["status"], end["reason"]) == ("end", "cancelled", "deleted")
+
+
+async def test_a_viewer_resumes_on_another_server_when_its_own_is_lost(
+    upstream: FakeUpstream,
+) -> None:
+    scenario = upstream.scenario("paused", Scenario(pause_after=4))
+    settings = relay_settings(upstream)
+    async with (
+        build_hub(settings) as hub,
+        run_server(create_app(hub, settings)) as node_a,
+        run_server(create_app(hub, settings)) as node_b,
+        FaultProxy(int(node_b.rsplit(":", 1)[1])) as path_to_b,
+        httpx.AsyncClient(base_url=node_a, timeout=TIMEOUT) as a,
+        httpx.AsyncClient(base_url=path_to_b.url, timeout=TIMEOUT) as b,
+        post_stream(a, model="paused") as (response, reader),
+    ):
+        stream_id = response.headers["x-tidings-stream-id"]
+        async with open_sse(b, f"/v1/streams/{stream_id}") as viewer:
+            seen = await viewer.events(5)
+            cursor = viewer.last_event_id
+            await path_to_b.cut()  # node B is lost to the viewer
+            with pytest.raises(httpx.TransportError):
+                await read_to_end(viewer)
+        scenario.release.set()
+        # The viewer comes back on node A with its cursor.
+        headers = {"last-event-id": cursor}
+        async with open_sse(a, f"/v1/streams/{stream_id}", headers=headers) as again:
+            rest = await read_to_end(again)
+        await read_to_end(reader)
+    assert contents(seen) + contents(rest) == "".join(scenario.tokens)
+    assert orjson.loads(rest[-1].data) == {"status": "completed"}

@@ -1,0 +1,197 @@
+"""llm/providers/openai.py over httpx.MockTransport: parsing, errors, the request sent."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import orjson
+import pytest
+
+from tidings.errors import UpstreamError, UpstreamTimeout
+from tidings.llm.chunks import Delta
+from tidings.llm.providers.openai import OpenAIProvider, parse_chunk
+from tidings.llm.request import validate_request
+
+REQUEST = validate_request(
+    {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True, "seed": 7}
+)
+
+
+def chunk(delta: dict[str, object], finish: str | None = None) -> bytes:
+    document = {"id": "x", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return b"data: " + orjson.dumps(document) + b"\n\n"
+
+
+def provider_for(
+    handler: Callable[[httpx.Request], httpx.Response], **options: object
+) -> OpenAIProvider:
+    return OpenAIProvider(
+        "http://upstream/v1/",
+        api_key="k",
+        transport=httpx.MockTransport(handler),
+        **options,  # type: ignore[arg-type]
+    )
+
+
+async def collect(provider: OpenAIProvider) -> list[Delta]:
+    try:
+        return [delta async for delta in provider.stream(REQUEST)]
+    finally:
+        await provider.aclose()
+
+
+class Split(httpx.AsyncByteStream):
+    """A body delivered in pieces of ``size`` bytes, to exercise the incremental decoder."""
+
+    def __init__(self, body: bytes, size: int) -> None:
+        self.body = body
+        self.size = size
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for start in range(0, len(self.body), self.size):
+            yield self.body[start : start + self.size]
+
+
+@pytest.mark.parametrize("size", [1, 7, 10_000])
+async def test_streams_deltas_in_any_split(size: int) -> None:
+    seen: list[httpx.Request] = []
+    body = (
+        b": comment\n\n"
+        + chunk({"role": "assistant", "content": ""})
+        + chunk({"content": "Hé"})
+        + chunk({"content": "llo", "reasoning_content": "r"})
+        + chunk({}, "stop")
+        + b'data: {"id":"x","choices":[],"usage":{"total_tokens":4}}\n\n'
+        + b"data: [DONE]\n\n"
+    )
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, stream=Split(body, size))
+
+    deltas = await collect(provider_for(handler))
+    assert [delta.content for delta in deltas] == ["", "Hé", "llo", None, None]
+    assert deltas[2].extra == {"reasoning_content": "r"}
+    assert deltas[3].finish_reason == "stop"
+    assert deltas[4].usage == {"total_tokens": 4}
+    (request,) = seen
+    assert str(request.url) == "http://upstream/v1/chat/completions"
+    assert request.headers["authorization"] == "Bearer k"
+    sent = orjson.loads(request.content)
+    assert sent["stream"] is True
+    assert sent["stream_options"] == {"include_usage": True}
+    assert sent["seed"] == 7
+
+
+async def test_model_override() -> None:
+    bodies = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(orjson.loads(request.content))
+        return httpx.Response(200, content=chunk({}, "stop") + b"data: [DONE]\n\n")
+
+    await collect(provider_for(handler, model="served-name"))
+    assert bodies[0]["model"] == "served-name"
+
+
+async def test_an_error_status_becomes_upstream_error_with_its_message() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, json={"error": {"message": "slow down"}})
+
+    with pytest.raises(UpstreamError, match="429: slow down") as caught:
+        await collect(provider_for(handler))
+    assert caught.value.status == 429
+    assert "slow down" in caught.value.body
+
+
+async def test_an_error_mid_stream() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = chunk({"content": "a"}) + b'data: {"error": {"message": "overloaded"}}\n\n'
+        return httpx.Response(200, content=body)
+
+    provider = provider_for(handler)
+    received = []
+    with pytest.raises(UpstreamError, match="overloaded"):
+        async for delta in provider.stream(REQUEST):
+            received.append(delta.content)
+    await provider.aclose()
+    assert received == ["a"]
+
+
+async def test_a_stream_that_ends_unfinished_is_an_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=chunk({"content": "a"}))
+
+    with pytest.raises(UpstreamError, match="before the answer was finished"):
+        await collect(provider_for(handler))
+
+
+async def test_a_finished_stream_without_done_is_accepted() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=chunk({"content": "a"}) + chunk({}, "stop"))
+
+    deltas = await collect(provider_for(handler))
+    assert deltas[-1].finish_reason == "stop"
+
+
+async def test_timeouts_and_connection_errors_are_translated() -> None:
+    def timeout(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    with pytest.raises(UpstreamTimeout) as caught:
+        await collect(provider_for(timeout))
+    assert isinstance(caught.value.__cause__, httpx.ReadTimeout)
+    with pytest.raises(UpstreamError, match="ConnectError"):
+        await collect(provider_for(refused))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("not json", "not JSON"),
+        ("[1]", "not an object"),
+        ('{"choices": 1}', "not a list"),
+        ('{"choices": [1]}', "choice that is not an object"),
+        ('{"choices": [{"delta": 2}]}', "delta that is not an object"),
+    ],
+)
+def test_parse_chunk_refuses_what_is_not_a_chunk(data: str, message: str) -> None:
+    with pytest.raises(UpstreamError, match=message):
+        parse_chunk(data)
+
+
+def test_parse_chunk_passes_tool_calls_through() -> None:
+    call = {"index": 0, "id": "c", "type": "function", "function": {"name": "f", "arguments": ""}}
+    document = {"choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}]}
+    (delta,) = parse_chunk(orjson.dumps(document).decode())
+    assert delta.tool_calls == (call,)
+    assert delta.is_token
+
+
+async def test_models_lists_the_upstream_ids() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert str(request.url) == "http://upstream/v1/models"
+        return httpx.Response(200, json={"object": "list", "data": [{"id": "a"}, {"id": "b"}]})
+
+    provider = provider_for(handler)
+    try:
+        assert await provider.models() == ["a", "b"]
+    finally:
+        await provider.aclose()
+
+
+@pytest.mark.parametrize(
+    "response",
+    [httpx.Response(404, json={"error": {"message": "no"}}), httpx.Response(200, json=[1])],
+)
+async def test_models_failures_are_upstream_errors(response: httpx.Response) -> None:
+    provider = provider_for(lambda request: response)
+    try:
+        with pytest.raises(UpstreamError):
+            await provider.models()
+    finally:
+        await provider.aclose()

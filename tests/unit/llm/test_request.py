@@ -1,0 +1,102 @@
+"""llm/request.py: what a chat completion request may be, and the param named when not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tidings.errors import InvalidChatRequest
+from tidings.llm.request import RequestLimits, validate_request
+
+USER = {"role": "user", "content": "hello"}
+
+
+def valid(**fields: Any) -> dict[str, Any]:
+    return {"model": "m", "messages": [USER], **fields}
+
+
+def test_a_minimal_request() -> None:
+    request = validate_request(valid())
+    assert (request.model, request.stream, request.include_usage, request.max_tokens) == (
+        "m",
+        False,
+        False,
+        None,
+    )
+    assert request.prompt == "hello"
+
+
+def test_streaming_with_usage_and_limits() -> None:
+    request = validate_request(
+        valid(
+            stream=True,
+            stream_options={"include_usage": True},
+            max_tokens=50,
+            max_completion_tokens=20,
+        )
+    )
+    assert request.stream
+    assert request.include_usage
+    assert request.max_tokens == 20
+
+
+def test_unknown_fields_are_kept_for_the_upstream() -> None:
+    body = valid(top_k=40, tools=[{"type": "function", "function": {"name": "f"}}])
+    request = validate_request(body)
+    assert request.body is not None
+    assert request.body["top_k"] == 40
+
+
+def test_prompt_of_content_parts_and_assistant_tool_calls() -> None:
+    messages = [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]},
+        {"role": "tool", "content": "42", "tool_call_id": "1"},
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+    ]
+    assert validate_request(valid(messages=messages)).prompt == "a b"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ([], None),
+        ({"messages": [USER]}, "model"),
+        (valid(model=""), "model"),
+        (valid(model="x" * 300), "model"),
+        (valid(messages="hi"), "messages"),
+        (valid(messages=[]), "messages"),
+        (valid(messages=["hi"]), "messages[0]"),
+        (valid(messages=[USER, {"role": "nobody", "content": "x"}]), "messages[1].role"),
+        (valid(messages=[{"role": "user"}]), "messages[0].content"),
+        (valid(messages=[{"role": "user", "content": 3}]), "messages[0].content"),
+        (valid(messages=[{"role": "user", "content": "x", "name": 1}]), "messages[0].name"),
+        (valid(messages=[{"role": "tool", "content": "x"}]), "messages[0].tool_call_id"),
+        (valid(stream=1), "stream"),
+        (valid(stream_options={"include_usage": True}), "stream_options"),
+        (valid(stream=True, stream_options=[]), "stream_options"),
+        (valid(stream=True, stream_options={"include_usage": "y"}), "stream_options.include_usage"),
+        (valid(max_tokens=0), "max_tokens"),
+        (valid(max_tokens=True), "max_tokens"),
+        (valid(max_tokens=10**9), "max_tokens"),
+        (valid(max_completion_tokens=-1), "max_completion_tokens"),
+        (valid(n=3), "n"),
+        (valid(temperature=2.5), "temperature"),
+        (valid(top_p="1"), "top_p"),
+        (valid(tools={}), "tools"),
+    ],
+)
+def test_refusals_name_the_param(body: Any, param: str | None) -> None:
+    with pytest.raises(InvalidChatRequest) as caught:
+        validate_request(body)
+    assert caught.value.param == param
+    assert caught.value.code == "invalid_request"
+    assert isinstance(caught.value, ValueError)
+
+
+def test_limits_are_configurable() -> None:
+    limits = RequestLimits(max_messages=1, max_tokens=10)
+    with pytest.raises(InvalidChatRequest, match="at most 1 messages"):
+        validate_request(valid(messages=[USER, USER]), limits)
+    with pytest.raises(InvalidChatRequest, match="from 1 to 10"):
+        validate_request(valid(max_tokens=11), limits)

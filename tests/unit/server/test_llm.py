@@ -1,0 +1,193 @@
+"""server/llm.py through httpx's in-memory ASGI transport: the framing of both endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from tests.support.env import TIMEOUT
+from tidings.errors import BackendUnavailable
+from tidings.hub import Hub
+from tidings.server import create_app
+from tidings.settings import Settings
+from tidings.wire.sse import SSEDecoder
+
+QUICK_DEMO = {"providers": {"demo": {"kind": "demo", "first_token_delay": 0, "token_interval": 0}}}
+BODY: dict[str, Any] = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with Hub() as hub:
+        app = create_app(hub, Settings(llm=QUICK_DEMO))
+        transport = httpx.ASGITransport(app=app)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                yield client
+        finally:
+            await app.state.tidings.relay.aclose()
+
+
+def blocks(raw: bytes) -> list[list[bytes]]:
+    assert raw.endswith(b"\n\n")
+    return [block.split(b"\n") for block in raw[:-2].split(b"\n\n")]
+
+
+async def test_streamed_frames_are_data_lines_ending_with_done(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/chat/completions", json={**BODY, "stream": True})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert response.headers["cache-control"] == "no-cache"
+    stream_id = response.headers["x-tidings-stream-id"]
+    frames = blocks(response.content)
+    assert all(len(lines) == 1 and lines[0].startswith(b"data: ") for lines in frames)
+    assert frames[-1] == [b"data: [DONE]"]
+    chunks = [orjson.loads(lines[0][6:]) for lines in frames[:-1]]
+    assert {chunk["id"] for chunk in chunks} == {stream_id}
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert all("usage" not in chunk for chunk in chunks)
+
+
+async def test_include_usage_adds_the_usage_chunk_before_done(client: httpx.AsyncClient) -> None:
+    body = {**BODY, "stream": True, "stream_options": {"include_usage": True}}
+    response = await client.post("/v1/chat/completions", json=body)
+    frames = blocks(response.content)
+    usage = orjson.loads(frames[-2][0][6:])
+    assert usage["choices"] == []
+    assert usage["usage"]["total_tokens"] > 0
+
+
+async def test_without_streaming_one_completion_object(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/chat/completions", json=BODY)
+    assert response.status_code == 200
+    document = response.json()
+    assert document["object"] == "chat.completion"
+    assert document["id"] == response.headers["x-tidings-stream-id"]
+    assert document["choices"][0]["message"]["content"].startswith('You asked: "hi".')
+    assert document["usage"]["completion_tokens"] > 0
+
+
+async def test_the_stream_view_uses_tidings_sse(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/chat/completions", json=BODY)
+    stream_id = response.headers["x-tidings-stream-id"]
+    view = await client.get(f"/v1/streams/{stream_id}")
+    assert view.status_code == 200
+    assert view.content.startswith(b"retry: 3000\nid: llm:" + stream_id.encode())
+    decoder = SSEDecoder()
+    events = decoder.feed(view.content) + decoder.feed_eof()
+    assert [event.type for event in events[-2:]] == ["usage", "end"]
+    assert orjson.loads(events[-1].data) == {"status": "completed"}
+    middle = events[len(events) // 2]
+    rest = await client.get(f"/v1/streams/{stream_id}", params={"last_event_id": middle.id})
+    decoder = SSEDecoder()
+    after = decoder.feed(rest.content)
+    assert [event.id for event in after] == [event.id for event in events[len(events) // 2 + 1 :]]
+    skipped = await client.get(f"/v1/streams/{stream_id}", params={"after": len(events) - 1})
+    assert [event.type for event in SSEDecoder().feed(skipped.content)] == ["end"]
+    done = await client.get(f"/v1/streams/{stream_id}", params={"after": len(events)})
+    assert done.status_code == 204
+
+
+@pytest.mark.parametrize("params", [{"after": "x"}, {"after": "-1"}, {"last_event_id": "nonsense"}])
+async def test_bad_resume_positions_are_400(
+    client: httpx.AsyncClient, params: dict[str, str]
+) -> None:
+    response = await client.post("/v1/chat/completions", json=BODY)
+    stream_id = response.headers["x-tidings-stream-id"]
+    view = await client.get(f"/v1/streams/{stream_id}", params=params)
+    assert view.status_code == 400
+    assert view.json()["error"]["code"] == "invalid_cursor"
+
+
+async def test_bad_stream_ids_and_methods(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/v1/streams/has%20space")).status_code == 404
+    assert (await client.put("/v1/streams/abc")).status_code == 405
+    assert (await client.get("/v1/chat/completions")).status_code == 405
+
+
+async def test_too_large_and_too_many(client: httpx.AsyncClient) -> None:
+    huge = {**BODY, "messages": [{"role": "user", "content": "x" * (2 * 1024 * 1024)}]}
+    response = await client.post("/v1/chat/completions", json=huge)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "too_large"
+
+
+async def test_stats_include_the_relay(client: httpx.AsyncClient) -> None:
+    await client.post("/v1/chat/completions", json=BODY)
+    stats = (await client.get("/api/stats")).json()
+    assert stats["llm"]["completed"] == 1
+    assert stats["llm"]["tokens"] > 0
+
+
+async def test_the_relay_can_be_disabled() -> None:
+    async with Hub() as hub:
+        app = create_app(hub, Settings(llm={"enabled": False}))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            response = await client.post("/v1/chat/completions", json=BODY)
+            assert response.status_code == 404
+            assert "llm" not in (await client.get("/api/stats")).json()
+
+
+class EndlessHub(Hub):
+    """A hub whose backend fails exactly when a generation's ``end`` is published."""
+
+    async def publish(self, channel: str, data: Any = None, **options: Any) -> Any:
+        if options.get("event") == "end":
+            raise BackendUnavailable("test", "down")
+        return await super().publish(channel, data, **options)
+
+
+async def test_a_lost_end_event_still_ends_every_response() -> None:
+    async with EndlessHub() as hub:
+        app = create_app(hub, Settings(llm=QUICK_DEMO))
+        transport = httpx.ASGITransport(app=app)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                streamed = await client.post("/v1/chat/completions", json={**BODY, "stream": True})
+                assert streamed.content.endswith(b"data: [DONE]\n\n")
+                whole = await client.post("/v1/chat/completions", json=BODY)
+                assert whole.status_code == 200
+                assert whole.json()["choices"][0]["finish_reason"] == "stop"
+                view = await client.get(f"/v1/streams/{whole.headers['x-tidings-stream-id']}")
+                assert view.content.endswith(b'event: end\ndata: {"status":"completed"}\n\n')
+        finally:
+            await app.state.tidings.relay.aclose()
+
+
+class NoSubscribeHub(Hub):
+    """A hub whose backend fails when a generation's channel is subscribed to."""
+
+    async def _attach(self, subscription: Any, channel: str, *args: Any) -> Any:
+        if channel.startswith("llm:chatcmpl-"):
+            raise BackendUnavailable("test", "down")
+        return await super()._attach(subscription, channel, *args)
+
+
+async def test_a_backend_failure_while_subscribing_is_a_503() -> None:
+    async with NoSubscribeHub() as hub:
+        app = create_app(hub, Settings(llm=QUICK_DEMO))
+        transport = httpx.ASGITransport(app=app)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                for body in (BODY, {**BODY, "stream": True}):
+                    response = await client.post("/v1/chat/completions", json=body)
+                    assert response.status_code == 503
+                    assert response.json()["error"]["code"] == "unavailable"
+                stream_id = response.headers.get("x-tidings-stream-id")
+                assert stream_id is None
+                relay = app.state.tidings.relay
+                for generation in relay._generations.values():
+                    async with asyncio.timeout(TIMEOUT):
+                        assert await generation.wait() == "cancelled"
+                    assert generation.cancel_reason == "unheard"
+                    view = await client.get(f"/v1/streams/{generation.id}")
+                    assert view.status_code == 503
+        finally:
+            await app.state.tidings.relay.aclose()
