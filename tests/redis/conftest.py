@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -10,10 +11,6 @@ from typing import Any
 import pytest
 
 from tests.support.env import unavailable
-
-redis = pytest.importorskip(
-    "redis", reason="redis-py is not installed (pip install 'tidings[redis]')"
-)
 
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
@@ -32,6 +29,8 @@ def _redis_answers(host: str, port: int) -> bool:
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """The URL of the shared test Redis; skips (fails under TIDINGS_STRICT=1) without one."""
+    if importlib.util.find_spec("redis") is None:
+        unavailable("redis-py is not installed (pip install 'tidings[redis]')")
     if not _redis_answers(REDIS_HOST, REDIS_PORT):
         unavailable(f"no Redis answers at {REDIS_HOST}:{REDIS_PORT}")
     return REDIS_URL
@@ -40,6 +39,8 @@ def redis_url() -> str:
 @pytest.fixture
 def redis_prefix(redis_url: str) -> Iterator[str]:
     """A key prefix only this test uses; every key under it is deleted afterwards."""
+    import redis
+
     prefix = f"tidings-test:{uuid.uuid4().hex[:12]}:"
     yield prefix
     client = redis.Redis.from_url(redis_url)

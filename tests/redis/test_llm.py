@@ -8,8 +8,6 @@ DELETE on the other node reaches the node that runs the upstream request.
 from __future__ import annotations
 
 import asyncio
-import socket
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -17,39 +15,12 @@ import httpx
 import orjson
 import pytest
 
-from tests.support.env import TIMEOUT, unavailable
+from tests.support.env import TIMEOUT
 from tests.support.fake_openai import FakeUpstream, Scenario
 from tests.support.server import ServerProcess
 from tests.support.sse import SSEReader, open_sse
 
-pytest.importorskip("tidings.hub.backends.redis", reason="this build has no Redis backend")
-redis = pytest.importorskip(
-    "redis", reason="redis-py is not installed (pip install 'tidings[redis]')"
-)
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
 MESSAGES = [{"role": "user", "content": "Say something."}]
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            answered = sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        answered = False
-    if not answered:
-        unavailable("no Redis answers at 127.0.0.1:6379")
-    prefix = f"tidings-test:{uuid.uuid4().hex[:12]}:"
-    yield prefix
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
 
 
 @pytest.fixture
@@ -59,11 +30,13 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
 
 
 @pytest.fixture
-def nodes(prefix: str, upstream: FakeUpstream) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+def nodes(
+    redis_url: str, redis_prefix: str, upstream: FakeUpstream
+) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     env = {
         "TIDINGS_BACKEND": "redis",
-        "TIDINGS_REDIS_URL": REDIS_URL,
-        "TIDINGS_REDIS_PREFIX": prefix,
+        "TIDINGS_REDIS_URL": redis_url,
+        "TIDINGS_REDIS_PREFIX": redis_prefix,
         "TIDINGS_LLM_BASE_URL": upstream.base_url,
         "TIDINGS_LLM_GRACE": "2",
     }

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("redis", reason="redis-py is not installed")
-
 from tidings.hub.backends.redis import (
     _SCRIPTS,
     RedisBackend,

@@ -4,52 +4,15 @@ both clients resume exactly (Redis kept the history and the epoch)."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import socket
-import uuid
-from collections.abc import Iterator
 
-import pytest
-
-from tests.support.env import TIMEOUT, unavailable
+from tests.support.env import TIMEOUT
 from tests.support.server import ServerProcess
 from tests.support.socket_client import RecordingBackoff, States, history, http, no_leaks, take
 from tidings.client import ConnectionState, Message, Reset, Socket, SocketEvent, listen
 
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
 
-
-def redis_answers() -> bool:
-    try:
-        with socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-@pytest.fixture
-def redis_prefix() -> Iterator[str]:
-    """A key prefix only this test uses, deleted afterwards."""
-    if importlib.util.find_spec("tidings.hub.backends.redis") is None:
-        pytest.skip("this build has no Redis backend")
-    redis = pytest.importorskip("redis", reason="redis-py is not installed")
-    if not redis_answers():
-        unavailable(f"no Redis answers at {REDIS_HOST}:{REDIS_PORT}")
-    prefix = f"tidings-test:{uuid.uuid4().hex[:12]}:"
-    yield prefix
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
-
-
-async def test_a_killed_node_resumes_exactly_with_redis(redis_prefix: str) -> None:
-    args = ["--backend", "redis", "--redis-url", REDIS_URL, "--redis-prefix", redis_prefix]
+async def test_a_killed_node_resumes_exactly_with_redis(redis_url: str, redis_prefix: str) -> None:
+    args = ["--backend", "redis", "--redis-url", redis_url, "--redis-prefix", redis_prefix]
     node = ServerProcess(args=args).start()
     try:
         with ServerProcess(args=args) as other:
@@ -81,8 +44,10 @@ async def test_a_killed_node_resumes_exactly_with_redis(redis_prefix: str) -> No
     assert all(0 <= delay <= upper <= 0.2 for delay, upper in backoff.delays)
 
 
-async def test_the_sse_client_resumes_exactly_after_kill_with_redis(redis_prefix: str) -> None:
-    args = ["--backend", "redis", "--redis-url", REDIS_URL, "--redis-prefix", redis_prefix]
+async def test_the_sse_client_resumes_exactly_after_kill_with_redis(
+    redis_url: str, redis_prefix: str
+) -> None:
+    args = ["--backend", "redis", "--redis-url", redis_url, "--redis-prefix", redis_prefix]
     node = ServerProcess(args=args, env={"TIDINGS_SSE_RETRY": "0.05"}).start()
     backoff = RecordingBackoff(base=0.05, cap=0.2)
     states: list[ConnectionState] = []
