@@ -36,6 +36,7 @@ from typing import Any
 from tidings.hub.names import NamespaceOptions, Namespaces
 from tidings.hub.subscription import OverflowPolicy
 from tidings.llm.config import LLMConfig
+from tidings.types import parse_scalar
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
@@ -160,26 +161,10 @@ _SCALAR_TYPES: dict[str, type] = {
 
 def _convert(name: str, value: Any, source: str) -> Any:
     kind = _SCALAR_TYPES[name]
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-            return False
-    elif kind is float and isinstance(value, int | float | str) and not isinstance(value, bool):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    elif kind is int and isinstance(value, int | str) and not isinstance(value, bool):
-        try:
-            return int(value)
-        except ValueError:
-            pass
-    elif kind is str and isinstance(value, str):
-        return value
-    raise SettingsError(f"{source}: {name} must be a {kind.__name__}, not {value!r}")
+    try:
+        return parse_scalar(value, kind)
+    except ValueError:
+        raise SettingsError(f"{source}: {name} must be a {kind.__name__}, not {value!r}") from None
 
 
 def load_settings(

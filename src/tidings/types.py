@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 __all__ = ["Channel", "Epoch", "JSONValue", "Offset", "Position"]
 
@@ -22,3 +22,29 @@ class Position(NamedTuple):
 
     epoch: Epoch
     offset: Offset
+
+
+def parse_scalar(value: object, kind: type) -> Any:
+    """Read a setting's ``value`` as ``kind`` (bool, int, float or str).
+
+    Strings, as environment variables give them, are parsed ("1", "true",
+    "yes" and "on" are true; "0", "false", "no" and "off" false). A bool is
+    never taken for a number, nor a float for an int.
+
+    Raises:
+        ValueError: the value is not one of ``kind``.
+    """
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+    elif kind is float and isinstance(value, int | float | str) and not isinstance(value, bool):
+        return float(value)
+    elif kind is int and isinstance(value, int | str) and not isinstance(value, bool):
+        return int(value)
+    elif kind is str and isinstance(value, str):
+        return value
+    raise ValueError(f"not a {kind.__name__}: {value!r}")

@@ -14,6 +14,7 @@ import pytest
 from tests.support.env import TIMEOUT, eventually
 from tests.support.proxy import FaultProxy
 from tests.support.server import ServerProcess
+from tests.support.socket_client import RecordingBackoff
 from tests.support.sse_vectors import VECTORS, Vector
 from tidings.client import (
     Backoff,
@@ -33,20 +34,6 @@ from tidings.testing import free_port, run_server
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-class RecordingBackoff(Backoff):
-    """A Backoff that remembers every delay and its bound."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.delays: list[tuple[float, float]] = []
-
-    def next_delay(self) -> float:
-        upper = self.upper(self.attempt)
-        delay = super().next_delay()
-        self.delays.append((delay, upper))
-        return delay
 
 
 @asynccontextmanager

@@ -1,4 +1,4 @@
-"""Helpers for tests of tidings.client.Socket: state log, leak check, HTTP without keep-alive."""
+"""Helpers for tests of tidings.client: states, leak checks, recorded backoff, plain HTTP."""
 
 from __future__ import annotations
 

@@ -34,6 +34,7 @@ from tidings.errors import UpstreamError
 from tidings.llm.providers.base import Provider
 from tidings.llm.providers.demo import DemoProvider
 from tidings.llm.request import RequestLimits
+from tidings.types import parse_scalar
 
 __all__ = ["LLMConfig", "ProviderConfig", "ProviderRouter"]
 
@@ -69,23 +70,10 @@ _SCALARS: dict[str, type] = {
 
 
 def _convert(name: str, value: Any, kind: type) -> Any:
-    """Read ``value`` as ``kind``; strings (environment variables) are parsed."""
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-            return False
-    elif kind in (int, float) and not isinstance(value, bool):
-        if isinstance(value, int | float | str):
-            try:
-                return kind(value)
-            except ValueError:
-                pass
-    elif isinstance(value, kind):
-        return value
-    raise ValueError(f"llm.{name} must be a {kind.__name__}, not {value!r}")
+    try:
+        return parse_scalar(value, kind)
+    except ValueError:
+        raise ValueError(f"llm.{name} must be a {kind.__name__}, not {value!r}") from None
 
 
 @dataclass(frozen=True, slots=True)

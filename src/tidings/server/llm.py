@@ -36,11 +36,10 @@ from tidings.errors import (
     QueueFull,
 )
 from tidings.hub import Event, Hub, Item, Reset, Subscription
-from tidings.hub.subscription import CloseReason
 from tidings.llm import CHANNEL_PREFIX, Completion, Generation, Relay, error_object
 from tidings.llm.request import RequestLimits, validate_request
 from tidings.server.api import read_body
-from tidings.server.sse import SSE_FRAME, SSE_HEADERS
+from tidings.server.sse import SSE_FRAME, SSE_HEADERS, watch_disconnect
 from tidings.types import Position
 from tidings.wire.cursor import decode_cursor, encode_cursor
 from tidings.wire.sse import encode_event
@@ -96,14 +95,6 @@ def _final(end: dict[str, Any], completion: Completion, headers: dict[str, str])
     return _end_response(end, headers)
 
 
-async def _watch_disconnect(receive: Receive, subscription: Subscription) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            subscription.close(CloseReason.DISCONNECT)
-            return
-
-
 @contextlib.asynccontextmanager
 async def _listen(
     hub: Hub,
@@ -119,7 +110,7 @@ async def _listen(
     watcher: asyncio.Task[None] | None = None
     try:
         await subscription.add(channel, since=since)
-        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, subscription))
+        watcher = asyncio.get_running_loop().create_task(watch_disconnect(receive, subscription))
         async with contextlib.aclosing(_batches(subscription, keepalive, generation)) as batches:
             yield batches
     finally:

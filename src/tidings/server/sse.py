@@ -348,7 +348,7 @@ class SSEStream:
                 task.cancel()
 
         subscription.on_close(cut)
-        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, subscription))
+        watcher = asyncio.get_running_loop().create_task(watch_disconnect(receive, subscription))
         try:
             while True:
                 await subscription.wait()
@@ -391,7 +391,8 @@ class _Blocked:
         self.cut = False
 
 
-async def _watch_disconnect(receive: Receive, subscription: Subscription) -> None:
+async def watch_disconnect(receive: Receive, subscription: Subscription) -> None:
+    """Close ``subscription`` when the client of a streamed response goes away."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
