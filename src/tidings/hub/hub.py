@@ -34,8 +34,6 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import NamedTuple
 
-import orjson
-
 from tidings.errors import InvalidPublication, ProtocolError
 from tidings.hub.backends.base import Backend, History, PresenceChange
 from tidings.hub.backends.memory import MemoryBackend
@@ -51,6 +49,7 @@ from tidings.hub.subscription import (
     since_for,
 )
 from tidings.types import JSONValue, Position
+from tidings.wire.json import dumps_kept
 
 __all__ = ["ChannelSummary", "Hub"]
 
@@ -197,10 +196,7 @@ class Hub:
             raw, is_text = _text_bytes(text), True
         else:
             try:
-                # orjson returns its output in an over-allocated buffer (4 KiB
-                # for a 100-byte event); history keeps events for minutes, so
-                # keep a right-sized copy.
-                raw = bytes(memoryview(orjson.dumps(data)))
+                raw = dumps_kept(data)  # history keeps it
             except TypeError as exc:
                 raise InvalidPublication(f"data is not JSON-serialisable: {exc}") from exc
             is_text = False

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
+from tidings.wire.json import dumps_kept
+
 if TYPE_CHECKING:
     from tidings.hub.backends.base import Backend
 
@@ -54,7 +56,7 @@ class ClientInfo(NamedTuple):
     def payload(self) -> bytes:
         """The JSON document stored in the backend and sent in join/leave notices."""
         document = {"client": self.client_id, "user": self.user_id, "info": self.info}
-        return bytes(memoryview(orjson.dumps(document)))  # right-sized: it is kept
+        return dumps_kept(document)
 
     @classmethod
     def from_payload(cls, payload: bytes) -> ClientInfo:

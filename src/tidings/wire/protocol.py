@@ -23,6 +23,7 @@ import orjson
 
 from tidings.errors import FrameTooLarge, InvalidChannel, ProtocolError, UnknownOp
 from tidings.types import Position
+from tidings.wire.json import dumps_kept
 
 __all__ = [
     "MAX_HISTORY_LIMIT",
@@ -276,9 +277,7 @@ def encode_push(push: Push, fmt: Format) -> bytes:
     else:
         document["data"] = data
     if fmt is Format.JSON:
-        # Right-sized copy: orjson's result sits in a 4 KiB buffer, and a
-        # push's encoding is kept with its event in history.
-        return bytes(memoryview(orjson.dumps(document)))
+        return dumps_kept(document)  # kept with its event in history
     return encode_message(document, fmt)
 
 
