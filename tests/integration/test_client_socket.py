@@ -11,7 +11,8 @@ import orjson
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from tests.support.env import TIMEOUT, eventually
+from tests.support.backlog import MAX_BACKLOG_BYTES, publish_until
+from tests.support.env import TIMEOUT
 from tests.support.proxy import FaultProxy
 from tests.support.server import ServerProcess
 from tests.support.socket_client import RecordingBackoff, States, history, http, no_leaks, take
@@ -33,7 +34,7 @@ from tidings.errors import (
     StreamRejected,
     TidingsError,
 )
-from tidings.hub import Hub
+from tidings.hub import Hub, NamespaceOptions, Namespaces
 from tidings.server import create_app
 from tidings.settings import Settings
 from tidings.testing import free_port, run_server
@@ -393,8 +394,16 @@ async def test_backoff_stays_within_its_bounds_and_gives_up() -> None:
     assert states.seen == [ConnectionState.CONNECTING, ConnectionState.CLOSED]
 
 
+#: Events of the slow-consumer tests: 16 KiB, so an overflow needs few of them.
+BIG = "x" * (16 * 1024)
+#: History that keeps every event :func:`publish_until` may publish.
+DEEP_HISTORY = Namespaces(
+    default=NamespaceOptions(history_size=MAX_BACKLOG_BYTES // len(BIG), history_ttl=600)
+)
+
+
 async def test_a_consumer_that_falls_behind_loses_nothing() -> None:
-    hub = Hub(outbox_max_bytes=64 * 1024)
+    hub = Hub(outbox_max_bytes=64 * 1024, namespaces=DEEP_HISTORY)
     app = create_app(hub, Settings(log_level="warning"))
     async with hub, run_server(app) as url, no_leaks():
         states = States()
@@ -402,13 +411,15 @@ async def test_a_consumer_that_falls_behind_loses_nothing() -> None:
             url, buffer=5, backoff=Backoff(base=0.01, cap=0.05), on_state=states
         ) as socket:
             feed = await socket.subscribe("feed")
-            padding = "x" * 2000
-            for n in range(2000):  # about 4 MB that the client does not read yet
-                await hub.publish("feed", {"n": n, "padding": padding})
-            # The server's outbox overflowed: it closed the connection (4008).
-            await eventually(lambda: hub.stats().slow_consumers >= 1)
-            items = await take(feed, 2000)
-            assert [item.data["n"] for item in items] == list(range(2000))
+            # The client reads nothing yet: publish until the server's outbox
+            # overflowed and it closed the connection (4008).
+            count = await publish_until(
+                lambda n: hub.publish("feed", {"n": n, "padding": BIG}),
+                lambda: hub.stats().slow_consumers >= 1,
+                event_bytes=len(BIG),
+            )
+            items = await take(feed, count)
+            assert [item.data["n"] for item in items] == list(range(1, count + 1))
             assert socket.close_code == 4008
             assert states.seen.count(ConnectionState.RECONNECTING) >= 1
 
@@ -418,12 +429,13 @@ async def test_events_dropped_for_a_slow_consumer_are_announced() -> None:
     app = create_app(hub, Settings(log_level="warning"))
     async with hub, run_server(app) as url, no_leaks(), Socket(url, buffer=5) as socket:
         feed = await socket.subscribe("feed")
-        padding = "x" * 2000
-        for n in range(1, 2001):
-            await hub.publish("feed", {"n": n, "padding": padding})
-        await eventually(lambda: hub.stats().dropped > 0)
+        count = await publish_until(
+            lambda n: hub.publish("feed", {"n": n, "padding": BIG}),
+            lambda: hub.stats().dropped > 0,
+            event_bytes=len(BIG),
+        )
         items: list[Any] = []
-        while not items or items[-1].position.offset < 2000:
+        while not items or items[-1].position.offset < count:
             items.extend(await take(feed, 1))
     # Every gap comes with a reset that says where the stream goes on.
     resets = [item for item in items if isinstance(item, Reset)]

@@ -564,25 +564,28 @@ async def test_two_servers_on_one_hub_share_viewers_and_deletes(upstream: FakeUp
         run_server(create_app(hub, settings)) as node_b,
         httpx.AsyncClient(base_url=node_a, timeout=TIMEOUT) as a,
         httpx.AsyncClient(base_url=node_b, timeout=TIMEOUT) as b,
+        contextlib.AsyncExitStack() as viewing,
     ):
         async with post_stream(a, model="paused") as (response, reader):
             stream_id = response.headers["x-tidings-stream-id"]
             await reader.events(4)
-        async with open_sse(b, f"/v1/streams/{stream_id}") as viewer:
+            # B's viewer comes before A's request goes: it never depends
+            # on connecting within the grace period.
+            viewer = await viewing.enter_async_context(open_sse(b, f"/v1/streams/{stream_id}"))
             assert contents(await viewer.events(4)) == "tok0 tok1 tok2 "
-            async with post_stream(a, model="unheard") as (_, other):
-                await other.events(2)
-            unheard = await upstream.next_call(2, TIMEOUT)
-            async with asyncio.timeout(TIMEOUT):
-                await unheard.disconnected.wait()
-            generation = upstream.calls[0]
-            assert not generation.disconnected.is_set()
-            deleted = await b.delete(f"/v1/streams/{stream_id}")
-            assert deleted.status_code == 200
-            assert deleted.json()["status"] == "cancelled"
-            async with asyncio.timeout(TIMEOUT):
-                await generation.disconnected.wait()
-            rest = await read_to_end(viewer)
+        async with post_stream(a, model="unheard") as (_, other):
+            await other.events(2)
+        unheard = await upstream.next_call(2, TIMEOUT)
+        async with asyncio.timeout(TIMEOUT):
+            await unheard.disconnected.wait()
+        generation = upstream.calls[0]
+        assert not generation.disconnected.is_set()
+        deleted = await b.delete(f"/v1/streams/{stream_id}")
+        assert deleted.status_code == 200
+        assert deleted.json()["status"] == "cancelled"
+        async with asyncio.timeout(TIMEOUT):
+            await generation.disconnected.wait()
+        rest = await read_to_end(viewer)
     end = orjson.loads(rest[-1].data)
     assert (rest[-1].type, end["status"], end["reason"]) == ("end", "cancelled", "deleted")
 

@@ -14,6 +14,9 @@ import pytest
 STRICT = os.environ.get("TIDINGS_STRICT") == "1"
 #: The unit of every wait in the tests, in seconds; scale it on slow machines.
 TIMEOUT = 5.0 * float(os.environ.get("TIDINGS_TEST_TIMEOUT_FACTOR", "1"))
+#: Busy processes the run keeps going beside the tests (``TIDINGS_TEST_CPU_BURN``):
+#: the suite must pass on a machine whose every core is taken.
+CPU_BURN = int(os.environ.get("TIDINGS_TEST_CPU_BURN", "0"))
 
 
 def unavailable(reason: str) -> NoReturn:
