@@ -25,7 +25,9 @@ from tests.support.ws import Peer
 from tidings.wire.protocol import Format
 
 ROOT = Path(__file__).parents[2]
-HEARTBEAT = 0.5  # ping interval and pong deadline of the heartbeat test's server
+#: Ping interval and pong deadline of the heartbeat test's server (scaled: a healthy
+#: client on a loaded machine must still answer in time).
+HEARTBEAT = TIMEOUT / 10
 CONFIG = """
 [namespaces.chat]
 join_leave = true

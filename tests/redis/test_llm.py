@@ -38,7 +38,7 @@ def nodes(
         "TIDINGS_REDIS_URL": redis_url,
         "TIDINGS_REDIS_PREFIX": redis_prefix,
         "TIDINGS_LLM_BASE_URL": upstream.base_url,
-        "TIDINGS_LLM_GRACE": "2",
+        "TIDINGS_LLM_GRACE": str(TIMEOUT * 0.4),  # "heard" goes every third of it
     }
     with ServerProcess(env=env) as node_a, ServerProcess(env=env) as node_b:
         yield node_a, node_b

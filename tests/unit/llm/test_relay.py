@@ -290,8 +290,11 @@ async def test_a_listener_on_another_relay_keeps_a_generation_alive(hub: Hub) ->
     watched, clock = Scripted("watched"), Scripted("clock")
     watched.block_at = clock.block_at = 1
     router = ProviderRouter({"watched": watched, "clock": clock}, {"w": "watched"}, default="clock")
-    here = Relay(hub, router, grace=0.3)
-    there = Relay(hub, ProviderRouter({"p": Scripted()}, {}, default="p"), grace=0.3)
+    # "Heard" messages go every third of the grace period: scaled, so they
+    # arrive in time on a loaded machine.
+    grace = TIMEOUT / 15
+    here = Relay(hub, router, grace=grace)
+    there = Relay(hub, ProviderRouter({"p": Scripted()}, {}, default="p"), grace=grace)
     try:
         generation = await here.start(chat("w"))
         async with there.remote_listener(generation.id):
