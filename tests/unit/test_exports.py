@@ -41,3 +41,12 @@ def test_top_level_exports_every_error() -> None:
     }
     assert public_errors <= set(tidings.__all__)
     assert set(tidings.errors.__all__) >= public_errors
+
+
+def test_reset_is_one_class_everywhere() -> None:
+    import tidings
+    import tidings.client
+    import tidings.hub
+    from tidings.wire.reset import Reset
+
+    assert tidings.Reset is tidings.hub.Reset is tidings.client.Reset is Reset

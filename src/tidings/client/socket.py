@@ -67,8 +67,8 @@ from tidings.client._pending import (
     Request,
     Requests,
 )
+from tidings.client._reconnect import TERMINAL_STATUSES, ConnectionState
 from tidings.client.backoff import Backoff
-from tidings.client.sse import TERMINAL_STATUSES, ConnectionState, Reset
 from tidings.client.subscription import (
     Handler,
     HistoryPage,
@@ -88,6 +88,7 @@ from tidings.types import Position
 from tidings.wire import protocol
 from tidings.wire.codes import CloseCode, should_reconnect
 from tidings.wire.protocol import Format
+from tidings.wire.reset import Reset
 
 __all__ = ["Socket", "close_error", "socket_url", "split_frame"]
 

@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from tidings.client.sse import Reset
 from tidings.types import Position
+from tidings.wire.reset import Reset
 
 if TYPE_CHECKING:
     from tidings.client.socket import Socket

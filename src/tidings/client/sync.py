@@ -11,8 +11,8 @@
 
 ``listen_sync`` behaves like the asyncio ``listen``: it reconnects with
 backoff, resumes with ``Last-Event-ID`` and yields ``Reset`` for gaps. Both
-share the same sans-I/O pieces (``SSEDecoder``, ``Backoff``, the event
-conversion); only the I/O loop differs.
+drive the same sans-I/O state machine (``ReconnectingStream``); only the
+I/O loop differs.
 """
 
 from __future__ import annotations
@@ -25,21 +25,18 @@ from typing import Any
 
 import httpx
 
-from tidings.client.backoff import Backoff
-from tidings.client.sse import (
-    TERMINAL_STATUSES,
+from tidings.client._reconnect import (
     ConnectionState,
     Message,
-    Reset,
-    _Retryable,
-    check_response,
-    convert,
-    request_headers,
+    ReconnectingStream,
+    RetryableResponse,
+    Verdict,
     stream_url,
 )
-from tidings.errors import ReconnectExhausted, StreamRejected, TidingsError
+from tidings.client.backoff import Backoff
+from tidings.errors import TidingsError
 from tidings.types import Position
-from tidings.wire.sse import SSEDecoder
+from tidings.wire.reset import Reset
 
 __all__ = ["SyncListener", "apublish", "listen_sync", "publish"]
 
@@ -123,7 +120,11 @@ async def apublish(
 
 
 class SyncListener:
-    """The blocking iterator behind :func:`listen_sync`."""
+    """The blocking iterator behind :func:`listen_sync`.
+
+    The reconnection logic is :class:`~tidings.client._reconnect.ReconnectingStream`'s;
+    this class only moves its bytes with an ``httpx.Client``.
+    """
 
     def __init__(
         self,
@@ -137,22 +138,37 @@ class SyncListener:
         on_state: Callable[[ConnectionState], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.url = stream_url(url, channels)
-        self.last_event_id = last_event_id or ""
-        self.backoff = backoff or Backoff()
-        self.state = ConnectionState.CLOSED
-        self._headers = dict(headers or {})
+        self._stream = ReconnectingStream(
+            stream_url(url, channels),
+            last_event_id=last_event_id or "",
+            backoff=backoff or Backoff(),
+            headers=headers,
+            on_state=on_state,
+        )
         self._timeout = httpx.Timeout(10.0, read=read_timeout)
-        self._on_state = on_state
         self._sleep = sleep
         self._client: httpx.Client | None = None
         self._events: Generator[Message | Reset, None, None] | None = None
 
-    def _set_state(self, state: ConnectionState) -> None:
-        if state is not self.state:
-            self.state = state
-            if self._on_state is not None:
-                self._on_state(state)
+    @property
+    def url(self) -> str:
+        """The stream's URL."""
+        return self._stream.url
+
+    @property
+    def last_event_id(self) -> str:
+        """The cursor of the last item received: where a new listener would resume."""
+        return self._stream.last_event_id
+
+    @property
+    def backoff(self) -> Backoff:
+        """The reconnection schedule."""
+        return self._stream.backoff
+
+    @property
+    def state(self) -> ConnectionState:
+        """The connection's state."""
+        return self._stream.state
 
     def __enter__(self) -> SyncListener:
         """Connect; return once the server has opened the stream (and subscribed)."""
@@ -183,7 +199,7 @@ class SyncListener:
             if self._client is not None:
                 self._client.close()
                 self._client = None
-            self._set_state(ConnectionState.CLOSED)
+            self._stream.close()
 
     def __iter__(self) -> Iterator[Message | Reset]:
         if self._events is None:
@@ -191,65 +207,50 @@ class SyncListener:
         return self._events
 
     def _open(self, client: httpx.Client) -> httpx.Response:
-        last_error: BaseException | None = None
-        if self.state is ConnectionState.CLOSED:
-            self._set_state(ConnectionState.CONNECTING)
+        """Open a stream, retrying with backoff; raise when retrying cannot help."""
+        self._stream.connect()
         while True:
             try:
                 return self._open_once(client)
-            except (httpx.TransportError, _Retryable) as exc:
-                last_error = exc
-                logger.info("cannot open the SSE stream %s: %r", self.url, exc)
-            if self.backoff.exhausted:
-                self._set_state(ConnectionState.CLOSED)
-                raise ReconnectExhausted(self.backoff.attempt, last_error)
-            self._sleep(self.backoff.next_delay())
+            except (httpx.TransportError, RetryableResponse) as exc:
+                delay = self._stream.connect_failed(exc)
+            self._sleep(delay)
 
     def _open_once(self, client: httpx.Client) -> httpx.Response:
-        headers = request_headers(self.last_event_id, self._headers)
-        response = client.send(client.build_request("GET", self.url, headers=headers), stream=True)
+        stream = self._stream
+        request = client.build_request("GET", stream.url, headers=stream.request_headers())
+        response = client.send(request, stream=True)
         try:
-            if response.status_code in TERMINAL_STATUSES:
-                body = response.read().decode("utf-8", "replace")
-                self._set_state(ConnectionState.CLOSED)
-                raise StreamRejected(response.status_code, body)
-            check_response(response.status_code, response.headers.get("content-type", ""))
+            status, content_type = response.status_code, response.headers.get("content-type", "")
+            verdict = stream.response_received(status, content_type)
+            if verdict is Verdict.REJECT:
+                raise stream.rejected(status, response.read())
+            if verdict is Verdict.RETRY:
+                raise RetryableResponse(status, content_type)
         except BaseException:
             response.close()
             raise
-        self._set_state(ConnectionState.OPEN)
-        self.backoff.reset()
         return response
 
     def _run(
         self, client: httpx.Client, response: httpx.Response | None
     ) -> Generator[Message | Reset, None, None]:
+        stream = self._stream
         while True:
             if response is None:
                 response = self._open(client)
+            error: httpx.TransportError | None = None
             try:
-                yield from self._read(response)
-                logger.info("SSE stream from %s ended; reconnecting", self.url)
+                for chunk in response.iter_bytes():
+                    stream.receive_data(chunk)
+                    while (item := stream.next_event()) is not None:
+                        yield item
             except httpx.TransportError as exc:
-                logger.info("SSE stream from %s dropped: %r", self.url, exc)
+                error = exc
             finally:
                 response.close()
                 response = None
-            self._set_state(ConnectionState.RECONNECTING)
-            if self.backoff.exhausted:
-                self._set_state(ConnectionState.CLOSED)
-                raise ReconnectExhausted(self.backoff.attempt, None)
-            self._sleep(self.backoff.next_delay())
-
-    def _read(self, response: httpx.Response) -> Generator[Message | Reset, None, None]:
-        decoder = SSEDecoder()
-        for chunk in response.iter_bytes():
-            for event in decoder.feed(chunk):
-                self.last_event_id = event.id
-                yield convert(event)
-            self.last_event_id = decoder.last_event_id
-            if decoder.retry is not None:
-                self.backoff.honour_retry(decoder.retry)
+            self._sleep(stream.stream_ended(error))
 
 
 def listen_sync(
