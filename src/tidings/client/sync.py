@@ -17,9 +17,9 @@ I/O loop differs.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
@@ -34,13 +34,12 @@ from tidings.client._reconnect import (
     stream_url,
 )
 from tidings.client.backoff import Backoff
-from tidings.errors import TidingsError
+from tidings.errors import PublishRejected, ServerUnavailable
 from tidings.types import Position
 from tidings.wire.reset import Reset
 
 __all__ = ["SyncListener", "apublish", "listen_sync", "publish"]
 
-logger = logging.getLogger(__name__)
 
 _MISSING: Any = object()
 
@@ -66,12 +65,19 @@ def _publish_result(response: httpx.Response) -> Position:
         return Position(answer["epoch"], answer["offset"])
     try:
         error = response.json()["error"]
-        code, message = error["code"], error["message"]
+        code, message = str(error["code"]), str(error["message"])
     except (ValueError, KeyError, TypeError):
         code, message = "internal", response.text[:200]
-    exc = TidingsError(f"publish failed with {response.status_code} {code}: {message}")
-    exc.code = code
-    raise exc
+    raise PublishRejected(response.status_code, code, message)
+
+
+@contextmanager
+def _translate_errors(url: str) -> Iterator[None]:
+    """Turn httpx's transport errors into :class:`ServerUnavailable`, keeping the cause."""
+    try:
+        yield
+    except httpx.TransportError as exc:
+        raise ServerUnavailable(url, repr(exc)) from exc
 
 
 def publish(
@@ -88,15 +94,24 @@ def publish(
     """Publish through a server's HTTP API and return the event's position.
 
     Give ``data`` (any JSON value) or ``text`` (plain text). ``key`` makes a
-    retried publish land once. Raises :class:`~tidings.errors.TidingsError`
-    (with the server's ``code``) when the server refuses, and
-    ``httpx.HTTPError`` when it cannot be reached.
+    retried publish land once.
+
+    Raises:
+        PublishRejected: the server refused the publish; ``status`` and
+            ``code`` say why (``"invalid_channel"``, ``"permission_denied"``,
+            ``"unavailable"`` …). Nothing was published.
+        ServerUnavailable: the server could not be reached or did not answer
+            in ``timeout`` seconds; the httpx error is its ``__cause__``.
+        TypeError: neither or both of ``data`` and ``text`` were given.
     """
     body = _publish_request(channel, data, text, event, key)
     target = f"{url.rstrip('/')}/api/publish"
-    if client is not None:
-        return _publish_result(client.post(target, json=body, timeout=timeout))
-    return _publish_result(httpx.post(target, json=body, timeout=timeout))
+    with _translate_errors(target):
+        if client is not None:
+            response = client.post(target, json=body, timeout=timeout)
+        else:
+            response = httpx.post(target, json=body, timeout=timeout)
+    return _publish_result(response)
 
 
 async def apublish(
@@ -110,13 +125,16 @@ async def apublish(
     timeout: float = 10.0,  # noqa: ASYNC109 - the HTTP request's own timeout, as in httpx
     client: httpx.AsyncClient | None = None,
 ) -> Position:
-    """The asyncio twin of :func:`publish`."""
+    """The asyncio twin of :func:`publish`; it raises the same errors."""
     body = _publish_request(channel, data, text, event, key)
     target = f"{url.rstrip('/')}/api/publish"
-    if client is not None:
-        return _publish_result(await client.post(target, json=body, timeout=timeout))
-    async with httpx.AsyncClient() as own:
-        return _publish_result(await own.post(target, json=body, timeout=timeout))
+    with _translate_errors(target):
+        if client is not None:
+            response = await client.post(target, json=body, timeout=timeout)
+        else:
+            async with httpx.AsyncClient() as own:
+                response = await own.post(target, json=body, timeout=timeout)
+    return _publish_result(response)
 
 
 class SyncListener:
@@ -133,6 +151,7 @@ class SyncListener:
         *,
         last_event_id: str | None = None,
         backoff: Backoff | None = None,
+        client: httpx.Client | None = None,
         headers: dict[str, str] | None = None,
         read_timeout: float = 45.0,
         on_state: Callable[[ConnectionState], None] | None = None,
@@ -147,7 +166,8 @@ class SyncListener:
         )
         self._timeout = httpx.Timeout(10.0, read=read_timeout)
         self._sleep = sleep
-        self._client: httpx.Client | None = None
+        self._client = client
+        self._own_client = client is None
         self._events: Generator[Message | Reset, None, None] | None = None
 
     @property
@@ -172,7 +192,8 @@ class SyncListener:
 
     def __enter__(self) -> SyncListener:
         """Connect; return once the server has opened the stream (and subscribed)."""
-        self._client = httpx.Client(timeout=self._timeout)
+        if self._client is None:
+            self._client = httpx.Client(timeout=self._timeout)
         try:
             first = self._open(self._client)
         except BaseException:
@@ -196,7 +217,7 @@ class SyncListener:
             if events is not None:
                 events.close()
         finally:
-            if self._client is not None:
+            if self._own_client and self._client is not None:
                 self._client.close()
                 self._client = None
             self._stream.close()
@@ -218,7 +239,8 @@ class SyncListener:
 
     def _open_once(self, client: httpx.Client) -> httpx.Response:
         stream = self._stream
-        request = client.build_request("GET", stream.url, headers=stream.request_headers())
+        headers = stream.request_headers()
+        request = client.build_request("GET", stream.url, headers=headers, timeout=self._timeout)
         response = client.send(request, stream=True)
         try:
             status, content_type = response.status_code, response.headers.get("content-type", "")
@@ -259,11 +281,14 @@ def listen_sync(
     *,
     last_event_id: str | None = None,
     backoff: Backoff | None = None,
+    client: httpx.Client | None = None,
     headers: dict[str, str] | None = None,
     read_timeout: float = 45.0,
     on_state: Callable[[ConnectionState], None] | None = None,
 ) -> SyncListener:
-    """The blocking twin of :func:`~tidings.client.listen`.
+    """The blocking twin of :func:`~tidings.client.listen`, with the same
+    arguments (``client`` is an ``httpx.Client``, not closed by the listener)
+    and the same errors.
 
     ``with listen_sync(url, channels) as events: for event in events: ...``
     """
@@ -272,6 +297,7 @@ def listen_sync(
         channels,
         last_event_id=last_event_id,
         backoff=backoff,
+        client=client,
         headers=headers,
         read_timeout=read_timeout,
         on_state=on_state,
