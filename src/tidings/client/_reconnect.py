@@ -52,6 +52,7 @@ from tidings.wire.sse import SSEDecoder, SSEEvent
 __all__ = [
     "TERMINAL_STATUSES",
     "ConnectionState",
+    "Listening",
     "Message",
     "ReconnectingStream",
     "RetryableResponse",
@@ -259,3 +260,49 @@ class ReconnectingStream:
             self._set_state(ConnectionState.CLOSED)
             raise ReconnectExhausted(self.backoff.attempt, last_error)
         return self.backoff.next_delay()
+
+
+class Listening:
+    """What both listeners share: a :class:`ReconnectingStream` and a read-only view of it.
+
+    The I/O shells (``SSEListener``, ``SyncListener``) subclass it and add
+    the loop that moves bytes.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        channels: Sequence[str],
+        *,
+        last_event_id: str | None,
+        backoff: Backoff | None,
+        headers: dict[str, str] | None,
+        on_state: Callable[[ConnectionState], None] | None,
+    ) -> None:
+        self._stream = ReconnectingStream(
+            stream_url(url, channels),
+            last_event_id=last_event_id or "",
+            backoff=backoff or Backoff(),
+            headers=headers,
+            on_state=on_state,
+        )
+
+    @property
+    def url(self) -> str:
+        """The stream's URL."""
+        return self._stream.url
+
+    @property
+    def last_event_id(self) -> str:
+        """The cursor of the last item received: where a new listener would resume."""
+        return self._stream.last_event_id
+
+    @property
+    def backoff(self) -> Backoff:
+        """The reconnection schedule."""
+        return self._stream.backoff
+
+    @property
+    def state(self) -> ConnectionState:
+        """The connection's state."""
+        return self._stream.state

@@ -25,11 +25,10 @@ import httpx
 
 from tidings.client._reconnect import (
     ConnectionState,
+    Listening,
     Message,
-    ReconnectingStream,
     RetryableResponse,
     Verdict,
-    stream_url,
 )
 from tidings.client.backoff import Backoff
 from tidings.wire.reset import Reset
@@ -37,7 +36,7 @@ from tidings.wire.reset import Reset
 __all__ = ["ConnectionState", "Message", "Reset", "SSEListener", "listen"]
 
 
-class SSEListener:
+class SSEListener(Listening):
     """The async iterator behind :func:`listen`; see there.
 
     The reconnection logic is :class:`~tidings.client._reconnect.ReconnectingStream`'s;
@@ -56,10 +55,11 @@ class SSEListener:
         read_timeout: float = 45.0,
         on_state: Callable[[ConnectionState], None] | None = None,
     ) -> None:
-        self._stream = ReconnectingStream(
-            stream_url(url, channels),
-            last_event_id=last_event_id or "",
-            backoff=backoff or Backoff(),
+        super().__init__(
+            url,
+            channels,
+            last_event_id=last_event_id,
+            backoff=backoff,
             headers=headers,
             on_state=on_state,
         )
@@ -67,26 +67,6 @@ class SSEListener:
         self._own_client = client is None
         self._timeout = httpx.Timeout(10.0, read=read_timeout)
         self._events: AsyncGenerator[Message | Reset, None] | None = None
-
-    @property
-    def url(self) -> str:
-        """The stream's URL."""
-        return self._stream.url
-
-    @property
-    def last_event_id(self) -> str:
-        """The cursor of the last item received: where a new listener would resume."""
-        return self._stream.last_event_id
-
-    @property
-    def backoff(self) -> Backoff:
-        """The reconnection schedule."""
-        return self._stream.backoff
-
-    @property
-    def state(self) -> ConnectionState:
-        """The connection's state."""
-        return self._stream.state
 
     async def __aenter__(self) -> SSEListener:
         """Connect; return once the server has opened the stream (and subscribed)."""

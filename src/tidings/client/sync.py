@@ -27,11 +27,10 @@ import httpx
 
 from tidings.client._reconnect import (
     ConnectionState,
+    Listening,
     Message,
-    ReconnectingStream,
     RetryableResponse,
     Verdict,
-    stream_url,
 )
 from tidings.client.backoff import Backoff
 from tidings.errors import PublishRejected, ServerUnavailable
@@ -137,7 +136,7 @@ async def apublish(
     return _publish_result(response)
 
 
-class SyncListener:
+class SyncListener(Listening):
     """The blocking iterator behind :func:`listen_sync`.
 
     The reconnection logic is :class:`~tidings.client._reconnect.ReconnectingStream`'s;
@@ -157,10 +156,11 @@ class SyncListener:
         on_state: Callable[[ConnectionState], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self._stream = ReconnectingStream(
-            stream_url(url, channels),
-            last_event_id=last_event_id or "",
-            backoff=backoff or Backoff(),
+        super().__init__(
+            url,
+            channels,
+            last_event_id=last_event_id,
+            backoff=backoff,
             headers=headers,
             on_state=on_state,
         )
@@ -169,26 +169,6 @@ class SyncListener:
         self._client = client
         self._own_client = client is None
         self._events: Generator[Message | Reset, None, None] | None = None
-
-    @property
-    def url(self) -> str:
-        """The stream's URL."""
-        return self._stream.url
-
-    @property
-    def last_event_id(self) -> str:
-        """The cursor of the last item received: where a new listener would resume."""
-        return self._stream.last_event_id
-
-    @property
-    def backoff(self) -> Backoff:
-        """The reconnection schedule."""
-        return self._stream.backoff
-
-    @property
-    def state(self) -> ConnectionState:
-        """The connection's state."""
-        return self._stream.state
 
     def __enter__(self) -> SyncListener:
         """Connect; return once the server has opened the stream (and subscribed)."""
