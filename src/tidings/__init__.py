@@ -1,4 +1,14 @@
-"""Tidings: real-time streaming for Python from one pub/sub hub with history and exact resume."""
+"""Tidings: real-time streaming for Python from one pub/sub hub with history and exact resume.
+
+The hub's names (``Hub``, ``Event``, ``Subscription`` …) are loaded on first
+use (PEP 562), so ``import tidings.client`` or ``import tidings.wire.sse``
+loads no hub and no server code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from tidings.errors import (
     BackendUnavailable,
@@ -10,17 +20,19 @@ from tidings.errors import (
     SubscriptionClosed,
     TidingsError,
 )
-from tidings.hub import (
-    Event,
-    Hub,
-    MemoryBackend,
-    NamespaceOptions,
-    Namespaces,
-    OverflowPolicy,
-    Reset,
-    Subscription,
-)
 from tidings.types import Position
+from tidings.wire.reset import Reset
+
+if TYPE_CHECKING:
+    from tidings.hub import (
+        Event,
+        Hub,
+        MemoryBackend,
+        NamespaceOptions,
+        Namespaces,
+        OverflowPolicy,
+        Subscription,
+    )
 
 __version__ = "0.1.0"
 
@@ -44,3 +56,27 @@ __all__ = [
     "TidingsError",
     "__version__",
 ]
+
+#: Names loaded on first access, and the module each comes from.
+_LAZY = {
+    "Event": "tidings.hub",
+    "Hub": "tidings.hub",
+    "MemoryBackend": "tidings.hub",
+    "NamespaceOptions": "tidings.hub",
+    "Namespaces": "tidings.hub",
+    "OverflowPolicy": "tidings.hub",
+    "Subscription": "tidings.hub",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later accesses skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -13,10 +13,12 @@
     ├── InvalidPublication(…, ValueError) bad event type, data or size; nothing was published
     ├── PermissionDenied                  (.channel, .action): the namespace forbids the action
     ├── PublishError                      a publish did not happen; nothing was half-applied
-    │   └── BackendUnavailable            the backend is down or timing out (.backend)
+    │   ├── BackendUnavailable            the backend is down or timing out (.backend)
+    │   └── PublishRejected               client: the server refused a publish (.status, .code)
     ├── SubscriptionClosed                the hub ended a subscription (.reason)
     ├── ConnectionClosed                  client: server closed (.close_code, .reason, .reconnect)
     ├── StreamRejected                    client: a non-retryable HTTP status (.status)
+    ├── ServerUnavailable                 client: the server cannot be reached (.url)
     ├── ReconnectExhausted                client: max attempts reached (.attempts, .last_error)
     ├── RequestTimeout(…, TimeoutError)   client: no reply in time (.op, .timeout)
     ├── QueueFull                         a bounded queue is full (.limit)
@@ -42,10 +44,12 @@ __all__ = [
     "PermissionDenied",
     "ProtocolError",
     "PublishError",
+    "PublishRejected",
     "QueueFull",
     "RateLimited",
     "ReconnectExhausted",
     "RequestTimeout",
+    "ServerUnavailable",
     "StreamRejected",
     "SubscriptionClosed",
     "TidingsError",
@@ -184,6 +188,23 @@ class BackendUnavailable(PublishError):
         self.backend = backend
 
 
+class PublishRejected(PublishError):
+    """Client side: the server answered a publish with an error; nothing was published.
+
+    ``status`` is the HTTP status and ``code`` the server's error code (for
+    example ``"invalid_channel"``, ``"permission_denied"`` or, with Redis
+    down, ``"unavailable"``); ``message`` is the server's explanation.
+    """
+
+    code = "publish_failed"
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"publish failed with {status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
 class SubscriptionClosed(TidingsError):
     """The hub ended a subscription.
 
@@ -222,6 +243,23 @@ class StreamRejected(TidingsError):
         super().__init__(f"server answered {status}{': ' + body[:200] if body else ''}")
         self.status = status
         self.body = body
+
+
+class ServerUnavailable(TidingsError):
+    """Client side: the server could not be reached, or the connection failed
+    before it answered (refused, reset, timed out).
+
+    The underlying error is the exception's ``__cause__``. A request that
+    was sent may still have been applied: publish with a ``key`` to retry
+    safely.
+    """
+
+    code = "unavailable"
+
+    def __init__(self, url: str, detail: str = "") -> None:
+        message = f"cannot reach {url}"
+        super().__init__(f"{message}: {detail}" if detail else message)
+        self.url = url
 
 
 class ReconnectExhausted(TidingsError):

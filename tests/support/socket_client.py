@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from tests.support.env import TIMEOUT
-from tidings.client import Backoff, ConnectionState, Subscription
+from tidings.client import Backoff, ConnectionState, SocketSubscription
 
 
 def open_fds() -> set[str]:
@@ -66,7 +66,7 @@ class RecordingBackoff(Backoff):
         return delay
 
 
-async def take(subscription: Subscription, count: int) -> list[Any]:
+async def take(subscription: SocketSubscription, count: int) -> list[Any]:
     """The next ``count`` items of a subscription."""
     async with asyncio.timeout(TIMEOUT * 2):
         return [await anext(subscription) for _ in range(count)]

@@ -41,3 +41,26 @@ def test_top_level_exports_every_error() -> None:
     }
     assert public_errors <= set(tidings.__all__)
     assert set(tidings.errors.__all__) >= public_errors
+
+
+def test_reset_is_one_class_everywhere() -> None:
+    import tidings
+    import tidings.client
+    import tidings.hub
+    from tidings.wire.reset import Reset
+
+    assert tidings.Reset is tidings.hub.Reset is tidings.client.Reset is Reset
+
+
+def test_top_level_names_load_lazily_and_resolve() -> None:
+    import tidings
+    import tidings.hub
+
+    lazy = {name for name in tidings.__all__ if name not in vars(tidings)}
+    assert set(tidings._LAZY) <= set(tidings.__all__)
+    for name in tidings.__all__:
+        assert name in dir(tidings)
+    for name in lazy | set(tidings._LAZY):
+        assert getattr(tidings, name) is getattr(tidings.hub, name)
+    with pytest.raises(AttributeError):
+        _ = tidings.NoSuchName  # type: ignore[attr-defined]

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
+
+from tests.support.env import TIMEOUT
 
 SRC = Path(__file__).parents[2] / "src" / "tidings"
 
@@ -79,3 +85,27 @@ def test_the_fences_are_enforced_here_too() -> None:
     fake = SRC / "hub" / "hub.py"
     assert "asyncio" in imports(fake)
     assert any(name.startswith("tidings.") for name in imports(fake))
+
+
+# What a client-only process must not load: the hub and everything above it.
+UPPER_LAYERS = (
+    "tidings.hub",
+    "tidings.server",
+    "tidings.llm",
+    "tidings.jobs",
+    "starlette",
+    "uvicorn",
+)
+
+
+@pytest.mark.parametrize("module", ["tidings.client", "tidings.wire.sse", "tidings.wire.protocol"])
+def test_lower_layers_load_no_upper_layer_at_run_time(module: str) -> None:
+    """The import fences hold at run time too (``tidings/__init__.py`` loads the hub lazily)."""
+    script = (
+        f"import sys, {module}; "
+        f"print('\\n'.join(sorted(n for n in sys.modules if n.startswith({UPPER_LAYERS!r}))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=TIMEOUT
+    ).stdout.split()
+    assert loaded == [], f"import {module} loaded {', '.join(loaded)}"

@@ -3,7 +3,7 @@
 from tidings.client.backoff import Backoff
 from tidings.client.socket import Socket
 from tidings.client.sse import ConnectionState, Message, Reset, SSEListener, listen
-from tidings.client.subscription import HistoryPage, Member, Notice, SocketEvent, Subscription
+from tidings.client.subscription import HistoryPage, Member, Notice, SocketEvent, SocketSubscription
 from tidings.client.sync import SyncListener, apublish, listen_sync, publish
 
 __all__ = [
@@ -17,7 +17,7 @@ __all__ = [
     "SSEListener",
     "Socket",
     "SocketEvent",
-    "Subscription",
+    "SocketSubscription",
     "SyncListener",
     "apublish",
     "listen",

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from tidings.client.subscription import Subscription
+from tidings.client.subscription import SocketSubscription
 from tidings.errors import QueueFull, RequestTimeout, TidingsError
 from tidings.wire.codes import ErrorCode
 
@@ -47,7 +47,7 @@ class Request:
     op: str
     future: asyncio.Future[Any]
     outgoing: Outgoing | None = None
-    subscription: Subscription | None = None
+    subscription: SocketSubscription | None = None
     timer: asyncio.TimerHandle | None = None
 
 

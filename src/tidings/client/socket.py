@@ -17,7 +17,7 @@ Theory of operation
 One *runner* task owns the connection. It connects (``websockets``, the
 ``tidings.v1.json`` or ``tidings.v1.msgpack`` subprotocol), then runs three
 tasks on it: the *reader*, which matches replies to requests by id and hands
-pushes to their :class:`~tidings.client.Subscription`; the *heartbeat*, which
+pushes to their :class:`~tidings.client.SocketSubscription`; the *heartbeat*, which
 sends a WebSocket ping every ``ping_interval`` seconds and drops the
 connection when the pong is later than ``ping_timeout``; and the
 *handshake*, which sends ``connect``, re-subscribes every channel with
@@ -67,13 +67,13 @@ from tidings.client._pending import (
     Request,
     Requests,
 )
+from tidings.client._reconnect import TERMINAL_STATUSES, ConnectionState
 from tidings.client.backoff import Backoff
-from tidings.client.sse import TERMINAL_STATUSES, ConnectionState, Reset
 from tidings.client.subscription import (
     Handler,
     HistoryPage,
     Member,
-    Subscription,
+    SocketSubscription,
     event_from,
 )
 from tidings.errors import (
@@ -88,6 +88,7 @@ from tidings.types import Position
 from tidings.wire import protocol
 from tidings.wire.codes import CloseCode, should_reconnect
 from tidings.wire.protocol import Format
+from tidings.wire.reset import Reset
 
 __all__ = ["Socket", "close_error", "socket_url", "split_frame"]
 
@@ -196,7 +197,7 @@ class Socket:
         self._queue = OfflineQueue(queue_limit)
         self._queued = asyncio.Event()  # set when the queue may hold a publish to send
         self._pacer = Pacer(rate_limit)
-        self._subscriptions: dict[str, Subscription] = {}
+        self._subscriptions: dict[str, SocketSubscription] = {}
         self._ws: ClientConnection | None = None
         self._generation = 0
         self._ready = asyncio.Event()  # set when open, and when closed for good
@@ -205,7 +206,7 @@ class Socket:
         self._closing = False
         self._closed_by_client = False
         self._was_open = False
-        self._ended: list[Subscription] = []  # subscriptions whose handler may still run
+        self._ended: list[SocketSubscription] = []  # subscriptions whose handler may still run
         self._final: BaseException | None = None
 
     @property
@@ -214,7 +215,7 @@ class Socket:
         return len(self._queue)
 
     @property
-    def subscriptions(self) -> dict[str, Subscription]:
+    def subscriptions(self) -> dict[str, SocketSubscription]:
         """The channels of this socket (a copy)."""
         return dict(self._subscriptions)
 
@@ -285,10 +286,10 @@ class Socket:
         *,
         since: Position | tuple[str, int] | None = None,
         handler: Handler | None = None,
-    ) -> Subscription:
+    ) -> SocketSubscription:
         """Receive ``channel``; with ``since``, first every event after that position.
 
-        Without ``handler`` iterate the returned :class:`Subscription`; with
+        Without ``handler`` iterate the returned :class:`SocketSubscription`; with
         one, each item is passed to it (awaited when it is a coroutine). A
         position that cannot be resumed arrives as a ``Reset`` item. While
         disconnected the channel is subscribed on the next connection.
@@ -301,7 +302,7 @@ class Socket:
         self._check_usable()
         if channel in self._subscriptions:
             raise ProtocolError(f"already subscribed to {channel!r}", code="already_subscribed")
-        subscription = Subscription(
+        subscription = SocketSubscription(
             channel,
             since=Position(*since) if since is not None else None,
             handler=handler,
@@ -460,7 +461,7 @@ class Socket:
         ws: ClientConnection,
         command: protocol.Command,
         op: str,
-        subscription: Subscription | None = None,
+        subscription: SocketSubscription | None = None,
     ) -> asyncio.Future[Any]:
         """Send ``command`` on ``ws``; return the future of its reply."""
         await self._pace()
@@ -521,7 +522,7 @@ class Socket:
                 raise
             await self._send(ws, outgoing.payload)
 
-    async def _subscribe_now(self, ws: ClientConnection, subscription: Subscription) -> None:
+    async def _subscribe_now(self, ws: ClientConnection, subscription: SocketSubscription) -> None:
         await (await self._start_subscribe(ws, subscription))
 
     # -- the connection --
@@ -637,7 +638,7 @@ class Socket:
     async def _handshake(self, ws: ClientConnection) -> None:
         """Connect, subscribe every channel, then send the queue while the connection lives."""
         sender: asyncio.Task[None] | None = None
-        replies: list[tuple[Subscription, asyncio.Future[Any]]] = []
+        replies: list[tuple[SocketSubscription, asyncio.Future[Any]]] = []
         try:
             if self.info is not None:
                 result = await self._call(ws, protocol.Connect(None, self.info), "connect")
@@ -678,14 +679,14 @@ class Socket:
                 await asyncio.gather(sender, return_exceptions=True)
 
     async def _start_subscribe(
-        self, ws: ClientConnection, subscription: Subscription
+        self, ws: ClientConnection, subscription: SocketSubscription
     ) -> asyncio.Future[Any]:
         subscription.generation = self._generation
         command = protocol.Subscribe(None, subscription.channel, subscription.position)
         return await self._start(ws, command, "subscribe", subscription)
 
     async def _settle_subscribe(
-        self, subscription: Subscription, reply: asyncio.Future[Any]
+        self, subscription: SocketSubscription, reply: asyncio.Future[Any]
     ) -> None:
         try:
             await reply

@@ -1,4 +1,4 @@
-"""Subscription: one channel of a :class:`~tidings.client.Socket`, and the values it delivers.
+"""SocketSubscription: one channel of a :class:`~tidings.client.Socket`, and the values it delivers.
 
 A subscription tracks the position of the last event it received from the
 replies and pushes the socket's reader hands it, in wire order, and buffers
@@ -15,13 +15,21 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from tidings.client.sse import Reset
 from tidings.types import Position
+from tidings.wire.reset import Reset
 
 if TYPE_CHECKING:
     from tidings.client.socket import Socket
 
-__all__ = ["Handler", "HistoryPage", "Item", "Member", "Notice", "SocketEvent", "Subscription"]
+__all__ = [
+    "Handler",
+    "HistoryPage",
+    "Item",
+    "Member",
+    "Notice",
+    "SocketEvent",
+    "SocketSubscription",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +100,7 @@ def event_from(channel: str, message: dict[str, Any]) -> SocketEvent:
     )
 
 
-class Subscription:
+class SocketSubscription:
     """One channel of a :class:`Socket`: an async iterator of :class:`SocketEvent`,
     :class:`~tidings.client.Reset` and :class:`Notice` items, or a handler's feed.
 
@@ -128,7 +136,7 @@ class Subscription:
         self._pump: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
-        return f"<Subscription {self.channel!r} at {self.position}>"
+        return f"<SocketSubscription {self.channel!r} at {self.position}>"
 
     @property
     def closed(self) -> bool:
@@ -245,7 +253,7 @@ class Subscription:
             await self._socket.unsubscribe(self.channel)
         self.close()
 
-    def __aiter__(self) -> Subscription:
+    def __aiter__(self) -> SocketSubscription:
         return self
 
     async def __anext__(self) -> Item:

@@ -11,39 +11,34 @@
 
 ``listen_sync`` behaves like the asyncio ``listen``: it reconnects with
 backoff, resumes with ``Last-Event-ID`` and yields ``Reset`` for gaps. Both
-share the same sans-I/O pieces (``SSEDecoder``, ``Backoff``, the event
-conversion); only the I/O loop differs.
+drive the same sans-I/O state machine (``ReconnectingStream``); only the
+I/O loop differs.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
 import httpx
 
-from tidings.client.backoff import Backoff
-from tidings.client.sse import (
-    TERMINAL_STATUSES,
+from tidings.client._reconnect import (
     ConnectionState,
+    Listening,
     Message,
-    Reset,
-    _Retryable,
-    check_response,
-    convert,
-    request_headers,
-    stream_url,
+    RetryableResponse,
+    Verdict,
 )
-from tidings.errors import ReconnectExhausted, StreamRejected, TidingsError
+from tidings.client.backoff import Backoff
+from tidings.errors import PublishRejected, ServerUnavailable
 from tidings.types import Position
-from tidings.wire.sse import SSEDecoder
+from tidings.wire.reset import Reset
 
 __all__ = ["SyncListener", "apublish", "listen_sync", "publish"]
 
-logger = logging.getLogger(__name__)
 
 _MISSING: Any = object()
 
@@ -69,12 +64,19 @@ def _publish_result(response: httpx.Response) -> Position:
         return Position(answer["epoch"], answer["offset"])
     try:
         error = response.json()["error"]
-        code, message = error["code"], error["message"]
+        code, message = str(error["code"]), str(error["message"])
     except (ValueError, KeyError, TypeError):
         code, message = "internal", response.text[:200]
-    exc = TidingsError(f"publish failed with {response.status_code} {code}: {message}")
-    exc.code = code
-    raise exc
+    raise PublishRejected(response.status_code, code, message)
+
+
+@contextmanager
+def _translate_errors(url: str) -> Iterator[None]:
+    """Turn httpx's transport errors into :class:`ServerUnavailable`, keeping the cause."""
+    try:
+        yield
+    except httpx.TransportError as exc:
+        raise ServerUnavailable(url, repr(exc)) from exc
 
 
 def publish(
@@ -91,15 +93,24 @@ def publish(
     """Publish through a server's HTTP API and return the event's position.
 
     Give ``data`` (any JSON value) or ``text`` (plain text). ``key`` makes a
-    retried publish land once. Raises :class:`~tidings.errors.TidingsError`
-    (with the server's ``code``) when the server refuses, and
-    ``httpx.HTTPError`` when it cannot be reached.
+    retried publish land once.
+
+    Raises:
+        PublishRejected: the server refused the publish; ``status`` and
+            ``code`` say why (``"invalid_channel"``, ``"permission_denied"``,
+            ``"unavailable"`` …). Nothing was published.
+        ServerUnavailable: the server could not be reached or did not answer
+            in ``timeout`` seconds; the httpx error is its ``__cause__``.
+        TypeError: neither or both of ``data`` and ``text`` were given.
     """
     body = _publish_request(channel, data, text, event, key)
     target = f"{url.rstrip('/')}/api/publish"
-    if client is not None:
-        return _publish_result(client.post(target, json=body, timeout=timeout))
-    return _publish_result(httpx.post(target, json=body, timeout=timeout))
+    with _translate_errors(target):
+        if client is not None:
+            response = client.post(target, json=body, timeout=timeout)
+        else:
+            response = httpx.post(target, json=body, timeout=timeout)
+    return _publish_result(response)
 
 
 async def apublish(
@@ -113,17 +124,24 @@ async def apublish(
     timeout: float = 10.0,  # noqa: ASYNC109 - the HTTP request's own timeout, as in httpx
     client: httpx.AsyncClient | None = None,
 ) -> Position:
-    """The asyncio twin of :func:`publish`."""
+    """The asyncio twin of :func:`publish`; it raises the same errors."""
     body = _publish_request(channel, data, text, event, key)
     target = f"{url.rstrip('/')}/api/publish"
-    if client is not None:
-        return _publish_result(await client.post(target, json=body, timeout=timeout))
-    async with httpx.AsyncClient() as own:
-        return _publish_result(await own.post(target, json=body, timeout=timeout))
+    with _translate_errors(target):
+        if client is not None:
+            response = await client.post(target, json=body, timeout=timeout)
+        else:
+            async with httpx.AsyncClient() as own:
+                response = await own.post(target, json=body, timeout=timeout)
+    return _publish_result(response)
 
 
-class SyncListener:
-    """The blocking iterator behind :func:`listen_sync`."""
+class SyncListener(Listening):
+    """The blocking iterator behind :func:`listen_sync`.
+
+    The reconnection logic is :class:`~tidings.client._reconnect.ReconnectingStream`'s;
+    this class only moves its bytes with an ``httpx.Client``.
+    """
 
     def __init__(
         self,
@@ -132,31 +150,30 @@ class SyncListener:
         *,
         last_event_id: str | None = None,
         backoff: Backoff | None = None,
+        client: httpx.Client | None = None,
         headers: dict[str, str] | None = None,
         read_timeout: float = 45.0,
         on_state: Callable[[ConnectionState], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.url = stream_url(url, channels)
-        self.last_event_id = last_event_id or ""
-        self.backoff = backoff or Backoff()
-        self.state = ConnectionState.CLOSED
-        self._headers = dict(headers or {})
+        super().__init__(
+            url,
+            channels,
+            last_event_id=last_event_id,
+            backoff=backoff,
+            headers=headers,
+            on_state=on_state,
+        )
         self._timeout = httpx.Timeout(10.0, read=read_timeout)
-        self._on_state = on_state
         self._sleep = sleep
-        self._client: httpx.Client | None = None
+        self._client = client
+        self._own_client = client is None
         self._events: Generator[Message | Reset, None, None] | None = None
-
-    def _set_state(self, state: ConnectionState) -> None:
-        if state is not self.state:
-            self.state = state
-            if self._on_state is not None:
-                self._on_state(state)
 
     def __enter__(self) -> SyncListener:
         """Connect; return once the server has opened the stream (and subscribed)."""
-        self._client = httpx.Client(timeout=self._timeout)
+        if self._client is None:
+            self._client = httpx.Client(timeout=self._timeout)
         try:
             first = self._open(self._client)
         except BaseException:
@@ -180,10 +197,10 @@ class SyncListener:
             if events is not None:
                 events.close()
         finally:
-            if self._client is not None:
+            if self._own_client and self._client is not None:
                 self._client.close()
                 self._client = None
-            self._set_state(ConnectionState.CLOSED)
+            self._stream.close()
 
     def __iter__(self) -> Iterator[Message | Reset]:
         if self._events is None:
@@ -191,65 +208,51 @@ class SyncListener:
         return self._events
 
     def _open(self, client: httpx.Client) -> httpx.Response:
-        last_error: BaseException | None = None
-        if self.state is ConnectionState.CLOSED:
-            self._set_state(ConnectionState.CONNECTING)
+        """Open a stream, retrying with backoff; raise when retrying cannot help."""
+        self._stream.connect()
         while True:
             try:
                 return self._open_once(client)
-            except (httpx.TransportError, _Retryable) as exc:
-                last_error = exc
-                logger.info("cannot open the SSE stream %s: %r", self.url, exc)
-            if self.backoff.exhausted:
-                self._set_state(ConnectionState.CLOSED)
-                raise ReconnectExhausted(self.backoff.attempt, last_error)
-            self._sleep(self.backoff.next_delay())
+            except (httpx.TransportError, RetryableResponse) as exc:
+                delay = self._stream.connect_failed(exc)
+            self._sleep(delay)
 
     def _open_once(self, client: httpx.Client) -> httpx.Response:
-        headers = request_headers(self.last_event_id, self._headers)
-        response = client.send(client.build_request("GET", self.url, headers=headers), stream=True)
+        stream = self._stream
+        headers = stream.request_headers()
+        request = client.build_request("GET", stream.url, headers=headers, timeout=self._timeout)
+        response = client.send(request, stream=True)
         try:
-            if response.status_code in TERMINAL_STATUSES:
-                body = response.read().decode("utf-8", "replace")
-                self._set_state(ConnectionState.CLOSED)
-                raise StreamRejected(response.status_code, body)
-            check_response(response.status_code, response.headers.get("content-type", ""))
+            status, content_type = response.status_code, response.headers.get("content-type", "")
+            verdict = stream.response_received(status, content_type)
+            if verdict is Verdict.REJECT:
+                raise stream.rejected(status, response.read())
+            if verdict is Verdict.RETRY:
+                raise RetryableResponse(status, content_type)
         except BaseException:
             response.close()
             raise
-        self._set_state(ConnectionState.OPEN)
-        self.backoff.reset()
         return response
 
     def _run(
         self, client: httpx.Client, response: httpx.Response | None
     ) -> Generator[Message | Reset, None, None]:
+        stream = self._stream
         while True:
             if response is None:
                 response = self._open(client)
+            error: httpx.TransportError | None = None
             try:
-                yield from self._read(response)
-                logger.info("SSE stream from %s ended; reconnecting", self.url)
+                for chunk in response.iter_bytes():
+                    stream.receive_data(chunk)
+                    while (item := stream.next_event()) is not None:
+                        yield item
             except httpx.TransportError as exc:
-                logger.info("SSE stream from %s dropped: %r", self.url, exc)
+                error = exc
             finally:
                 response.close()
                 response = None
-            self._set_state(ConnectionState.RECONNECTING)
-            if self.backoff.exhausted:
-                self._set_state(ConnectionState.CLOSED)
-                raise ReconnectExhausted(self.backoff.attempt, None)
-            self._sleep(self.backoff.next_delay())
-
-    def _read(self, response: httpx.Response) -> Generator[Message | Reset, None, None]:
-        decoder = SSEDecoder()
-        for chunk in response.iter_bytes():
-            for event in decoder.feed(chunk):
-                self.last_event_id = event.id
-                yield convert(event)
-            self.last_event_id = decoder.last_event_id
-            if decoder.retry is not None:
-                self.backoff.honour_retry(decoder.retry)
+            self._sleep(stream.stream_ended(error))
 
 
 def listen_sync(
@@ -258,11 +261,14 @@ def listen_sync(
     *,
     last_event_id: str | None = None,
     backoff: Backoff | None = None,
+    client: httpx.Client | None = None,
     headers: dict[str, str] | None = None,
     read_timeout: float = 45.0,
     on_state: Callable[[ConnectionState], None] | None = None,
 ) -> SyncListener:
-    """The blocking twin of :func:`~tidings.client.listen`.
+    """The blocking twin of :func:`~tidings.client.listen`, with the same
+    arguments (``client`` is an ``httpx.Client``, not closed by the listener)
+    and the same errors.
 
     ``with listen_sync(url, channels) as events: for event in events: ...``
     """
@@ -271,6 +277,7 @@ def listen_sync(
         channels,
         last_event_id=last_event_id,
         backoff=backoff,
+        client=client,
         headers=headers,
         read_timeout=read_timeout,
         on_state=on_state,

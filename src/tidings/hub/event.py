@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from tidings.types import Position
+from tidings.wire.reset import Reset
 
 __all__ = ["Encoding", "Event", "Item", "Reset"]
 
@@ -102,51 +103,6 @@ class Event:
 
     def __hash__(self) -> int:
         return hash((self.channel, self.epoch, self.offset))
-
-
-class Reset:
-    """The subscriber's stream of ``channel`` has a gap it cannot fill.
-
-    Sent instead of silently missing events: when a resume position is from
-    another epoch or older than history, or when a slow subscriber's outbox
-    dropped events (``drop`` policy). The stream continues after
-    ``position``; what came before it and after the subscriber's last event
-    may be lost.
-
-    Attributes:
-        channel: The channel with the gap.
-        position: Where the stream continues from.
-        reason: ``"epoch"`` (history was lost), ``"window"`` (the position is
-            older than history or not in it) or ``"overflow"`` (events were
-            dropped for a slow subscriber).
-    """
-
-    __slots__ = ("_frames", "channel", "position", "reason")
-
-    def __init__(self, channel: str, position: Position, reason: str) -> None:
-        self.channel = channel
-        self.position = position
-        self.reason = reason
-        self._frames: dict[Encoding, bytes] | None = None
-
-    @property
-    def size(self) -> int:
-        return EVENT_OVERHEAD
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Reset):
-            return NotImplemented
-        return (self.channel, self.position, self.reason) == (
-            other.channel,
-            other.position,
-            other.reason,
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.channel, self.position, self.reason))
-
-    def __repr__(self) -> str:
-        return f"Reset({self.channel!r}, {self.position!r}, {self.reason!r})"
 
 
 #: What a subscription yields.

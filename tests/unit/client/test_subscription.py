@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.support.env import TIMEOUT
-from tidings.client import Notice, Reset, SocketEvent, Subscription
+from tidings.client import Notice, Reset, SocketEvent, SocketSubscription
 from tidings.errors import ConnectionClosed
 from tidings.types import Position
 
@@ -29,7 +29,7 @@ def subscribed(epoch: str, offset: int, **fields: Any) -> dict[str, Any]:
 
 
 async def test_a_new_subscription_starts_at_the_reply_position() -> None:
-    subscription = Subscription("c")
+    subscription = SocketSubscription("c")
     assert subscription.track_subscribed(subscribed("e1", 7, replayed=0)) is None
     assert subscription.position == Position("e1", 7)
     item = subscription.track_push(push(8))
@@ -39,7 +39,7 @@ async def test_a_new_subscription_starts_at_the_reply_position() -> None:
 
 async def test_events_published_while_subscribing_follow_the_reply() -> None:
     # The reply's position counts the events the server sends right after it.
-    subscription = Subscription("c")
+    subscription = SocketSubscription("c")
     assert subscription.track_subscribed(subscribed("e1", 12, replayed=0)) is None
     assert subscription.position == Position("e1", 12)
     assert [subscription.track_push(push(n)) is not None for n in (11, 12, 12, 13)] == [
@@ -52,7 +52,7 @@ async def test_events_published_while_subscribing_follow_the_reply() -> None:
 
 
 async def test_events_after_a_reset_reply_are_all_new() -> None:
-    subscription = Subscription("c", since=Position("e1", 40))
+    subscription = SocketSubscription("c", since=Position("e1", 40))
     reset = subscription.track_subscribed(
         subscribed("e1", 90, recovered=False, reset="window", replayed=0)
     )
@@ -61,7 +61,7 @@ async def test_events_after_a_reset_reply_are_all_new() -> None:
 
 
 async def test_a_recovered_subscription_keeps_its_position_until_the_replay() -> None:
-    subscription = Subscription("c", since=Position("e1", 3))
+    subscription = SocketSubscription("c", since=Position("e1", 3))
     assert subscription.track_subscribed(subscribed("e1", 5, replayed=2)) is None
     assert subscription.position == Position("e1", 3)
     assert [subscription.track_push(push(n)) is not None for n in (4, 5)] == [True, True]
@@ -69,7 +69,7 @@ async def test_a_recovered_subscription_keeps_its_position_until_the_replay() ->
 
 
 async def test_events_already_delivered_are_dropped() -> None:
-    subscription = Subscription("c", since=("e1", 5))
+    subscription = SocketSubscription("c", since=("e1", 5))
     assert subscription.track_push(push(4)) is None
     assert subscription.track_push(push(5)) is None
     assert subscription.track_push(push(6)) is not None
@@ -78,7 +78,7 @@ async def test_events_already_delivered_are_dropped() -> None:
 
 
 async def test_an_unrecoverable_position_becomes_a_reset() -> None:
-    subscription = Subscription("c", since=Position("old", 40))
+    subscription = SocketSubscription("c", since=Position("old", 40))
     reset = subscription.track_subscribed(
         subscribed("new", 2, recovered=False, reset="epoch", replayed=0)
     )
@@ -90,7 +90,7 @@ async def test_an_unrecoverable_position_becomes_a_reset() -> None:
 
 
 async def test_reset_pushes_move_the_position() -> None:
-    subscription = Subscription("c", since=Position("e1", 1))
+    subscription = SocketSubscription("c", since=Position("e1", 1))
     item = subscription.track_push(push(9, event="reset", data={"reason": "overflow"}))
     assert item == Reset("c", Position("e1", 9), "overflow")
     assert subscription.position == Position("e1", 9)
@@ -98,7 +98,7 @@ async def test_reset_pushes_move_the_position() -> None:
 
 
 async def test_join_and_leave_are_notices_outside_the_stream() -> None:
-    subscription = Subscription("c", since=Position("e1", 1))
+    subscription = SocketSubscription("c", since=Position("e1", 1))
     entry = {"client": "abc", "user": None, "info": {"name": "ada"}}
     item = subscription.track_push(push(None, event="join", data=entry))
     assert item == Notice("c", "join", "abc", None, {"name": "ada"})
@@ -106,7 +106,7 @@ async def test_join_and_leave_are_notices_outside_the_stream() -> None:
 
 
 async def test_text_events_say_so() -> None:
-    subscription = Subscription("c")
+    subscription = SocketSubscription("c")
     item = subscription.track_push(push(1, data="plain", text=True))
     assert isinstance(item, SocketEvent)
     assert (item.data, item.text) == ("plain", True)
@@ -116,7 +116,7 @@ async def test_text_events_say_so() -> None:
 
 
 async def test_the_iterator_yields_what_is_buffered_then_ends() -> None:
-    subscription = Subscription("c")
+    subscription = SocketSubscription("c")
     events = [SocketEvent("c", "e", n, "message", n) for n in (1, 2)]
     for event in events:
         await subscription.deliver(event)
@@ -127,7 +127,7 @@ async def test_the_iterator_yields_what_is_buffered_then_ends() -> None:
 
 
 async def test_the_iterator_raises_the_error_that_ended_it() -> None:
-    subscription = Subscription("c")
+    subscription = SocketSubscription("c")
     event = SocketEvent("c", "e", 1, "message", 1)
     await subscription.deliver(event)
     error = ConnectionClosed(4503, "forbidden", reconnect=False)
@@ -139,7 +139,7 @@ async def test_the_iterator_raises_the_error_that_ended_it() -> None:
 
 
 async def test_a_full_buffer_holds_the_reader_back() -> None:
-    subscription = Subscription("c", buffer=2)
+    subscription = SocketSubscription("c", buffer=2)
     events = [SocketEvent("c", "e", n, "message", n) for n in range(1, 4)]
     await subscription.deliver(events[0])
     await subscription.deliver(events[1])
@@ -152,7 +152,7 @@ async def test_a_full_buffer_holds_the_reader_back() -> None:
 
 
 async def test_close_releases_a_waiting_reader() -> None:
-    subscription = Subscription("c", buffer=1)
+    subscription = SocketSubscription("c", buffer=1)
     await subscription.deliver(SocketEvent("c", "e", 1, "message", 1))
     blocked = asyncio.create_task(subscription.deliver(SocketEvent("c", "e", 2, "message", 2)))
     await asyncio.sleep(0)
@@ -171,7 +171,7 @@ async def test_handlers_get_every_item_and_their_errors_are_logged(
         if len(seen) == 1:
             raise RuntimeError("boom")
 
-    subscription = Subscription("c", handler=handler)
+    subscription = SocketSubscription("c", handler=handler)
     events = [SocketEvent("c", "e", n, "message", n) for n in (1, 2)]
     with caplog.at_level(logging.ERROR, logger="tidings.client.socket"):
         for event in events:
@@ -186,7 +186,7 @@ async def test_handlers_get_every_item_and_their_errors_are_logged(
         await anext(subscription)
 
     plain: list[Any] = []
-    sync = Subscription("c", handler=plain.append)
+    sync = SocketSubscription("c", handler=plain.append)
     await sync.deliver(events[0])
     sync.close()
     await asyncio.wait_for(sync.wait_handled(), TIMEOUT)
@@ -201,7 +201,7 @@ async def test_a_handler_runs_apart_from_the_reader_and_stop_cancels_it() -> Non
         seen.append(item)
         await release.wait()  # e.g. awaiting a publish's ack, which the reader brings
 
-    subscription = Subscription("c", handler=slow, buffer=2)
+    subscription = SocketSubscription("c", handler=slow, buffer=2)
     events = [SocketEvent("c", "e", n, "message", n) for n in range(1, 4)]
     for event in events:
         await asyncio.wait_for(subscription.deliver(event), TIMEOUT)  # the reader goes on

@@ -1,0 +1,208 @@
+"""client/sync.py: publish, apublish and listen_sync over httpx.MockTransport (no sockets)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from tidings.client import (
+    Backoff,
+    ConnectionState,
+    Message,
+    Reset,
+    SyncListener,
+    apublish,
+    listen_sync,
+    publish,
+)
+from tidings.errors import (
+    PublishError,
+    PublishRejected,
+    ReconnectExhausted,
+    ServerUnavailable,
+    StreamRejected,
+)
+from tidings.types import Position
+
+URL = "http://tidings.test"
+SSE = {"content-type": "text/event-stream; charset=utf-8"}
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def sync_client(handler: Handler) -> httpx.Client:
+    return httpx.Client(transport=httpx.MockTransport(handler))
+
+
+def publish_server(requests: list[httpx.Request]) -> Handler:
+    def handle(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        body = json.loads(request.content)
+        if body["channel"] == "bad channel":
+            error = {"code": "invalid_channel", "message": "contains ' '"}
+            return httpx.Response(400, json={"error": error})
+        if body["channel"] == "broken":
+            return httpx.Response(502, text="<html>bad gateway</html>")
+        return httpx.Response(200, json={"epoch": "e", "offset": 7})
+
+    return handle
+
+
+def refuse(request: httpx.Request) -> httpx.Response:
+    raise httpx.ConnectError("connection refused", request=request)
+
+
+def test_publish_sends_data_or_text_and_returns_the_position() -> None:
+    requests: list[httpx.Request] = []
+    with sync_client(publish_server(requests)) as client:
+        assert publish(URL + "/", "c", {"n": 1}, client=client) == Position("e", 7)
+        publish(URL, "c", text="hi", event="note", key="k", client=client)
+        with pytest.raises(TypeError):
+            publish(URL, "c", client=client)
+        with pytest.raises(TypeError):
+            publish(URL, "c", 1, text="both", client=client)
+    assert [str(request.url) for request in requests] == [f"{URL}/api/publish"] * 2
+    assert [json.loads(request.content) for request in requests] == [
+        {"channel": "c", "event": "message", "data": {"n": 1}},
+        {"channel": "c", "event": "note", "text": "hi", "key": "k"},
+    ]
+
+
+def test_a_refused_publish_raises_publish_rejected_with_the_servers_code() -> None:
+    with sync_client(publish_server([])) as client:
+        with pytest.raises(PublishRejected) as caught:
+            publish(URL, "bad channel", 1, client=client)
+        assert isinstance(caught.value, PublishError)
+        assert (caught.value.status, caught.value.code) == (400, "invalid_channel")
+        assert caught.value.message == "contains ' '"
+        with pytest.raises(PublishRejected) as caught:
+            publish(URL, "broken", 1, client=client)
+        assert (caught.value.status, caught.value.code) == (502, "internal")
+        assert "bad gateway" in caught.value.message
+
+
+def test_an_unreachable_server_raises_server_unavailable_with_the_cause() -> None:
+    with sync_client(refuse) as client, pytest.raises(ServerUnavailable) as caught:
+        publish(URL, "c", 1, client=client)
+    assert caught.value.url == f"{URL}/api/publish"
+    assert isinstance(caught.value.__cause__, httpx.ConnectError)
+
+
+async def test_apublish_raises_the_same_errors() -> None:
+    transport = httpx.MockTransport(publish_server([]))
+    async with httpx.AsyncClient(transport=transport) as client:
+        assert await apublish(URL, "c", [1], client=client) == Position("e", 7)
+        with pytest.raises(PublishRejected) as caught:
+            await apublish(URL, "bad channel", 1, client=client)
+        assert caught.value.code == "invalid_channel"
+    async with httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as client:
+        with pytest.raises(ServerUnavailable) as unavailable:
+            await apublish(URL, "c", 1, client=client)
+        assert isinstance(unavailable.value.__cause__, httpx.ConnectError)
+
+
+def dropping(*chunks: bytes) -> Iterator[bytes]:
+    """A response body that sends ``chunks`` and then loses the connection."""
+    yield from chunks
+    raise httpx.ReadError("connection reset")
+
+
+class Server:
+    """Answers stream requests from a script, and remembers the requests."""
+
+    def __init__(self, *answers: Callable[[], httpx.Response]) -> None:
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return self.answers.pop(0)()
+
+
+def test_listen_sync_resumes_after_a_drop_with_the_last_event_id() -> None:
+    server = Server(
+        lambda: httpx.Response(
+            200, headers=SSE, content=dropping(b"retry: 40\n\nid: a:e:0\ndata: 0\n\n")
+        ),
+        lambda: httpx.Response(503, text="restarting"),
+        lambda: httpx.Response(
+            200, headers=SSE, content=dropping(b"id: a:e:1\ndata: 1\n\nid: a:e:2\nda", b"ta: 2\n\n")
+        ),
+        lambda: httpx.Response(200, headers=SSE, content=iter([b"id: a:e:3\ndata: 3\n\n"])),
+    )
+    sleeps: list[float] = []
+    states: list[ConnectionState] = []
+    with sync_client(server) as client:
+        listener = SyncListener(
+            URL,
+            ["a"],
+            last_event_id="a:e:0",
+            client=client,
+            on_state=states.append,
+            sleep=sleeps.append,  # no waiting in unit tests
+        )
+        with listener as events:
+            iterator = iter(events)
+            items = [next(iterator) for _ in range(4)]
+            assert listener.last_event_id == "a:e:3"
+        assert not client.is_closed  # a client passed in is the caller's to close
+    assert [item.data for item in items if isinstance(item, Message)] == ["0", "1", "2", "3"]
+    assert [request.headers.get("last-event-id") for request in server.requests] == [
+        "a:e:0",
+        "a:e:0",
+        "a:e:0",
+        "a:e:2",
+    ]
+    assert str(server.requests[0].url) == f"{URL}/sse?channel=a"
+    assert len(sleeps) == 3
+    assert all(0 <= delay <= 0.16 for delay in sleeps)  # retry: 40 ms is the base
+    assert states == [
+        ConnectionState.CONNECTING,
+        ConnectionState.OPEN,
+        ConnectionState.RECONNECTING,
+        ConnectionState.OPEN,
+        ConnectionState.RECONNECTING,
+        ConnectionState.OPEN,
+        ConnectionState.CLOSED,
+    ]
+
+
+def test_listen_sync_yields_resets() -> None:
+    reset = b'event: reset\ndata: {"channel":"a","epoch":"f","offset":0,"reason":"epoch"}\n\n'
+    server = Server(lambda: httpx.Response(200, headers=SSE, content=iter([reset])))
+    with sync_client(server) as client, listen_sync(URL, ["a"], client=client) as events:
+        assert next(iter(events)) == Reset("a", Position("f", 0), "epoch")
+
+
+def test_listen_sync_stops_on_a_terminal_status() -> None:
+    server = Server(lambda: httpx.Response(403, json={"error": {"code": "permission_denied"}}))
+    states: list[ConnectionState] = []
+    with (
+        sync_client(server) as client,
+        pytest.raises(StreamRejected) as caught,
+        listen_sync(URL, ["a"], client=client, on_state=states.append),
+    ):
+        pass
+    assert caught.value.status == 403
+    assert "permission_denied" in caught.value.body
+    assert states == [ConnectionState.CONNECTING, ConnectionState.CLOSED]
+
+
+def test_listen_sync_gives_up_after_max_attempts() -> None:
+    sleeps: list[float] = []
+    backoff = Backoff(base=0.01, max_attempts=2)
+    with sync_client(refuse) as client:
+        listener = SyncListener(URL, ["a"], client=client, backoff=backoff, sleep=sleeps.append)
+        with pytest.raises(ReconnectExhausted) as caught, listener:
+            pass
+    assert caught.value.attempts == 2
+    assert isinstance(caught.value.last_error, httpx.ConnectError)
+    assert len(sleeps) == 2
+
+
+def test_iterating_outside_with_is_an_error() -> None:
+    with pytest.raises(RuntimeError):
+        iter(listen_sync(URL, ["a"]))
