@@ -198,7 +198,7 @@ class ReconnectingStream:
             return Verdict.REJECT
         if status != 200 or not content_type.startswith("text/event-stream"):
             return Verdict.RETRY
-        self._decoder = SSEDecoder()
+        self._decoder = SSEDecoder(last_event_id=self.last_event_id)
         self._pending.clear()
         self._set_state(ConnectionState.OPEN)
         self.backoff.reset()

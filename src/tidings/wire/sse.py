@@ -104,13 +104,17 @@ class SSEDecoder:
     ``None``) hold the stream state a reconnecting client needs.
 
     Args:
+        last_event_id: Where the stream starts: a reconnecting client passes
+            the id it resumes from, which stays the last event id until the
+            stream sends one ("the last event ID string of the event source
+            remains set" across reconnections, WHATWG 9.2.3).
         max_event_bytes: Refuse (with :class:`~tidings.errors.FrameTooLarge`)
             a line or an event larger than this many characters, so that a
             stream without line breaks cannot grow memory without bound.
             ``None`` means no limit.
     """
 
-    def __init__(self, *, max_event_bytes: int | None = None) -> None:
+    def __init__(self, *, last_event_id: str = "", max_event_bytes: int | None = None) -> None:
         # "UTF-8 decode": invalid sequences become U+FFFD, a leading BOM is
         # removed (handled in _strip_bom so that it also works byte by byte).
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -121,8 +125,8 @@ class SSEDecoder:
         self._data: list[str] = []
         self._data_size = 0
         self._type = ""
-        self._id_buffer = ""
-        self.last_event_id = ""
+        self._id_buffer = last_event_id
+        self.last_event_id = last_event_id
         self.retry: int | None = None
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:

@@ -118,10 +118,9 @@ def test_an_id_only_block_moves_the_cursor_once_drained() -> None:
     assert core.last_event_id == "a:e:9"
 
 
-@pytest.mark.xfail(reason="a new decoder starts with an empty last event id", strict=True)
 def test_a_stream_that_drops_before_its_first_id_keeps_the_cursor() -> None:
-    # WHATWG keeps the last event ID across reconnections; today a stream that
-    # ends after ``retry:`` but before any ``id:`` clears the resume cursor.
+    # WHATWG keeps the last event ID across reconnections: a stream that ends
+    # after ``retry:`` but before any ``id:`` must not clear the resume cursor.
     core, _ = stream(last_event_id="a:e:5")
     core.response_received(200, SSE)
     core.receive_data(b"retry: 100\n\n")

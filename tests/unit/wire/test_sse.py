@@ -319,3 +319,11 @@ def test_spec_vectors(vector: Vector) -> None:
     assert [(e.type, e.data, e.id) for e in events] == vector.events
     _, decoder = decode_whole(vector.stream)
     assert decoder.retry == vector.retry
+
+
+def test_a_decoder_resuming_from_an_id_keeps_it_until_the_stream_sends_one() -> None:
+    decoder = SSEDecoder(last_event_id="a:e:5")
+    assert decoder.feed(b"retry: 10\n\ndata: x\n\n")[0].id == "a:e:5"
+    assert decoder.last_event_id == "a:e:5"
+    assert decoder.feed(b"id: a:e:6\ndata: y\n\n")[0].id == "a:e:6"
+    assert decoder.feed(b"id\ndata: z\n\n")[0].id == ""  # an empty id resets it
