@@ -62,7 +62,6 @@ import orjson
 from starlette.types import Message, Receive, Scope, Send
 
 from tidings.errors import (
-    BackendUnavailable,
     FrameTooLarge,
     PermissionDenied,
     ProtocolError,
@@ -82,7 +81,7 @@ from tidings.hub import (
     validate_channel,
 )
 from tidings.hub.subscription import CloseReason
-from tidings.server.errors import http_status
+from tidings.server.errors import close_code, error_body, http_status
 from tidings.server.writer import FAST_WRITE, WebSocketFastWrite
 from tidings.types import Position
 from tidings.wire import protocol
@@ -418,7 +417,7 @@ class _Connection:
         try:
             protocol.check_size(data, self.endpoint.max_frame_bytes)
         except FrameTooLarge as exc:
-            self.end(CloseCode.MESSAGE_TOO_BIG, str(exc))
+            self.end(close_code(exc), str(exc))
             return
         allowed = self.allow()
         if not allowed and self.strikes > max(1.0, self.endpoint.rate_limit):
@@ -524,10 +523,8 @@ class _Connection:
         try:
             for channel in channels:
                 await self.subscription.add(channel, since=cursor.get(channel))
-        except BackendUnavailable as exc:
-            self.end(CloseCode.INTERNAL_ERROR, str(exc))
         except TidingsError as exc:
-            self.end(CloseCode.BAD_REQUEST, str(exc))
+            self.end(close_code(exc), str(exc))
 
 
 def _close_reason(text: str) -> str:
@@ -850,7 +847,7 @@ class _StallWatch:
 async def _reject(exc: TidingsError, scope: Scope, send: Send) -> None:
     """Refuse the handshake: an HTTP error with a JSON body when the server can send one."""
     if "websocket.http.response" in scope.get("extensions", {}):
-        body = orjson.dumps({"error": {"code": exc.code, "message": str(exc)}})
+        body = orjson.dumps(error_body(exc.code, str(exc)))
         await send(
             {
                 "type": "websocket.http.response.start",
@@ -863,7 +860,7 @@ async def _reject(exc: TidingsError, scope: Scope, send: Send) -> None:
         )
         await send({"type": "websocket.http.response.body", "body": body})
     else:
-        await send({"type": "websocket.close", "code": CloseCode.BAD_REQUEST})
+        await send({"type": "websocket.close", "code": close_code(exc)})
 
 
 class WebSocketEcho:
