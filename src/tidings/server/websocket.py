@@ -63,7 +63,6 @@ from starlette.types import Message, Receive, Scope, Send
 
 from tidings.errors import (
     FrameTooLarge,
-    PermissionDenied,
     ProtocolError,
     RateLimited,
     TidingsError,
@@ -78,9 +77,9 @@ from tidings.hub import (
     Reset,
     Subscribed,
     Subscription,
-    validate_channel,
 )
 from tidings.hub.subscription import CloseReason
+from tidings.server import ops
 from tidings.server.errors import close_code, error_body, http_status
 from tidings.server.writer import FAST_WRITE, WebSocketFastWrite
 from tidings.types import Position
@@ -464,40 +463,15 @@ class _Connection:
             self.subscription.client = ClientInfo(self.client_id, None, command.info)
             return {"client": self.client_id}
         if isinstance(command, protocol.Unsubscribe):
-            channel = validate_channel(command.channel)
-            if not self.subscription.remove(channel):
-                raise ProtocolError(f"not subscribed to {channel!r}", code=ErrorCode.NOT_SUBSCRIBED)
-            return {"channel": channel}
+            return ops.unsubscribe(self.subscription, command)
         if isinstance(command, protocol.Publish):
-            channel = validate_channel(command.channel)
-            if not hub.options(channel).publish:
-                raise PermissionDenied(channel, "publish")
-            position = await hub.publish(
-                channel, command.data, text=command.text, event=command.event, key=command.key
-            )
-            return {"channel": channel, "epoch": position.epoch, "offset": position.offset}
+            return await ops.publish(hub, command)
         if isinstance(command, protocol.History):
-            channel = validate_channel(command.channel)
-            if not hub.options(channel).subscribe:
-                raise PermissionDenied(channel, "history")
-            limit = command.limit if command.limit is not None else 100
-            history = await hub.history(channel, since=command.since, limit=limit)
-            return _history_result(channel, history.position, history.events, history.reset)
+            return await ops.history(hub, command)
         assert isinstance(command, protocol.Presence)
-        channel = validate_channel(command.channel)
-        if not hub.options(channel).presence:
-            raise PermissionDenied(channel, "presence")
-        clients = await hub.presence(channel)
-        return {
-            "channel": channel,
-            "clients": [
-                {"client": client.client_id, "user": client.user_id, "info": client.info}
-                for client in clients
-            ],
-        }
+        return await ops.presence(hub, command)
 
     async def subscribe(self, command: protocol.Subscribe) -> None:
-        channel = self.endpoint.check_subscribe(command.channel, self.subscription)
         request = command.id
         answered = False
 
@@ -505,18 +479,23 @@ class _Connection:
             nonlocal answered
             answered = True
             if request is not None:
-                self.send_reply(protocol.Reply(request, _subscribed_result(subscribed)))
+                self.send_reply(protocol.Reply(request, ops.subscribed_result(subscribed)))
 
         try:
-            await self.subscription.add(
-                channel, since=command.since, notify_reset=request is None, on_live=on_live
+            await ops.subscribe(
+                self.endpoint.hub,
+                self.subscription,
+                command,
+                max_channels=self.endpoint.max_channels,
+                notify_reset=request is None,
+                on_live=on_live,
             )
         except Exception:
             if not answered:
                 raise
             # The channel is live and the reply went out: one reply per id, so
             # a later failure (delivering the replay) is logged, not answered.
-            logger.exception("subscribing %s failed after the reply", channel)
+            logger.exception("subscribing %s failed after the reply", command.channel)
 
     async def subscribe_all(self, channels: Iterable[str], cursor: dict[str, Position]) -> None:
         """Subscribe the channels named in the URL (validated already)."""
@@ -533,47 +512,6 @@ def _close_reason(text: str) -> str:
     if len(data) <= 123:
         return text
     return data[:120].decode("utf-8", "ignore") + "..."
-
-
-def _subscribed_result(subscribed: Subscribed) -> dict[str, Any]:
-    result: dict[str, Any] = {
-        "channel": subscribed.channel,
-        "epoch": subscribed.position.epoch,
-        "offset": subscribed.position.offset,
-        "recovered": subscribed.recovered,
-        "replayed": subscribed.replayed,
-    }
-    if subscribed.reset is not None:
-        result["reset"] = subscribed.reset.reason
-    return result
-
-
-def _history_result(
-    channel: str, position: Position, events: list[Event], reset: Reset | None
-) -> dict[str, Any]:
-    return {
-        "channel": channel,
-        "epoch": position.epoch,
-        "offset": position.offset,
-        "events": [
-            {
-                "epoch": event.epoch,
-                "offset": event.offset,
-                "event": event.type,
-                "time": event.time,
-                "data": protocol.Raw(event.raw, event.is_text),
-                **({"text": True} if event.is_text else {}),
-            }
-            for event in events
-        ],
-        "reset": None
-        if reset is None
-        else {
-            "epoch": reset.position.epoch,
-            "offset": reset.position.offset,
-            "reason": reset.reason,
-        },
-    }
 
 
 # -- the endpoint ------------------------------------------------------------------------
@@ -637,26 +575,9 @@ class WebSocketEndpoint:
         """Return the channels and resume cursor named in the URL, or raise a TidingsError."""
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         names = [value for key, value in query if key == "channel"]
-        channels = list(dict.fromkeys(validate_channel(name) for name in names))
-        if len(channels) > self.max_channels:
-            raise ProtocolError(f"at most {self.max_channels} channels per connection")
-        for channel in channels:
-            if not self.hub.options(channel).subscribe:
-                raise PermissionDenied(channel, "subscribe")
+        channels = ops.request_channels(self.hub, names, max_channels=self.max_channels)
         cursor_text = next((value for key, value in query if key == "last_event_id"), "")
         return channels, decode_cursor(cursor_text)
-
-    def check_subscribe(self, name: str, subscription: Subscription) -> str:
-        channel = validate_channel(name)
-        if not self.hub.options(channel).subscribe:
-            raise PermissionDenied(channel, "subscribe")
-        if channel in subscription.channels:
-            raise ProtocolError(
-                f"already subscribed to {channel!r}", code=ErrorCode.ALREADY_SUBSCRIBED
-            )
-        if len(subscription.channels) >= self.max_channels:
-            raise ProtocolError(f"at most {self.max_channels} channels per connection")
-        return channel
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()
