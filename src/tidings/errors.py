@@ -3,7 +3,7 @@
 ::
 
     TidingsError                          root; every error raised by Tidings is one of these
-    ├── ProtocolError                     malformed input on the wire (.code, .close_code)
+    ├── ProtocolError                     malformed input on the wire (.code)
     │   ├── FrameTooLarge                 (.size, .limit)
     │   ├── UnknownOp                     (.op)
     │   ├── RateLimited                   more commands than a connection may send (.limit)
@@ -16,6 +16,7 @@
     │   ├── BackendUnavailable            the backend is down or timing out (.backend)
     │   └── PublishRejected               client: the server refused a publish (.status, .code)
     ├── SubscriptionClosed                the hub ended a subscription (.reason)
+    ├── AlreadySubscribed                 a subscription already receives the channel (.channel)
     ├── ConnectionClosed                  client: server closed (.close_code, .reason, .reconnect)
     ├── StreamRejected                    client: a non-retryable HTTP status (.status)
     ├── ServerUnavailable                 client: the server cannot be reached (.url)
@@ -34,6 +35,7 @@ Tidings so that every layer can use it.
 from __future__ import annotations
 
 __all__ = [
+    "AlreadySubscribed",
     "BackendUnavailable",
     "ConnectionClosed",
     "FrameTooLarge",
@@ -68,12 +70,12 @@ class TidingsError(Exception):
 class ProtocolError(TidingsError):
     """Malformed input on the wire.
 
-    ``close_code`` is the WebSocket close code a server uses when the error
-    ends the connection (4500: bad request, terminal).
+    ``code`` is the wire code of the refusal (``bad_request`` unless given).
+    ``tidings.server.errors`` says which HTTP status and WebSocket close code
+    each error gets.
     """
 
     code = "bad_request"
-    close_code: int = 4500
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
@@ -85,7 +87,6 @@ class FrameTooLarge(ProtocolError):
     """A frame, body or line is larger than the configured limit."""
 
     code = "too_large"
-    close_code = 1009
 
     def __init__(self, size: int, limit: int) -> None:
         super().__init__(f"{size} bytes is more than the limit of {limit} bytes")
@@ -111,7 +112,6 @@ class RateLimited(ProtocolError):
     """
 
     code = "rate_limited"
-    close_code = 4029
 
     def __init__(self, limit: float) -> None:
         super().__init__(f"more than {limit:g} commands per second")
@@ -217,6 +217,16 @@ class SubscriptionClosed(TidingsError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"subscription closed: {reason}")
         self.reason = reason
+
+
+class AlreadySubscribed(TidingsError):
+    """A subscription was asked for a channel it already receives; nothing changed."""
+
+    code = "already_subscribed"
+
+    def __init__(self, channel: str) -> None:
+        super().__init__(f"already subscribed to {channel!r}")
+        self.channel = channel
 
 
 class ConnectionClosed(TidingsError):

@@ -1,12 +1,12 @@
-"""errors.py and wire/codes.py agree; the HTTP table maps every error."""
+"""errors.py and wire/codes.py agree; the server's table maps every error."""
 
 from __future__ import annotations
 
 import inspect
 
 import tidings.errors as errors
-from tidings.server.errors import http_status
-from tidings.wire.codes import CloseCode, ErrorCode, should_reconnect
+from tidings.server.errors import ERRORS, close_code, http_status
+from tidings.wire.codes import CloseCode, ErrorCode
 
 
 def error_classes() -> list[type[errors.TidingsError]]:
@@ -35,14 +35,30 @@ def test_http_statuses() -> None:
     assert http_status(errors.TidingsError("?")) == 500
 
 
-def test_close_code_ranges() -> None:
-    for code in CloseCode:
-        if 4000 <= code < 4500:
-            assert should_reconnect(code), code
-        elif 4500 <= code < 5000:
-            assert not should_reconnect(code), code
-    assert should_reconnect(CloseCode.SERVICE_RESTART)
-    assert not should_reconnect(CloseCode.MESSAGE_TOO_BIG)
+def test_close_codes() -> None:
+    assert close_code(errors.FrameTooLarge(10, 5)) == CloseCode.MESSAGE_TOO_BIG
+    assert close_code(errors.RateLimited(10)) == CloseCode.RATE_LIMITED
+    assert close_code(errors.InvalidChannel("a b", "space")) == CloseCode.BAD_REQUEST
+    assert close_code(errors.PermissionDenied("a", "subscribe")) == CloseCode.BAD_REQUEST
+    assert close_code(errors.BackendUnavailable("redis")) == CloseCode.INTERNAL_ERROR
+    assert close_code(errors.TidingsError("?")) == CloseCode.INTERNAL_ERROR
+
+
+def test_hub_errors_keep_their_wire_codes() -> None:
+    already = errors.AlreadySubscribed("a")
+    assert (already.channel, already.code) == ("a", "already_subscribed")
+    closed = errors.SubscriptionClosed("shutdown")
+    assert (closed.reason, closed.code) == ("shutdown", "subscription_closed")
+    for error in (already, closed):
+        assert (http_status(error), close_code(error)) == (400, CloseCode.BAD_REQUEST)
+
+
+def test_the_table_has_one_row_per_class_and_subclasses_first() -> None:
+    classes = [cls for cls, _, _ in ERRORS]
+    assert len(classes) == len(set(classes))
+    for index, cls in enumerate(classes):
+        for earlier in classes[:index]:
+            assert not issubclass(cls, earlier), f"{earlier.__name__} shadows {cls.__name__}"
 
 
 def test_errors_carry_their_attributes() -> None:

@@ -77,6 +77,7 @@ from tidings.client.subscription import (
     event_from,
 )
 from tidings.errors import (
+    AlreadySubscribed,
     ConnectionClosed,
     ProtocolError,
     ReconnectExhausted,
@@ -301,7 +302,7 @@ class Socket:
         """
         self._check_usable()
         if channel in self._subscriptions:
-            raise ProtocolError(f"already subscribed to {channel!r}", code="already_subscribed")
+            raise AlreadySubscribed(channel)
         subscription = SocketSubscription(
             channel,
             since=Position(*since) if since is not None else None,

@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import NamedTuple
 
-from tidings.errors import InvalidPublication, ProtocolError
+from tidings.errors import AlreadySubscribed, InvalidPublication, SubscriptionClosed
 from tidings.hub.backends.base import Backend, History, PresenceChange
 from tidings.hub.backends.memory import MemoryBackend
 from tidings.hub.event import Event, Item, Reset
@@ -339,7 +339,7 @@ class Hub:
         if channel in subscription.channels or (
             local is not None and subscription in local.pending
         ):
-            raise ProtocolError(f"already subscribed to {channel!r}", code="already_subscribed")
+            raise AlreadySubscribed(channel)
         options = self._namespaces.options(channel)
         if local is None:
             local = self._locals[channel] = _Local()
@@ -362,9 +362,7 @@ class Hub:
         del local.pending[subscription]
         if subscription.close_reason is not None:
             self._release(channel, local)
-            raise ProtocolError(
-                "the subscription closed while subscribing", code="subscription_closed"
-            )
+            raise SubscriptionClosed(subscription.close_reason)
         position, replay, reset = history
         epoch = position.epoch
         last = replay[-1].offset if replay else position.offset

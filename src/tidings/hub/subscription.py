@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Mapping
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from tidings.errors import ProtocolError, SubscriptionClosed
+from tidings.errors import SubscriptionClosed
 from tidings.hub.event import Event, Item, Reset
 from tidings.types import Position
 
@@ -189,12 +189,13 @@ class Subscription:
 
         Raises:
             InvalidChannel: ``channel`` is not a valid name.
-            ProtocolError: the subscription already receives ``channel``
-                (code ``already_subscribed``) or is closed.
+            AlreadySubscribed: the subscription already receives ``channel``.
+            SubscriptionClosed: the subscription is closed (before or while
+                subscribing).
             BackendUnavailable: the backend cannot be reached.
         """
         if self.close_reason is not None:
-            raise ProtocolError("the subscription is closed", code="subscription_closed")
+            raise SubscriptionClosed(self.close_reason)
         return await self._hub._attach(self, channel, since, notify_reset, on_live)
 
     def remove(self, channel: str) -> bool:

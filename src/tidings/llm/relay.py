@@ -54,6 +54,7 @@ from tidings.llm.config import ProviderRouter
 from tidings.llm.control import RelayControl
 from tidings.llm.request import ChatRequest
 from tidings.types import Position
+from tidings.wire.codes import ErrorCode
 
 __all__ = ["CHANNEL_PREFIX", "Generation", "LLMStats", "Relay", "Status", "upstream_status"]
 
@@ -378,7 +379,9 @@ class Relay:
                 "status": "cancelled",
                 "reason": reason,
                 **error_object(
-                    f"the generation was cancelled ({reason})", type="cancelled", code="cancelled"
+                    f"the generation was cancelled ({reason})",
+                    type="cancelled",
+                    code=ErrorCode.CANCELLED,
                 ),
             }
         except UpstreamError as exc:
@@ -395,7 +398,9 @@ class Relay:
             end = {
                 "status": "failed",
                 "http_status": 500,
-                **error_object("the generation failed", type="server_error", code="internal"),
+                **error_object(
+                    "the generation failed", type="server_error", code=ErrorCode.INTERNAL
+                ),
             }
         generation._finish(status)
         generation.end = end

@@ -1,41 +1,41 @@
-"""The HTTP JSON API: publish, history, channels, stats, health.
+"""The HTTP JSON API: publish, history, presence, channels, stats, health.
 
-Every handler refuses bad input with a 4xx and a JSON error body before it
-changes anything (``server/errors.py``).
+Each handler parses its request into the command a WebSocket client would
+send (``wire/protocol.py``) and runs it through ``server/ops.py``, so both
+transports answer the same documents. Bad input gets a 4xx and a JSON error
+body before anything changes (``server/errors.py``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tidings.errors import (
-    FrameTooLarge,
-    InvalidCursor,
-    InvalidPublication,
-    PermissionDenied,
-    ProtocolError,
-)
-from tidings.hub import Event, Hub, validate_channel
+from tidings.errors import FrameTooLarge, InvalidCursor, InvalidPublication, ProtocolError
+from tidings.hub import validate_channel
+from tidings.server import ops
 from tidings.server.state import ServerState
 from tidings.types import Position
+from tidings.wire import protocol
 from tidings.wire.codes import ErrorCode
 from tidings.wire.cursor import decode_cursor
+from tidings.wire.protocol import MAX_HISTORY_LIMIT
 
 __all__ = ["channels", "healthz", "history", "presence", "publish", "stats"]
 
-_PUBLISH_FIELDS = frozenset({"channel", "data", "text", "event", "key"})
-MAX_HISTORY_LIMIT = 10000
+#: Fields of a WebSocket command that an HTTP publish body does not have.
+_COMMAND_FIELDS = frozenset({"id", "op"})
 
 
 class JSONBody(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+        return protocol.encode_message(content, protocol.Format.JSON)
 
 
 def _state(request: Request) -> ServerState:
@@ -63,6 +63,38 @@ def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+def _publish_json(body: bytes, key: str | None) -> protocol.Publish:
+    """A JSON body as the same command a WebSocket ``publish`` is."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"body is not valid JSON: {exc}", code=ErrorCode.INVALID_JSON) from exc
+    if not isinstance(document, dict):
+        raise ProtocolError("body must be a JSON object")
+    framing = set(document) & _COMMAND_FIELDS
+    if framing:
+        raise ProtocolError(f"unknown field(s): {', '.join(sorted(framing))}")
+    command = protocol.parse_command({**document, "op": protocol.Op.PUBLISH})
+    assert isinstance(command, protocol.Publish)
+    if "key" not in document:
+        command = dataclasses.replace(command, key=key)
+    return command
+
+
+def _publish_text(request: Request, body: bytes, key: str | None) -> protocol.Publish:
+    """A ``text/plain`` body with ``?channel=…&event=…&key=…``."""
+    params = request.query_params
+    channel = params.get("channel")
+    if channel is None:
+        raise ProtocolError("query parameter 'channel' is required with a text/plain body")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidPublication(f"body is not valid UTF-8: {exc}") from exc
+    event = params.get("event", "message")
+    return protocol.Publish(None, channel, None, text, event, params.get("key", key))
+
+
 async def publish(request: Request) -> Response:
     """``POST /api/publish``: JSON ``{"channel", "data" | "text", "event"?, "key"?}``,
     or a ``text/plain`` body with ``?channel=…&event=…``."""
@@ -70,57 +102,16 @@ async def publish(request: Request) -> Response:
     body = await read_body(request, state.settings.max_body_bytes)
     media_type = _media_type(request)
     key = request.headers.get("idempotency-key")
-    data: Any = None
-    text: str | None = None
     if media_type in ("", "application/json") or media_type.endswith("+json"):
-        try:
-            document = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise ProtocolError(
-                f"body is not valid JSON: {exc}", code=ErrorCode.INVALID_JSON
-            ) from exc
-        if not isinstance(document, dict):
-            raise ProtocolError("body must be a JSON object")
-        unknown = set(document) - _PUBLISH_FIELDS
-        if unknown:
-            raise ProtocolError(f"unknown field(s): {', '.join(sorted(unknown))}")
-        if "channel" not in document:
-            raise ProtocolError("field 'channel' is required")
-        channel = document["channel"]
-        if ("data" in document) == ("text" in document):
-            raise ProtocolError("give exactly one of 'data' (JSON) and 'text' (plain text)")
-        data = document.get("data")
-        if "text" in document:
-            text = document["text"]
-            if not isinstance(text, str):
-                raise ProtocolError("field 'text' must be a string")
-        event = document.get("event", "message")
-        key = document.get("key", key)
-        if key is not None and not isinstance(key, str):
-            raise ProtocolError("field 'key' must be a string")
+        command = _publish_json(body, key)
     elif media_type == "text/plain":
-        channel = request.query_params.get("channel")
-        if channel is None:
-            raise ProtocolError("query parameter 'channel' is required with a text/plain body")
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InvalidPublication(f"body is not valid UTF-8: {exc}") from exc
-        event = request.query_params.get("event", "message")
-        key = request.query_params.get("key", key)
+        command = _publish_text(request, body, key)
     else:
         raise ProtocolError(
             f"unsupported Content-Type {media_type!r}: use application/json or text/plain",
             code=ErrorCode.UNSUPPORTED_MEDIA_TYPE,
         )
-    validate_channel(channel)
-    if not isinstance(event, str):
-        raise ProtocolError("field 'event' must be a string")
-    hub = state.hub
-    if not hub.options(channel).publish:
-        raise PermissionDenied(channel, "publish")
-    position = await hub.publish(channel, data, text=text, event=event, key=key)
-    return JSONBody({"channel": channel, "epoch": position.epoch, "offset": position.offset})
+    return JSONBody(await ops.publish(state.hub, command))
 
 
 def parse_since(channel: str, value: str) -> Position:
@@ -137,26 +128,10 @@ def parse_since(channel: str, value: str) -> Position:
     return position
 
 
-def event_json(event: Event) -> dict[str, Any]:
-    """An event as the HTTP API shows it (data embedded without re-encoding)."""
-    document: dict[str, Any] = {
-        "epoch": event.epoch,
-        "offset": event.offset,
-        "event": event.type,
-        "time": event.time,
-    }
-    if event.is_text:
-        document["data"] = event.text
-        document["text"] = True
-    else:
-        document["data"] = orjson.Fragment(event.raw)
-    return document
-
-
-def _limit(request: Request, default: int) -> int:
+def _limit(request: Request) -> int | None:
     value = request.query_params.get("limit")
     if value is None:
-        return default
+        return None
     if not value.isdigit() or not 0 <= int(value) <= MAX_HISTORY_LIMIT:
         raise ProtocolError(f"limit must be an integer from 0 to {MAX_HISTORY_LIMIT}")
     return int(value)
@@ -164,66 +139,22 @@ def _limit(request: Request, default: int) -> int:
 
 async def history(request: Request) -> Response:
     """``GET /api/history/{channel}?since=…&limit=…``."""
-    hub: Hub = _state(request).hub
     channel = validate_channel(request.path_params["channel"])
-    if not hub.options(channel).subscribe:
-        raise PermissionDenied(channel, "history")
     since_text = request.query_params.get("since")
     since = parse_since(channel, since_text) if since_text else None
-    result = await hub.history(channel, since=since, limit=_limit(request, 100))
-    reset = result.reset
-    return JSONBody(
-        {
-            "channel": channel,
-            "epoch": result.position.epoch,
-            "offset": result.position.offset,
-            "events": [event_json(event) for event in result.events],
-            "reset": None
-            if reset is None
-            else {
-                "epoch": reset.position.epoch,
-                "offset": reset.position.offset,
-                "reason": reset.reason,
-            },
-        }
-    )
+    command = protocol.History(None, channel, since, _limit(request))
+    return JSONBody(await ops.history(_state(request).hub, command))
 
 
 async def presence(request: Request) -> Response:
     """``GET /api/presence/{channel}``: the clients subscribed to a channel."""
-    hub: Hub = _state(request).hub
-    channel = validate_channel(request.path_params["channel"])
-    if not hub.options(channel).presence:
-        raise PermissionDenied(channel, "presence")
-    clients = await hub.presence(channel)
-    return JSONBody(
-        {
-            "channel": channel,
-            "clients": [
-                {"client": client.client_id, "user": client.user_id, "info": client.info}
-                for client in clients
-            ],
-        }
-    )
+    command = protocol.Presence(None, request.path_params["channel"])
+    return JSONBody(await ops.presence(_state(request).hub, command))
 
 
 async def channels(request: Request) -> Response:
     """``GET /api/channels``: channels with history or subscribers."""
-    summaries = await _state(request).hub.channels()
-    return JSONBody(
-        {
-            "channels": [
-                {
-                    "channel": summary.channel,
-                    "epoch": summary.position.epoch,
-                    "offset": summary.position.offset,
-                    "history": summary.history,
-                    "subscribers": summary.subscribers,
-                }
-                for summary in summaries
-            ]
-        }
-    )
+    return JSONBody(await ops.channels(_state(request).hub))
 
 
 async def stats(request: Request) -> Response:

@@ -1,10 +1,14 @@
-"""TidingsError → HTTP status and JSON body, in one table.
+"""TidingsError → HTTP status, JSON body and WebSocket close code, in one table.
 
 Every error response of the HTTP API has the same shape::
 
     {"error": {"code": "invalid_channel", "message": "invalid channel name 'a b': ..."}}
 
-``code`` is one of :class:`tidings.wire.codes.ErrorCode`.
+``code`` is one of :class:`tidings.wire.codes.ErrorCode`; a WebSocket error
+reply carries the same code. When an error ends a WebSocket connection
+instead (a handshake refused, an oversized message), the close code comes
+from the same row. Transports ask :func:`http_status` and :func:`close_code`;
+none of them keeps a mapping of its own.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Mapping
 from starlette.responses import JSONResponse
 
 from tidings.errors import (
+    AlreadySubscribed,
     BackendUnavailable,
     FrameTooLarge,
     InvalidChannel,
@@ -23,31 +28,37 @@ from tidings.errors import (
     ProtocolError,
     PublishError,
     QueueFull,
+    RateLimited,
     StreamRejected,
+    SubscriptionClosed,
     TidingsError,
     UpstreamError,
     UpstreamTimeout,
 )
-from tidings.wire.codes import ErrorCode
+from tidings.wire.codes import CloseCode, ErrorCode
 
-__all__ = ["CODE_STATUS", "HTTP_STATUS", "error_response", "http_status"]
+__all__ = ["CODE_STATUS", "ERRORS", "close_code", "error_body", "error_response", "http_status"]
 
-#: Checked in order; the first class an error is an instance of decides.
-HTTP_STATUS: tuple[tuple[type[TidingsError], int], ...] = (
-    (FrameTooLarge, 413),
-    (InvalidCursor, 400),
-    (ProtocolError, 400),
-    (InvalidChannel, 400),
-    (InvalidPublication, 400),
-    (PermissionDenied, 403),
-    (BackendUnavailable, 503),
-    (PublishError, 500),
-    (QueueFull, 429),
-    (UpstreamTimeout, 504),
-    (UpstreamError, 502),
-    (StreamRejected, 502),
+#: (error class, HTTP status, WebSocket close code), checked in order: the
+#: first class an error is an instance of decides. An error outside every
+#: row is a 500 and closes with 1011.
+ERRORS: tuple[tuple[type[TidingsError], int, CloseCode], ...] = (
+    (FrameTooLarge, 413, CloseCode.MESSAGE_TOO_BIG),
+    (RateLimited, 429, CloseCode.RATE_LIMITED),
+    (InvalidCursor, 400, CloseCode.BAD_REQUEST),
+    (ProtocolError, 400, CloseCode.BAD_REQUEST),
+    (InvalidChannel, 400, CloseCode.BAD_REQUEST),
+    (InvalidPublication, 400, CloseCode.BAD_REQUEST),
+    (AlreadySubscribed, 400, CloseCode.BAD_REQUEST),
+    (SubscriptionClosed, 400, CloseCode.BAD_REQUEST),
+    (PermissionDenied, 403, CloseCode.BAD_REQUEST),
+    (BackendUnavailable, 503, CloseCode.INTERNAL_ERROR),
+    (PublishError, 500, CloseCode.INTERNAL_ERROR),
+    (QueueFull, 429, CloseCode.BAD_REQUEST),
+    (UpstreamTimeout, 504, CloseCode.INTERNAL_ERROR),
+    (UpstreamError, 502, CloseCode.INTERNAL_ERROR),
+    (StreamRejected, 502, CloseCode.INTERNAL_ERROR),
 )
-
 
 #: Codes whose status is more precise than their class's.
 CODE_STATUS: dict[str, int] = {
@@ -56,17 +67,27 @@ CODE_STATUS: dict[str, int] = {
 }
 
 
+def _row(exc: TidingsError) -> tuple[int, CloseCode]:
+    for cls, status, code in ERRORS:
+        if isinstance(exc, cls):
+            return status, code
+    return 500, CloseCode.INTERNAL_ERROR
+
+
 def http_status(exc: TidingsError) -> int:
     """Return the HTTP status for ``exc`` (500 when no row matches)."""
     if exc.code in CODE_STATUS:
         return CODE_STATUS[exc.code]
-    for cls, status in HTTP_STATUS:
-        if isinstance(exc, cls):
-            return status
-    return 500
+    return _row(exc)[0]
+
+
+def close_code(exc: TidingsError) -> CloseCode:
+    """Return the WebSocket close code for ``exc`` when it ends a connection."""
+    return _row(exc)[1]
 
 
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    """The JSON error body: ``{"error": {"code": …, "message": …}}``."""
     return {"error": {"code": code, "message": message}}
 
 

@@ -324,7 +324,7 @@ class FastWebSocketsProtocol(WebSocketsSansIOProtocol):
             try:
                 text = bytes(data).decode()
             except UnicodeDecodeError:
-                self.conn.send_close(1007)
+                self.conn.send_close(CloseCode.INVALID_DATA)
                 self.handle_parser_exception()
                 return
             receiver(text)

@@ -29,22 +29,24 @@ from starlette.types import Receive, Scope, Send
 
 from tidings.errors import (
     BackendUnavailable,
-    FrameTooLarge,
     InvalidChatRequest,
     InvalidCursor,
     ProtocolError,
     QueueFull,
+    TidingsError,
 )
 from tidings.hub import Event, Hub, Item, Reset, Subscription
 from tidings.llm import CHANNEL_PREFIX, Completion, Generation, Relay, error_object
 from tidings.llm.request import RequestLimits, validate_request
 from tidings.server.api import read_body
+from tidings.server.errors import http_status
 from tidings.server.sse import SSE_FRAME, SSE_HEADERS, watch_disconnect
 from tidings.types import Position
+from tidings.wire.codes import ErrorCode
 from tidings.wire.cursor import decode_cursor, encode_cursor
 from tidings.wire.sse import encode_event
 
-__all__ = ["ChatCompletions", "StreamView", "list_models", "openai_error"]
+__all__ = ["ChatCompletions", "StreamView", "list_models", "openai_error", "refusal"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +81,44 @@ def openai_error(
         status_code=status,
         headers=headers,
     )
+
+
+def refusal(exc: TidingsError) -> Response:
+    """The OpenAI-shaped error response for ``exc``.
+
+    Status and code come from the server's one table (``server/errors.py``);
+    only the OpenAI ``type`` and the two codes OpenAI names its own way are
+    decided here.
+    """
+    status = http_status(exc)
+    code, message = exc.code, str(exc)
+    if isinstance(exc, InvalidChatRequest):
+        code = ErrorCode.INVALID_VALUE
+    elif isinstance(exc, QueueFull):
+        code = ErrorCode.TOO_MANY_GENERATIONS
+        message = f"too many generations are running (at most {exc.limit})"
+    return openai_error(
+        status,
+        message,
+        type=_openai_type(status),
+        code=code,
+        param=getattr(exc, "param", None),
+    )
+
+
+def _openai_type(status: int) -> str:
+    if status == 429:
+        return "rate_limit_error"
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def _load_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(
+            f"the body is not valid JSON: {exc}", code=ErrorCode.INVALID_JSON
+        ) from exc
 
 
 def _end_response(end: dict[str, Any], headers: dict[str, str]) -> Response:
@@ -164,7 +204,7 @@ def _history_lost(item: Reset) -> dict[str, Any]:
         **error_object(
             f"the generation's history is gone ({item.reason})",
             type="server_error",
-            code="history_lost",
+            code=ErrorCode.HISTORY_LOST,
         ),
     }
 
@@ -211,39 +251,22 @@ class ChatCompletions:
             return
         try:
             body = await read_body(request, self.max_body_bytes)
-            chat = validate_request(orjson.loads(body), self.limits)
+            chat = validate_request(_load_json(body), self.limits)
             generation = await self.relay.start(chat)
-        except orjson.JSONDecodeError as exc:
-            response = openai_error(400, f"the body is not valid JSON: {exc}", code="invalid_json")
-        except FrameTooLarge as exc:
-            response = openai_error(413, str(exc), code="too_large")
-        except InvalidChatRequest as exc:
-            response = openai_error(400, str(exc), code="invalid_value", param=exc.param)
-        except ProtocolError as exc:
-            response = openai_error(400, str(exc), code=exc.code)
-        except QueueFull as exc:
-            response = openai_error(
-                429,
-                f"too many generations are running (at most {exc.limit})",
-                type="rate_limit_error",
-                code="too_many_generations",
-            )
+        except TidingsError as exc:
+            await refusal(exc)(scope, receive, send)
+            return
+        try:
+            with generation.listening():
+                if chat.stream:
+                    await self._stream(generation, chat.include_usage, scope, receive, send)
+                else:
+                    await self._whole(generation, scope, receive, send)
         except BackendUnavailable as exc:
-            response = openai_error(503, str(exc), type="server_error", code="unavailable")
-        else:
-            try:
-                with generation.listening():
-                    if chat.stream:
-                        await self._stream(generation, chat.include_usage, scope, receive, send)
-                    else:
-                        await self._whole(generation, scope, receive, send)
-                return
-            except BackendUnavailable as exc:
-                # Only subscribing can raise it, before a byte is sent: the
-                # answer cannot reach its client, so stop it now.
-                generation.cancel("unheard")
-                response = openai_error(503, str(exc), type="server_error", code="unavailable")
-        await response(scope, receive, send)
+            # Only subscribing can raise it, before a byte is sent: the
+            # answer cannot reach its client, so stop it now.
+            generation.cancel("unheard")
+            await refusal(exc)(scope, receive, send)
 
     async def _stream(
         self,
@@ -351,7 +374,7 @@ class StreamView:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream_id = scope["path_params"]["stream_id"]
         if not _STREAM_ID.match(stream_id):
-            response = openai_error(404, f"no stream {stream_id[:80]!r}", code="not_found")
+            response = openai_error(404, f"no stream {stream_id[:80]!r}", code=ErrorCode.NOT_FOUND)
         elif scope["method"] == "DELETE":
             response = await self._delete(stream_id)
         else:
@@ -363,9 +386,11 @@ class StreamView:
         try:
             end = await self.relay.cancel_anywhere(stream_id, "deleted")
         except BackendUnavailable as exc:
-            return openai_error(503, str(exc), type="server_error", code="unavailable")
+            return refusal(exc)
         if end is None:
-            return openai_error(404, f"no running or recent stream {stream_id!r}", code="not_found")
+            return openai_error(
+                404, f"no running or recent stream {stream_id!r}", code=ErrorCode.NOT_FOUND
+            )
         status = end.get("status", "cancelling")
         return _JSON(
             {"id": stream_id, "object": "tidings.stream", "status": status},
@@ -391,17 +416,12 @@ class StreamView:
             last = (await hub.history(channel, limit=1)).events
         except LookupError:
             response = openai_error(
-                404, f"no running or recent stream {stream_id!r}", code="not_found"
+                404, f"no running or recent stream {stream_id!r}", code=ErrorCode.NOT_FOUND
             )
             await response(scope, receive, send)
             return
-        except InvalidCursor as exc:
-            await openai_error(400, str(exc), code=exc.code)(scope, receive, send)
-            return
-        except BackendUnavailable as exc:
-            await openai_error(503, str(exc), type="server_error", code="unavailable")(
-                scope, receive, send
-            )
+        except TidingsError as exc:  # an unreadable cursor, the backend down
+            await refusal(exc)(scope, receive, send)
             return
         if last and last[-1].type == "end" and _at_or_after(since, last[-1]):
             # The client has everything: 204 also tells an EventSource not to reconnect.
@@ -416,9 +436,7 @@ class StreamView:
                 async with self.relay.remote_listener(stream_id):
                     await self._follow(channel, since, generation, scope, receive, send)
         except BackendUnavailable as exc:  # from subscribing, before a byte is sent
-            await openai_error(503, str(exc), type="server_error", code="unavailable")(
-                scope, receive, send
-            )
+            await refusal(exc)(scope, receive, send)
 
     async def _follow(
         self,

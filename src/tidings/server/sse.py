@@ -39,9 +39,10 @@ from urllib.parse import parse_qsl
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from tidings.errors import PermissionDenied, ProtocolError, TidingsError
-from tidings.hub import Encoding, Hub, Item, OverflowPolicy, Reset, Subscription, validate_channel
+from tidings.errors import ProtocolError, TidingsError
+from tidings.hub import Encoding, Hub, Item, OverflowPolicy, Reset, Subscription
 from tidings.hub.subscription import CloseReason
+from tidings.server import ops
 from tidings.server.errors import error_response
 from tidings.server.writer import FAST_WRITE, HTTPFastWrite
 from tidings.types import Position
@@ -438,12 +439,7 @@ class SSEEndpoint:
             names = [value for key, value in query if key == "channel"]
             if not names:
                 raise ProtocolError("at least one ?channel= is required")
-        channels = list(dict.fromkeys(validate_channel(name) for name in names))
-        if len(channels) > self.max_channels:
-            raise ProtocolError(f"at most {self.max_channels} channels per connection")
-        for channel in channels:
-            if not self.hub.options(channel).subscribe:
-                raise PermissionDenied(channel, "subscribe")
+        channels = ops.request_channels(self.hub, names, max_channels=self.max_channels)
         cursor_text = None
         for key, value in scope.get("headers", ()):
             if key == b"last-event-id":

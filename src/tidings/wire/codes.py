@@ -47,6 +47,10 @@ class ErrorCode(StrEnum):
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
     INTERNAL = "internal"
+    # The OpenAI-compatible endpoints (/v1/…) also use OpenAI's own names.
+    INVALID_VALUE = "invalid_value"
+    TOO_MANY_GENERATIONS = "too_many_generations"
+    HISTORY_LOST = "history_lost"
 
 
 class CloseCode(IntEnum):

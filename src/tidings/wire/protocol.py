@@ -23,6 +23,7 @@ import orjson
 
 from tidings.errors import FrameTooLarge, InvalidChannel, ProtocolError, UnknownOp
 from tidings.types import Position
+from tidings.wire.codes import ErrorCode
 from tidings.wire.json import dumps_kept
 
 __all__ = [
@@ -390,13 +391,15 @@ def load(data: str | bytes, fmt: Format) -> Any:
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError as exc:
-            raise ProtocolError(f"not valid JSON: {exc}", code="invalid_json") from exc
+            raise ProtocolError(f"not valid JSON: {exc}", code=ErrorCode.INVALID_JSON) from exc
     if not isinstance(data, bytes | bytearray):
         raise ProtocolError(f"{fmt.subprotocol} messages are binary frames, not text")
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises many types for bad input; all mean the same
-        raise ProtocolError(f"not valid MessagePack: {exc}", code="invalid_msgpack") from exc
+        raise ProtocolError(
+            f"not valid MessagePack: {exc}", code=ErrorCode.INVALID_MSGPACK
+        ) from exc
 
 
 def request_id(document: Any) -> RequestId:

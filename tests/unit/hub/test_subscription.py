@@ -8,7 +8,7 @@ import pytest
 
 from tests.support.env import TIMEOUT
 from tidings import Event, Hub, Position, Reset, SubscriptionClosed
-from tidings.errors import ProtocolError
+from tidings.errors import AlreadySubscribed
 from tidings.hub.event import EVENT_OVERHEAD, Encoding
 from tidings.hub.subscription import CloseReason, OverflowPolicy
 
@@ -120,16 +120,17 @@ async def test_only_one_waiter_at_a_time() -> None:
 
 async def test_adding_a_channel_twice_is_refused() -> None:
     async with Hub() as hub, hub.subscribe("a") as subscription:
-        with pytest.raises(ProtocolError) as caught:
+        with pytest.raises(AlreadySubscribed) as caught:
             await subscription.add("a")
         assert caught.value.code == "already_subscribed"
+        assert caught.value.channel == "a"
 
 
 async def test_adding_to_a_closed_subscription_is_refused() -> None:
     async with Hub() as hub:
         subscription = hub.subscription()
         subscription.close()
-        with pytest.raises(ProtocolError, match="closed"):
+        with pytest.raises(SubscriptionClosed, match="closed"):
             await subscription.add("a")
         assert hub.stats().subscriptions == 0
 

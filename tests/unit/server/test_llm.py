@@ -11,9 +11,18 @@ import orjson
 import pytest
 
 from tests.support.env import TIMEOUT
-from tidings.errors import BackendUnavailable
+from tidings.errors import (
+    BackendUnavailable,
+    FrameTooLarge,
+    InvalidChatRequest,
+    InvalidCursor,
+    ProtocolError,
+    QueueFull,
+    TidingsError,
+)
 from tidings.hub import Hub
 from tidings.server import create_app
+from tidings.server.llm import refusal
 from tidings.settings import Settings
 from tidings.wire.sse import SSEDecoder
 
@@ -191,3 +200,33 @@ async def test_a_backend_failure_while_subscribing_is_a_503() -> None:
                     assert view.status_code == 503
         finally:
             await app.state.tidings.relay.aclose()
+
+
+INVALID = "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "kind", "code", "param"),
+    [
+        # The bodies the completions and streams endpoints answered before one table.
+        (FrameTooLarge(10, 5), 413, INVALID, "too_large", None),
+        (InvalidChatRequest("no", param="n"), 400, INVALID, "invalid_value", "n"),
+        (ProtocolError("?", code="invalid_json"), 400, INVALID, "invalid_json", None),
+        (InvalidCursor("x", "bad"), 400, INVALID, "invalid_cursor", None),
+        (QueueFull(3), 429, "rate_limit_error", "too_many_generations", None),
+        (BackendUnavailable("redis"), 503, "server_error", "unavailable", None),
+    ],
+)
+def test_refusals_are_shaped_like_openai_errors(
+    error: TidingsError, status: int, kind: str, code: str, param: str | None
+) -> None:
+    response = refusal(error)
+    assert response.status_code == status
+    body = orjson.loads(response.body)
+    assert body == {
+        "error": {"message": body["error"]["message"], "type": kind, "param": param, "code": code}
+    }
+    if isinstance(error, QueueFull):
+        assert body["error"]["message"] == "too many generations are running (at most 3)"
+    else:
+        assert body["error"]["message"] == str(error)

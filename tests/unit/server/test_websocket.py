@@ -662,9 +662,9 @@ def test_random_frames_never_crash_or_silence_the_endpoint(
 
 
 def test_close_reasons_fit_a_close_frame() -> None:
-    from tidings.server.websocket import _close_reason
+    from tidings.server._ws_connection import close_reason
 
-    assert _close_reason("short") == "short"
-    cut = _close_reason("é" * 100)
+    assert close_reason("short") == "short"
+    cut = close_reason("é" * 100)
     assert len(cut.encode()) <= 123
     assert cut.endswith("...")

@@ -1,0 +1,483 @@
+"""One WebSocket connection: its state, its commands, its replies and its heartbeat watch.
+
+Theory of operation
+-------------------
+
+A connection is a :class:`Connection` (slots only) shared by two flows:
+
+* **commands**: each message is checked for size and rate, decoded, run
+  against the hub and answered with exactly one reply when the command has an
+  ``id``, one command at a time in arrival order. A ``subscribe`` answers
+  from ``Subscription.add(on_live=…)``, so its reply is on the wire before the
+  replayed events. On the fast path the connection is *handed off* once
+  accepted: the ASGI call returns, the protocol hands each message to
+  ``Connection.message_received``, and a worker task runs only while
+  commands are waiting (reading pauses when too many are). On the ASGI path
+  a reader task feeds the same code from ``receive``.
+* **pushes**, which reach the subscription from ``Hub._dispatch`` without any
+  task of ours:
+
+  - fast path (``tidings serve``; the scope offers ``tidings.write`` from
+    ``server/fastwrite.py``): the subscription writes each event's cached,
+    already framed push straight to the transport; the same bytes go to every
+    connection of that format. While the transport is paused, events wait in
+    the bounded outbox; on resume they go out in one write, as few frames as
+    ``max_frame_bytes`` allows (a JSON or MessagePack array per frame).
+    Replies are framed and written the same way. Commands stop being read
+    while the transport is paused, so a client cannot grow our buffers by
+    sending requests it never reads the answers of.
+  - ASGI path (any other server, or ``--no-fast-write``): a writer task
+    waits on the subscription and sends replies, then queued events in
+    batches, through ASGI ``send``; a reader task runs the commands; the
+    connection's own task waits for the subscription to close and then
+    closes the socket. A send blocked longer than the heartbeat period plus
+    the pong deadline marks the peer dead (4002).
+
+The subscription closing is the one signal that a connection is over; its
+reason picks the close code (``slow_consumer`` → 4008, hub shutdown → 4001;
+a peer that left gets nothing). Errors in a command end in an error reply;
+only an oversized message (1009), a rate-limit flood (4029), a raw-mode
+client that sends (4500) and internal failures (1011) close the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from starlette.types import Message, Receive, Send
+
+from tidings.errors import FrameTooLarge, ProtocolError, RateLimited, TidingsError
+from tidings.hub import ClientInfo, Subscribed, Subscription
+from tidings.hub.subscription import CloseReason
+from tidings.server import ops
+from tidings.server._ws_codec import Codec
+from tidings.server.errors import close_code
+from tidings.server.writer import WebSocketFastWrite
+from tidings.types import Position
+from tidings.wire import protocol
+from tidings.wire.codes import CloseCode, ErrorCode
+
+if TYPE_CHECKING:
+    from tidings.server.websocket import WebSocketEndpoint
+
+__all__ = ["GONE", "MAX_PENDING_COMMANDS", "MAX_PENDING_REPLIES", "Connection", "StallWatch"]
+
+logger = logging.getLogger(__name__)
+
+#: Replies a slow ASGI-path connection may have waiting before commands stop being read.
+MAX_PENDING_REPLIES = 64
+#: Commands a handed-off connection may have waiting before reading pauses.
+MAX_PENDING_COMMANDS = 32
+#: "Send no close frame": the peer is gone, or the server sends its own.
+GONE = CloseCode.ABNORMAL_CLOSURE
+
+
+#: Close code and reason for each way a subscription can end.
+_CLOSE_FOR = {
+    CloseReason.SLOW_CONSUMER: (CloseCode.SLOW_CONSUMER, "slow consumer"),
+    CloseReason.SHUTDOWN: (CloseCode.SHUTDOWN, "server shutdown"),
+    CloseReason.CLOSED: (CloseCode.NORMAL, ""),
+    # The peer leaving sets ``closing`` first; a subscription the hub
+    # disconnected by itself (a delivery failed) is an internal error.
+    CloseReason.DISCONNECT: (CloseCode.INTERNAL_ERROR, "internal error"),
+}
+
+
+class Connection:
+    """State of one WebSocket connection, and its fast-path write listener."""
+
+    __slots__ = (
+        "_writable",
+        "client_id",
+        "closing",
+        "codec",
+        "endpoint",
+        "fast",
+        "handed_off",
+        "inbox",
+        "replies",
+        "sending",
+        "stamp",
+        "started",
+        "strikes",
+        "subscription",
+        "tokens",
+        "worker",
+    )
+
+    def __init__(
+        self,
+        endpoint: WebSocketEndpoint,
+        codec: Codec,
+        subscription: Subscription,
+        client_id: str,
+    ) -> None:
+        self.endpoint = endpoint
+        self.codec = codec
+        self.subscription = subscription
+        self.client_id = client_id
+        self.fast: WebSocketFastWrite | None = None
+        #: Replies waiting for the writer task (ASGI path only).
+        self.replies: list[bytes] = []
+        #: The close code and reason once the connection is ending.
+        self.closing: tuple[int, str] | None = None
+        self.started = False  # a command was handled (connect must come first)
+        self.tokens = float(endpoint.rate_limit)
+        self.stamp = asyncio.get_running_loop().time()
+        self.strikes = 0.0
+        #: When the pending ASGI send started (0.0: none pending), for the stall watch.
+        self.sending = 0.0
+        self._writable: asyncio.Future[None] | None = None
+        #: Handed off (fast path): the connection outlives its ASGI call.
+        self.handed_off = False
+        #: Messages waiting for the worker task, which exists only while some do.
+        self.inbox: deque[str | bytes] | None = None
+        self.worker: asyncio.Task[None] | None = None
+
+    # -- ending ----------------------------------------------------------------
+
+    def end(self, code: int, reason: str = "") -> None:
+        """Close the connection with ``code`` (nothing is sent for a peer that left)."""
+        if self.closing is None:
+            self.closing = (code, close_reason(reason))
+        self.subscription.close(CloseReason.CLOSED)
+
+    def close_args(self) -> tuple[int, str]:
+        if self.closing is not None:
+            return self.closing
+        reason = self.subscription.close_reason or CloseReason.CLOSED
+        code, text = _CLOSE_FOR[reason]
+        return int(code), text
+
+    def on_closed(self, subscription: Subscription) -> None:
+        if self.closing is None:
+            self.closing = self.close_args()
+        code, reason = self.closing
+        fast = self.fast
+        if fast is not None and code != GONE:
+            fast.close(code, reason)
+        self._wake()
+        if self.handed_off:
+            # No ASGI call is left to clean up after a handed-off connection.
+            self.fast = None
+            if fast is not None:
+                fast.detach()
+            self.inbox = None
+            worker, self.worker = self.worker, None
+            if worker is not None and worker is not asyncio.current_task():
+                worker.cancel()
+            if self.endpoint.on_open is not None:
+                self.endpoint.on_open(-1)
+
+    # -- fast-path listener (server/fastwrite.py calls these) ---------------------
+
+    def pause_writing(self) -> None:
+        self.subscription.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.subscription.resume_writing()
+        self._wake()
+
+    def connection_lost(self) -> None:
+        self.closing = self.closing or (GONE, "")
+        self.subscription.close(CloseReason.DISCONNECT)
+
+    def shutdown(self) -> None:
+        self.closing = self.closing or (GONE, "")  # the server sends its own close
+        self.subscription.close(CloseReason.SHUTDOWN)
+
+    # -- flow control for commands -------------------------------------------------
+
+    def blocked(self) -> bool:
+        """Whether replies cannot go out now, so the next command must wait."""
+        if self.subscription.closed:
+            return False
+        fast = self.fast
+        if fast is not None:
+            return fast.paused
+        return len(self.replies) >= MAX_PENDING_REPLIES
+
+    async def writable(self) -> None:
+        while self.blocked():
+            waiter = self._writable
+            if waiter is None or waiter.done():
+                waiter = self._writable = asyncio.get_running_loop().create_future()
+            await waiter
+
+    def _wake(self) -> None:
+        waiter, self._writable = self._writable, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- replies ---------------------------------------------------------------------
+
+    def send_reply(self, reply: protocol.Reply | protocol.ErrorReply) -> None:
+        payload = self.codec.reply(reply)
+        fast = self.fast
+        if fast is not None:
+            fast.write(protocol.frame(payload, binary=self.codec.binary))
+        elif not self.subscription.closed:
+            self.replies.append(payload)
+            self.subscription.wakeup()
+
+    def send_error(self, request: protocol.RequestId, exc: TidingsError) -> None:
+        self.send_reply(protocol.ErrorReply(request, exc.code, str(exc)))
+
+    # -- commands ----------------------------------------------------------------------
+
+    def allow(self) -> bool:
+        """Take a token from the connection's bucket (``rate_limit`` per second).
+
+        Refusals are counted in a second bucket that drains at the same rate,
+        so ``strikes`` only grows while a client sends at more than twice
+        the limit.
+        """
+        rate = self.endpoint.rate_limit
+        now = asyncio.get_running_loop().time()
+        refill = (now - self.stamp) * rate
+        self.stamp = now
+        self.tokens = min(float(rate), self.tokens + refill)
+        self.strikes = max(0.0, self.strikes - refill)
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        self.strikes += 1.0
+        return False
+
+    def message_received(self, data: str | bytes) -> None:
+        """A message from the peer of a handed-off connection (called by the protocol)."""
+        if self.subscription.closed:
+            return
+        if self.codec.raw:
+            self.end(CloseCode.BAD_REQUEST, "raw mode is receive-only")
+            return
+        inbox = self.inbox
+        if inbox is None:
+            inbox = self.inbox = deque()
+        inbox.append(data)
+        if len(inbox) >= MAX_PENDING_COMMANDS and self.fast is not None:
+            self.fast.pause_reading()
+        if self.worker is None:
+            self.worker = asyncio.get_running_loop().create_task(
+                self._work(), name="tidings-ws-commands"
+            )
+
+    async def _work(self) -> None:
+        """Run waiting commands in order; the task ends when none are left."""
+        try:
+            while self.inbox and not self.subscription.closed:
+                data = self.inbox.popleft()
+                if len(self.inbox) < MAX_PENDING_COMMANDS // 2 and self.fast is not None:
+                    self.fast.resume_reading()
+                await self.writable()
+                await self.handle(data)
+        except Exception:
+            logger.exception("WebSocket command failed")
+            self.end(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            if self.worker is asyncio.current_task():
+                self.worker = None
+            if not self.inbox:
+                self.inbox = None
+
+    async def receive(self, message: Message) -> None:
+        """Handle one ``websocket.receive`` message (the ASGI path)."""
+        text = message.get("text")
+        await self.handle(text if text is not None else (message.get("bytes") or b""))
+
+    async def handle(self, data: str | bytes) -> None:
+        """Check, decode and run one message from the peer."""
+        codec = self.codec
+        if codec.raw:
+            self.end(CloseCode.BAD_REQUEST, "raw mode is receive-only")
+            return
+        try:
+            protocol.check_size(data, self.endpoint.max_frame_bytes)
+        except FrameTooLarge as exc:
+            self.end(close_code(exc), str(exc))
+            return
+        allowed = self.allow()
+        if not allowed and self.strikes > max(1.0, self.endpoint.rate_limit):
+            self.end(CloseCode.RATE_LIMITED, "rate limit exceeded")
+            return
+        assert codec.fmt is not None
+        document: Any = None
+        try:
+            document = protocol.load(data, codec.fmt)
+            if not allowed:
+                raise RateLimited(self.endpoint.rate_limit)
+            command = protocol.parse_command(document)
+        except TidingsError as exc:
+            self.send_error(protocol.request_id(document), exc)
+            return
+        await self.execute(command)
+
+    async def execute(self, command: protocol.Command) -> None:
+        request = command.id
+        try:
+            if isinstance(command, protocol.Subscribe):
+                await self.subscribe(command)
+                return
+            result = await self.run(command)
+        except TidingsError as exc:
+            self.send_error(request, exc)
+            return
+        except Exception:
+            logger.exception("%s failed", type(command).__name__.lower())
+            self.send_reply(protocol.ErrorReply(request, ErrorCode.INTERNAL, "internal error"))
+            return
+        finally:
+            self.started = True
+        if request is not None:
+            self.send_reply(protocol.Reply(request, result))
+
+    async def run(self, command: protocol.Command) -> Any:
+        hub = self.endpoint.hub
+        if isinstance(command, protocol.Ping):
+            return {}
+        if isinstance(command, protocol.Connect):
+            if self.started:
+                raise ProtocolError("connect must be the first command of a connection")
+            self.subscription.client = ClientInfo(self.client_id, None, command.info)
+            return {"client": self.client_id}
+        if isinstance(command, protocol.Unsubscribe):
+            return ops.unsubscribe(self.subscription, command)
+        if isinstance(command, protocol.Publish):
+            return await ops.publish(hub, command)
+        if isinstance(command, protocol.History):
+            return await ops.history(hub, command)
+        assert isinstance(command, protocol.Presence)
+        return await ops.presence(hub, command)
+
+    async def subscribe(self, command: protocol.Subscribe) -> None:
+        request = command.id
+        answered = False
+
+        def on_live(subscribed: Subscribed) -> None:
+            nonlocal answered
+            answered = True
+            if request is not None:
+                self.send_reply(protocol.Reply(request, ops.subscribed_result(subscribed)))
+
+        try:
+            await ops.subscribe(
+                self.endpoint.hub,
+                self.subscription,
+                command,
+                max_channels=self.endpoint.max_channels,
+                notify_reset=request is None,
+                on_live=on_live,
+            )
+        except Exception:
+            if not answered:
+                raise
+            # The channel is live and the reply went out: one reply per id, so
+            # a later failure (delivering the replay) is logged, not answered.
+            logger.exception("subscribing %s failed after the reply", command.channel)
+
+    async def subscribe_all(self, channels: Iterable[str], cursor: dict[str, Position]) -> None:
+        """Subscribe the channels named in the URL (validated already)."""
+        try:
+            for channel in channels:
+                await self.subscription.add(channel, since=cursor.get(channel))
+        except TidingsError as exc:
+            self.end(close_code(exc), str(exc))
+
+    async def read(self, receive: Receive) -> None:
+        """ASGI path: run the peer's messages until the connection ends."""
+        subscription = self.subscription
+        try:
+            while not subscription.closed:
+                message = await receive()
+                if message["type"] != "websocket.receive":
+                    self.connection_lost()
+                    return
+                await self.writable()
+                await self.receive(message)
+        except Exception:
+            logger.exception("WebSocket reader failed")
+            self.end(CloseCode.INTERNAL_ERROR, "internal error")
+
+    async def write(self, send: Send) -> None:
+        """ASGI path: send replies, then queued events in batches, until the connection ends."""
+        subscription = self.subscription
+        codec = self.codec
+        key = "bytes" if codec.binary else "text"
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if not self.replies:
+                    await subscription.wait()
+                if subscription.closed:
+                    return
+                payloads, self.replies = self.replies, []
+                self._wake()
+                items = subscription.take()
+                if items:
+                    payloads += codec.messages(items)
+                text = key == "text"
+                for payload in payloads:
+                    # The stall watch reads the stamp: a send blocked past
+                    # the heartbeat means the peer is gone or stopped.
+                    self.sending = loop.time()
+                    await send(
+                        {
+                            "type": "websocket.send",
+                            key: payload.decode("utf-8") if text else payload,
+                        }
+                    )
+                    self.sending = 0.0
+        except OSError:  # the server says the peer went away
+            self.connection_lost()
+        except Exception:
+            logger.exception("WebSocket writer failed")
+            self.end(CloseCode.INTERNAL_ERROR, "internal error")
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to the 123 bytes of UTF-8 a close frame can carry (RFC 6455 5.5)."""
+    data = text.encode("utf-8")
+    if len(data) <= 123:
+        return text
+    return data[:120].decode("utf-8", "ignore") + "..."
+
+
+class StallWatch:
+    """Ends ASGI-path connections whose send stays blocked for a whole heartbeat.
+
+    Plain ASGI has no pings; a peer that stopped reading (half-open, stopped)
+    shows as a ``send`` that never returns. One task checks every open
+    connection each quarter period, so no send pays for a timer of its own;
+    it starts with the first connection and is cancelled with the last.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._connections: dict[Connection, None] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, connection: Connection) -> None:
+        self._connections[connection] = None
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="tidings-ws-stall-watch"
+            )
+
+    def discard(self, connection: Connection) -> None:
+        self._connections.pop(connection, None)
+        if not self._connections and self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.timeout / 4)
+            deadline = loop.time() - self.timeout
+            for connection in list(self._connections):
+                if 0.0 < connection.sending < deadline:
+                    connection.end(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
