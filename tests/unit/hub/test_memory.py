@@ -11,7 +11,8 @@ import pytest
 from tests.unit.hub.backend_contract import *  # noqa: F403
 from tests.unit.hub.backend_contract import MakeHub
 from tidings import Hub, NamespaceOptions, Namespaces, Position
-from tidings.hub.backends.memory import MemoryBackend, new_epoch
+from tidings.hub.backends.base import new_epoch
+from tidings.hub.backends.memory import MemoryBackend
 
 
 class FakeClock:

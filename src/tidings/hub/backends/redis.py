@@ -70,8 +70,8 @@ from tidings.hub.backends.base import (
     PresenceChange,
     PresenceListener,
     ResetListener,
+    new_epoch,
 )
-from tidings.hub.backends.memory import new_epoch
 from tidings.hub.event import Event, Reset
 from tidings.hub.names import NamespaceOptions
 from tidings.types import Position
