@@ -23,7 +23,7 @@ ALLOWED_TIDINGS = {
 FENCED = {
     "starlette": ("server/", "testing.py"),
     "fastapi": (),
-    "redis": ("hub/backends/redis.py",),
+    "redis": ("hub/backends/redis/",),
     "httpx": ("client/", "llm/providers/openai.py", "cli.py", "bench.py"),
     "websockets": ("client/socket.py", "server/fastwrite.py", "bench.py"),
     "uvicorn": ("cli.py", "testing.py", "server/fastwrite.py"),
