@@ -1,14 +1,10 @@
-"""RedisBackend: several processes on one Redis behave as one hub.
+"""RedisBackend: the Backend interface over Redis, so that several processes act as one hub.
 
-The backend composes three parts, each in its own module with its theory
-of operation: :mod:`.scripts` keeps each channel's epoch, offset and
-history in Redis, one atomic Lua script per operation; :mod:`.pipeline`
-sends those script calls in batches over a pool of command connections
-and translates every redis error into
-:class:`~tidings.errors.BackendUnavailable`; :mod:`.fanout` holds the one
-Pub/Sub connection of the process and delivers the events of watched
-channels exactly once and in order. :mod:`.codec` reads what the scripts
-write.
+It validates its options and composes the other modules of the package, each
+with its theory of operation: :class:`Scripts` for storage, the
+:class:`Pipeline` under it for commands (and the translation of every redis
+error into :class:`~tidings.errors.BackendUnavailable`), and the
+:class:`Fanout` for delivery of watched channels, exactly once and in order.
 """
 
 from __future__ import annotations
