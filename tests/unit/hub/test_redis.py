@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import pytest
 
+from tidings.hub.backends.base import PresenceChange
 from tidings.hub.backends.redis import RedisBackend
-from tidings.hub.backends.redis.codec import entry_event, message_event, message_presence
+from tidings.hub.backends.redis.codec import (
+    decode_message,
+    decode_position,
+    decode_presence,
+    entry_event,
+    message_event,
+    message_presence,
+)
 from tidings.hub.backends.redis.pipeline import pack
 from tidings.hub.backends.redis.scripts import SCRIPTS, load_script
+from tidings.hub.event import Event
 from tidings.types import Position
 
 
@@ -35,6 +44,32 @@ def test_pubsub_messages_decode_to_presence_changes() -> None:
     assert (leave.kind, leave.client_id, leave.payload) == ("leave", "x1", b"{}")
 
 
+def test_pubsub_messages_are_told_apart_by_their_first_byte() -> None:
+    assert isinstance(decode_message("c", b"Ee 1 5 message 1\nplain"), Event)
+    assert isinstance(decode_message("c", b"J1 a{}"), PresenceChange)
+    assert isinstance(decode_message("c", b"L1 a{}"), PresenceChange)
+    assert decode_message("c", b"Xsomething else") is None
+    with pytest.raises(ValueError, match="not enough values to unpack"):
+        decode_message("c", b"Enot an event")
+
+
+def test_positions_and_presence_hashes_decode() -> None:
+    assert decode_position(b"abc 12") == Position("abc", 12)
+    flat = [
+        b"#",
+        b"3",
+        b"cb",
+        b"000000000002{}",
+        b"ca",
+        b'000000000003{"x":1}',
+        b"cz",
+        b"000000000001",
+    ]
+    # Oldest join first; the sequence counter "#" is not an entry.
+    assert decode_presence(flat) == {"z": b"", "b": b"{}", "a": b'{"x":1}'}
+    assert list(decode_presence(flat)) == ["z", "b", "a"]
+
+
 def test_stream_entries_decode_to_events() -> None:
     entry = [b"42-0", [b"t", b"1500", b"y", b"message", b"x", b"1", b"d", b"hi"]]
     event = entry_event("c", "epoch", entry)
@@ -47,6 +82,7 @@ def test_every_script_is_the_shared_prelude_and_its_body() -> None:
         assert script.source.startswith("-- Shared by every Tidings script")
         assert "local function channel_meta" in script.source
         assert len(script.sha) == 40
+        assert load_script(name) is script  # read from its file once per process
 
 
 def test_options_are_checked_and_nothing_connects_before_start() -> None:
@@ -55,3 +91,5 @@ def test_options_are_checked_and_nothing_connects_before_start() -> None:
     assert backend.pubsub_client_name.startswith("tidings-pubsub-")
     with pytest.raises(ValueError, match="timeout must be > 0 seconds"):
         RedisBackend(timeout=0)
+    with pytest.raises(ValueError, match="refresh_interval must be > 0 seconds"):
+        RedisBackend(refresh_interval=-1)
