@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, TypeAlias
 
-__all__ = ["Channel", "Epoch", "JSONValue", "Offset", "Position"]
+__all__ = ["JSONValue", "Position"]
 
-Channel: TypeAlias = str
-Epoch: TypeAlias = str
-Offset: TypeAlias = int
 JSONValue: TypeAlias = "dict[str, JSONValue] | list[JSONValue] | str | int | float | bool | None"
 
 
@@ -20,8 +17,8 @@ class Position(NamedTuple):
     from another epoch cannot be resumed exactly.
     """
 
-    epoch: Epoch
-    offset: Offset
+    epoch: str
+    offset: int
 
 
 def parse_scalar(value: object, kind: type) -> Any:

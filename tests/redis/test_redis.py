@@ -1,4 +1,4 @@
-"""hub/backends/redis.py: the backend contract over the real Redis, plus what only Redis does."""
+"""hub/backends/redis/: the backend contract over the real Redis, plus what only Redis does."""
 
 from __future__ import annotations
 
@@ -170,9 +170,9 @@ async def publish_unannounced(
     For the subscribers this is a Pub/Sub message lost in transit: the
     offset and the stream move on, the next message they get skips one.
     """
-    await backend._call(
+    await backend.scripts.call(
         "publish",
-        backend._keys(channel),
+        backend.scripts.keys(channel),
         (
             channel,
             "nobody-listens",
@@ -233,8 +233,7 @@ async def test_a_gap_older_than_history_is_a_reset(
 async def test_watched_channels_keep_their_epoch_without_publishes(
     redis_url: str, redis_prefix: str, redis_client: Any, channel: str
 ) -> None:
-    backend = RedisBackend(redis_url, prefix=redis_prefix, meta_ttl=3600)
-    backend._fanout.refresh_interval = 0.05  # instead of meta_ttl / 4
+    backend = RedisBackend(redis_url, prefix=redis_prefix, meta_ttl=3600, refresh_interval=0.05)
     meta = f"{redis_prefix}{{{channel}}}:m"
     async with Hub(backend) as hub, hub.subscribe(channel):
         await hub.publish(channel, 1)

@@ -29,7 +29,7 @@ ALLOWED_TIDINGS = {
 FENCED = {
     "starlette": ("server/", "testing.py"),
     "fastapi": (),
-    "redis": ("hub/backends/redis.py",),
+    "redis": ("hub/backends/redis/",),
     "httpx": ("client/", "llm/providers/openai.py", "cli.py", "bench.py"),
     "websockets": ("client/socket.py", "server/fastwrite.py", "bench.py"),
     "uvicorn": ("cli.py", "testing.py", "server/fastwrite.py"),
@@ -39,9 +39,10 @@ FENCED = {
 }
 
 
-def imports(path: Path) -> set[str]:
+def imports(source: str) -> set[str]:
+    """The absolute imports of a module's source."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -49,42 +50,69 @@ def imports(path: Path) -> set[str]:
     return names
 
 
-def modules() -> list[tuple[str, Path]]:
-    return [(path.relative_to(SRC).as_posix(), path) for path in sorted(SRC.rglob("*.py"))]
+def modules() -> list[tuple[str, str]]:
+    """Every module of the package: its path relative to ``src/tidings`` and its source."""
+    return [
+        (path.relative_to(SRC).as_posix(), path.read_text()) for path in sorted(SRC.rglob("*.py"))
+    ]
+
+
+def upward_imports(relative: str, source: str) -> list[str]:
+    """The imports of tidings modules that ``relative``'s layer may not use."""
+    allowed = ALLOWED_TIDINGS.get(relative.split("/")[0].removesuffix(".py"))
+    if allowed is None:
+        return []  # cli.py, testing.py, __init__.py, __main__.py sit on top
+    return [
+        f"{relative} imports {name}"
+        for name in sorted(imports(source))
+        if (parts := name.split("."))[0] == "tidings" and len(parts) > 1 and parts[1] not in allowed
+    ]
+
+
+def fence_breaches(relative: str, source: str) -> list[str]:
+    """The imports of fenced third-party packages outside their fence."""
+    problems = []
+    for name in sorted(imports(source)):
+        fence = FENCED.get(name.split(".")[0])
+        if fence is not None and not relative.startswith(fence):
+            problems.append(
+                f"{relative} imports {name} (allowed only in {', '.join(fence) or 'tests'})"
+            )
+    return problems
 
 
 def test_layers_only_import_downward() -> None:
-    problems = []
-    for relative, path in modules():
-        layer = relative.split("/")[0].removesuffix(".py")
-        allowed = ALLOWED_TIDINGS.get(layer)
-        if allowed is None:
-            continue  # cli.py, testing.py, __init__.py, __main__.py sit on top
-        for name in imports(path):
-            parts = name.split(".")
-            if parts[0] == "tidings" and len(parts) > 1 and parts[1] not in allowed:
-                problems.append(f"{relative} imports {name}")
+    problems = [problem for module in modules() for problem in upward_imports(*module)]
     assert not problems, "\n".join(problems)
 
 
 def test_third_party_packages_stay_behind_their_fences() -> None:
-    problems = []
-    for relative, path in modules():
-        for name in imports(path):
-            top = name.split(".")[0]
-            fence = FENCED.get(top)
-            if fence is not None and not relative.startswith(fence):
-                problems.append(
-                    f"{relative} imports {name} (allowed only in {', '.join(fence) or 'tests'})"
-                )
+    problems = [problem for module in modules() for problem in fence_breaches(*module)]
     assert not problems, "\n".join(problems)
 
 
 def test_the_fences_are_enforced_here_too() -> None:
     """The checker itself finds a violation (so a broken checker cannot pass silently)."""
-    fake = SRC / "hub" / "hub.py"
+    fake = (SRC / "hub" / "hub.py").read_text()
     assert "asyncio" in imports(fake)
     assert any(name.startswith("tidings.") for name in imports(fake))
+    # A hub module that imports the server layer and Starlette, and redis
+    # outside the Redis backend package: each import is reported.
+    bad = (
+        "import asyncio\n"
+        "import redis.asyncio\n"
+        "from starlette.responses import Response\n"
+        "from tidings.server.app import create_app\n"
+        "from tidings.hub.event import Event\n"
+    )
+    assert upward_imports("hub/backends/memory.py", bad) == [
+        "hub/backends/memory.py imports tidings.server.app"
+    ]
+    assert fence_breaches("hub/backends/memory.py", bad) == [
+        "hub/backends/memory.py imports redis.asyncio (allowed only in hub/backends/redis/)",
+        "hub/backends/memory.py imports starlette.responses (allowed only in server/, testing.py)",
+    ]
+    assert fence_breaches("hub/backends/redis/fanout.py", "import redis.asyncio\n") == []
 
 
 # What a client-only process must not load: the hub and everything above it.

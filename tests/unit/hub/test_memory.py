@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
+from tests.support.env import TIMEOUT
 from tests.unit.hub.backend_contract import *  # noqa: F403
 from tests.unit.hub.backend_contract import MakeHub
 from tidings import Hub, NamespaceOptions, Namespaces, Position
-from tidings.hub.backends.memory import MemoryBackend, new_epoch
+from tidings.hub.backends.base import new_epoch
+from tidings.hub.backends.memory import MemoryBackend
 
 
 class FakeClock:
@@ -113,8 +116,24 @@ async def test_history_size_zero_keeps_offsets_but_no_events(clock: FakeClock) -
         assert (await hub.history("live:a", since=Position(position.epoch, 1))).reset is not None
 
 
-async def test_sweeper_runs_in_the_background() -> None:
-    backend = MemoryBackend(sweep_interval=0.01)
-    async with Hub(backend) as hub:
-        await hub.position("x")
+async def test_sweeper_runs_in_the_background(clock: FakeClock) -> None:
+    backend = MemoryBackend(clock=clock, sweep_interval=0.01)
+    forgotten = asyncio.Event()
+    sweep = backend.sweep
+
+    def watched_sweep() -> int:
+        count = sweep()
+        if count:
+            forgotten.set()
+        return count
+
+    backend.sweep = watched_sweep  # type: ignore[method-assign]
+    async with Hub(backend, namespaces=Namespaces(NamespaceOptions(history_ttl=10))) as hub:
+        first = await hub.publish("x", 1)
+        assert [info.channel for info in await backend.channels()] == ["x"]
+        clock.now += 11  # the event left history and nobody watches "x": it is idle
+        async with asyncio.timeout(TIMEOUT):
+            await forgotten.wait()  # no one called sweep(): the background task did
+        assert await backend.channels() == []
+        assert (await hub.position("x")).epoch != first.epoch
     # aclose() stopped the sweeper task: the autouse fixture checks nothing is left.

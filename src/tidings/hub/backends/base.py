@@ -34,6 +34,8 @@ checks for every implementation:
 
 from __future__ import annotations
 
+import base64
+import secrets
 from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
@@ -49,7 +51,14 @@ __all__ = [
     "PresenceChange",
     "PresenceListener",
     "ResetListener",
+    "new_epoch",
 ]
+
+
+def new_epoch() -> str:
+    """Return a fresh random epoch: 8 characters of ``[a-z2-7]`` (40 bits)."""
+    return base64.b32encode(secrets.token_bytes(5)).decode("ascii").lower()
+
 
 #: Called by the backend with every event of a watched channel.
 Listener = Callable[[Event], None]

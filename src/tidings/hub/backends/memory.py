@@ -12,10 +12,8 @@ respect to the event loop.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
-import secrets
 import time
 from collections import deque
 from collections.abc import Callable
@@ -27,19 +25,15 @@ from tidings.hub.backends.base import (
     PresenceChange,
     PresenceListener,
     ResetListener,
+    new_epoch,
 )
 from tidings.hub.event import Event, Reset
 from tidings.hub.names import NamespaceOptions
 from tidings.types import Position
 
-__all__ = ["MemoryBackend", "new_epoch"]
+__all__ = ["MemoryBackend"]
 
 logger = logging.getLogger(__name__)
-
-
-def new_epoch() -> str:
-    """Return a fresh random epoch: 8 characters of ``[a-z2-7]`` (40 bits)."""
-    return base64.b32encode(secrets.token_bytes(5)).decode("ascii").lower()
 
 
 class _ChannelState:
