@@ -8,7 +8,13 @@ from hypothesis import strategies as st
 
 from tidings.errors import InvalidCursor
 from tidings.types import Position
-from tidings.wire.cursor import MAX_CURSOR_LENGTH, decode_cursor, encode_cursor
+from tidings.wire.cursor import (
+    MAX_CURSOR_LENGTH,
+    decode_cursor,
+    encode_cursor,
+    encode_cursor_bytes,
+    encode_entry,
+)
 
 
 def test_round_trip_keeps_order() -> None:
@@ -20,6 +26,14 @@ def test_round_trip_keeps_order() -> None:
     text = encode_cursor(positions)
     assert text == "b:e1:3,chat:room/1:x-y_z:0,a:q:17"
     assert list(decode_cursor(text).items()) == list(positions.items())
+
+
+def test_bytes_forms_are_the_same_cursor() -> None:
+    positions = {"b": Position("e1", 3), "chat:room/1": Position("x-y_z", 0)}
+    assert encode_cursor_bytes(positions) == encode_cursor(positions).encode()
+    assert encode_entry("chat:room/1", "x-y_z", 0) == b"chat:room/1:x-y_z:0"
+    assert decode_cursor(encode_entry("a", "q", 17).decode()) == {"a": Position("q", 17)}
+    assert encode_cursor_bytes({}) == b""
 
 
 def test_empty_cursor() -> None:
