@@ -27,27 +27,28 @@ __all__ = [
 MAX_CURSOR_LENGTH = 16384
 _EPOCH = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _OFFSET = re.compile(r"(?:0|[1-9][0-9]{0,18})\Z")
-_ENTRY = b"%b:%b:%d"  # channel:epoch:offset; entries are joined with ","
 
 
 def encode_cursor(positions: Mapping[str, Position]) -> str:
     """Encode ``positions`` (in their iteration order) as a cursor string."""
-    return encode_cursor_bytes(positions).decode("utf-8")
+    return ",".join(
+        [f"{channel}:{epoch}:{offset}" for channel, (epoch, offset) in positions.items()]
+    )
 
 
 def encode_cursor_bytes(positions: Mapping[str, Position]) -> bytes:
     """:func:`encode_cursor` as UTF-8 bytes, ready for an SSE ``id:`` line."""
-    return b",".join(
-        [
-            _ENTRY % (channel.encode("utf-8"), epoch.encode("utf-8"), offset)
-            for channel, (epoch, offset) in positions.items()
-        ]
-    )
+    # One str join and one encode: cheaper than encoding every entry.
+    return encode_cursor(positions).encode("utf-8")
 
 
 def encode_entry(channel: str, epoch: str, offset: int) -> bytes:
-    """One channel's entry of a cursor, as bytes: alone, it is that channel's cursor."""
-    return _ENTRY % (channel.encode("utf-8"), epoch.encode("utf-8"), offset)
+    """One channel's entry of a cursor, as bytes: alone, it is that channel's cursor.
+
+    The same ``channel:epoch:offset`` as :func:`encode_cursor` writes, in one
+    bytes formatting step for the frame every one-channel stream shares.
+    """
+    return b"%b:%b:%d" % (channel.encode("utf-8"), epoch.encode("utf-8"), offset)
 
 
 def decode_cursor(text: str) -> dict[str, Position]:

@@ -78,3 +78,12 @@ epochs = st.from_regex(r"[A-Za-z0-9_-]{1,16}", fullmatch=True)
 def test_round_trip_property(raw: dict[str, tuple[str, int]]) -> None:
     positions = {channel: Position(*value) for channel, value in raw.items()}
     assert decode_cursor(encode_cursor(positions)) == positions
+
+
+@given(channel_names, epochs, st.integers(0, 2**62))
+def test_an_entry_is_the_one_channel_cursor(channel: str, epoch: str, offset: int) -> None:
+    cursor = encode_cursor({channel: Position(epoch, offset)})
+    assert encode_entry(channel, epoch, offset) == cursor.encode()
+    assert decode_cursor(encode_entry(channel, epoch, offset).decode()) == {
+        channel: Position(epoch, offset)
+    }
