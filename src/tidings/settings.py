@@ -20,7 +20,8 @@ A TOML file holds the fields at the top level and namespaces in tables::
 Each top-level field can be overridden by an environment variable named
 ``TIDINGS_`` + the field name in capitals (``TIDINGS_PORT=8080``); each
 scalar of the ``[llm]`` table by ``TIDINGS_LLM_`` + its name
-(``TIDINGS_LLM_BASE_URL``, ``TIDINGS_LLM_GRACE``).
+(``TIDINGS_LLM_BASE_URL``, ``TIDINGS_LLM_GRACE``). The ``[llm]`` table is
+read once, by :func:`load_settings`, into ``Settings.llm`` (an ``LLMConfig``).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class Settings:
     fast_write: bool = True
     demo: bool = True
     namespaces: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    llm: Mapping[str, Any] = field(default_factory=dict)
+    llm: LLMConfig = field(default_factory=lambda: LLMConfig.from_table({}))
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -109,17 +110,9 @@ class Settings:
             raise SettingsError("ws_rate_limit must be > 0 commands per second")
         if self.history_size < 0:
             raise SettingsError("history_size must be >= 0")
+        if not isinstance(self.llm, LLMConfig):
+            raise SettingsError("llm must be an LLMConfig (LLMConfig.from_table reads a table)")
         self.namespace_options()  # refuse bad namespace tables now, not at first use
-        self.llm_config()
-
-    def llm_config(self) -> LLMConfig:
-        """Read the ``[llm]`` table (see ``docs/reference/settings.md``)."""
-        if not isinstance(self.llm, Mapping):
-            raise SettingsError("llm must be a table")
-        try:
-            return LLMConfig.from_table(self.llm)
-        except (TypeError, ValueError) as exc:
-            raise SettingsError(str(exc)) from exc
 
     def namespace_options(self) -> Namespaces:
         """Build the hub's per-namespace options from these settings."""
@@ -141,9 +134,8 @@ class Settings:
                 raise SettingsError(f"namespaces.{name}: {exc}") from exc
         if "llm" not in by_name:
             # Generations are published by the server only, and kept whole for their TTL.
-            llm = self.llm_config()
             by_name["llm"] = NamespaceOptions(
-                history_size=llm.history_size, history_ttl=llm.ttl, publish=False
+                history_size=self.llm.history_size, history_ttl=self.llm.ttl, publish=False
             )
         try:
             return Namespaces(default=default, by_name=by_name)
@@ -165,6 +157,14 @@ def _convert(name: str, value: Any, source: str) -> Any:
         return parse_scalar(value, kind)
     except ValueError:
         raise SettingsError(f"{source}: {name} must be a {kind.__name__}, not {value!r}") from None
+
+
+def _llm(table: Mapping[str, Any]) -> LLMConfig:
+    """Read the ``[llm]`` table; the error names the setting, never its value (it may be a key)."""
+    try:
+        return LLMConfig.from_table(table)
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(str(exc)) from exc
 
 
 def load_settings(
@@ -218,4 +218,6 @@ def load_settings(
             raise SettingsError(f"unknown setting {name!r}")
         if value is not None:
             values[name] = _convert(name, value, "command line") if name in _SCALAR_TYPES else value
+    if isinstance(values.get("llm"), Mapping):
+        values["llm"] = _llm(values["llm"])
     return Settings(**values)

@@ -16,6 +16,7 @@ from tests.support.env import TIMEOUT
 from tests.support.fake_openai import FakeUpstream, Scenario
 from tests.support.proxy import FaultProxy
 from tests.support.sse import SSEReader, open_sse
+from tidings.llm import LLMConfig
 from tidings.server.app import build_hub, create_app
 from tidings.settings import Settings
 from tidings.testing import run_server
@@ -35,7 +36,7 @@ def relay_settings(upstream: FakeUpstream, **llm: Any) -> Settings:
         "models": {"quick-*": "quick", "demo": "demo"},
         **llm,
     }
-    return Settings(log_level="warning", llm=table)
+    return Settings(log_level="warning", llm=LLMConfig.from_table(table))
 
 
 @pytest.fixture

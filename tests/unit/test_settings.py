@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tidings.hub import NamespaceOptions
+from tidings.llm import LLMConfig
 from tidings.settings import Settings, SettingsError, load_settings
 
 
@@ -143,17 +144,18 @@ def test_llm_table_from_file_and_environment(tmp_path: Path) -> None:
         '[llm.models]\n"llama*" = "local"\n'
     )
     env = {"TIDINGS_LLM_GRACE": "2.5", "TIDINGS_LLM_MAX_GENERATIONS": "8"}
-    llm = load_settings(path, env=env).llm_config()
+    llm = load_settings(path, env=env).llm
     assert (llm.grace, llm.max_generations) == (2.5, 8)
     assert llm.providers["local"].base_url == "http://127.0.0.1:11434/v1"
     assert llm.models == {"llama*": "local"}
     assert llm.default_provider == "demo"
     upstream = load_settings(env={"TIDINGS_LLM_BASE_URL": "https://api.openai.com/v1"})
-    assert upstream.llm_config().default_provider == "upstream"
+    assert upstream.llm.default_provider == "upstream"
 
 
 def test_llm_channels_are_kept_whole_and_closed_to_client_publishes() -> None:
-    options = Settings(llm={"ttl": 60, "history_size": 5000}).namespace_options().options("llm:x")
+    llm = LLMConfig(ttl=60, history_size=5000)
+    options = Settings(llm=llm).namespace_options().options("llm:x")
     assert options == NamespaceOptions(history_size=5000, history_ttl=60.0, publish=False)
     mine = Settings(namespaces={"llm": {"history_size": 10}}).namespace_options()
     assert mine.options("llm:x").history_size == 10
@@ -170,3 +172,53 @@ def test_llm_channels_are_kept_whole_and_closed_to_client_publishes() -> None:
 def test_bad_llm_settings_are_refused(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         load_settings(env=env)
+
+
+def test_llm_table_is_read_once_into_a_typed_field(tmp_path: Path) -> None:
+    path = tmp_path / "tidings.toml"
+    path.write_text('[llm]\ngrace = 4\n[llm.providers.p]\nbase_url = "http://h/v1"\n')
+    settings = load_settings(path, env={})
+    assert isinstance(settings.llm, LLMConfig)
+    assert settings.llm == LLMConfig.from_table(
+        {"grace": 4, "providers": {"p": {"base_url": "http://h/v1"}}}
+    )
+    assert Settings().llm == LLMConfig.from_table({})
+    flagged = load_settings(env={}, llm={"enabled": False})
+    assert flagged.llm.enabled is False
+    with pytest.raises(SettingsError, match="llm must be an LLMConfig"):
+        Settings(llm={"grace": 4})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[llm]\napi_key = 1234567\n", "llm.api_key must be a str"),
+        (
+            '[llm.providers.p]\nbase_url = "http://h/v1"\nheaders = "Bearer 1234567"\n',
+            "headers must be a table of strings",
+        ),
+        (
+            '[llm.providers.p]\nbase_url = "http://h/v1"\napi_key = ["1234567"]\n',
+            "api_key must be a str",
+        ),
+    ],
+)
+def test_llm_errors_name_the_setting_not_its_value(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "tidings.toml"
+    path.write_text(text)
+    with pytest.raises(SettingsError, match=message) as caught:
+        load_settings(path, env={})
+    assert "1234567" not in str(caught.value)
+
+
+def test_llm_secrets_stay_out_of_the_settings_repr() -> None:
+    llm = LLMConfig.from_table(
+        {
+            "base_url": "http://h/v1",
+            "api_key": "sk-1234567",
+            "providers": {"p": {"base_url": "http://h/v1", "headers": {"x-key": "h-1234567"}}},
+        }
+    )
+    text = repr(Settings(llm=llm))
+    assert "upstream" in text
+    assert "1234567" not in text

@@ -70,10 +70,17 @@ _SCALARS: dict[str, type] = {
 
 
 def _convert(name: str, value: Any, kind: type) -> Any:
+    if kind is dict:
+        if not isinstance(value, Mapping) or not all(
+            isinstance(key, str) and isinstance(item, str) for key, item in value.items()
+        ):
+            raise ValueError(f"llm.{name} must be a table of strings")
+        return dict(value)
     try:
         return parse_scalar(value, kind)
     except ValueError:
-        raise ValueError(f"llm.{name} must be a {kind.__name__}, not {value!r}") from None
+        # The value is left out on purpose: it may be an API key or a header.
+        raise ValueError(f"llm.{name} must be a {kind.__name__}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,12 +90,12 @@ class ProviderConfig:
     name: str
     kind: str = "openai"
     base_url: str = ""
-    api_key: str = ""
+    api_key: str = field(default="", repr=False)
     api_key_env: str = ""
     timeout: float = 60.0
     connect_timeout: float = 10.0
     model: str = ""
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     first_token_delay: float = 0.3
     token_interval: float = 0.04
 

@@ -94,7 +94,7 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Star
     owns_hub = hub is None
     hub = hub if hub is not None else build_hub(settings)
     keepalive = SSEKeepalive(settings.sse_keepalive)
-    llm = settings.llm_config()
+    llm = settings.llm
     relay = (
         Relay(
             hub,

@@ -44,7 +44,7 @@ from tidings.server.sse import SSE_FRAME, SSE_HEADERS, watch_disconnect
 from tidings.types import Position
 from tidings.wire.codes import ErrorCode
 from tidings.wire.cursor import decode_cursor, encode_cursor
-from tidings.wire.sse import encode_event
+from tidings.wire.sse import PING, encode_data, encode_event
 
 __all__ = ["ChatCompletions", "StreamView", "list_models", "openai_error", "refusal"]
 
@@ -52,8 +52,7 @@ logger = logging.getLogger(__name__)
 
 STREAM_ID_HEADER = "x-tidings-stream-id"
 _STREAM_ID = re.compile(r"[A-Za-z0-9-][A-Za-z0-9_-]{0,127}\Z")  # "_control" is not one
-_PING = b": ping\n\n"
-_DONE = b"data: [DONE]\n\n"
+_DONE = encode_data(b"[DONE]")
 _OPENAI_SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), *SSE_HEADERS[1:]]
 #: Status of a request whose generation was cancelled before its first chunk.
 CANCELLED_STATUS = 409
@@ -297,7 +296,7 @@ class ChatCompletions:
                         end = orjson.loads(item.raw)
                         break
                     if item.type == "message" or (item.type == "usage" and include_usage):
-                        out.append(b"data: " + item.raw + b"\n\n")
+                        out.append(encode_data(item.raw))
                 if not started:
                     if not out:
                         if end is not None:
@@ -319,13 +318,13 @@ class ChatCompletions:
                     if end.get("status") == "completed":
                         out.append(_DONE)
                     else:
-                        out.append(b"data: " + orjson.dumps({"error": end["error"]}) + b"\n\n")
+                        out.append(encode_data(orjson.dumps({"error": end["error"]})))
                     await send({"type": "http.response.body", "body": b"".join(out)})
                     return
                 await send(
                     {
                         "type": "http.response.body",
-                        "body": b"".join(out) or _PING,
+                        "body": b"".join(out) or PING,
                         "more_body": True,
                     }
                 )
@@ -471,7 +470,7 @@ class StreamView:
                     if isinstance(item, Event) and item.type == "end":
                         finished = True
                         break
-                body = b"".join(frames) or _PING
+                body = b"".join(frames) or PING
                 await send({"type": "http.response.body", "body": body, "more_body": not finished})
                 if finished:
                     return

@@ -46,8 +46,8 @@ from tidings.server import ops
 from tidings.server.errors import error_response
 from tidings.server.writer import FAST_WRITE, HTTPFastWrite
 from tidings.types import Position
-from tidings.wire.cursor import decode_cursor, encode_cursor
-from tidings.wire.sse import encode_event
+from tidings.wire.cursor import decode_cursor, encode_cursor, encode_cursor_bytes, encode_entry
+from tidings.wire.sse import PING, encode_data, encode_event, encode_id
 
 __all__ = ["SSE_HEADERS", "SSEEndpoint", "SSEKeepalive", "SSEStream"]
 
@@ -58,49 +58,43 @@ SSE_HEADERS: list[tuple[bytes, bytes]] = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-PING = b": ping\n\n"
-PING_CHUNK = b"%x\r\n%b\r\n" % (len(PING), PING)
 
 
 def _chunk(frame: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(frame), frame)
 
 
+PING_CHUNK = _chunk(PING)
+
+
+def _reset_data(item: Reset) -> bytes:
+    epoch, offset = item.position
+    return orjson.dumps(
+        {"channel": item.channel, "epoch": epoch, "offset": offset, "reason": item.reason}
+    )
+
+
 def _body(item: Item) -> bytes:
     """Everything of an item's frame after its ``id:`` line."""
     if isinstance(item, Reset):
-        data = orjson.dumps(
-            {
-                "channel": item.channel,
-                "epoch": item.position.epoch,
-                "offset": item.position.offset,
-                "reason": item.reason,
-            }
-        )
-        return b"event: reset\ndata: " + data + b"\n\n"
-    head = b"" if item.type == "message" else b"event: " + item.type.encode() + b"\n"
-    raw = item.raw
-    if not item.is_text:
-        # orjson never writes a raw line break, so JSON is always one line.
-        return head + b"data: " + raw + b"\n\n"
-    if b"\n" not in raw and b"\r" not in raw:
-        return head + b"data: " + raw + b"\n\n"
-    lines = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-    return head + b"".join(b"data: " + line + b"\n" for line in lines) + b"\n"
+        return encode_data(_reset_data(item), event="reset")
+    return encode_data(item.raw, event=item.type)
 
 
-def _id_line(item: Item) -> bytes:
+def _frame(item: Item) -> bytes:
+    """An item's whole frame; its ``id:`` is the one-channel cursor of its position."""
     if isinstance(item, Reset):
         epoch, offset = item.position
-    else:
-        epoch, offset = item.epoch, item.offset
-    return b"id: %s:%s:%d\n" % (item.channel.encode(), epoch.encode(), offset)
+        cursor = encode_entry(item.channel, epoch, offset)
+        return encode_data(_reset_data(item), event="reset", id=cursor)
+    cursor = encode_entry(item.channel, item.epoch, item.offset)
+    return encode_data(item.raw, event=item.type, id=cursor)
 
 
 #: The frame of an item on a one-channel connection, shared by all of them.
-SSE_FRAME = Encoding("sse", lambda item: _id_line(item) + _body(item))
+SSE_FRAME = Encoding("sse", _frame)
 #: The same frame wrapped in an HTTP/1.1 chunk, for the fast path.
-SSE_CHUNK = Encoding("sse-chunk", lambda item: _chunk(_id_line(item) + _body(item)))
+SSE_CHUNK = Encoding("sse-chunk", lambda item: _chunk(_frame(item)))
 #: The frame without its ``id:`` line, shared by multi-channel connections.
 SSE_BODY = Encoding("sse-body", _body)
 
@@ -215,15 +209,8 @@ class _Connection:
         channel = item.channel
         position = item.position if isinstance(item, Reset) else Position(item.epoch, item.offset)
         positions[channel] = position
-        cursor = ",".join(
-            [f"{channel}:{position.epoch}:{position.offset}"]
-            + [
-                f"{name}:{epoch}:{offset}"
-                for name, (epoch, offset) in positions.items()
-                if name != channel
-            ]
-        )
-        frame = b"id: " + cursor.encode() + b"\n" + SSE_BODY(item)
+        cursor = encode_cursor_bytes({channel: position} | positions)
+        frame = encode_id(cursor) + SSE_BODY(item)
         return _chunk(frame) if self.chunked else frame
 
     # Fast-path listener: called by the protocol (server/fastwrite.py).

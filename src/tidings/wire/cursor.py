@@ -16,7 +16,13 @@ from collections.abc import Mapping
 from tidings.errors import InvalidCursor
 from tidings.types import Position
 
-__all__ = ["MAX_CURSOR_LENGTH", "decode_cursor", "encode_cursor"]
+__all__ = [
+    "MAX_CURSOR_LENGTH",
+    "decode_cursor",
+    "encode_cursor",
+    "encode_cursor_bytes",
+    "encode_entry",
+]
 
 MAX_CURSOR_LENGTH = 16384
 _EPOCH = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
@@ -25,7 +31,24 @@ _OFFSET = re.compile(r"(?:0|[1-9][0-9]{0,18})\Z")
 
 def encode_cursor(positions: Mapping[str, Position]) -> str:
     """Encode ``positions`` (in their iteration order) as a cursor string."""
-    return ",".join(f"{channel}:{epoch}:{offset}" for channel, (epoch, offset) in positions.items())
+    return ",".join(
+        [f"{channel}:{epoch}:{offset}" for channel, (epoch, offset) in positions.items()]
+    )
+
+
+def encode_cursor_bytes(positions: Mapping[str, Position]) -> bytes:
+    """:func:`encode_cursor` as UTF-8 bytes, ready for an SSE ``id:`` line."""
+    # One str join and one encode: cheaper than encoding every entry.
+    return encode_cursor(positions).encode("utf-8")
+
+
+def encode_entry(channel: str, epoch: str, offset: int) -> bytes:
+    """One channel's entry of a cursor, as bytes: alone, it is that channel's cursor.
+
+    The same ``channel:epoch:offset`` as :func:`encode_cursor` writes, in one
+    bytes formatting step for the frame every one-channel stream shares.
+    """
+    return b"%b:%b:%d" % (channel.encode("utf-8"), epoch.encode("utf-8"), offset)
 
 
 def decode_cursor(text: str) -> dict[str, Position]:

@@ -1,10 +1,13 @@
-"""Server-Sent Events, sans I/O: ``encode_event()`` and an incremental ``SSEDecoder``.
+"""Server-Sent Events, sans I/O: the encoders and an incremental ``SSEDecoder``.
 
 The decoder follows the WHATWG HTML standard, section "Interpreting an event
 stream" (https://html.spec.whatwg.org/multipage/server-sent-events.html), rule
 by rule; the comments quote it. It takes bytes in any split and returns the
 events that became complete, so the same code serves a socket, a test and a
-fuzzer.
+fuzzer. Every ``data:``, ``event:`` and ``id:`` line and the ``: ping``
+comment Tidings writes comes from here: ``encode_event()`` for values it
+checks, and the bytes-level ``encode_data()``, ``encode_id()`` and ``PING``
+for the frames the server builds once per event.
 """
 
 from __future__ import annotations
@@ -14,7 +17,15 @@ from dataclasses import dataclass
 
 from tidings.errors import FrameTooLarge
 
-__all__ = ["SSEDecoder", "SSEEvent", "encode_comment", "encode_event"]
+__all__ = [
+    "PING",
+    "SSEDecoder",
+    "SSEEvent",
+    "encode_comment",
+    "encode_data",
+    "encode_event",
+    "encode_id",
+]
 
 _FORBIDDEN = ("\r", "\n", "\0")
 
@@ -55,32 +66,81 @@ def encode_event(
         ValueError: ``id`` or ``event`` contains CR, LF or NUL (they would end
             the field early or, for ``id``, make the client ignore it), or
             ``retry`` is negative.
+        UnicodeDecodeError: ``data`` is bytes that are not UTF-8.
     """
-    out: list[str] = []
+    head = b""
     if comment is not None:
-        out.extend(f": {line}" if line else ":" for line in _lines(comment))
+        head += "".join(f": {line}\n" if line else ":\n" for line in _lines(comment)).encode()
     if retry is not None:
         if isinstance(retry, bool) or not isinstance(retry, int) or retry < 0:
             raise ValueError(f"SSE retry must be a non-negative int of milliseconds: {retry!r}")
-        out.append(f"retry: {retry}")
+        head += b"retry: %d\n" % retry
     if id is not None:
         _check_field("id", id)
-        out.append(f"id: {id}")
-    if event is not None and event != "message":
+        head += encode_id(id.encode("utf-8"))
+    if event is None:
+        event = "message"
+    elif event != "message":
         _check_field("event", event)
-        out.append(f"event: {event}")
-    if data is not None:
-        if isinstance(data, bytes):
-            data = data.decode("utf-8")
-        out.extend(f"data: {line}" for line in _lines(data))
-    out.append("")
-    out.append("")
-    return "\n".join(out).encode("utf-8")
+    if data is None:
+        # Fields only: the blank line dispatches nothing (the data buffer is empty).
+        if event != "message":
+            head += b"event: %b\n" % event.encode("utf-8")
+        return head + b"\n"
+    if isinstance(data, str):
+        raw = data.encode("utf-8")
+    else:
+        data.decode("utf-8")  # refuse bytes that are not UTF-8, as a str would be
+        raw = data
+    return head + encode_data(raw, event=event)
 
 
 def encode_comment(text: str = "") -> bytes:
     """Encode a comment block such as ``: ping``, which clients ignore."""
     return encode_event(comment=text)
+
+
+# The bytes-level helpers below are what the server's hot path uses: each is
+# one or two bytes operations, no str round trip. Their inputs are already
+# valid (UTF-8 data as published, an event type and a cursor the hub and
+# wire/cursor.py made), so they do not check them again; encode_event() does.
+
+#: The keepalive comment, ``: ping``: it keeps proxies from timing out an idle
+#: stream and is ignored by every client.
+PING = b": ping\n\n"
+
+
+def encode_id(cursor: bytes) -> bytes:
+    """The ``id:`` line of ``cursor``, to put in front of a block without one.
+
+    ``cursor`` must not contain CR, LF or NUL (wire/cursor.py never writes them).
+    """
+    return b"id: %b\n" % cursor
+
+
+def encode_data(data: bytes, *, event: str = "message", id: bytes | None = None) -> bytes:
+    """An event block: ``id:``, ``event:``, one ``data:`` line per line of ``data``, a blank line.
+
+    The bytes twin of ``encode_event(data, event=event, id=id)`` (same output)
+    for data that is UTF-8 already, such as an event's JSON or text as
+    published. The block is built in one formatting step.
+
+    Args:
+        data: The event data; CRLF, CR and LF each end a line of it.
+        event: The event type, ``"message"`` for none (no ``event:`` line).
+            It must not contain CR, LF or NUL (the hub's event types never do).
+        id: The event id, such as a cursor from wire/cursor.py; ``None``
+            writes no ``id:`` line. It must not contain CR, LF or NUL.
+    """
+    if 10 in data or 13 in data:  # LF or CR; orjson never writes either raw
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\ndata: ")
+    if event == "message":
+        if id is None:
+            return b"data: %b\n\n" % data
+        return b"id: %b\ndata: %b\n\n" % (id, data)
+    if id is None:
+        return b"event: %b\ndata: %b\n\n" % (event.encode("utf-8"), data)
+    return b"id: %b\nevent: %b\ndata: %b\n\n" % (id, event.encode("utf-8"), data)
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,6 +65,19 @@ async def test_api_key_from_the_environment() -> None:
         await router.aclose()
 
 
+async def test_provider_headers_are_sent_upstream() -> None:
+    table = {"providers": {"p": {"base_url": "http://h/v1", "headers": {"x-team": "blue"}}}}
+    config = LLMConfig.from_table(table)
+    assert config.providers["p"].headers == {"x-team": "blue"}
+    router = config.router(env={})
+    try:
+        provider = router.providers["p"]
+        assert isinstance(provider, OpenAIProvider)
+        assert provider._client.headers["x-team"] == "blue"
+    finally:
+        await router.aclose()
+
+
 @pytest.mark.parametrize(
     ("table", "message"),
     [

@@ -21,12 +21,15 @@ from tidings.errors import (
     TidingsError,
 )
 from tidings.hub import Hub
+from tidings.llm import LLMConfig
 from tidings.server import create_app
 from tidings.server.llm import refusal
 from tidings.settings import Settings
 from tidings.wire.sse import SSEDecoder
 
-QUICK_DEMO = {"providers": {"demo": {"kind": "demo", "first_token_delay": 0, "token_interval": 0}}}
+QUICK_DEMO = LLMConfig.from_table(
+    {"providers": {"demo": {"kind": "demo", "first_token_delay": 0, "token_interval": 0}}}
+)
 BODY: dict[str, Any] = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -136,7 +139,7 @@ async def test_stats_include_the_relay(client: httpx.AsyncClient) -> None:
 
 async def test_the_relay_can_be_disabled() -> None:
     async with Hub() as hub:
-        app = create_app(hub, Settings(llm={"enabled": False}))
+        app = create_app(hub, Settings(llm=LLMConfig(enabled=False)))
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             response = await client.post("/v1/chat/completions", json=BODY)

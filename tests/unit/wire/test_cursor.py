@@ -8,7 +8,13 @@ from hypothesis import strategies as st
 
 from tidings.errors import InvalidCursor
 from tidings.types import Position
-from tidings.wire.cursor import MAX_CURSOR_LENGTH, decode_cursor, encode_cursor
+from tidings.wire.cursor import (
+    MAX_CURSOR_LENGTH,
+    decode_cursor,
+    encode_cursor,
+    encode_cursor_bytes,
+    encode_entry,
+)
 
 
 def test_round_trip_keeps_order() -> None:
@@ -20,6 +26,14 @@ def test_round_trip_keeps_order() -> None:
     text = encode_cursor(positions)
     assert text == "b:e1:3,chat:room/1:x-y_z:0,a:q:17"
     assert list(decode_cursor(text).items()) == list(positions.items())
+
+
+def test_bytes_forms_are_the_same_cursor() -> None:
+    positions = {"b": Position("e1", 3), "chat:room/1": Position("x-y_z", 0)}
+    assert encode_cursor_bytes(positions) == encode_cursor(positions).encode()
+    assert encode_entry("chat:room/1", "x-y_z", 0) == b"chat:room/1:x-y_z:0"
+    assert decode_cursor(encode_entry("a", "q", 17).decode()) == {"a": Position("q", 17)}
+    assert encode_cursor_bytes({}) == b""
 
 
 def test_empty_cursor() -> None:
@@ -64,3 +78,12 @@ epochs = st.from_regex(r"[A-Za-z0-9_-]{1,16}", fullmatch=True)
 def test_round_trip_property(raw: dict[str, tuple[str, int]]) -> None:
     positions = {channel: Position(*value) for channel, value in raw.items()}
     assert decode_cursor(encode_cursor(positions)) == positions
+
+
+@given(channel_names, epochs, st.integers(0, 2**62))
+def test_an_entry_is_the_one_channel_cursor(channel: str, epoch: str, offset: int) -> None:
+    cursor = encode_cursor({channel: Position(epoch, offset)})
+    assert encode_entry(channel, epoch, offset) == cursor.encode()
+    assert decode_cursor(encode_entry(channel, epoch, offset).decode()) == {
+        channel: Position(epoch, offset)
+    }

@@ -12,7 +12,15 @@ from hypothesis import strategies as st
 
 from tests.support.sse_vectors import VECTORS, Vector
 from tidings.errors import FrameTooLarge
-from tidings.wire.sse import SSEDecoder, SSEEvent, encode_comment, encode_event
+from tidings.wire.sse import (
+    PING,
+    SSEDecoder,
+    SSEEvent,
+    encode_comment,
+    encode_data,
+    encode_event,
+    encode_id,
+)
 
 
 def decode_whole(data: bytes) -> tuple[list[SSEEvent], SSEDecoder]:
@@ -263,6 +271,38 @@ def test_encode_accepts_bytes_data() -> None:
     assert encode_event(b"caf\xc3\xa9") == "data: café\n\n".encode()
 
 
+# -- bytes-level helpers ----------------------------------------------------
+
+
+def test_encode_data_writes_the_fields_in_the_encode_event_order() -> None:
+    assert encode_data(b'{"a":1}') == b'data: {"a":1}\n\n'
+    assert encode_data(b"x", event="note") == b"event: note\ndata: x\n\n"
+    assert encode_data(b"x", id=b"c:e:1") == b"id: c:e:1\ndata: x\n\n"
+    assert encode_data(b"x", event="note", id=b"c:e:1") == b"id: c:e:1\nevent: note\ndata: x\n\n"
+
+
+def test_encode_data_splits_every_kind_of_line_break() -> None:
+    assert encode_data(b"a\nb\r\nc\rd") == b"data: a\ndata: b\ndata: c\ndata: d\n\n"
+    assert decode_all_ways(encode_data(b"a\r\n\nb")) == [SSEEvent("a\n\nb")]
+
+
+def test_encode_data_empty_dispatches_empty_string() -> None:
+    assert decode_all_ways(encode_data(b"")) == [SSEEvent("")]
+
+
+def test_encode_id_goes_in_front_of_a_block() -> None:
+    frame = encode_id(b"c:e:7") + encode_data(b"x", event="note")
+    assert frame == encode_data(b"x", event="note", id=b"c:e:7")
+    assert decode_all_ways(frame) == [SSEEvent("x", type="note", id="c:e:7")]
+
+
+def test_ping_is_the_ping_comment() -> None:
+    assert encode_comment("ping") == PING
+    events, decoder = decode_whole(PING)
+    assert events == []
+    assert decoder.last_event_id == ""
+
+
 # -- properties -------------------------------------------------------------
 
 field_text = st.text(
@@ -299,6 +339,20 @@ def test_round_trip_at_any_split(
         for data, kind, ident in events
     ]
     assert decoded == expected
+
+
+@given(data=data_text, kind=field_text, ident=st.one_of(st.none(), field_text))
+def test_encode_data_is_encode_event_in_bytes(data: str, kind: str, ident: str | None) -> None:
+    event_id = None if ident is None else ident.encode()
+    frame = encode_data(data.encode(), event=kind or "message", id=event_id)
+    assert frame == encode_event(data, event=kind or None, id=ident)
+    assert decode_all_ways(frame) == [
+        SSEEvent(
+            data.replace("\r\n", "\n").replace("\r", "\n"),
+            type=kind or "message",
+            id=ident or "",
+        )
+    ]
 
 
 @given(st.binary(max_size=300), st.integers(min_value=1, max_value=300))

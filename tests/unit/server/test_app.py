@@ -1,0 +1,99 @@
+"""server/app.py: which routes create_app mounts, its error handlers and static files."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount, Route, WebSocketRoute
+
+from tidings.hub import Hub, MemoryBackend
+from tidings.llm import LLMConfig
+from tidings.server import create_app
+from tidings.server.app import STATIC, build_hub
+from tidings.settings import Settings
+
+CORE = {
+    "/sse",
+    "/sse/{channel:path}",
+    "/ws",
+    "/api/publish",
+    "/api/history/{channel:path}",
+    "/api/presence/{channel:path}",
+    "/api/channels",
+    "/api/stats",
+    "/healthz",
+    "/static",
+}
+LLM = {"/v1/chat/completions", "/v1/models", "/v1/streams/{stream_id}"}
+
+
+def paths(app: Starlette) -> set[str]:
+    return {route.path for route in app.routes if isinstance(route, Route | WebSocketRoute | Mount)}
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with Hub() as hub:
+        transport = httpx.ASGITransport(app=create_app(hub, Settings()))
+        async with httpx.AsyncClient(transport=transport, base_url="http://tidings") as client:
+            yield client
+
+
+def test_default_settings_mount_everything() -> None:
+    app = create_app(Hub(), Settings())
+    assert paths(app) == CORE | LLM | {"/"}
+    assert app.state.tidings.relay is not None
+
+
+def test_llm_and_demo_routes_follow_their_settings() -> None:
+    app = create_app(Hub(), Settings(demo=False, llm=LLMConfig(enabled=False)))
+    assert paths(app) == CORE
+    assert app.state.tidings.relay is None
+
+
+def test_build_hub_uses_the_settings() -> None:
+    hub = build_hub(Settings(history_size=7, namespaces={"chat": {"history_size": 3}}))
+    assert isinstance(hub.backend, MemoryBackend)
+    assert hub.options("plain").history_size == 7
+    assert hub.options("chat:1").history_size == 3
+    assert hub.options("llm:x").publish is False
+
+
+async def test_unknown_path_is_a_json_404(client: httpx.AsyncClient) -> None:
+    response = await client.get("/nope")
+    assert response.status_code == 404
+    assert response.json() == {"error": {"code": "not_found", "message": "Not Found"}}
+
+
+async def test_wrong_method_is_a_json_405(client: httpx.AsyncClient) -> None:
+    response = await client.delete("/api/channels")
+    assert response.status_code == 405
+    assert response.json()["error"]["code"] == "method_not_allowed"
+    assert "GET" in response.headers["allow"]
+
+
+async def test_tidings_errors_become_json_bodies(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/history/bad channel")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_channel"
+    response = await client.post(
+        "/api/publish", content=b"{", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_json"
+
+
+async def test_static_files_and_the_demo_page(client: httpx.AsyncClient) -> None:
+    script = await client.get("/static/tidings.js")
+    assert script.status_code == 200
+    assert "javascript" in script.headers["content-type"]
+    assert script.content == (STATIC / "tidings.js").read_bytes()
+    page = await client.get("/")
+    assert page.status_code == 200
+    assert page.content == (STATIC / "index.html").read_bytes()
+    missing = await client.get("/static/nope.js")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
