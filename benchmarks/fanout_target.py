@@ -21,8 +21,8 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from tidings.server import create_app
+from tidings.server.serve import uvicorn_config
 from tidings.settings import load_settings
-from tidings.testing import uvicorn_config
 
 _background: set[asyncio.Task[None]] = set()
 

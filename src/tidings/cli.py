@@ -98,8 +98,8 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from tidings.server.app import create_app
+    from tidings.server.serve import uvicorn_config
     from tidings.settings import SettingsError, load_settings
-    from tidings.testing import uvicorn_config
 
     try:
         settings = load_settings(

@@ -74,7 +74,6 @@ class Settings:
     ws_pong_timeout: float = 20.0
     ws_max_frame_bytes: int = 64 * 1024
     ws_rate_limit: float = 100.0
-    ws_conformance_echo: bool = False
     presence_ttl: float = 60.0
     fast_write: bool = True
     demo: bool = True

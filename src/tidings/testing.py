@@ -22,10 +22,10 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from tidings.server.app import create_app
-from tidings.server.fastwrite import FastHttpToolsProtocol, FastWebSocketsProtocol
+from tidings.server.serve import uvicorn_config
 from tidings.settings import Settings
 
-__all__ = ["free_port", "run_server", "uvicorn_config"]
+__all__ = ["free_port", "run_server"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -34,31 +34,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def uvicorn_config(
-    app: ASGIApp, settings: Settings, *, fast_write: bool | None = None, **options: object
-) -> uvicorn.Config:
-    """The uvicorn configuration ``tidings serve`` uses for ``app``."""
-    fast = settings.fast_write if fast_write is None else fast_write
-    return uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        http=FastHttpToolsProtocol if fast else "httptools",
-        ws=FastWebSocketsProtocol if fast else "websockets-sansio",
-        # Pushes are framed once and shared by every connection, which
-        # per-connection compression state would defeat: no permessage-deflate.
-        ws_per_message_deflate=False,
-        ws_max_size=settings.ws_max_frame_bytes,
-        ws_ping_interval=settings.ws_ping_interval,
-        ws_ping_timeout=settings.ws_pong_timeout,
-        lifespan="on",
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=5,
-        backlog=4096,
-        **options,  # type: ignore[arg-type]
-    )
 
 
 @contextlib.asynccontextmanager

@@ -1,8 +1,11 @@
 """Autobahn conformance of the WebSocket stack, driven by kosoku's fuzzing client.
 
-The cases need an echo peer, so they run against ``/ws/echo`` of a real
-``tidings serve`` started with ``ws_conformance_echo = true``: the same
-uvicorn protocol class, limits and settings as ``/ws``. Cases 9.* send
+The cases need an echo peer, so they run against ``/ws/echo`` of
+``tests/support/echo.py``, served here on uvicorn with the configuration
+``tidings serve`` uses (``tidings.server.serve.uvicorn_config``): on the fast
+path, Tidings' protocol classes, and the echo hands each connection off and
+writes its frames through the ``tidings.write`` extension, as ``/ws`` does;
+on the ASGI path, uvicorn's own classes and ASGI ``send``. Cases 9.* send
 messages of up to 16 MiB, so they run on a second server whose
 ``ws_max_frame_bytes`` is 16 MiB; every other case runs with the defaults.
 permessage-deflate is not offered, so 12.* and 13.* do not apply.
@@ -21,9 +24,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,7 +36,9 @@ from kosoku import FailureError, run_fuzzingclient
 # The report writer is what kosoku's own CLI uses; kosoku is pinned in pyproject.toml.
 from kosoku._report import write_reports
 
-from tests.support.server import ServerProcess
+from tests.support.echo import WebSocketEcho, echo_app
+from tidings.settings import Settings
+from tidings.testing import run_server
 
 if TYPE_CHECKING:
     from kosoku._kosoku import CaseResult
@@ -60,19 +66,26 @@ ALLOWED: dict[str, dict[str, str]] = {
 }
 
 
-def server_env(path: str, *, max_frame_bytes: int | None = None) -> dict[str, str]:
-    env = {
-        "TIDINGS_FAST_WRITE": "1" if path == "fast" else "0",
-        "TIDINGS_WS_CONFORMANCE_ECHO": "1",
-        "TIDINGS_DEMO": "0",
-    }
+@contextlib.asynccontextmanager
+async def echo_server(
+    path: str, *, max_frame_bytes: int | None = None
+) -> AsyncIterator[tuple[str, WebSocketEcho]]:
+    """Serve the echo on ``path`` ("fast" or "asgi"); yield its URL and the echo."""
+    # Stock uvicorn logs every invalid UTF-8 message of 6.* as an error with
+    # its traceback; the verdicts are what this run reports.
+    settings = Settings(log_level="critical")
     if max_frame_bytes is not None:
-        env["TIDINGS_WS_MAX_FRAME_BYTES"] = str(max_frame_bytes)
-    return env
+        settings = Settings(log_level="critical", ws_max_frame_bytes=max_frame_bytes)
+    echo = WebSocketEcho(max_frame_bytes=settings.ws_max_frame_bytes)
+    async with run_server(echo_app(echo), settings=settings, fast_write=path == "fast") as url:
+        yield url.replace("http://", "ws://") + "/ws/echo", echo
 
 
-def echo_url(server: ServerProcess) -> str:
-    return server.url.replace("http://", "ws://") + "/ws/echo"
+def handoff_problems(path: str, handed_off: int) -> list[str]:
+    """The fast path must hand connections off (that is what it tests); the ASGI path must not."""
+    if (path == "fast") == (handed_off > 0):
+        return []
+    return [f"{handed_off} connections were handed off to the fast write path on the {path} path"]
 
 
 async def run_cases(
@@ -118,14 +131,16 @@ async def run_path(
 ) -> tuple[list[CaseResult], list[str]]:
     """All selected cases on one write path: protocol cases, then (unless quick) 9.*."""
     exclude = TIMED_CASES if quick else ()
-    with ServerProcess(env=server_env(path)) as server:
-        results = await run_cases(echo_url(server), PROTOCOL_CASES, exclude)
+    async with echo_server(path) as (url, echo):
+        results = await run_cases(url, PROTOCOL_CASES, exclude)
+    handed_off = echo.handed_off
     if not quick:
-        with ServerProcess(env=server_env(path, max_frame_bytes=LIMIT_FRAME_BYTES)) as server:
-            results += await run_cases(echo_url(server), LIMIT_CASES)
+        async with echo_server(path, max_frame_bytes=LIMIT_FRAME_BYTES) as (url, echo):
+            results += await run_cases(url, LIMIT_CASES)
+        handed_off += echo.handed_off
     if outdir is not None and results:
         write_reports(results, str(outdir / path))
-    return results, problems(results, ALLOWED[path])
+    return results, handoff_problems(path, handed_off) + problems(results, ALLOWED[path])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,7 +32,7 @@ FENCED = {
     "redis": ("hub/backends/redis/",),
     "httpx": ("client/", "llm/providers/openai.py", "cli.py", "bench.py"),
     "websockets": ("client/socket.py", "server/fastwrite.py", "bench.py"),
-    "uvicorn": ("cli.py", "testing.py", "server/fastwrite.py"),
+    "uvicorn": ("cli.py", "testing.py", "server/fastwrite.py", "server/serve.py"),
     "hypercorn": ("cli.py",),
     "rich": ("cli.py",),
     "asyncio": ("hub/", "llm/", "jobs/", "server/", "client/", "cli.py", "testing.py", "bench.py"),

@@ -91,18 +91,15 @@ def test_websocket_settings() -> None:
     defaults = Settings()
     assert (defaults.ws_ping_interval, defaults.ws_pong_timeout) == (20.0, 20.0)
     assert defaults.ws_max_frame_bytes == 64 * 1024
-    assert defaults.ws_conformance_echo is False
     settings = load_settings(
         env={
             "TIDINGS_WS_PING_INTERVAL": "5",
             "TIDINGS_WS_MAX_FRAME_BYTES": "1024",
-            "TIDINGS_WS_CONFORMANCE_ECHO": "on",
             "TIDINGS_PRESENCE_TTL": "30",
         }
     )
     assert settings.ws_ping_interval == 5.0
     assert settings.ws_max_frame_bytes == 1024
-    assert settings.ws_conformance_echo is True
     assert settings.presence_ttl == 30.0
 
 

@@ -24,7 +24,7 @@ from tidings.server.errors import error_response
 from tidings.server.llm import ChatCompletions, StreamView, list_models
 from tidings.server.sse import SSEEndpoint, SSEKeepalive
 from tidings.server.state import ServerState
-from tidings.server.websocket import WebSocketEcho, WebSocketEndpoint
+from tidings.server.websocket import WebSocketEndpoint
 from tidings.settings import Settings
 from tidings.wire.codes import ErrorCode
 
@@ -160,10 +160,6 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Star
         routes.append(Route("/v1/chat/completions", completions, methods=["POST"]))
         routes.append(Route("/v1/models", list_models, methods=["GET"]))
         routes.append(Route("/v1/streams/{stream_id}", streams, methods=["GET", "DELETE"]))
-    if settings.ws_conformance_echo:
-        routes.append(
-            WebSocketRoute("/ws/echo", WebSocketEcho(max_frame_bytes=settings.ws_max_frame_bytes))
-        )
     if settings.demo:
         routes.append(Route("/", lambda request: FileResponse(STATIC / "index.html")))
     app = Starlette(

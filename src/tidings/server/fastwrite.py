@@ -1,13 +1,14 @@
 """uvicorn protocol classes that offer the ``tidings.write`` scope extension.
 
-``tidings serve`` passes these to ``uvicorn.Config(http=…, ws=…)``. They
-behave like uvicorn's own classes and add one thing: each request's scope
-carries an object (``server/writer.py``) through which a streaming response
-or a WebSocket writes pre-encoded bytes straight to the transport and hears
-about flow control, connection loss and shutdown, skipping the per-message
-cost of ASGI ``send``. This is the one module that knows uvicorn's (and, for
-WebSockets, the websockets library's) internals; the pinned uvicorn range in
-``pyproject.toml`` is what it was written and tested against.
+``tidings serve`` passes these to ``uvicorn.Config(http=…, ws=…)``
+(``server/serve.py``). They behave like uvicorn's own classes and add one
+thing: each request's scope carries an object (``server/writer.py``) through
+which a streaming response or a WebSocket writes pre-encoded bytes straight
+to the transport and hears about flow control, connection loss and shutdown,
+skipping the per-message cost of ASGI ``send``. This is the one module that
+knows uvicorn's (and, for WebSockets, the websockets library's) internals:
+:data:`RELIES_ON` lists every private name it reads, writes or overrides, and
+``server/serve.py`` uses it only with the releases it was tested against.
 
 The WebSocket class also changes two behaviours, both covered by the Autobahn
 run (``docs/websocket.md``): a peer that misses the pong deadline is closed
@@ -19,10 +20,12 @@ close (RFC 6455 5.4 allows control frames there) instead of 1002.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, Literal, TypeVar
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
@@ -32,7 +35,70 @@ from tidings.server.coalesce import CoalescingWriter
 from tidings.server.writer import FAST_WRITE, WriteListener
 from tidings.wire.codes import CloseCode
 
-__all__ = ["FastHttpToolsProtocol", "FastWebSocketsProtocol"]
+__all__ = ["RELIES_ON", "FastHttpToolsProtocol", "FastWebSocketsProtocol"]
+
+Kind = Literal["method", "async method", "attribute"]
+
+#: Every name of uvicorn's and websockets' internals this module overrides,
+#: calls, reads or writes, with what it must be: a method, a coroutine method,
+#: or an instance attribute (set on ``self`` somewhere in the class).
+#: ``tests/unit/server/test_fastwrite.py`` checks each against the installed
+#: releases, so an upgrade that moves one fails there and not in production.
+RELIES_ON: tuple[tuple[type, str, Kind], ...] = (
+    (HttpToolsProtocol, "connection_lost", "method"),
+    (HttpToolsProtocol, "cycle", "attribute"),
+    (HttpToolsProtocol, "data_received", "method"),
+    (HttpToolsProtocol, "flow", "attribute"),
+    (HttpToolsProtocol, "headers", "attribute"),
+    (HttpToolsProtocol, "on_message_begin", "method"),
+    (HttpToolsProtocol, "pause_writing", "method"),
+    (HttpToolsProtocol, "resume_writing", "method"),
+    (HttpToolsProtocol, "scope", "attribute"),
+    (HttpToolsProtocol, "shutdown", "method"),
+    (HttpToolsProtocol, "transport", "attribute"),
+    (RequestResponseCycle, "disconnected", "attribute"),
+    (RequestResponseCycle, "message_event", "attribute"),
+    (RequestResponseCycle, "response_complete", "attribute"),
+    (RequestResponseCycle, "scope", "attribute"),
+    (FlowControl, "_is_writable_event", "attribute"),
+    (FlowControl, "write_paused", "attribute"),
+    (WebSocketsSansIOProtocol, "app", "attribute"),
+    (WebSocketsSansIOProtocol, "close_sent", "attribute"),
+    (WebSocketsSansIOProtocol, "close_timeout", "attribute"),
+    (WebSocketsSansIOProtocol, "close_timer", "attribute"),
+    (WebSocketsSansIOProtocol, "conn", "attribute"),
+    (WebSocketsSansIOProtocol, "connection_lost", "method"),
+    (WebSocketsSansIOProtocol, "curr_msg_data_type", "attribute"),
+    (WebSocketsSansIOProtocol, "disconnected", "attribute"),
+    (WebSocketsSansIOProtocol, "frames", "attribute"),
+    (WebSocketsSansIOProtocol, "handle_close", "method"),
+    (WebSocketsSansIOProtocol, "handle_connect", "method"),
+    (WebSocketsSansIOProtocol, "handle_parser_exception", "method"),
+    (WebSocketsSansIOProtocol, "handshake_complete", "attribute"),
+    (WebSocketsSansIOProtocol, "keepalive_timeout", "method"),
+    (WebSocketsSansIOProtocol, "logger", "attribute"),
+    (WebSocketsSansIOProtocol, "loop", "attribute"),
+    (WebSocketsSansIOProtocol, "pause_writing", "method"),
+    (WebSocketsSansIOProtocol, "pending_ping_payload", "attribute"),
+    (WebSocketsSansIOProtocol, "pong_timer", "attribute"),
+    (WebSocketsSansIOProtocol, "queue", "attribute"),
+    (WebSocketsSansIOProtocol, "read_paused", "attribute"),
+    (WebSocketsSansIOProtocol, "receive", "async method"),
+    (WebSocketsSansIOProtocol, "request", "attribute"),
+    (WebSocketsSansIOProtocol, "response", "attribute"),
+    (WebSocketsSansIOProtocol, "resume_writing", "method"),
+    (WebSocketsSansIOProtocol, "run_asgi", "async method"),
+    (WebSocketsSansIOProtocol, "scope", "attribute"),
+    (WebSocketsSansIOProtocol, "send", "async method"),
+    (WebSocketsSansIOProtocol, "send_500_response", "method"),
+    (WebSocketsSansIOProtocol, "send_receive_event_to_app", "method"),
+    (WebSocketsSansIOProtocol, "shutdown", "method"),
+    (WebSocketsSansIOProtocol, "stop_keepalive", "method"),
+    (WebSocketsSansIOProtocol, "transport", "attribute"),
+    (WebSocketsSansIOProtocol, "writable", "attribute"),
+    (ServerProtocol, "current_size", "attribute"),
+    (ServerProtocol, "recv_frame", "method"),
+)
 
 
 class _Flag:
@@ -62,42 +128,100 @@ class _Flag:
         raise RuntimeError("nothing waits on a handed-off connection")
 
 
-class _HTTPFastWrite:
-    """The extension object for one HTTP request (see ``server/writer.py``)."""
+class _FastWriteProtocol(asyncio.Protocol):
+    """What both protocol classes add to uvicorn's: a listener and a coalescing writer.
+
+    The state is in slots: uvicorn's protocols already keep about thirty
+    attributes in their instance dictionary, and one more there can cost each
+    connection a dictionary of its own (about 1.6 KiB). A connection with a
+    writer is handed off (or about to be).
+    """
+
+    __slots__ = ("fast_listener", "writer")
+
+    transport: asyncio.Transport
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fast_listener: WriteListener | None = None
+        self.writer: CoalescingWriter | None = None
+
+    def fast_open(self) -> bool:
+        """Whether a listener may attach now (beyond the transport being open)."""
+        return True
+
+    def fast_attach(self, listener: WriteListener) -> Callable[[bytes], object] | None:
+        transport = self.transport
+        if transport is None or transport.is_closing() or not self.fast_open():
+            return None
+        self.fast_listener = listener
+        writer = self.writer = CoalescingWriter(transport)
+        return writer.write
+
+    def fast_write(self, data: bytes) -> None:
+        if self.writer is not None:
+            self.writer.write(data)
+        else:
+            self.transport.write(data)
+
+    def fast_abort(self) -> None:
+        if self.writer is not None:
+            self.writer.discard()
+        self.transport.abort()
+
+    def fast_release(self) -> None:
+        """Stop fast writes: the connection is closing or gone; nothing pending goes out."""
+        if self.writer is not None:
+            self.writer.discard()
+        listener, self.fast_listener = self.fast_listener, None
+        if listener is not None:
+            listener.connection_lost()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.fast_listener is not None:
+            self.fast_listener.pause_writing()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.fast_listener is not None:
+            self.fast_listener.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.fast_release()
+
+
+_P = TypeVar("_P", bound=_FastWriteProtocol)
+
+
+class _FastWrite(Generic[_P]):
+    """The extension object for one connection (see ``server/writer.py``)."""
 
     __slots__ = ("_protocol",)
 
-    def __init__(self, protocol: FastHttpToolsProtocol) -> None:
+    def __init__(self, protocol: _P) -> None:
         self._protocol = protocol
 
-    @property
-    def paused(self) -> bool:
-        return bool(self._protocol.flow.write_paused)
-
     def attach(self, listener: WriteListener) -> Callable[[bytes], object] | None:
-        protocol = self._protocol
-        transport = protocol.transport
-        if transport is None or transport.is_closing() or protocol.cycle.disconnected:
-            return None
-        protocol.fast_listener = listener
-        writer = protocol.writer = CoalescingWriter(transport)
-        return writer.write
+        return self._protocol.fast_attach(listener)
 
     def detach(self) -> None:
         self._protocol.fast_listener = None
 
     def write(self, data: bytes) -> None:
-        protocol = self._protocol
-        if protocol.writer is not None:
-            protocol.writer.write(data)
-        else:
-            protocol.transport.write(data)
+        self._protocol.fast_write(data)
 
     def abort(self) -> None:
-        protocol = self._protocol
-        if protocol.writer is not None:
-            protocol.writer.discard()
-        protocol.transport.abort()
+        self._protocol.fast_abort()
+
+
+class _HTTPFastWrite(_FastWrite["FastHttpToolsProtocol"]):
+    __slots__ = ()
+
+    @property
+    def paused(self) -> bool:
+        return bool(self._protocol.flow.write_paused)
 
     def end(self) -> None:
         protocol = self._protocol
@@ -120,21 +244,13 @@ class _HTTPFastWrite:
         protocol.headers = None  # type: ignore[assignment]
 
 
-class FastHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol plus the ``tidings.write`` extension.
+class FastHttpToolsProtocol(_FastWriteProtocol, HttpToolsProtocol):
+    """uvicorn's httptools protocol plus the ``tidings.write`` extension."""
 
-    Its own state is in slots: uvicorn's protocol already keeps about thirty
-    attributes in its instance dictionary, and one more there can cost each
-    connection a dictionary of its own (about 1.6 KiB). A response with a
-    writer is a handed-off stream.
-    """
+    __slots__ = ()
 
-    __slots__ = ("fast_listener", "writer")
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.fast_listener: WriteListener | None = None
-        self.writer: CoalescingWriter | None = None
+    def fast_open(self) -> bool:
+        return not (self.cycle is not None and self.cycle.disconnected)
 
     def data_received(self, data: bytes) -> None:
         if self.writer is not None:
@@ -146,24 +262,6 @@ class FastHttpToolsProtocol(HttpToolsProtocol):
         scope: dict[str, Any] = self.scope  # type: ignore[assignment]
         scope["extensions"] = {FAST_WRITE: _HTTPFastWrite(self)}
 
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        if self.fast_listener is not None:
-            self.fast_listener.pause_writing()
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        if self.fast_listener is not None:
-            self.fast_listener.resume_writing()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        listener, self.fast_listener = self.fast_listener, None
-        if self.writer is not None:
-            self.writer.discard()
-        super().connection_lost(exc)
-        if listener is not None:
-            listener.connection_lost()
-
     def shutdown(self) -> None:
         listener = self.fast_listener
         if listener is not None:
@@ -171,49 +269,12 @@ class FastHttpToolsProtocol(HttpToolsProtocol):
         super().shutdown()
 
 
-class _WebSocketFastWrite:
-    """The extension object for one WebSocket (see ``server/writer.py``)."""
-
-    __slots__ = ("_protocol",)
-
-    def __init__(self, protocol: FastWebSocketsProtocol) -> None:
-        self._protocol = protocol
+class _WebSocketFastWrite(_FastWrite["FastWebSocketsProtocol"]):
+    __slots__ = ()
 
     @property
     def paused(self) -> bool:
         return not self._protocol.writable.is_set()
-
-    def attach(self, listener: WriteListener) -> Callable[[bytes], object] | None:
-        protocol = self._protocol
-        transport = protocol.transport
-        if (
-            transport is None
-            or transport.is_closing()
-            or protocol.close_sent
-            or protocol.disconnected
-            or not protocol.handshake_complete
-        ):
-            return None
-        protocol.fast_listener = listener
-        writer = protocol.writer = CoalescingWriter(transport)
-        return writer.write
-
-    def detach(self) -> None:
-        self._protocol.fast_listener = None
-
-    def write(self, data: bytes) -> None:
-        protocol = self._protocol
-        if not protocol.close_sent and not protocol.disconnected:
-            if protocol.writer is not None:
-                protocol.writer.write(data)
-            else:
-                protocol.transport.write(data)
-
-    def abort(self) -> None:
-        protocol = self._protocol
-        if protocol.writer is not None:
-            protocol.writer.discard()
-        protocol.transport.abort()
 
     def close(self, code: int, reason: str = "") -> None:
         self._protocol.fast_close(code, reason)
@@ -259,7 +320,7 @@ class _ServerProtocol(ServerProtocol):
         super().recv_frame(frame)
 
 
-class FastWebSocketsProtocol(WebSocketsSansIOProtocol):
+class FastWebSocketsProtocol(_FastWriteProtocol, WebSocketsSansIOProtocol):
     """uvicorn's websockets-sansio protocol plus the ``tidings.write`` extension.
 
     Writes through the extension bypass the websockets state machine: they
@@ -268,16 +329,21 @@ class FastWebSocketsProtocol(WebSocketsSansIOProtocol):
     frame ever follows a close frame.
     """
 
-    __slots__ = ("fast_listener", "receiver", "writer")  # see FastHttpToolsProtocol
+    __slots__ = ("receiver",)  # see _FastWriteProtocol
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fast_listener: WriteListener | None = None
-        self.writer: CoalescingWriter | None = None
         self.receiver: Callable[[str | bytes], object] | None = None
         # Same object, one changed method (see _ServerProtocol); swapping the
         # class keeps whatever options uvicorn built it with.
         self.conn.__class__ = _ServerProtocol
+
+    def fast_open(self) -> bool:
+        return self.handshake_complete and not self.close_sent and not self.disconnected
+
+    def fast_write(self, data: bytes) -> None:
+        if not self.close_sent and not self.disconnected:
+            super().fast_write(data)
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -332,8 +398,10 @@ class FastWebSocketsProtocol(WebSocketsSansIOProtocol):
             receiver(bytes(data))
 
     async def run_asgi(self) -> None:
-        # uvicorn's run_asgi closes the socket when the app returns; a
-        # handed-off connection outlives its app, so only close otherwise.
+        # A copy of uvicorn's, but for its last step: uvicorn closes the socket
+        # when the app returns, with no hook in between, and a handed-off
+        # connection outlives its app. So the socket is closed only when the
+        # connection was not handed off (``self.receiver is None``).
         try:
             result = await self.app(self.scope, self.receive, self.send)
         except ClientDisconnected:
@@ -350,28 +418,6 @@ class FastWebSocketsProtocol(WebSocketsSansIOProtocol):
         if self.close_timer is None and self.receiver is None:
             self.transport.close()
 
-    def _release(self) -> None:
-        """Stop fast writes: the connection is closing or gone; nothing pending goes out."""
-        if self.writer is not None:
-            self.writer.discard()
-        listener, self.fast_listener = self.fast_listener, None
-        if listener is not None:
-            listener.connection_lost()
-
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        if self.fast_listener is not None:
-            self.fast_listener.pause_writing()
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        if self.fast_listener is not None:
-            self.fast_listener.resume_writing()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        self._release()
-
     def shutdown(self) -> None:
         listener, self.fast_listener = self.fast_listener, None
         if listener is not None:
@@ -381,22 +427,25 @@ class FastWebSocketsProtocol(WebSocketsSansIOProtocol):
         super().shutdown()
 
     def handle_close(self, event: Any) -> None:
-        self._release()
+        self.fast_release()
         super().handle_close(event)
 
     def handle_parser_exception(self) -> None:
-        self._release()
+        self.fast_release()
         super().handle_parser_exception()
 
     def keepalive_timeout(self) -> None:
         # The peer did not answer a ping in time. It may be half-open (a
         # stopped process, a dead network), so do not wait for a socket it
         # will never drain: release its subscriptions, say why, and drop it.
+        # Not a call to uvicorn's: it closes with 1011 and then waits for the
+        # socket to drain (transport.close), the two steps changed here, and
+        # the bookkeeping around them is three lines.
         self.pong_timer = None
         self.pending_ping_payload = None
         if self.close_sent or self.transport.is_closing():
             return
-        self._release()
+        self.fast_release()
         self.conn.fail(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.close_sent = True

@@ -1,4 +1,4 @@
-"""The WebSocket transport: ``GET /ws`` (and, when enabled, the conformance echo route).
+"""The WebSocket transport: ``GET /ws``.
 
 A connection speaks ``tidings.v1.json`` or ``tidings.v1.msgpack``
 (``wire/protocol.py``; JSON when the client offers neither) and holds one
@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from tidings.errors import FrameTooLarge, TidingsError
+from tidings.errors import TidingsError
 from tidings.hub import ClientInfo, Hub, OverflowPolicy
 from tidings.server import ops
 from tidings.server._ws_codec import (
@@ -40,7 +40,6 @@ from tidings.server.errors import close_code, error_body, http_status
 from tidings.server.writer import FAST_WRITE, WebSocketFastWrite
 from tidings.types import Position
 from tidings.wire import protocol
-from tidings.wire.codes import CloseCode
 from tidings.wire.cursor import decode_cursor
 from tidings.wire.protocol import Format
 
@@ -50,7 +49,6 @@ __all__ = [
     "WS_MSGPACK",
     "WS_MSGPACK_FRAME",
     "WS_RAW_FRAME",
-    "WebSocketEcho",
     "WebSocketEndpoint",
 ]
 
@@ -240,42 +238,3 @@ async def _reject(exc: TidingsError, scope: Scope, send: Send) -> None:
         await send({"type": "websocket.http.response.body", "body": body})
     else:
         await send({"type": "websocket.close", "code": close_code(exc)})
-
-
-class WebSocketEcho:
-    """An echo peer on the same WebSocket stack and limits as ``/ws``, for conformance runs.
-
-    Mounted at ``/ws/echo`` only when the ``ws_conformance_echo`` setting is on.
-    Every message comes back as it came; a message over ``max_frame_bytes``
-    gets the close ``/ws`` gives it (1009).
-    """
-
-    def __init__(self, *, max_frame_bytes: int) -> None:
-        self.max_frame_bytes = max_frame_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        message = await receive()
-        if message["type"] != "websocket.connect":
-            return
-        await send({"type": "websocket.accept"})
-        while True:
-            message = await receive()
-            if message["type"] != "websocket.receive":
-                return
-            text = message.get("text")
-            data: str | bytes = text if text is not None else (message.get("bytes") or b"")
-            try:
-                protocol.check_size(data, self.max_frame_bytes)
-            except FrameTooLarge as exc:
-                await send(
-                    {
-                        "type": "websocket.close",
-                        "code": CloseCode.MESSAGE_TOO_BIG,
-                        "reason": str(exc),
-                    }
-                )
-                return
-            if text is not None:
-                await send({"type": "websocket.send", "text": text})
-            else:
-                await send({"type": "websocket.send", "bytes": data})

@@ -20,7 +20,6 @@ from tidings.server.websocket import (
     WS_JSON,
     WS_JSON_FRAME,
     WS_MSGPACK_FRAME,
-    WebSocketEcho,
     WebSocketEndpoint,
 )
 from tidings.server.writer import FAST_WRITE, WriteListener
@@ -182,7 +181,7 @@ class FakeSocket:
 
 @contextlib.asynccontextmanager
 async def serve(
-    endpoint: WebSocketEndpoint | WebSocketEcho, socket: FakeSocket
+    endpoint: WebSocketEndpoint, socket: FakeSocket
 ) -> AsyncIterator[asyncio.Task[None]]:
     task = asyncio.create_task(endpoint(socket.scope, socket.receive, socket.send))
     try:
@@ -592,21 +591,6 @@ def test_push_encodings_are_cached_per_format() -> None:
     frame = WS_MSGPACK_FRAME(event)
     assert msgpack.unpackb(parse_frames(frame)[0].data)["data"] == [1]
     assert WS_MSGPACK_FRAME(event) is frame
-
-
-# -- the echo route --------------------------------------------------------------------
-
-
-async def test_echo_returns_every_message_and_enforces_the_limit() -> None:
-    socket = FakeSocket(fast=False, subprotocols=())
-    async with serve(WebSocketEcho(max_frame_bytes=10), socket) as task:
-        socket.send_frame("héllo")
-        socket.send_frame(b"\x00\x01")
-        await socket.wait_for(lambda: len(socket.frames()) == 2)
-        assert socket.frames() == ["héllo", b"\x00\x01"]
-        socket.send_frame(b"x" * 11)
-        code, _ = await closed(socket, task)
-        assert code == 1009
 
 
 # -- properties: random frames at the endpoint ----------------------------------------

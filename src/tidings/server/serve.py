@@ -1,0 +1,97 @@
+"""uvicorn_config(): how ``tidings serve`` runs an app on uvicorn, fast write path included.
+
+The fast write path (``server/fastwrite.py``) subclasses uvicorn's protocols
+and reads private names of uvicorn and websockets, so it is used only with
+the releases it was tested against (:data:`TESTED_VERSIONS`, the same range
+as the bounds in ``pyproject.toml``). Outside that range Tidings logs one
+warning and serves on the plain ASGI path, which every ASGI server supports,
+rather than failing in odd ways in the middle of a connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from importlib.metadata import version
+
+import uvicorn
+from starlette.types import ASGIApp
+from uvicorn.config import HTTPProtocolType, WSProtocolType
+
+from tidings.settings import Settings
+
+__all__ = ["TESTED_VERSIONS", "fast_write_problem", "uvicorn_config"]
+
+logger = logging.getLogger(__name__)
+
+#: Per package, the lowest release the fast write path supports and the first it
+#: was not tested against (``>=low,<high``, as in ``pyproject.toml``).
+TESTED_VERSIONS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "uvicorn": ((0, 54), (0, 55)),
+    "websockets": ((15, 0), (17, 5)),
+}
+
+
+def release(text: str) -> tuple[int, ...]:
+    """The numeric release of a version string: ``"17.4.1rc1"`` → ``(17, 4, 1)``."""
+    match = re.match(r"\d+(?:\.\d+)*", text)
+    return tuple(int(part) for part in match.group().split(".")) if match else ()
+
+
+def _dotted(numbers: tuple[int, ...]) -> str:
+    return ".".join(map(str, numbers))
+
+
+def fast_write_problem() -> str | None:
+    """Why the installed uvicorn or websockets rules out the fast write path; None if it fits."""
+    for package, (low, high) in TESTED_VERSIONS.items():
+        installed = version(package)
+        if not low <= release(installed) < high:
+            return (
+                f"{package} {installed} is outside the range the fast write path was "
+                f"tested with (>={_dotted(low)},<{_dotted(high)})"
+            )
+    return None
+
+
+def uvicorn_config(
+    app: ASGIApp, settings: Settings, *, fast_write: bool | None = None, **options: object
+) -> uvicorn.Config:
+    """The uvicorn configuration ``tidings serve`` uses for ``app``.
+
+    ``fast_write`` (default: ``settings.fast_write``) picks Tidings' protocol
+    classes; with an untested uvicorn or websockets release, a warning is
+    logged and uvicorn's own classes (the plain ASGI path) are used instead.
+    ``options`` go to ``uvicorn.Config`` as they are.
+    """
+    fast = settings.fast_write if fast_write is None else fast_write
+    if fast and (problem := fast_write_problem()) is not None:
+        logger.warning("%s: serving on the plain ASGI path", problem)
+        fast = False
+    http: type[asyncio.Protocol] | HTTPProtocolType = "httptools"
+    ws: type[asyncio.Protocol] | WSProtocolType = "websockets-sansio"
+    if fast:
+        # Imported only once the versions are known to fit: the module
+        # subclasses private uvicorn and websockets classes at import time.
+        from tidings.server.fastwrite import FastHttpToolsProtocol, FastWebSocketsProtocol
+
+        http, ws = FastHttpToolsProtocol, FastWebSocketsProtocol
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http=http,
+        ws=ws,
+        # Pushes are framed once and shared by every connection, which
+        # per-connection compression state would defeat: no permessage-deflate.
+        ws_per_message_deflate=False,
+        ws_max_size=settings.ws_max_frame_bytes,
+        ws_ping_interval=settings.ws_ping_interval,
+        ws_ping_timeout=settings.ws_pong_timeout,
+        lifespan="on",
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=5,
+        backlog=4096,
+        **options,  # type: ignore[arg-type]
+    )
