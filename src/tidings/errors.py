@@ -11,7 +11,7 @@
     │   └── InvalidChatRequest(…, ValueError)  a chat completion request refused (.param)
     ├── InvalidChannel(…, ValueError)     (.channel, .reason)
     ├── InvalidPublication(…, ValueError) bad event type, data or size; nothing was published
-    ├── Unauthorized                      no identity, or a bad one: a token or key refused (.reason)
+    ├── Unauthorized                      no identity, or a refused token or key (.reason)
     ├── PermissionDenied                  (.channel, .action): the namespace forbids the action
     ├── PublishError                      a publish did not happen; nothing was half-applied
     │   ├── BackendUnavailable            the backend is down or timing out (.backend)

@@ -16,9 +16,9 @@ from tidings.errors import InvalidChannel, InvalidPublication
 
 __all__ = [
     "MAX_CHANNEL_LENGTH",
+    "PUBLISH_WITH_TOKEN",
     "NamespaceOptions",
     "Namespaces",
-    "PUBLISH_WITH_TOKEN",
     "namespace_of",
     "validate_channel",
     "validate_event_type",

@@ -76,6 +76,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: Where :meth:`Authority.principal` keeps a request's principal (``scope["state"]``).
+PRINCIPAL_STATE = "tidings.principal"
 #: Signature algorithms accepted with a shared secret and with a public key.
 SECRET_ALGORITHMS = ("HS256",)
 KEY_ALGORITHMS = ("RS256", "ES256")
@@ -373,6 +375,18 @@ class Authority:
         return self.verifier is not None or bool(self.api_keys)
 
     # -- who -------------------------------------------------------------------------------
+
+    def principal(self, scope: Scope) -> Principal:
+        """The principal of a request, authenticated once and kept in its scope.
+
+        Raises:
+            Unauthorized: a credential is present and refused.
+        """
+        state = scope.setdefault("state", {})
+        principal = state.get(PRINCIPAL_STATE)
+        if not isinstance(principal, Principal):
+            principal = state[PRINCIPAL_STATE] = self.authenticate(scope)
+        return principal
 
     def authenticate(self, scope: Scope) -> Principal:
         """Return the principal of an HTTP or WebSocket request (ASGI ``scope``).
