@@ -11,6 +11,7 @@
     │   └── InvalidChatRequest(…, ValueError)  a chat completion request refused (.param)
     ├── InvalidChannel(…, ValueError)     (.channel, .reason)
     ├── InvalidPublication(…, ValueError) bad event type, data or size; nothing was published
+    ├── Unauthorized                      no identity, or a refused token or key (.reason)
     ├── PermissionDenied                  (.channel, .action): the namespace forbids the action
     ├── PublishError                      a publish did not happen; nothing was half-applied
     │   ├── BackendUnavailable            the backend is down or timing out (.backend)
@@ -55,6 +56,7 @@ __all__ = [
     "StreamRejected",
     "SubscriptionClosed",
     "TidingsError",
+    "Unauthorized",
     "UnknownOp",
     "UpstreamError",
     "UpstreamTimeout",
@@ -157,6 +159,20 @@ class InvalidPublication(TidingsError, ValueError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
+        self.reason = reason
+
+
+class Unauthorized(TidingsError):
+    """The request carries no identity where one is needed, or one that is refused.
+
+    ``reason`` says which (``"missing"``, ``"expired"``, ``"invalid"`` …) without
+    repeating the credential.
+    """
+
+    code = "unauthorized"
+
+    def __init__(self, reason: str, message: str | None = None) -> None:
+        super().__init__(message or f"authentication required ({reason})")
         self.reason = reason
 
 

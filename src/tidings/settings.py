@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -43,6 +44,9 @@ __all__ = ["Settings", "SettingsError", "load_settings"]
 
 ENV_PREFIX = "TIDINGS_"
 LLM_ENV_PREFIX = "TIDINGS_LLM_"
+#: Shortest accepted ``jwt_secret`` (HS256 wants a key as long as its hash).
+MIN_SECRET_BYTES = 32
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s?#]+\Z")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 BACKENDS = ("memory", "redis")
 
@@ -77,6 +81,16 @@ class Settings:
     presence_ttl: float = 60.0
     fast_write: bool = True
     demo: bool = True
+    jwt_secret: str = field(default="", repr=False)
+    jwt_key_file: str = ""
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    jwt_leeway: float = 0.0
+    token_cookie: str = ""
+    api_keys: str = field(default="", repr=False)
+    cors_origins: str = ""
+    cors_credentials: bool = False
+    allow_anonymous: bool = False
     namespaces: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     llm: LLMConfig = field(default_factory=lambda: LLMConfig.from_table({}))
 
@@ -109,9 +123,50 @@ class Settings:
             raise SettingsError("ws_rate_limit must be > 0 commands per second")
         if self.history_size < 0:
             raise SettingsError("history_size must be >= 0")
+        if self.jwt_secret and len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
+            raise SettingsError(f"jwt_secret must be at least {MIN_SECRET_BYTES} bytes")
+        if self.jwt_leeway < 0:
+            raise SettingsError("jwt_leeway must be >= 0 seconds")
+        self.api_key_map()
+        self.cors_origin_list()
         if not isinstance(self.llm, LLMConfig):
             raise SettingsError("llm must be an LLMConfig (LLMConfig.from_table reads a table)")
         self.namespace_options()  # refuse bad namespace tables now, not at first use
+
+    @property
+    def authentication(self) -> bool:
+        """Whether any authentication (a JWT key or an API key) is configured."""
+        return bool(self.jwt_secret or self.jwt_key_file or self.api_keys)
+
+    def api_key_map(self) -> dict[str, str]:
+        """The server API keys by name: ``api_keys`` is ``name:key,name:key`` (a bare
+        ``key`` is named ``key1``, ``key2`` … by its place)."""
+        keys: dict[str, str] = {}
+        for place, entry in enumerate(filter(None, map(str.strip, self.api_keys.split(","))), 1):
+            name, colon, key = entry.partition(":")
+            if not colon:
+                name, key = f"key{place}", entry
+            name, key = name.strip(), key.strip()
+            if len(key) < MIN_SECRET_BYTES // 2:
+                raise SettingsError(
+                    f"api_keys: key {place} must be at least {MIN_SECRET_BYTES // 2} characters"
+                )
+            if not name or name in keys:
+                raise SettingsError(f"api_keys: key {place} needs a name of its own")
+            keys[name] = key
+        return keys
+
+    def cors_origin_list(self) -> list[str]:
+        """The origins ``cors_origins`` allows (``*`` for any), each ``scheme://host[:port]``."""
+        origins = [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+        for place, origin in enumerate(origins, 1):
+            if origin != "*" and not _ORIGIN.match(origin):
+                raise SettingsError(
+                    f"cors_origins: entry {place} must be '*' or scheme://host[:port]"
+                )
+        if "*" in origins and self.cors_credentials:
+            raise SettingsError("cors_credentials cannot be used with cors_origins = '*'")
+        return origins
 
     def namespace_options(self) -> Namespaces:
         """Build the hub's per-namespace options from these settings."""
@@ -150,12 +205,16 @@ _SCALAR_TYPES: dict[str, type] = {
 }
 
 
+_KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
 def _convert(name: str, value: Any, source: str) -> Any:
     kind = _SCALAR_TYPES[name]
     try:
         return parse_scalar(value, kind)
     except ValueError:
-        raise SettingsError(f"{source}: {name} must be a {kind.__name__}, not {value!r}") from None
+        # Never the value: it may be a secret (jwt_secret, api_keys).
+        raise SettingsError(f"{source}: {name} must be {_KIND_NAMES[kind]}") from None
 
 
 def _llm(table: Mapping[str, Any]) -> LLMConfig:

@@ -47,7 +47,7 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("nope = 1\n", "unknown setting 'nope'"),
-        ('port = "x"\n', "port must be a int"),
+        ('port = "x"\n', "port must be an integer"),
         ("port = 70000\n", "port must be 0-65535"),
         ('backend = "kafka"\n', "backend must be one of"),
         ('overflow = "explode"\n', "overflow must be"),
@@ -76,10 +76,51 @@ def test_bad_files_are_refused_with_a_clear_message(
 
 
 def test_bad_environment_values() -> None:
-    with pytest.raises(SettingsError, match="TIDINGS_PORT: port must be a int"):
+    with pytest.raises(SettingsError, match="TIDINGS_PORT: port must be an integer"):
         load_settings(env={"TIDINGS_PORT": "eighty"})
-    with pytest.raises(SettingsError, match="fast_write must be a bool"):
+    with pytest.raises(SettingsError, match="fast_write must be true or false"):
         load_settings(env={"TIDINGS_FAST_WRITE": "maybe"})
+
+
+SECRET = "a-secret-value-that-is-32-bytes!"
+
+
+def test_authentication_settings_come_from_the_environment() -> None:
+    settings = load_settings(
+        env={
+            "TIDINGS_JWT_SECRET": SECRET,
+            "TIDINGS_API_KEYS": "ops:" + "k" * 16 + ", " + "n" * 20,
+            "TIDINGS_CORS_ORIGINS": "https://app.example, http://localhost:5173",
+        }
+    )
+    assert settings.authentication
+    assert settings.api_key_map() == {"ops": "k" * 16, "key2": "n" * 20}
+    assert settings.cors_origin_list() == ["https://app.example", "http://localhost:5173"]
+    assert SECRET not in repr(settings)
+    assert "k" * 16 not in repr(settings)
+    assert not Settings().authentication
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TIDINGS_JWT_SECRET": "short-secret"}, "jwt_secret must be at least 32 bytes"),
+        ({"TIDINGS_API_KEYS": "ops:short-key"}, "api_keys: key 1 must be at least 16"),
+        ({"TIDINGS_API_KEYS": f"a:{SECRET},a:{SECRET}"}, "api_keys: key 2 needs a name"),
+        ({"TIDINGS_CORS_ORIGINS": "app.example"}, "cors_origins: entry 1 must be"),
+        ({"TIDINGS_CORS_ORIGINS": "*", "TIDINGS_CORS_CREDENTIALS": "1"}, "cors_credentials"),
+        ({"TIDINGS_JWT_LEEWAY": "-1"}, "jwt_leeway must be >= 0"),
+        ({"TIDINGS_JWT_LEEWAY": SECRET}, "jwt_leeway must be a number"),
+    ],
+)
+def test_bad_authentication_settings_name_the_field_never_the_value(
+    env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(SettingsError, match=message) as caught:
+        load_settings(env=env)
+    for value in env.values():
+        if len(value) > 8:
+            assert value not in str(caught.value)
 
 
 def test_missing_file() -> None:

@@ -16,6 +16,7 @@ from tidings.errors import InvalidChannel, InvalidPublication
 
 __all__ = [
     "MAX_CHANNEL_LENGTH",
+    "PUBLISH_WITH_TOKEN",
     "NamespaceOptions",
     "Namespaces",
     "namespace_of",
@@ -74,32 +75,58 @@ def namespace_of(channel: str) -> str:
     return namespace if colon else ""
 
 
+#: ``NamespaceOptions.publish`` value: only tokens that grant publishing may publish.
+PUBLISH_WITH_TOKEN = "token"
+
+
 @dataclass(frozen=True, slots=True)
 class NamespaceOptions:
     """What a namespace allows and how much history it keeps.
 
+    The permission fields are read by the server's one authorisation point
+    (``tidings.server.auth``); the hub itself never refuses its own callers.
+
     Args:
         history_size: Events kept per channel (0 keeps none; offsets still count).
         history_ttl: Seconds an event stays in history.
-        publish: Whether clients (HTTP API, WebSocket) may publish here.
+        publish: Whether clients (HTTP API, WebSocket) may publish here: ``True``,
+            ``False`` (server only: API keys and server-side code), or
+            ``"token"`` (only clients whose token grants it).
             Server-side code calling ``Hub.publish`` is never restricted.
         subscribe: Whether clients may subscribe.
+        history: Whether clients may read the history of a channel here.
         presence: Whether clients may query who is subscribed.
         join_leave: Whether subscribers receive join and leave events.
+        anonymous: Whether clients without a token may do what the namespace
+            allows. ``None`` (the default): yes while the server has no
+            authentication configured, no once it has.
+        private: Each channel ``ns:USER`` (and ``ns:USER/...``) belongs to the
+            user ``USER``: only a token whose ``sub`` is ``USER`` (or one that
+            names the channel) reaches it.
     """
 
     history_size: int = 1000
     history_ttl: float = 300.0
-    publish: bool = True
+    publish: bool | str = True
     subscribe: bool = True
+    history: bool = True
     presence: bool = True
     join_leave: bool = False
+    anonymous: bool | None = None
+    private: bool = False
 
     def __post_init__(self) -> None:
         if self.history_size < 0:
             raise ValueError(f"history_size must be >= 0, not {self.history_size}")
         if self.history_ttl <= 0:
             raise ValueError(f"history_ttl must be > 0 seconds, not {self.history_ttl}")
+        if self.publish not in (True, False, PUBLISH_WITH_TOKEN):
+            raise ValueError(f'publish must be true, false or "{PUBLISH_WITH_TOKEN}"')
+        for name in ("subscribe", "history", "presence", "join_leave", "private"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false")
+        if self.anonymous is not None and not isinstance(self.anonymous, bool):
+            raise ValueError("anonymous must be true or false")
 
 
 @dataclass(frozen=True, slots=True)

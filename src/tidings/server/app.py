@@ -16,16 +16,17 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from tidings.errors import TidingsError
-from tidings.hub import Hub, MemoryBackend
+from tidings.hub import Hub, MemoryBackend, Namespaces
 from tidings.hub.backends.base import Backend
 from tidings.llm import Relay
 from tidings.server import api
+from tidings.server.auth import Authority, TokenVerifier
 from tidings.server.errors import error_response
 from tidings.server.llm import ChatCompletions, StreamView, list_models
 from tidings.server.sse import SSEEndpoint, SSEKeepalive
 from tidings.server.state import ServerState
 from tidings.server.websocket import WebSocketEndpoint
-from tidings.settings import Settings
+from tidings.settings import Settings, SettingsError
 from tidings.wire.codes import ErrorCode
 
 __all__ = ["build_hub", "create_app"]
@@ -62,6 +63,33 @@ def build_hub(settings: Settings) -> Hub:
         outbox_max_bytes=settings.outbox_max_bytes,
         overflow=settings.overflow,
         presence_ttl=settings.presence_ttl,
+    )
+
+
+def build_authority(settings: Settings, namespaces: Namespaces) -> Authority:
+    """Create the one authorisation point that ``settings`` configure.
+
+    Raises:
+        SettingsError: the JWT key file cannot be read or holds no key (the
+            message names the file, never its content).
+    """
+    verifier = None
+    if settings.jwt_secret or settings.jwt_key_file:
+        try:
+            verifier = TokenVerifier(
+                secret=settings.jwt_secret or None,
+                key_file=settings.jwt_key_file or None,
+                audience=settings.jwt_audience or None,
+                issuer=settings.jwt_issuer or None,
+                leeway=settings.jwt_leeway,
+            )
+        except ValueError as exc:
+            raise SettingsError(f"jwt_key_file: {exc}") from None
+    return Authority(
+        namespaces,
+        verifier=verifier,
+        api_keys=settings.api_key_map(),
+        token_cookie=settings.token_cookie or None,
     )
 
 
@@ -107,7 +135,10 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Star
         if llm.enabled
         else None
     )
-    state = ServerState(hub=hub, settings=settings, keepalive=keepalive, relay=relay)
+    authority = build_authority(settings, hub.namespaces)
+    state = ServerState(
+        hub=hub, settings=settings, keepalive=keepalive, authority=authority, relay=relay
+    )
     sse = SSEEndpoint(
         hub,
         retry=settings.sse_retry,

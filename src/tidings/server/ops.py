@@ -60,7 +60,7 @@ class Action(StrEnum):
 _ALLOWED: dict[Action, Callable[[NamespaceOptions], bool]] = {
     Action.SUBSCRIBE: lambda options: options.subscribe,
     Action.HISTORY: lambda options: options.subscribe,
-    Action.PUBLISH: lambda options: options.publish,
+    Action.PUBLISH: lambda options: options.publish is not False,
     Action.PRESENCE: lambda options: options.presence,
 }
 

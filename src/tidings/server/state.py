@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from tidings.hub import Hub
 from tidings.llm import Relay
+from tidings.server.auth import Authority
 from tidings.server.sse import SSEKeepalive
 from tidings.settings import Settings
 
@@ -20,6 +21,7 @@ class ServerState:
     hub: Hub
     settings: Settings
     keepalive: SSEKeepalive
+    authority: Authority
     connections: Counter[str] = field(default_factory=Counter)
     relay: Relay | None = None
 

@@ -69,6 +69,7 @@ class CloseCode(IntEnum):
     HEARTBEAT_TIMEOUT = 4002
     SLOW_CONSUMER = 4008
     RATE_LIMITED = 4029
+    TOKEN_EXPIRED = 4401  # the token expired unrefreshed: get a new one, reconnect, resume
     # 4500-4999: terminal, do not reconnect.
     BAD_REQUEST = 4500
     UNAUTHORIZED = 4501
