@@ -29,11 +29,16 @@ from tidings.server.auth import (
 )
 
 SECRET = "s3cret-s3cret-s3cret-s3cret-0123"
-NOW = time.time()
+
+
+def now() -> int:
+    """The time now: read when a token is made, never once at import (a loaded
+    machine can take minutes from collecting a test to running it)."""
+    return int(time.time())
 
 
 def token(**claims: Any) -> str:
-    base: dict[str, Any] = {"sub": "alice", "exp": int(NOW) + 3600}
+    base: dict[str, Any] = {"sub": "alice", "exp": now() + 3600}
     base.update(claims)
     return jwt.encode({k: v for k, v in base.items() if v is not None}, SECRET, algorithm="HS256")
 
@@ -52,15 +57,15 @@ def scope(*headers: tuple[str, str], query: str = "") -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("made", "reason"),
     [
-        (lambda: token(exp=int(NOW) - 10), "expired"),
-        (lambda: token(nbf=int(NOW) + 600), "not_yet_valid"),
+        (lambda: token(exp=now() - 10), "expired"),
+        (lambda: token(nbf=now() + 36000), "not_yet_valid"),
         (
             lambda: jwt.encode(
-                {"sub": "a", "exp": int(NOW) + 60}, "other-secret-of-32-bytes-length!"
+                {"sub": "a", "exp": now() + 3600}, "other-secret-of-32-bytes-length!"
             ),
             "invalid",
         ),
-        (lambda: jwt.encode({"sub": "a", "exp": int(NOW) + 60}, None, algorithm="none"), "invalid"),
+        (lambda: jwt.encode({"sub": "a", "exp": now() + 3600}, None, algorithm="none"), "invalid"),
         (lambda: "not.a.jwt", "invalid"),
         (lambda: "", "invalid"),
         (lambda: token(sub=None), "invalid"),
@@ -97,13 +102,14 @@ def test_refused_tokens_are_unauthorized_with_a_reason(made: Any, reason: str) -
 
 
 def test_a_valid_token_names_its_subject_grants_and_expiry() -> None:
+    expires = now() + 3600
     principal = TokenVerifier(secret=SECRET).verify(
-        token(subscribe=["chat:*", "news"], publish=["chat:room1"])
+        token(exp=expires, subscribe=["chat:*", "news"], publish=["chat:room1"])
     )
     assert principal.kind is Kind.CLIENT
     assert principal.sub == "alice"
     assert principal.identity == "user:alice"
-    assert principal.expires == int(NOW) + 3600
+    assert principal.expires == expires
     assert principal.granted(Action.SUBSCRIBE, "chat:room2")
     assert principal.granted(Action.SUBSCRIBE, "news")
     assert not principal.granted(Action.SUBSCRIBE, "newsroom")
@@ -122,7 +128,7 @@ def test_audience_and_issuer_are_checked_when_set() -> None:
 
 
 def test_leeway_tolerates_clock_skew() -> None:
-    skewed = token(exp=int(NOW) - 5)
+    skewed = token(exp=now() - 5)
     assert TokenVerifier(secret=SECRET, leeway=30).verify(skewed).sub == "alice"
 
 
@@ -140,11 +146,11 @@ def rsa_pair(tmp_path: Path) -> tuple[Any, Path]:
 def test_rs256_with_a_pem_public_key(tmp_path: Path) -> None:
     private, path = rsa_pair(tmp_path)
     verifier = TokenVerifier(key_file=path)
-    signed = jwt.encode({"sub": "bob", "exp": int(NOW) + 60}, private, algorithm="RS256")
+    signed = jwt.encode({"sub": "bob", "exp": now() + 3600}, private, algorithm="RS256")
     assert verifier.verify(signed).sub == "bob"
     # The public key used as an HMAC secret (algorithm confusion) is refused.
     forged = jwt.api_jws.PyJWS().encode(
-        json.dumps({"sub": "mallory", "exp": int(NOW) + 60}).encode(),
+        json.dumps({"sub": "mallory", "exp": now() + 3600}).encode(),
         key="unrelated-secret-of-enough-length",
         algorithm="HS256",
     )
@@ -163,7 +169,7 @@ def test_es256_with_a_jwks_file_picks_the_key_by_kid(tmp_path: Path) -> None:
     path = tmp_path / "jwks.json"
     path.write_text(json.dumps(jwks))
     verifier = TokenVerifier(key_file=path)
-    claims = {"sub": "carol", "exp": int(NOW) + 60}
+    claims = {"sub": "carol", "exp": now() + 3600}
     for kid, key in keys.items():
         signed = jwt.encode(claims, key, algorithm="ES256", headers={"kid": kid})
         assert verifier.verify(signed).sub == "carol"
@@ -240,7 +246,7 @@ def test_a_cookie_counts_only_when_configured() -> None:
         scope(("X-API-Key", "wrong-key")),
         scope(query="token=nonsense"),
         scope(("Cookie", "tidings_token=nonsense")),
-        scope(("Authorization", f"Bearer {token(exp=int(NOW) - 1)}")),
+        scope(("Authorization", f"Bearer {token(exp=now() - 1)}")),
     ],
     ids=[
         "bad-bearer",
