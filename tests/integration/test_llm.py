@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -231,7 +232,9 @@ async def test_upstream_refusal_becomes_an_http_error(
         assert caught.value.status_code == status
         body = caught.value.body
         assert isinstance(body, dict)
-        assert "no capacity" in body["message"]
+        # A summary: the upstream's own text may quote the request (its key).
+        assert body["message"] == f"upstream answered {upstream_status} (type: fake)"
+        assert "no capacity" not in body["message"]
         assert body["type"] == "upstream_error"
         assert set(body) == {"message", "type", "param", "code"}
 
@@ -530,6 +533,117 @@ async def test_malformed_bodies_are_refused(
     with pytest.raises(openai.BadRequestError) as caught:
         await sdk.chat.completions.create(model="fake", messages=[])
     assert caught.value.param == "messages"
+
+
+async def test_a_request_cannot_choose_the_upstream(
+    http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    for field, value in [
+        ("base_url", "http://127.0.0.1:9/v1"),
+        ("api_base", "http://127.0.0.1:9/v1"),
+        ("api_key", "sk-mine"),
+        ("provider", "quick"),
+        ("url", "http://127.0.0.1:9/v1/chat/completions"),
+    ]:
+        body = {"model": "fake", "messages": MESSAGES, field: value}
+        response = await http.post("/v1/chat/completions", json=body)
+        assert response.status_code == 400, field
+        error = response.json()["error"]
+        assert (error["type"], error["param"]) == ("invalid_request_error", field)
+    body = {"model": "http://127.0.0.1:9/v1", "messages": MESSAGES}
+    response = await http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "model"
+    assert not upstream.calls
+
+
+async def test_a_model_no_route_matches_is_refused(upstream: FakeUpstream) -> None:
+    settings = relay_settings(upstream, default_provider="")
+    async with run_server(settings=settings) as base, httpx.AsyncClient(base_url=base) as client:
+        refused = await client.post(
+            "/v1/chat/completions", json={"model": "gpt-4o", "messages": MESSAGES}
+        )
+        served = await client.post(
+            "/v1/chat/completions", json={"model": "quick-1", "messages": MESSAGES}
+        )
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", "model")
+    assert served.status_code == 200
+    assert [call.body["model"] for call in upstream.calls] == ["quick-1"]
+
+
+# -- no secret leaves ---------------------------------------------------------------------
+
+UPSTREAM_KEY = "sk-upstream-secret-0123456789"
+PASSWORD = "pa55word-in-the-url"
+
+
+def assert_no_secret(text: str) -> None:
+    assert UPSTREAM_KEY not in text
+    assert PASSWORD not in text
+    assert "Bearer" not in text
+
+
+async def test_an_upstream_echoing_the_key_shows_it_to_nobody(
+    upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="tidings")
+    upstream.scenario("keyed-echo", Scenario(status=401, echo_authorization=True))
+    keyed = {"kind": "openai", "base_url": upstream.base_url, "api_key": UPSTREAM_KEY}
+    config = LLMConfig.from_table({"providers": {"keyed": keyed}, "models": {"keyed-*": "keyed"}})
+    settings = Settings(log_level="warning", llm=config)
+    async with run_server(settings=settings) as base, httpx.AsyncClient(base_url=base) as client:
+        for stream in (True, False):
+            body = {"model": "keyed-echo", "messages": MESSAGES, "stream": stream}
+            response = await client.post("/v1/chat/completions", json=body)
+            assert response.status_code == 502
+            assert response.json()["error"]["message"] == "upstream answered 401"
+            assert_no_secret(response.text)
+            stream_id = response.headers["x-tidings-stream-id"]
+            async with open_sse(client, f"/v1/streams/{stream_id}") as viewer:
+                replay = await read_to_end(viewer)
+            assert replay[-1].type == "end"
+            assert_no_secret(bytes(viewer.raw).decode())
+            history = await client.get(f"/api/history/llm:{stream_id}")
+            assert_no_secret(history.text)
+    # The upstream did get the key (and quoted it back).
+    assert upstream.calls[0].headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert caplog.records
+    for record in caplog.records:
+        assert_no_secret(record.getMessage())
+
+
+async def test_a_base_url_with_credentials_is_shown_without_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="tidings")
+    async with FakeUpstream() as gone:
+        pass
+    config = LLMConfig.from_table(
+        {"base_url": f"http://relay-user:{PASSWORD}@127.0.0.1:{gone.port}/v1"}
+    )
+    assert_no_secret(repr(Settings(llm=config)))
+    settings = Settings(log_level="warning", llm=config)
+    async with run_server(settings=settings) as base, httpx.AsyncClient(base_url=base) as client:
+        body = {"model": "any", "messages": MESSAGES, "stream": True}
+        response = await client.post("/v1/chat/completions", json=body)
+        assert response.status_code == 502
+        message = response.json()["error"]["message"]
+        assert f"http://***@127.0.0.1:{gone.port}/v1/chat/completions" in message
+        assert "relay-user" not in message
+        assert_no_secret(response.text)
+        stream_id = response.headers["x-tidings-stream-id"]
+        async with open_sse(client, f"/v1/streams/{stream_id}") as viewer:
+            await read_to_end(viewer)
+        assert_no_secret(bytes(viewer.raw).decode())
+        history = await client.get(f"/api/history/llm:{stream_id}")
+        assert history.status_code == 200
+        assert_no_secret(history.text)
+    assert caplog.records
+    for record in caplog.records:
+        assert_no_secret(record.getMessage())
+        assert "relay-user" not in record.getMessage()
 
 
 # -- figures ----------------------------------------------------------------------------
