@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,6 +20,7 @@ from tests.support.proxy import FaultProxy
 from tests.support.sse import SSEReader, open_sse
 from tidings.llm import LLMConfig
 from tidings.server.app import build_hub, create_app
+from tidings.server.auth import mint_token
 from tidings.settings import Settings
 from tidings.testing import run_server
 from tidings.wire.sse import SSEEvent
@@ -644,6 +646,77 @@ async def test_a_base_url_with_credentials_is_shown_without_them(
     for record in caplog.records:
         assert_no_secret(record.getMessage())
         assert "relay-user" not in record.getMessage()
+
+
+# -- ownership -------------------------------------------------------------------------
+
+JWT_SECRET = "an-integration-secret-of-32-bytes-or-more"
+API_KEY = "ops-key-0123456789abcdef"
+
+
+def token(sub: str) -> str:
+    return mint_token(JWT_SECRET, sub=sub, ttl=600)
+
+
+async def test_one_users_stream_is_nobody_elses(upstream: FakeUpstream) -> None:
+    upstream.scenario("paused", Scenario(pause_after=3))
+    settings = dataclasses.replace(
+        relay_settings(upstream), jwt_secret=JWT_SECRET, api_keys=f"ops:{API_KEY}"
+    )
+    alice = {"authorization": f"Bearer {token('alice')}"}
+    bob = {"authorization": f"Bearer {token('bob')}"}
+    async with (
+        run_server(settings=settings) as base,
+        httpx.AsyncClient(base_url=base, timeout=TIMEOUT) as http,
+        openai.AsyncOpenAI(
+            base_url=base + "/v1", api_key=token("alice"), max_retries=0, timeout=TIMEOUT
+        ) as sdk,
+    ):
+        anonymous = await http.post(
+            "/v1/chat/completions", json={"model": "fake", "messages": MESSAGES}
+        )
+        assert anonymous.status_code == 401
+        assert anonymous.headers["www-authenticate"] == "Bearer"
+        # The SDK sends its api_key as a bearer token: a user's token works as one.
+        completion = await sdk.chat.completions.create(model="fake", messages=MESSAGES)
+        assert completion.choices[0].message.content == "".join(upstream.default.tokens)
+        async with openai.AsyncOpenAI(
+            base_url=base + "/v1",
+            api_key="unused",
+            default_headers={"Authorization": f"ApiKey {API_KEY}"},
+            max_retries=0,
+            timeout=TIMEOUT,
+        ) as server:
+            await server.chat.completions.create(model="fake", messages=MESSAGES)
+        document = {"model": "paused", "messages": MESSAGES, "stream": True}
+        async with http.stream(
+            "POST", "/v1/chat/completions", json=document, headers=alice
+        ) as response:
+            assert response.status_code == 200
+            stream_id = response.headers["x-tidings-stream-id"]
+            reader = SSEReader(response)
+            await reader.events(4)
+            call = await upstream.next_call(3, TIMEOUT)  # after the two SDK calls
+            for method in ("GET", "DELETE"):
+                refused = await http.request(method, f"/v1/streams/{stream_id}", headers=bob)
+                assert refused.status_code == 404
+                assert refused.json()["error"] == {
+                    "message": f"no running or recent stream {stream_id!r}",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "not_found",
+                }
+            assert not call.disconnected.is_set()  # bob's DELETE did nothing
+            for path in (f"/sse?channel=llm:{stream_id}", f"/api/history/llm:{stream_id}"):
+                assert (await http.get(path, headers=bob)).status_code in (401, 403)
+            async with open_sse(http, f"/v1/streams/{stream_id}", headers=alice) as viewer:
+                assert contents(await viewer.events(4)) == "tok0 tok1 tok2 "
+            deleted = await http.delete(f"/v1/streams/{stream_id}", headers={"x-api-key": API_KEY})
+            assert deleted.status_code == 200
+            assert deleted.json()["status"] == "cancelled"
+            async with asyncio.timeout(TIMEOUT):
+                await call.disconnected.wait()
+            await read_to_end(reader)
 
 
 # -- figures ----------------------------------------------------------------------------
