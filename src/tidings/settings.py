@@ -188,8 +188,16 @@ class Settings:
                 raise SettingsError(f"namespaces.{name}: {exc}") from exc
         if "llm" not in by_name:
             # Generations are published by the server only, and kept whole for their TTL.
+            # With authentication, clients reach them only through /v1/streams/{id},
+            # which checks the owner: the channel endpoints must not be a way around it.
+            closed = self.authentication
             by_name["llm"] = NamespaceOptions(
-                history_size=self.llm.history_size, history_ttl=self.llm.ttl, publish=False
+                history_size=self.llm.history_size,
+                history_ttl=self.llm.ttl,
+                publish=False,
+                subscribe=not closed,
+                history=not closed,
+                presence=not closed,
             )
         try:
             return Namespaces(default=default, by_name=by_name)

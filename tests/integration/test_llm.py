@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +20,7 @@ from tests.support.proxy import FaultProxy
 from tests.support.sse import SSEReader, open_sse
 from tidings.llm import LLMConfig
 from tidings.server.app import build_hub, create_app
+from tidings.server.auth import mint_token
 from tidings.settings import Settings
 from tidings.testing import run_server
 from tidings.wire.sse import SSEEvent
@@ -231,7 +234,9 @@ async def test_upstream_refusal_becomes_an_http_error(
         assert caught.value.status_code == status
         body = caught.value.body
         assert isinstance(body, dict)
-        assert "no capacity" in body["message"]
+        # A summary: the upstream's own text may quote the request (its key).
+        assert body["message"] == f"upstream answered {upstream_status} (type: fake)"
+        assert "no capacity" not in body["message"]
         assert body["type"] == "upstream_error"
         assert set(body) == {"message", "type", "param", "code"}
 
@@ -530,6 +535,188 @@ async def test_malformed_bodies_are_refused(
     with pytest.raises(openai.BadRequestError) as caught:
         await sdk.chat.completions.create(model="fake", messages=[])
     assert caught.value.param == "messages"
+
+
+async def test_a_request_cannot_choose_the_upstream(
+    http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    for field, value in [
+        ("base_url", "http://127.0.0.1:9/v1"),
+        ("api_base", "http://127.0.0.1:9/v1"),
+        ("api_key", "sk-mine"),
+        ("provider", "quick"),
+        ("url", "http://127.0.0.1:9/v1/chat/completions"),
+    ]:
+        body = {"model": "fake", "messages": MESSAGES, field: value}
+        response = await http.post("/v1/chat/completions", json=body)
+        assert response.status_code == 400, field
+        error = response.json()["error"]
+        assert (error["type"], error["param"]) == ("invalid_request_error", field)
+    body = {"model": "http://127.0.0.1:9/v1", "messages": MESSAGES}
+    response = await http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "model"
+    assert not upstream.calls
+
+
+async def test_a_model_no_route_matches_is_refused(upstream: FakeUpstream) -> None:
+    settings = relay_settings(upstream, default_provider="")
+    async with run_server(settings=settings) as base, httpx.AsyncClient(base_url=base) as client:
+        refused = await client.post(
+            "/v1/chat/completions", json={"model": "gpt-4o", "messages": MESSAGES}
+        )
+        served = await client.post(
+            "/v1/chat/completions", json={"model": "quick-1", "messages": MESSAGES}
+        )
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", "model")
+    assert served.status_code == 200
+    assert [call.body["model"] for call in upstream.calls] == ["quick-1"]
+
+
+# -- no secret leaves ---------------------------------------------------------------------
+
+UPSTREAM_KEY = "sk-upstream-secret-0123456789"
+PASSWORD = "pa55word-in-the-url"
+
+
+def assert_no_secret(text: str) -> None:
+    assert UPSTREAM_KEY not in text
+    assert PASSWORD not in text
+    assert "Bearer" not in text
+
+
+async def test_an_upstream_echoing_the_key_shows_it_to_nobody(
+    upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="tidings")
+    upstream.scenario("keyed-echo", Scenario(status=401, echo_authorization=True))
+    keyed = {"kind": "openai", "base_url": upstream.base_url, "api_key": UPSTREAM_KEY}
+    config = LLMConfig.from_table({"providers": {"keyed": keyed}, "models": {"keyed-*": "keyed"}})
+    settings = Settings(log_level="warning", llm=config)
+    async with run_server(settings=settings) as base, httpx.AsyncClient(base_url=base) as client:
+        for stream in (True, False):
+            body = {"model": "keyed-echo", "messages": MESSAGES, "stream": stream}
+            response = await client.post("/v1/chat/completions", json=body)
+            assert response.status_code == 502
+            assert response.json()["error"]["message"] == "upstream answered 401"
+            assert_no_secret(response.text)
+            stream_id = response.headers["x-tidings-stream-id"]
+            async with open_sse(client, f"/v1/streams/{stream_id}") as viewer:
+                replay = await read_to_end(viewer)
+            assert replay[-1].type == "end"
+            assert_no_secret(bytes(viewer.raw).decode())
+            history = await client.get(f"/api/history/llm:{stream_id}")
+            assert_no_secret(history.text)
+    # The upstream did get the key (and quoted it back).
+    assert upstream.calls[0].headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert caplog.records
+    for record in caplog.records:
+        assert_no_secret(record.getMessage())
+
+
+async def test_a_base_url_with_credentials_is_shown_without_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="tidings")
+    async with FakeUpstream() as gone:
+        pass
+    config = LLMConfig.from_table(
+        {"base_url": f"http://relay-user:{PASSWORD}@127.0.0.1:{gone.port}/v1"}
+    )
+    assert_no_secret(repr(Settings(llm=config)))
+    settings = Settings(log_level="warning", llm=config)
+    async with run_server(settings=settings) as base, httpx.AsyncClient(base_url=base) as client:
+        body = {"model": "any", "messages": MESSAGES, "stream": True}
+        response = await client.post("/v1/chat/completions", json=body)
+        assert response.status_code == 502
+        message = response.json()["error"]["message"]
+        assert f"http://***@127.0.0.1:{gone.port}/v1/chat/completions" in message
+        assert "relay-user" not in message
+        assert_no_secret(response.text)
+        stream_id = response.headers["x-tidings-stream-id"]
+        async with open_sse(client, f"/v1/streams/{stream_id}") as viewer:
+            await read_to_end(viewer)
+        assert_no_secret(bytes(viewer.raw).decode())
+        history = await client.get(f"/api/history/llm:{stream_id}")
+        assert history.status_code == 200
+        assert_no_secret(history.text)
+    assert caplog.records
+    for record in caplog.records:
+        assert_no_secret(record.getMessage())
+        assert "relay-user" not in record.getMessage()
+
+
+# -- ownership -------------------------------------------------------------------------
+
+JWT_SECRET = "an-integration-secret-of-32-bytes-or-more"
+API_KEY = "ops-key-0123456789abcdef"
+
+
+def token(sub: str) -> str:
+    return mint_token(JWT_SECRET, sub=sub, ttl=600)
+
+
+async def test_one_users_stream_is_nobody_elses(upstream: FakeUpstream) -> None:
+    upstream.scenario("paused", Scenario(pause_after=3))
+    settings = dataclasses.replace(
+        relay_settings(upstream), jwt_secret=JWT_SECRET, api_keys=f"ops:{API_KEY}"
+    )
+    alice = {"authorization": f"Bearer {token('alice')}"}
+    bob = {"authorization": f"Bearer {token('bob')}"}
+    async with (
+        run_server(settings=settings) as base,
+        httpx.AsyncClient(base_url=base, timeout=TIMEOUT) as http,
+        openai.AsyncOpenAI(
+            base_url=base + "/v1", api_key=token("alice"), max_retries=0, timeout=TIMEOUT
+        ) as sdk,
+    ):
+        anonymous = await http.post(
+            "/v1/chat/completions", json={"model": "fake", "messages": MESSAGES}
+        )
+        assert anonymous.status_code == 401
+        assert anonymous.headers["www-authenticate"] == "Bearer"
+        # The SDK sends its api_key as a bearer token: a user's token works as one.
+        completion = await sdk.chat.completions.create(model="fake", messages=MESSAGES)
+        assert completion.choices[0].message.content == "".join(upstream.default.tokens)
+        async with openai.AsyncOpenAI(
+            base_url=base + "/v1",
+            api_key="unused",
+            default_headers={"Authorization": f"ApiKey {API_KEY}"},
+            max_retries=0,
+            timeout=TIMEOUT,
+        ) as server:
+            await server.chat.completions.create(model="fake", messages=MESSAGES)
+        document = {"model": "paused", "messages": MESSAGES, "stream": True}
+        async with http.stream(
+            "POST", "/v1/chat/completions", json=document, headers=alice
+        ) as response:
+            assert response.status_code == 200
+            stream_id = response.headers["x-tidings-stream-id"]
+            reader = SSEReader(response)
+            await reader.events(4)
+            call = await upstream.next_call(3, TIMEOUT)  # after the two SDK calls
+            for method in ("GET", "DELETE"):
+                refused = await http.request(method, f"/v1/streams/{stream_id}", headers=bob)
+                assert refused.status_code == 404
+                assert refused.json()["error"] == {
+                    "message": f"no running or recent stream {stream_id!r}",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "not_found",
+                }
+            assert not call.disconnected.is_set()  # bob's DELETE did nothing
+            for path in (f"/sse?channel=llm:{stream_id}", f"/api/history/llm:{stream_id}"):
+                assert (await http.get(path, headers=bob)).status_code in (401, 403)
+            async with open_sse(http, f"/v1/streams/{stream_id}", headers=alice) as viewer:
+                assert contents(await viewer.events(4)) == "tok0 tok1 tok2 "
+            deleted = await http.delete(f"/v1/streams/{stream_id}", headers={"x-api-key": API_KEY})
+            assert deleted.status_code == 200
+            assert deleted.json()["status"] == "cancelled"
+            async with asyncio.timeout(TIMEOUT):
+                await call.disconnected.wait()
+            await read_to_end(reader)
 
 
 # -- figures ----------------------------------------------------------------------------

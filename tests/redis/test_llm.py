@@ -19,6 +19,7 @@ from tests.support.env import TIMEOUT
 from tests.support.fake_openai import FakeUpstream, Scenario
 from tests.support.server import ServerProcess
 from tests.support.sse import SSEReader, open_sse
+from tidings.server.auth import mint_token
 
 MESSAGES = [{"role": "user", "content": "Say something."}]
 
@@ -44,10 +45,14 @@ def nodes(
         yield node_a, node_b
 
 
-async def start(client: httpx.AsyncClient, model: str, events: int) -> str:
+async def start(
+    client: httpx.AsyncClient, model: str, events: int, headers: dict[str, str] | None = None
+) -> str:
     """POST a streamed completion, read ``events`` chunks, drop it; return the stream id."""
     body: dict[str, Any] = {"model": model, "messages": MESSAGES, "stream": True}
-    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+    async with client.stream(
+        "POST", "/v1/chat/completions", json=body, headers=headers
+    ) as response:
         assert response.status_code == 200
         reader = SSEReader(response)
         await reader.events(events)
@@ -105,3 +110,66 @@ async def test_a_delete_on_another_node_closes_the_upstream_request(
             (last,) = await viewer.events(1)
     end = orjson.loads(last.data)
     assert (last.type, end["status"], end["reason"]) == ("end", "cancelled", "deleted")
+
+
+JWT_SECRET = "a-redis-test-secret-of-32-bytes-or-more"
+API_KEY = "ops-key-0123456789abcdef"
+
+
+def bearer(sub: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {mint_token(JWT_SECRET, sub=sub, ttl=600)}"}
+
+
+@pytest.fixture
+def secured_nodes(
+    redis_url: str, redis_prefix: str, upstream: FakeUpstream
+) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    env = {
+        "TIDINGS_BACKEND": "redis",
+        "TIDINGS_REDIS_URL": redis_url,
+        "TIDINGS_REDIS_PREFIX": redis_prefix,
+        "TIDINGS_LLM_BASE_URL": upstream.base_url,
+        "TIDINGS_JWT_SECRET": JWT_SECRET,
+        "TIDINGS_API_KEYS": f"ops:{API_KEY}",
+    }
+    with ServerProcess(env=env) as node_a, ServerProcess(env=env) as node_b:
+        yield node_a, node_b
+
+
+async def test_the_owner_of_a_generation_is_known_on_every_node(
+    secured_nodes: tuple[ServerProcess, ServerProcess], upstream: FakeUpstream
+) -> None:
+    scenario = upstream.scenario("paused", Scenario(pause_after=3))
+    node_a, node_b = secured_nodes
+    async with (
+        httpx.AsyncClient(base_url=node_a.url, timeout=TIMEOUT) as a,
+        httpx.AsyncClient(base_url=node_b.url, timeout=TIMEOUT) as b,
+    ):
+        stream_id = await start(a, "paused", 4, headers=bearer("alice"))
+        running = upstream.calls[0]
+        path = f"/v1/streams/{stream_id}"
+        for method in ("GET", "DELETE"):
+            refused = await b.request(method, path, headers=bearer("bob"))
+            assert refused.status_code == 404
+            assert refused.json()["error"]["code"] == "not_found"
+        history = await b.get(f"/api/history/llm:{stream_id}", headers=bearer("bob"))
+        assert history.status_code in (401, 403)
+        assert not running.disconnected.is_set()
+        # Alice resumes on node B, after the three chunks she had read.
+        async with open_sse(b, path + "?after=4", headers=bearer("alice")) as viewer:
+            scenario.release.set()
+            # The nine other tokens, the finish chunk, the usage chunk, the end.
+            rest = await viewer.events(len(scenario.tokens) - 3 + 3)
+        last = rest[-1]
+        text = "".join(
+            orjson.loads(event.data)["choices"][0]["delta"].get("content", "")
+            for event in rest
+            if event.type == "message"
+        )
+        assert text == "".join(scenario.tokens[3:])
+        assert last.type == "end"
+        assert orjson.loads(last.data) == {"status": "completed"}
+        assert b"alice" not in bytes(viewer.raw)
+        # After the end, too: bob still sees nothing, a server key sees it.
+        assert (await b.get(path, headers=bearer("bob"))).status_code == 404
+        assert (await b.get(path, headers={"x-api-key": API_KEY})).status_code == 200

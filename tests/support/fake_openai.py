@@ -43,6 +43,9 @@ class Scenario:
         pause_after: Stop after this many tokens until ``release`` is set.
         tool_call: Answer with a tool call (name, arguments in fragments) instead of text.
         send_done: Whether to end with ``data: [DONE]``.
+        echo_authorization: With ``status``, quote the request's ``Authorization``
+            header in the error body (message, type and code), as careless
+            upstreams and proxies do.
     """
 
     tokens: list[str] = field(default_factory=default_tokens)
@@ -56,6 +59,7 @@ class Scenario:
     release: asyncio.Event = field(default_factory=asyncio.Event)
     tool_call: tuple[str, list[str]] | None = None
     send_done: bool = True
+    echo_authorization: bool = False
 
 
 @dataclass
@@ -63,6 +67,7 @@ class Call:
     """One request the fake received."""
 
     body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     tokens_sent: int = 0
     first_byte: asyncio.Event = field(default_factory=asyncio.Event)
@@ -148,17 +153,18 @@ class FakeUpstream:
             await _respond(writer, 404, {"error": {"message": f"no route {method} {path}"}})
             return
         document = orjson.loads(body)
-        call = Call(body=document)
+        call = Call(body=document, headers=headers)
         async with self._new_call:
             self.calls.append(call)
             self._new_call.notify_all()
         scenario = self.scenarios.get(document.get("model", ""), self.default)
         if scenario.status != 200:
-            await _respond(
-                writer,
-                scenario.status,
-                {"error": {"message": scenario.error_message, "type": "fake", "code": None}},
-            )
+            error: dict[str, Any] = {"message": scenario.error_message, "type": "fake"}
+            error["code"] = None
+            if scenario.echo_authorization:
+                echoed = headers.get("authorization", "")
+                error = {"message": f"bad credentials: {echoed}", "type": echoed, "code": echoed}
+            await _respond(writer, scenario.status, {"error": error})
             call.finished.set()
             return
         watcher = asyncio.get_running_loop().create_task(_watch_eof(reader, call))

@@ -199,6 +199,18 @@ def test_llm_channels_are_kept_whole_and_closed_to_client_publishes() -> None:
     assert mine.options("llm:x").history_size == 10
 
 
+def test_with_authentication_llm_channels_are_closed_to_clients() -> None:
+    # Generations are read through /v1/streams/{id}, which checks their owner.
+    secured = Settings(api_keys="ops:0123456789abcdef0123").namespace_options()
+    options = secured.options("llm:x")
+    assert (options.subscribe, options.history, options.presence, options.publish) == (
+        False,
+        False,
+        False,
+        False,
+    )
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [

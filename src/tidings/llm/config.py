@@ -26,12 +26,13 @@ import asyncio
 import fnmatch
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tidings.errors import UpstreamError
-from tidings.llm.providers.base import Provider
+from tidings.errors import InvalidChatRequest, UpstreamError
+from tidings.llm.providers.base import Provider, display_url
 from tidings.llm.providers.demo import DemoProvider
 from tidings.llm.request import RequestLimits
 from tidings.types import parse_scalar
@@ -41,6 +42,9 @@ __all__ = ["LLMConfig", "ProviderConfig", "ProviderRouter"]
 logger = logging.getLogger(__name__)
 
 PROVIDER_KINDS = ("demo", "openai")
+#: RFC 9110 field names (tokens) and values (visible ASCII, spaces and tabs).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*\Z")
 _PROVIDER_FIELDS = {
     "kind": str,
     "base_url": str,
@@ -83,9 +87,13 @@ def _convert(name: str, value: Any, kind: type) -> Any:
         raise ValueError(f"llm.{name} must be a {kind.__name__}") from None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class ProviderConfig:
-    """One ``[llm.providers.NAME]`` table."""
+    """One ``[llm.providers.NAME]`` table.
+
+    Its ``repr()`` shows the base URL without credentials and never the key
+    or the headers.
+    """
 
     name: str
     kind: str = "openai"
@@ -106,10 +114,27 @@ class ProviderConfig:
             )
         if self.kind == "openai" and not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"llm.providers.{self.name}.base_url must be an http(s) URL")
+        # Checked now, naming the field: httpx would fail later, quoting the value.
+        if not _HEADER_VALUE.match(self.api_key):
+            raise ValueError(
+                f"llm.providers.{self.name}.api_key must be printable ASCII on one line"
+            )
+        for header, value in self.headers.items():
+            if not _HEADER_NAME.match(header):
+                raise ValueError(f"llm.providers.{self.name}.headers has an invalid header name")
+            if not _HEADER_VALUE.match(value):
+                raise ValueError(
+                    f"llm.providers.{self.name}.headers.{header} must be printable ASCII "
+                    "on one line"
+                )
         if self.timeout <= 0 or self.connect_timeout <= 0:
             raise ValueError(f"llm.providers.{self.name}: timeouts must be > 0 seconds")
         if self.first_token_delay < 0 or self.token_interval < 0:
             raise ValueError(f"llm.providers.{self.name}: demo delays must be >= 0 seconds")
+
+    def __repr__(self) -> str:
+        url = f", base_url={display_url(self.base_url)!r}" if self.base_url else ""
+        return f"ProviderConfig({self.name!r}, kind={self.kind!r}{url})"
 
     def build(self, env: Mapping[str, str] | None = None) -> Provider:
         """Create the provider (the API key is read from ``api_key_env`` now)."""
@@ -124,6 +149,11 @@ class ProviderConfig:
 
         env = os.environ if env is None else env
         api_key = self.api_key or (env.get(self.api_key_env, "") if self.api_key_env else "")
+        if not _HEADER_VALUE.match(api_key):
+            raise ValueError(
+                f"llm.providers.{self.name}.api_key_env names a variable that is not "
+                "printable ASCII on one line"
+            )
         return OpenAIProvider(
             self.base_url,
             name=self.name,
@@ -163,7 +193,7 @@ class LLMConfig:
         if self.max_body_bytes <= 0:
             raise ValueError("llm.max_body_bytes must be > 0")
         known = set(self.providers) | {"demo"}
-        if self.default_provider not in known:
+        if self.default_provider and self.default_provider not in known:
             raise ValueError(f"llm.default_provider names no provider: {self.default_provider!r}")
         for pattern, provider in self.models.items():
             if provider not in known:
@@ -238,7 +268,11 @@ def _provider(name: str, spec: object) -> ProviderConfig:
 
 
 class ProviderRouter:
-    """Picks the provider for a model name: exact name, then glob, then the default."""
+    """Picks the provider for a model name: exact name, then glob, then the default.
+
+    The client names a model, never an upstream: a model that no entry
+    matches, when there is no default (``default=""``), is refused.
+    """
 
     def __init__(
         self, providers: Mapping[str, Provider], models: Mapping[str, str], *, default: str
@@ -248,6 +282,11 @@ class ProviderRouter:
         self.default = default
 
     def provider_for(self, model: str) -> Provider:
+        """The provider that serves ``model``.
+
+        Raises:
+            InvalidChatRequest: no route matches ``model`` (``param`` is ``model``).
+        """
         name = self.models.get(model)
         if name is None:
             matches = (
@@ -256,7 +295,10 @@ class ProviderRouter:
                 if fnmatch.fnmatchcase(model, pattern)
             )
             name = next(matches, self.default)
-        return self.providers[name]
+        provider = self.providers.get(name)
+        if provider is None:
+            raise InvalidChatRequest(f"model {model[:80]!r} is not served here", param="model")
+        return provider
 
     async def list_models(self, *, wait: float = 5.0) -> dict[str, str]:
         """Every model name that routes somewhere, mapped to its provider's name.

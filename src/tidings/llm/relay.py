@@ -3,8 +3,9 @@
 Theory of operation
 -------------------
 
-``Relay.start(request)`` creates a :class:`Generation` with an id
-(``chatcmpl-…``) and a channel ``llm:{id}``, notes the channel's position
+``Relay.start(request, owner=…)`` creates a :class:`Generation` with an
+unguessable id (``chatcmpl-`` and 128 random bits) and a channel
+``llm:{id}``, records its owner (see *Ownership* below), notes the channel's position
 (the *origin*: a listener that subscribes from it receives the generation
 whole), and starts one task that owns the provider's iterator under
 ``contextlib.aclosing``. The task publishes each delta as a
@@ -28,6 +29,19 @@ DELETEs and listeners through ``llm.control``: a ``DELETE`` that reaches a
 server that does not run the generation is forwarded to the one that does,
 and a viewer on another server sends "heard" messages that count as a
 listener there.
+
+Ownership
+---------
+
+A generation belongs to the principal that created it (an identity such as
+``user:alice``; ``anonymous`` when the server has no authentication). The
+owner is kept on the generation and, for the other servers on the same
+backend, as the one event of the channel ``llm:_owner/{id}`` (published
+when the generation starts and again when it ends, so that it lives as long
+as the generation's own events). :meth:`Relay.owner` reads it from either
+place; the server compares it with the requester's identity. That channel
+is in the ``llm`` namespace, which clients cannot read once authentication
+is configured; the owner is never part of a chunk or an ``end`` event.
 
 A finished generation stays known for ``ttl`` seconds (its events stay in the
 channel's history as long, through the ``llm`` namespace options), then it is
@@ -56,12 +70,27 @@ from tidings.llm.request import ChatRequest
 from tidings.types import Position
 from tidings.wire.codes import ErrorCode
 
-__all__ = ["CHANNEL_PREFIX", "Generation", "LLMStats", "Relay", "Status", "upstream_status"]
+__all__ = [
+    "ANONYMOUS_OWNER",
+    "CHANNEL_PREFIX",
+    "OWNER_PREFIX",
+    "Generation",
+    "LLMStats",
+    "Relay",
+    "Status",
+    "upstream_status",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Generations are published to ``llm:{id}``.
 CHANNEL_PREFIX = "llm:"
+#: The owner of generation ``{id}`` is the data of the event on ``llm:_owner/{id}``.
+OWNER_PREFIX = "llm:_owner/"
+#: The owner of a generation started without one.
+ANONYMOUS_OWNER = "anonymous"
+#: Random bytes in a generation id (128 bits: not guessable, not enumerable).
+ID_BYTES = 16
 #: Finished generations whose TTFT and rate make the recent figures.
 RECENT = 100
 
@@ -118,11 +147,20 @@ class Generation:
     """One generation: its identity, state and listeners."""
 
     def __init__(
-        self, relay: Relay, generation_id: str, model: str, provider: str, origin: Position
+        self,
+        relay: Relay,
+        generation_id: str,
+        model: str,
+        provider: str,
+        origin: Position,
+        *,
+        owner: str = ANONYMOUS_OWNER,
     ) -> None:
         self._relay = relay
         self.id = generation_id
         self.channel = CHANNEL_PREFIX + generation_id
+        #: Who created it (``user:SUB``, ``key:NAME`` or ``anonymous``); never sent to viewers.
+        self.owner = owner
         self.model = model
         self.provider = provider
         self.created = int(time.time())
@@ -264,10 +302,15 @@ class Relay:
         self._rates: deque[float] = deque(maxlen=RECENT)
         self._control = RelayControl(hub, on_cancel=self._remote_cancel, on_heard=self._heard)
 
-    async def start(self, request: ChatRequest) -> Generation:
+    async def start(self, request: ChatRequest, *, owner: str = ANONYMOUS_OWNER) -> Generation:
         """Start a generation for ``request`` and return it.
 
+        Args:
+            request: The validated request.
+            owner: The identity it belongs to (see *Ownership* above).
+
         Raises:
+            InvalidChatRequest: no provider serves the requested model.
             QueueFull: ``max_generations`` are running already.
             BackendUnavailable: the hub's backend cannot be reached.
         """
@@ -275,9 +318,12 @@ class Relay:
             raise QueueFull(self.max_generations)
         provider = self.router.provider_for(request.model)
         await self._control.start()  # before any DELETE from elsewhere can name it
-        generation_id = "chatcmpl-" + secrets.token_hex(12)
+        generation_id = "chatcmpl-" + secrets.token_hex(ID_BYTES)
+        await self._record_owner(generation_id, owner)
         origin = await self.hub.position(CHANNEL_PREFIX + generation_id)
-        generation = Generation(self, generation_id, request.model, provider.name, origin)
+        generation = Generation(
+            self, generation_id, request.model, provider.name, origin, owner=owner
+        )
         self._generations[generation_id] = generation
         self._running.add(generation)
         self._counts[Status.RUNNING] += 1
@@ -286,6 +332,24 @@ class Relay:
         )
         generation._start_grace()  # until the first listener arrives
         return generation
+
+    async def owner(self, generation_id: str) -> str | None:
+        """Who a generation belongs to, wherever it runs; None when it is unknown.
+
+        Raises:
+            BackendUnavailable: the backend cannot be reached.
+        """
+        generation = self._generations.get(generation_id)
+        if generation is not None:
+            return generation.owner
+        events = (await self.hub.history(OWNER_PREFIX + generation_id, limit=1)).events
+        if not events or not isinstance(events[-1].data, dict):
+            return None
+        owner = events[-1].data.get("owner")
+        return owner if isinstance(owner, str) else None
+
+    async def _record_owner(self, generation_id: str, owner: str) -> None:
+        await self.hub.publish(OWNER_PREFIX + generation_id, {"owner": owner}, event="owner")
 
     def get(self, generation_id: str) -> Generation | None:
         """The generation with this id, while it runs or within the TTL after."""
@@ -408,6 +472,8 @@ class Relay:
         try:
             await self.hub.publish(generation.channel, end, event="end")
             generation.end_published = True
+            # Again, so that the record lives as long as the events (the history TTL).
+            await self._record_owner(generation.id, generation.owner)
         except TidingsError as exc:
             # Local listeners still learn the end from ``generation.end``.
             logger.warning("could not publish the end of generation %s: %s", generation.id, exc)

@@ -3,7 +3,9 @@
 Validation refuses what no provider could serve, with the offending field
 in ``InvalidChatRequest.param`` (OpenAI's error ``param``). Fields this
 module does not know are kept and forwarded to the upstream untouched, so
-provider-specific options (``top_k``, ``repetition_penalty`` …) still work.
+provider-specific options (``top_k``, ``repetition_penalty`` …) still work,
+except the fields that would choose where or how the request is sent
+(:data:`ROUTING_FIELDS`): the server's settings decide that, never a client.
 """
 
 from __future__ import annotations
@@ -14,10 +16,27 @@ from typing import Any
 
 from tidings.errors import InvalidChatRequest
 
-__all__ = ["ROLES", "ChatRequest", "RequestLimits", "validate_request"]
+__all__ = ["ROLES", "ROUTING_FIELDS", "ChatRequest", "RequestLimits", "validate_request"]
 
 #: Message roles the Chat Completions API defines.
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+#: Body fields that name an upstream or its credentials: refused, never forwarded.
+ROUTING_FIELDS = frozenset(
+    {
+        "api_base",
+        "api_key",
+        "api_type",
+        "api_version",
+        "base_url",
+        "baseURL",
+        "deployment_id",
+        "endpoint",
+        "headers",
+        "organization",
+        "provider",
+        "url",
+    }
+)
 _NUMBER_RANGES = {
     "temperature": (0.0, 2.0),
     "top_p": (0.0, 1.0),
@@ -129,11 +148,17 @@ def validate_request(body: object, limits: RequestLimits | None = None) -> ChatR
     limits = limits or RequestLimits()
     if not isinstance(body, dict):
         raise _fail("the request body must be a JSON object", None)
+    routing = sorted(ROUTING_FIELDS.intersection(body))
+    if routing:
+        name = routing[0]
+        raise _fail(f"{name} cannot be set by a request: the server chooses the upstream", name)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _fail("model is required and must be a non-empty string", "model")
     if len(model) > limits.max_model_length:
         raise _fail(f"model is longer than {limits.max_model_length} characters", "model")
+    if "://" in model or any(char.isspace() for char in model):
+        raise _fail("model must be a model name, not a URL", "model")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _fail("messages is required and must be a non-empty list", "messages")

@@ -11,6 +11,13 @@ own SSE: ``id:`` cursors, ``Last-Event-ID`` resume, ``event: end`` last.
 Both the request and each viewer are listeners of the generation
 (``Generation.listening``); a watcher task turns ``http.disconnect`` into
 closing the subscription, so a client that goes away stops listening at once.
+
+Every request is authorised first (``Authority.authorize``: ``llm.create``,
+``llm.view``, ``llm.cancel``). A generation belongs to the identity that
+created it: anyone else but a server key gets the same 404 as for an id that
+does not exist, so an id names nothing to a stranger. With no authentication
+configured every caller is anonymous (the ``Authorization`` header the
+OpenAI SDKs always send is not read) and owns every generation.
 """
 
 from __future__ import annotations
@@ -34,11 +41,13 @@ from tidings.errors import (
     ProtocolError,
     QueueFull,
     TidingsError,
+    Unauthorized,
 )
 from tidings.hub import Event, Hub, Item, Reset, Subscription
 from tidings.llm import CHANNEL_PREFIX, Completion, Generation, Relay, error_object
 from tidings.llm.request import RequestLimits, validate_request
 from tidings.server.api import read_body
+from tidings.server.auth import ANONYMOUS, Action, Authority, Kind, Principal
 from tidings.server.errors import http_status
 from tidings.server.sse import SSE_FRAME, SSE_HEADERS, watch_disconnect
 from tidings.types import Position
@@ -87,22 +96,54 @@ def refusal(exc: TidingsError) -> Response:
 
     Status and code come from the server's one table (``server/errors.py``);
     only the OpenAI ``type`` and the two codes OpenAI names its own way are
-    decided here.
+    decided here. A 401 says ``WWW-Authenticate: Bearer``.
     """
     status = http_status(exc)
     code, message = exc.code, str(exc)
+    headers = None
     if isinstance(exc, InvalidChatRequest):
         code = ErrorCode.INVALID_VALUE
     elif isinstance(exc, QueueFull):
         code = ErrorCode.TOO_MANY_GENERATIONS
         message = f"too many generations are running (at most {exc.limit})"
+    elif isinstance(exc, Unauthorized):
+        status = 401
+        headers = {"www-authenticate": "Bearer"}
     return openai_error(
         status,
         message,
         type=_openai_type(status),
         code=code,
         param=getattr(exc, "param", None),
+        headers=headers,
     )
+
+
+def _authority(scope: Scope) -> Authority:
+    authority: Authority = scope["app"].state.tidings.authority
+    return authority
+
+
+def _authorized(scope: Scope, action: Action) -> Principal:
+    """The requester, allowed to do ``action``.
+
+    With no authentication configured this is always the anonymous principal,
+    whatever credential the request carries: the OpenAI SDKs send their
+    ``api_key`` as a bearer token even when nothing asks for one.
+
+    Raises:
+        Unauthorized: no identity, or one that is refused.
+        PermissionDenied: the identity may not do ``action``.
+    """
+    authority = _authority(scope)
+    principal = authority.principal(scope) if authority.configured else ANONYMOUS
+    authority.authorize(principal, action)
+    return principal
+
+
+def _not_found(stream_id: str) -> Response:
+    """The answer for an unknown stream, and for someone else's (the same bytes)."""
+    return openai_error(404, f"no running or recent stream {stream_id!r}", code=ErrorCode.NOT_FOUND)
 
 
 def _openai_type(status: int) -> str:
@@ -209,7 +250,14 @@ def _history_lost(item: Reset) -> dict[str, Any]:
 
 
 async def list_models(request: Request) -> Response:
-    """``GET /v1/models``: the models the relay can route, in OpenAI's list shape."""
+    """``GET /v1/models``: the models the relay can route, in OpenAI's list shape.
+
+    Public while no authentication is configured; then it needs an identity.
+    """
+    try:
+        _authorized(request.scope, Action.LLM_VIEW)
+    except TidingsError as exc:
+        return refusal(exc)
     relay: Relay = request.app.state.tidings.relay
     models = await relay.router.list_models()
     return _JSON(
@@ -241,6 +289,11 @@ class ChatCompletions:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
+        try:
+            principal = _authorized(scope, Action.LLM_CREATE)
+        except TidingsError as exc:
+            await refusal(exc)(scope, receive, send)
+            return
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type not in ("", "application/json"):
             response = openai_error(
@@ -251,7 +304,7 @@ class ChatCompletions:
         try:
             body = await read_body(request, self.max_body_bytes)
             chat = validate_request(_load_json(body), self.limits)
-            generation = await self.relay.start(chat)
+            generation = await self.relay.start(chat, owner=principal.identity)
         except TidingsError as exc:
             await refusal(exc)(scope, receive, send)
             return
@@ -372,14 +425,35 @@ class StreamView:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream_id = scope["path_params"]["stream_id"]
+        delete = scope["method"] == "DELETE"
+        try:
+            principal = _authorized(scope, Action.LLM_CANCEL if delete else Action.LLM_VIEW)
+            mine = _STREAM_ID.match(stream_id) is not None and await self._owned_by(
+                stream_id, principal, _authority(scope)
+            )
+        except TidingsError as exc:
+            await refusal(exc)(scope, receive, send)
+            return
         if not _STREAM_ID.match(stream_id):
             response = openai_error(404, f"no stream {stream_id[:80]!r}", code=ErrorCode.NOT_FOUND)
-        elif scope["method"] == "DELETE":
+        elif not mine:
+            response = _not_found(stream_id)
+        elif delete:
             response = await self._delete(stream_id)
         else:
             await self._get(stream_id, scope, receive, send)
             return
         await response(scope, receive, send)
+
+    async def _owned_by(self, stream_id: str, principal: Principal, authority: Authority) -> bool:
+        """Whether ``principal`` may see the generation (an unknown one is nobody's).
+
+        Raises:
+            BackendUnavailable: the owner cannot be read.
+        """
+        if not authority.configured or principal.kind is Kind.SERVER:
+            return True
+        return await self.relay.owner(stream_id) == principal.identity
 
     async def _delete(self, stream_id: str) -> Response:
         try:
@@ -387,9 +461,7 @@ class StreamView:
         except BackendUnavailable as exc:
             return refusal(exc)
         if end is None:
-            return openai_error(
-                404, f"no running or recent stream {stream_id!r}", code=ErrorCode.NOT_FOUND
-            )
+            return _not_found(stream_id)
         status = end.get("status", "cancelling")
         return _JSON(
             {"id": stream_id, "object": "tidings.stream", "status": status},
@@ -414,10 +486,7 @@ class StreamView:
             since = _since(request, channel, origin)
             last = (await hub.history(channel, limit=1)).events
         except LookupError:
-            response = openai_error(
-                404, f"no running or recent stream {stream_id!r}", code=ErrorCode.NOT_FOUND
-            )
-            await response(scope, receive, send)
+            await _not_found(stream_id)(scope, receive, send)
             return
         except TidingsError as exc:  # an unreadable cursor, the backend down
             await refusal(exc)(scope, receive, send)

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tidings.errors import UpstreamError
+from tidings.errors import InvalidChatRequest, UpstreamError
 from tidings.llm.config import LLMConfig, ProviderRouter
 from tidings.llm.providers.demo import DemoProvider
 from tidings.llm.providers.openai import OpenAIProvider
@@ -152,3 +152,59 @@ async def test_list_models_does_not_wait_for_a_silent_provider() -> None:
         {"a": Listing("a", ["m"]), "silent": Listing("silent", ["hang"])}, {}, default="a"
     )
     assert await router.list_models(wait=0.01) == {"m": "a"}
+
+
+SECRET = "s3cret-value-that-must-not-show"
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"headers": {"x-token": f"{SECRET}\r\nx-evil: 1"}}, "llm.providers.p.headers.x-token"),
+        ({"headers": {"x-token": f"{SECRET}é"}}, "llm.providers.p.headers.x-token"),
+        ({"headers": {"bad name": SECRET}}, "llm.providers.p.headers"),
+        ({"headers": {"x-token": 1}}, "llm.providers.p.headers"),
+        ({"headers": SECRET}, "llm.providers.p.headers"),
+        ({"api_key": f"{SECRET}\n"}, "llm.providers.p.api_key"),
+        ({"api_key": 7}, "llm.providers.p.api_key"),
+    ],
+)
+def test_a_provider_setting_of_the_wrong_shape_names_the_field_never_the_value(
+    spec: dict[str, object], field: str
+) -> None:
+    with pytest.raises(ValueError, match=r"llm\.providers\.p") as caught:
+        LLMConfig.from_table({"providers": {"p": {"base_url": "http://x/v1", **spec}}})
+    message = str(caught.value)
+    assert message.startswith(field)
+    assert "s3cret" not in message
+
+
+def test_an_api_key_from_the_environment_is_checked_by_name() -> None:
+    spec = {"base_url": "http://x/v1", "api_key_env": "KEY"}
+    config = LLMConfig.from_table({"providers": {"p": spec}})
+    with pytest.raises(ValueError, match="api_key_env") as caught:
+        config.providers["p"].build({"KEY": f"{SECRET}\n"})
+    assert "llm.providers.p.api_key_env" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+
+
+def test_a_provider_repr_shows_no_credentials() -> None:
+    spec = {
+        "base_url": "https://user:pa55word@api.example/v1?key=q",
+        "api_key": SECRET,
+        "headers": {"x-token": SECRET},
+    }
+    config = LLMConfig.from_table({"providers": {"p": spec}})
+    shown = repr(config)
+    assert "ProviderConfig('p', kind='openai', base_url='https://***@api.example/v1?***')" in shown
+    assert "pa55word" not in shown
+    assert "s3cret" not in shown
+
+
+def test_without_a_default_provider_an_unrouted_model_is_refused() -> None:
+    config = LLMConfig.from_table({"default_provider": "", "models": {"demo-*": "demo"}})
+    router = config.router()
+    assert router.provider_for("demo-1").name == "demo"
+    with pytest.raises(InvalidChatRequest) as caught:
+        router.provider_for("gpt-4o")
+    assert caught.value.param == "model"

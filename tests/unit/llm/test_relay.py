@@ -106,6 +106,37 @@ async def test_a_generation_is_published_whole(relay: Relay, hub: Hub) -> None:
     assert stats.ttft_ms_p50 is not None
 
 
+async def test_ids_are_unguessable(relay: Relay) -> None:
+    ids = {(await relay.start(chat())).id for _ in range(3)}
+    assert len(ids) == 3
+    for generation_id in ids:
+        random = generation_id.removeprefix("chatcmpl-")
+        assert len(random) == 32  # 128 bits, hex
+        int(random, 16)
+
+
+async def test_the_owner_is_known_to_every_relay_on_the_hub(hub: Hub, provider: Scripted) -> None:
+    here = Relay(hub, ProviderRouter({"p": provider}, {}, default="p"))
+    there = Relay(hub, ProviderRouter({"p": Scripted()}, {}, default="p"))
+    try:
+        provider.block_at = 1
+        generation = await here.start(chat(), owner="user:alice")
+        assert generation.owner == "user:alice"
+        assert await here.owner(generation.id) == "user:alice"
+        assert await there.owner(generation.id) == "user:alice"  # from the hub, while it runs
+        provider.release.set()
+        assert await wait(here, generation.id) is Status.COMPLETED
+        assert await there.owner(generation.id) == "user:alice"  # and after its end
+        assert await there.owner("chatcmpl-unknown") is None
+        # The owner is in no event of the generation's channel.
+        assert "alice" not in orjson.dumps(await events(hub, generation.channel)).decode()
+        anonymous = await there.start(chat())
+        assert await here.owner(anonymous.id) == "anonymous"
+    finally:
+        await here.aclose()
+        await there.aclose()
+
+
 async def test_cancel_closes_the_provider_and_says_so_last(
     relay: Relay, hub: Hub, provider: Scripted
 ) -> None:

@@ -84,6 +84,15 @@ def test_prompt_of_content_parts_and_assistant_tool_calls() -> None:
         (valid(temperature=2.5), "temperature"),
         (valid(top_p="1"), "top_p"),
         (valid(tools={}), "tools"),
+        # The server chooses the upstream; a client naming one is refused, not forwarded.
+        (valid(base_url="http://evil.example/v1"), "base_url"),
+        (valid(api_base="http://evil.example/v1"), "api_base"),
+        (valid(api_key="sk-mine"), "api_key"),
+        (valid(provider={"order": ["x"]}), "provider"),
+        (valid(url="http://evil.example"), "url"),
+        (valid(headers={"authorization": "x"}), "headers"),
+        (valid(model="http://evil.example/v1"), "model"),
+        (valid(model="gpt 4"), "model"),
     ],
 )
 def test_refusals_name_the_param(body: Any, param: str | None) -> None:

@@ -23,6 +23,7 @@ from tidings.errors import (
 from tidings.hub import Hub
 from tidings.llm import LLMConfig
 from tidings.server import create_app
+from tidings.server.auth import mint_token
 from tidings.server.llm import refusal
 from tidings.settings import Settings
 from tidings.wire.sse import SSEDecoder
@@ -233,3 +234,81 @@ def test_refusals_are_shaped_like_openai_errors(
         assert body["error"]["message"] == "too many generations are running (at most 3)"
     else:
         assert body["error"]["message"] == str(error)
+
+
+# -- ownership ------------------------------------------------------------------------------
+
+JWT_SECRET = "a-test-secret-of-at-least-32-bytes!!"
+API_KEY = "ops-key-0123456789abcdef"
+
+
+def bearer(sub: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {mint_token(JWT_SECRET, sub=sub, ttl=600)}"}
+
+
+@pytest.fixture
+async def secured() -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(llm=QUICK_DEMO, jwt_secret=JWT_SECRET, api_keys=f"ops:{API_KEY}")
+    async with Hub(namespaces=settings.namespace_options()) as hub:
+        app = create_app(hub, settings)
+        transport = httpx.ASGITransport(app=app)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                yield client
+        finally:
+            await app.state.tidings.relay.aclose()
+
+
+async def test_with_authentication_an_identity_is_needed(secured: httpx.AsyncClient) -> None:
+    for method, path in [
+        ("POST", "/v1/chat/completions"),
+        ("GET", "/v1/models"),
+        ("GET", "/v1/streams/chatcmpl-x"),
+        ("DELETE", "/v1/streams/chatcmpl-x"),
+    ]:
+        response = await secured.request(method, path, json=BODY)
+        assert response.status_code == 401, path
+        assert response.headers["www-authenticate"] == "Bearer"
+        error = response.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert error["code"] == "unauthorized"
+    bad = await secured.post(
+        "/v1/chat/completions", json=BODY, headers={"authorization": "Bearer not-a-jwt"}
+    )
+    assert bad.status_code == 401
+    models = await secured.get("/v1/models", headers=bearer("alice"))
+    assert models.status_code == 200
+
+
+async def test_only_the_owner_or_a_server_key_sees_a_generation(
+    secured: httpx.AsyncClient,
+) -> None:
+    created = await secured.post("/v1/chat/completions", json=BODY, headers=bearer("alice"))
+    assert created.status_code == 200
+    stream_id = created.headers["x-tidings-stream-id"]
+    unknown_id = "chatcmpl-" + "0" * 32
+    for method in ("GET", "DELETE"):
+        theirs = await secured.request(method, f"/v1/streams/{stream_id}", headers=bearer("bob"))
+        unknown = await secured.request(method, f"/v1/streams/{unknown_id}", headers=bearer("bob"))
+        assert theirs.status_code == unknown.status_code == 404
+        assert theirs.content == unknown.content.replace(unknown_id.encode(), stream_id.encode())
+    view = await secured.get(f"/v1/streams/{stream_id}", headers=bearer("alice"))
+    assert view.status_code == 200
+    assert view.content.endswith(b'event: end\ndata: {"status":"completed"}\n\n')
+    assert b"alice" not in view.content
+    for headers in ({"x-api-key": API_KEY}, {"authorization": f"ApiKey {API_KEY}"}):
+        assert (await secured.get(f"/v1/streams/{stream_id}", headers=headers)).status_code == 200
+    deleted = await secured.delete(f"/v1/streams/{stream_id}", headers={"x-api-key": API_KEY})
+    assert deleted.status_code == 200
+
+
+async def test_the_channel_endpoints_are_no_way_around_the_owner(
+    secured: httpx.AsyncClient,
+) -> None:
+    created = await secured.post("/v1/chat/completions", json=BODY, headers=bearer("alice"))
+    channel = "llm:" + created.headers["x-tidings-stream-id"]
+    for sub in ("alice", "bob"):
+        for path in (f"/sse?channel={channel}", f"/sse/{channel}", f"/api/history/{channel}"):
+            response = await secured.get(path, headers=bearer(sub))
+            assert response.status_code in (401, 403), path
+            assert b"chat.completion" not in response.content

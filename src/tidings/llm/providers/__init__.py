@@ -3,7 +3,7 @@
 ``OpenAIProvider`` lives in ``tidings.llm.providers.openai`` (it needs httpx).
 """
 
-from tidings.llm.providers.base import Provider
+from tidings.llm.providers.base import Provider, display_url
 from tidings.llm.providers.demo import DemoProvider
 
-__all__ = ["DemoProvider", "Provider"]
+__all__ = ["DemoProvider", "Provider", "display_url"]

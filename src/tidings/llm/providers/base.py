@@ -1,14 +1,37 @@
-"""The Provider interface: a chat request in, an async iterator of deltas out."""
+"""The Provider interface: a chat request in, an async iterator of deltas out.
+
+Also :func:`display_url`, the one way an upstream URL is written into a
+message or a log line: without its credentials.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from typing import Protocol, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
 
 from tidings.llm.chunks import Delta
 from tidings.llm.request import ChatRequest
 
-__all__ = ["Provider"]
+__all__ = ["Provider", "display_url"]
+
+
+def display_url(url: str) -> str:
+    """``url`` as it may be shown in a message or a log: no user, password or query.
+
+    A base URL may carry credentials (``https://user:password@host/v1``, or
+    ``?api-key=…`` as some gateways take it); they are replaced, never shown.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<unparsable URL>"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = ("***@" if "@" in parts.netloc else "") + host + (f":{port}" if port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
 
 
 @runtime_checkable

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
 
 from tidings.errors import UpstreamError, UpstreamTimeout
 from tidings.llm.chunks import Delta
+from tidings.llm.providers.base import display_url
 from tidings.llm.request import ChatRequest
 from tidings.wire.sse import SSEDecoder
 
@@ -32,20 +35,36 @@ logger = logging.getLogger(__name__)
 #: Largest upstream SSE event accepted, in characters.
 MAX_EVENT_BYTES = 1024 * 1024
 _KNOWN_DELTA_FIELDS = frozenset({"role", "content", "tool_calls"})
+#: An upstream error ``type`` or ``code`` worth repeating: a short identifier.
+_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,47}\Z")
+#: Secrets shorter than this are not looked for in messages (too many false hits).
+_MIN_SECRET_LENGTH = 8
 
 
 def _upstream_message(status: int, body: bytes) -> str:
+    """What a client may learn of an upstream refusal: its status, error type and code.
+
+    Never the upstream's own text: an upstream (or a proxy in front of it)
+    may quote the request back, ``Authorization`` header included.
+    """
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
         document = None
-    if isinstance(document, dict):
-        error = document.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return f"upstream answered {status}: {error['message']}"
-        if isinstance(error, str):
-            return f"upstream answered {status}: {error}"
-    return f"upstream answered {status}"
+    error = document.get("error") if isinstance(document, dict) else None
+    return f"upstream answered {status}" + _error_kind(error)
+
+
+def _error_kind(error: object) -> str:
+    """`` (type: …, code: …)`` for an upstream error object, from identifier-like values only."""
+    if not isinstance(error, dict):
+        return ""
+    kinds = [
+        f"{name}: {value}"
+        for name in ("type", "code")
+        if isinstance(value := error.get(name), str) and _IDENTIFIER.match(value)
+    ]
+    return f" ({', '.join(kinds)})" if kinds else ""
 
 
 def parse_chunk(data: str) -> list[Delta]:
@@ -55,16 +74,17 @@ def parse_chunk(data: str) -> list[Delta]:
         UpstreamError: the data is not a chunk, or it is an error object
             (an upstream failing mid-stream sends ``{"error": {...}}``).
     """
+    # Messages say what was wrong, never what the upstream sent (see _upstream_message).
     try:
         chunk = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise UpstreamError(f"upstream sent a chunk that is not JSON: {data[:200]!r}") from exc
+        raise UpstreamError("upstream sent a chunk that is not JSON") from exc
     if not isinstance(chunk, dict):
-        raise UpstreamError(f"upstream sent a chunk that is not an object: {data[:200]!r}")
+        raise UpstreamError("upstream sent a chunk that is not an object")
     if chunk.get("error") is not None:
-        error = chunk["error"]
-        message = error.get("message") if isinstance(error, dict) else str(error)
-        raise UpstreamError(f"upstream failed mid-stream: {message}", body=data[:4096])
+        raise UpstreamError(
+            "upstream failed mid-stream" + _error_kind(chunk["error"]), body=data[:4096]
+        )
     choices = chunk.get("choices") or []
     if not isinstance(choices, list):
         raise UpstreamError("upstream sent a chunk whose choices is not a list")
@@ -101,13 +121,26 @@ def _choice_delta(choice: object) -> Delta:
 
 @contextlib.contextmanager
 def _map_httpx_errors(url: str) -> Iterator[None]:
-    """Translate httpx's errors to UpstreamError, once, at the edge."""
+    """Translate httpx's errors to UpstreamError, once, at the edge.
+
+    ``url`` is the display form (:func:`display_url`). httpx's own message
+    is left out: some quote the request (a header value, the full URL).
+    """
     try:
         yield
     except httpx.TimeoutException as exc:
         raise UpstreamTimeout(f"upstream {url} timed out ({type(exc).__name__})") from exc
     except httpx.HTTPError as exc:
-        raise UpstreamError(f"upstream {url} failed: {type(exc).__name__}: {exc}") from exc
+        raise UpstreamError(f"upstream {url} failed ({type(exc).__name__})") from exc
+
+
+def _userinfo(url: str) -> tuple[str, ...]:
+    """The user and password of ``url``, if it has any."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ()
+    return tuple(value for value in (parts.username, parts.password) if value)
 
 
 class OpenAIProvider:
@@ -143,6 +176,15 @@ class OpenAIProvider:
         request_headers = {"accept": "text/event-stream", **(headers or {})}
         if api_key:
             request_headers["authorization"] = f"Bearer {api_key}"
+        #: What messages may name: the URLs without credentials.
+        self.display_url = display_url(self.url)
+        self._display_models_url = display_url(self.models_url)
+        # Values an upstream error must never repeat, whatever it looks like.
+        self._secrets = tuple(
+            value
+            for value in (api_key, *(headers or {}).values(), *_userinfo(base_url))
+            if len(value) >= _MIN_SECRET_LENGTH
+        )
         self._client = httpx.AsyncClient(
             headers=request_headers,
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
@@ -165,14 +207,14 @@ class OpenAIProvider:
         body = orjson.dumps(self.request_body(request))
         decoder = SSEDecoder(max_event_bytes=MAX_EVENT_BYTES)
         finished = False
-        with _map_httpx_errors(self.url):
+        with _map_httpx_errors(self.display_url):
             async with self._client.stream(
                 "POST", self.url, content=body, headers={"content-type": "application/json"}
             ) as response:
                 if response.status_code >= 400:
                     text = await response.aread()
                     raise UpstreamError(
-                        _upstream_message(response.status_code, text),
+                        self._summary(response.status_code, text),
                         status=response.status_code,
                         body=text[:4096].decode("utf-8", "replace"),
                     )
@@ -190,22 +232,31 @@ class OpenAIProvider:
                         yield delta
         if not finished:
             raise UpstreamError("upstream closed the stream before the answer was finished")
-        logger.debug("upstream %s ended without [DONE] after the last choice finished", self.url)
+        logger.debug(
+            "upstream %s ended without [DONE] after the last choice finished", self.display_url
+        )
 
     async def models(self) -> list[str]:
         """The upstream's ``GET /models`` ids (or the configured ``model`` alone)."""
-        with _map_httpx_errors(self.models_url):
+        with _map_httpx_errors(self._display_models_url):
             response = await self._client.get(self.models_url)
         if response.status_code >= 400:
             raise UpstreamError(
-                _upstream_message(response.status_code, response.content),
+                self._summary(response.status_code, response.content),
                 status=response.status_code,
             )
         try:
             data = orjson.loads(response.content)["data"]
             return [str(entry["id"]) for entry in data]
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-            raise UpstreamError(f"upstream {self.models_url} sent no model list") from exc
+            raise UpstreamError(f"upstream {self._display_models_url} sent no model list") from exc
+
+    def _summary(self, status: int, body: bytes) -> str:
+        summary = _upstream_message(status, body)
+        if any(secret in summary for secret in self._secrets):
+            # An upstream that puts our key in its error type: say only the status.
+            return f"upstream answered {status}"
+        return summary
 
     async def aclose(self) -> None:
         await self._client.aclose()

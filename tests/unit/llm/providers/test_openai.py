@@ -10,6 +10,7 @@ import pytest
 
 from tidings.errors import UpstreamError, UpstreamTimeout
 from tidings.llm.chunks import Delta
+from tidings.llm.providers.base import display_url
 from tidings.llm.providers.openai import OpenAIProvider, parse_chunk
 from tidings.llm.request import validate_request
 
@@ -95,14 +96,65 @@ async def test_model_override() -> None:
     assert bodies[0]["model"] == "served-name"
 
 
-async def test_an_error_status_becomes_upstream_error_with_its_message() -> None:
+async def test_an_error_status_becomes_upstream_error_with_a_summary() -> None:
+    # The message is what clients see: status, type and code, never the upstream's text.
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(429, json={"error": {"message": "slow down"}})
+        error = {"message": "slow down", "type": "rate_limit_error", "code": "rpm"}
+        return httpx.Response(429, json={"error": error})
 
-    with pytest.raises(UpstreamError, match="429: slow down") as caught:
+    with pytest.raises(UpstreamError) as caught:
         await collect(provider_for(handler))
+    assert str(caught.value) == "upstream answered 429 (type: rate_limit_error, code: rpm)"
     assert caught.value.status == 429
-    assert "slow down" in caught.value.body
+    assert "slow down" in caught.value.body  # kept for the caller, never sent on
+
+
+async def test_an_upstream_echoing_the_key_is_summarised_without_it() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        echoed = request.headers["authorization"]
+        error = {"message": f"bad key: {echoed}", "type": "auth", "code": echoed.split()[1]}
+        return httpx.Response(401, json={"error": error})
+
+    provider = OpenAIProvider(
+        "http://upstream/v1",
+        api_key="sk-secret-key-123",
+        headers={"x-gateway-token": "gw-secret-456"},
+        transport=httpx.MockTransport(handler),
+    )
+    with pytest.raises(UpstreamError) as caught:
+        await collect(provider)
+    assert str(caught.value) == "upstream answered 401"
+    assert "secret" not in repr(caught.value.args)
+
+
+async def test_urls_in_messages_have_no_credentials() -> None:
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError(f"cannot reach {request.url}", request=request)
+
+    provider = OpenAIProvider(
+        "http://alice:pa55word@upstream/v1?api-key=qsecret", transport=httpx.MockTransport(refused)
+    )
+    assert provider.display_url == "http://***@upstream/v1?***"
+    with pytest.raises(UpstreamError) as caught:
+        await collect(provider)
+    message = str(caught.value)
+    assert message.startswith("upstream http://***@upstream/v1")
+    assert "pa55word" not in message
+    assert "alice" not in message
+    assert "qsecret" not in message
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://api.openai.com/v1", "https://api.openai.com/v1"),
+        ("http://u:p@127.0.0.1:8080/v1", "http://***@127.0.0.1:8080/v1"),
+        ("http://u@[::1]/v1?key=1#frag", "http://***@[::1]/v1?***"),
+        ("http://[bad", "<unparsable URL>"),
+    ],
+)
+def test_display_url(url: str, shown: str) -> None:
+    assert display_url(url) == shown
 
 
 async def test_an_error_mid_stream() -> None:
@@ -112,11 +164,13 @@ async def test_an_error_mid_stream() -> None:
 
     provider = provider_for(handler)
     received = []
-    with pytest.raises(UpstreamError, match="overloaded"):
+    with pytest.raises(UpstreamError, match="failed mid-stream") as caught:
         async for delta in provider.stream(REQUEST):
             received.append(delta.content)
     await provider.aclose()
     assert received == ["a"]
+    assert "overloaded" not in str(caught.value)
+    assert "overloaded" in caught.value.body
 
 
 async def test_a_stream_that_ends_unfinished_is_an_error() -> None:
