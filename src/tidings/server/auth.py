@@ -391,13 +391,20 @@ class Authority:
     def authenticate(self, scope: Scope) -> Principal:
         """Return the principal of an HTTP or WebSocket request (ASGI ``scope``).
 
+        With no authentication configured every request is anonymous, whatever
+        it sends (the OpenAI SDK, for one, always sends a bearer token). A bearer
+        value that is one of the API keys is the server principal, so SDKs that
+        only know ``Authorization: Bearer`` can use a key.
+
         Raises:
             Unauthorized: a credential is present and refused.
         """
+        if not self.configured:
+            return ANONYMOUS
         scheme, value = _credential(scope, self.token_cookie)
         if scheme is None:
             return ANONYMOUS
-        if scheme == "key":
+        if scheme == "key" or (self.api_keys and _find_key(self.api_keys, value)):
             return self.server_principal(value)
         return self.client_principal(value)
 

@@ -269,6 +269,17 @@ def test_without_a_jwt_key_tokens_are_refused() -> None:
         auth.authenticate(scope(("Authorization", f"Bearer {token()}")))
 
 
+def test_an_api_key_may_come_as_a_bearer_token() -> None:
+    server = authority().authenticate(scope(("Authorization", f"Bearer {KEYS['next']}")))
+    assert (server.kind, server.sub) == (Kind.SERVER, "next")
+
+
+def test_with_no_authentication_configured_credentials_are_ignored() -> None:
+    auth = Authority(Namespaces())
+    for headers in (("Authorization", "Bearer sk-anything"), ("X-API-Key", "whatever")):
+        assert auth.authenticate(scope(headers)) is ANONYMOUS
+
+
 @given(st.binary(max_size=200), st.binary(max_size=200))
 def test_any_header_values_are_either_accepted_or_unauthorized(auth: bytes, query: bytes) -> None:
     request = {
