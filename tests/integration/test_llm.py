@@ -26,6 +26,9 @@ from tidings.testing import run_server
 from tidings.wire.sse import SSEEvent
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Say something."}]
+#: A DELETE, like any request that changes something, carries a JSON content type or a
+#: credential header, so that no other web site can send it (server/browser.py).
+JSON = {"content-type": "application/json"}
 
 
 def relay_settings(upstream: FakeUpstream, **llm: Any) -> Settings:
@@ -375,7 +378,7 @@ async def test_a_second_viewer_follows_a_running_answer(
 
 async def test_unknown_stream_is_a_404(http: httpx.AsyncClient) -> None:
     for method in ("GET", "DELETE"):
-        response = await http.request(method, "/v1/streams/chatcmpl-nope")
+        response = await http.request(method, "/v1/streams/chatcmpl-nope", headers=JSON)
         assert response.status_code == 404
         assert response.json()["error"]["code"] == "not_found"
     response = await http.get("/v1/streams/chatcmpl-x", headers={"last-event-id": "bad cursor"})
@@ -394,7 +397,7 @@ async def test_delete_cancels_and_closes_the_upstream_request(
         call = await upstream.next_call(1, TIMEOUT)
         async with asyncio.timeout(TIMEOUT):
             await call.paused.wait()
-        deleted = await http.delete(f"/v1/streams/{stream_id}")
+        deleted = await http.delete(f"/v1/streams/{stream_id}", headers=JSON)
         assert deleted.status_code == 200
         assert deleted.json()["status"] == "cancelled"
         async with asyncio.timeout(TIMEOUT):
@@ -407,7 +410,7 @@ async def test_delete_cancels_and_closes_the_upstream_request(
     end = orjson.loads(replay[-1].data)
     assert replay[-1].type == "end"
     assert (end["status"], end["reason"]) == ("cancelled", "deleted")
-    again = await http.delete(f"/v1/streams/{stream_id}")
+    again = await http.delete(f"/v1/streams/{stream_id}", headers=JSON)
     assert again.json()["status"] == "cancelled"
     stats = (await http.get("/api/stats")).json()["llm"]
     assert stats["cancelled"] >= 1
@@ -431,7 +434,7 @@ async def test_delete_answers_a_waiting_non_streamed_request(
             for channel in (await http.get("/api/channels")).json()["channels"]
             if channel["channel"].startswith("llm:chatcmpl-") and channel["subscribers"] == 1
         ]
-        assert (await http.delete(f"/v1/streams/{stream_id}")).status_code == 200
+        assert (await http.delete(f"/v1/streams/{stream_id}", headers=JSON)).status_code == 200
         async with asyncio.timeout(TIMEOUT):
             response = await request
     finally:
@@ -525,7 +528,7 @@ async def test_invalid_requests_get_openai_error_bodies(
 async def test_malformed_bodies_are_refused(
     http: httpx.AsyncClient, sdk: openai.AsyncOpenAI
 ) -> None:
-    response = await http.post("/v1/chat/completions", content=b"{not json")
+    response = await http.post("/v1/chat/completions", content=b"{not json", headers=JSON)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_json"
     response = await http.post(
@@ -768,7 +771,7 @@ async def test_two_servers_on_one_hub_share_viewers_and_deletes(upstream: FakeUp
             await unheard.disconnected.wait()
         generation = upstream.calls[0]
         assert not generation.disconnected.is_set()
-        deleted = await b.delete(f"/v1/streams/{stream_id}")
+        deleted = await b.delete(f"/v1/streams/{stream_id}", headers=JSON)
         assert deleted.status_code == 200
         assert deleted.json()["status"] == "cancelled"
         async with asyncio.timeout(TIMEOUT):

@@ -128,9 +128,7 @@ async def test_raw_mode_sends_each_event_as_its_data(
         await eventually(lambda: subscribed(client, channel, 1))
         await publish(client, channel, {"a": 1})
         response = await client.post(
-            f"/api/publish?channel={channel}",
-            content="plain body ☃",
-            headers={"content-type": "text/plain"},
+            "/api/publish", json={"channel": channel, "text": "plain body ☃"}
         )
         assert response.status_code == 200
         async with asyncio.timeout(TIMEOUT):

@@ -102,7 +102,9 @@ async def test_a_delete_on_another_node_closes_the_upstream_request(
         stream_id = await start(a, "paused", 4)
         async with open_sse(b, f"/v1/streams/{stream_id}") as viewer:
             await viewer.events(4)
-            deleted = await b.delete(f"/v1/streams/{stream_id}")
+            deleted = await b.delete(
+                f"/v1/streams/{stream_id}", headers={"content-type": "application/json"}
+            )
             assert deleted.status_code == 200
             assert deleted.json()["status"] == "cancelled"
             async with asyncio.timeout(TIMEOUT):

@@ -21,6 +21,7 @@ from tidings.hub.backends.base import Backend
 from tidings.llm import Relay
 from tidings.server import api
 from tidings.server.auth import Authority, TokenVerifier
+from tidings.server.browser import browser_middleware
 from tidings.server.errors import error_response
 from tidings.server.llm import ChatCompletions, StreamView, list_models
 from tidings.server.sse import SSEEndpoint, SSEKeepalive
@@ -196,6 +197,7 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Star
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=browser_middleware(settings),
         exception_handlers={TidingsError: _tidings_error, HTTPException: _http_error},
     )
     app.state.tidings = state

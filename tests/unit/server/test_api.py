@@ -33,7 +33,24 @@ async def client(hub: Hub) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def test_publish_json_and_text(client: httpx.AsyncClient, hub: Hub) -> None:
+#: A server API key: a text/plain publish needs a credential in a header (server/browser.py).
+API_KEY = "test-key-0123456789abcdef"
+
+
+@pytest.fixture
+async def keyed(hub: Hub) -> AsyncIterator[httpx.AsyncClient]:
+    """A client that sends a server API key with every request."""
+    app = create_app(hub, Settings(max_body_bytes=1024, api_keys=f"test:{API_KEY}"))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://tidings", headers={"x-api-key": API_KEY}
+    ) as client:
+        yield client
+
+
+async def test_publish_json_and_text(
+    client: httpx.AsyncClient, keyed: httpx.AsyncClient, hub: Hub
+) -> None:
     response = await client.post("/api/publish", json={"channel": "a", "data": {"x": [1, 2]}})
     assert response.status_code == 200
     body = response.json()
@@ -43,7 +60,7 @@ async def test_publish_json_and_text(client: httpx.AsyncClient, hub: Hub) -> Non
         "/api/publish", json={"channel": "a", "text": "plain", "event": "note", "key": "k1"}
     )
     assert response.json()["offset"] == 2
-    response = await client.post(
+    response = await keyed.post(
         "/api/publish?channel=a&event=log",
         content=b"raw\ntext",
         headers={"content-type": "text/plain"},
@@ -84,9 +101,7 @@ async def test_idempotency_key_header_and_field(client: httpx.AsyncClient, hub: 
         (b'{"channel": "a", "text": 5}', {}, 400, "bad_request"),
         (b'{"channel": "a", "data": 1, "key": 5}', {}, 400, "bad_request"),
         (b'{"channel": "ro:x", "data": 1}', {}, 403, "permission_denied"),
-        (b"x" * 1025, {"content-type": "text/plain"}, 413, "too_large"),
         (b'{"channel": "a", "data": "' + b"x" * 1100 + b'"}', {}, 413, "too_large"),
-        (b"hello", {"content-type": "text/plain"}, 400, "bad_request"),  # no ?channel=
         (
             b"a=1",
             {"content-type": "application/x-www-form-urlencoded"},
@@ -112,8 +127,28 @@ async def test_bad_publishes_are_refused_and_publish_nothing(
     assert hub.stats().published == 0
 
 
-async def test_text_body_must_be_utf8(client: httpx.AsyncClient, hub: Hub) -> None:
-    response = await client.post(
+@pytest.mark.parametrize(
+    ("content", "status", "code"),
+    [
+        (b"x" * 1025, 413, "too_large"),
+        (b"hello", 400, "bad_request"),  # no ?channel=
+    ],
+)
+async def test_bad_text_publishes_are_refused_and_publish_nothing(
+    keyed: httpx.AsyncClient, hub: Hub, content: bytes, status: int, code: str
+) -> None:
+    response = await keyed.post(
+        "/api/publish", content=content, headers={"content-type": "text/plain"}
+    )
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert error["message"]
+    assert hub.stats().published == 0
+
+
+async def test_text_body_must_be_utf8(keyed: httpx.AsyncClient, hub: Hub) -> None:
+    response = await keyed.post(
         "/api/publish?channel=a", content=b"\xff\xfe", headers={"content-type": "text/plain"}
     )
     assert response.status_code == 400

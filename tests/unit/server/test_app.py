@@ -69,7 +69,8 @@ async def test_unknown_path_is_a_json_404(client: httpx.AsyncClient) -> None:
 
 
 async def test_wrong_method_is_a_json_405(client: httpx.AsyncClient) -> None:
-    response = await client.delete("/api/channels")
+    # JSON, so that the cross-site write rule (server/browser.py) lets it reach routing.
+    response = await client.delete("/api/channels", headers={"content-type": "application/json"})
     assert response.status_code == 405
     assert response.json()["error"]["code"] == "method_not_allowed"
     assert "GET" in response.headers["allow"]
