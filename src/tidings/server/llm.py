@@ -47,7 +47,7 @@ from tidings.hub import Event, Hub, Item, Reset, Subscription
 from tidings.llm import CHANNEL_PREFIX, Completion, Generation, Relay, error_object
 from tidings.llm.request import RequestLimits, validate_request
 from tidings.server.api import read_body
-from tidings.server.auth import ANONYMOUS, Action, Authority, Kind, Principal
+from tidings.server.auth import Action, Authority, Kind, Principal
 from tidings.server.errors import http_status
 from tidings.server.sse import SSE_FRAME, SSE_HEADERS, watch_disconnect
 from tidings.types import Position
@@ -127,16 +127,12 @@ def _authority(scope: Scope) -> Authority:
 def _authorized(scope: Scope, action: Action) -> Principal:
     """The requester, allowed to do ``action``.
 
-    With no authentication configured this is always the anonymous principal,
-    whatever credential the request carries: the OpenAI SDKs send their
-    ``api_key`` as a bearer token even when nothing asks for one.
-
     Raises:
         Unauthorized: no identity, or one that is refused.
         PermissionDenied: the identity may not do ``action``.
     """
     authority = _authority(scope)
-    principal = authority.principal(scope) if authority.configured else ANONYMOUS
+    principal = authority.principal(scope)
     authority.authorize(principal, action)
     return principal
 
