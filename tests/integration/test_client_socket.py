@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import base64
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
 
 from tests.support.backlog import MAX_BACKLOG_BYTES, publish_until
 from tests.support.env import TIMEOUT
@@ -39,6 +42,7 @@ from tidings.server import create_app
 from tidings.settings import Settings
 from tidings.testing import free_port, run_server
 from tidings.types import Position
+from tidings.wire.codes import CloseCode
 
 FORMATS = ["json", "msgpack"]
 
@@ -509,6 +513,7 @@ class Scripted:
         self.url = ""
         self.commands: list[Any] = []
         self.headers: list[dict[str, str]] = []
+        self.handshakes: list[dict[str, str]] = []  # refused ones too
 
     async def read(self, connection: ServerConnection) -> Any:
         command = orjson.loads(await connection.recv())
@@ -521,12 +526,24 @@ Script = Callable[[Scripted, ServerConnection, int], Awaitable[None]]
 
 @asynccontextmanager
 async def scripted_server(
-    script: Script, subprotocols: list[str] | None = None
+    script: Script, subprotocols: list[str] | None = None, refuse: Sequence[int | None] = ()
 ) -> AsyncIterator[Scripted]:
     """A WebSocket server that plays ``script(scripted, connection, n)`` on its
-    n-th connection, speaking tidings.v1.json unless told otherwise."""
+    n-th connection, speaking tidings.v1.json unless told otherwise. The n-th
+    handshake is answered with the HTTP status ``refuse[n - 1]`` when that is
+    not None."""
     scripted = Scripted()
     connections = 0
+
+    def process_request(connection: ServerConnection, request: Request) -> Response | None:
+        scripted.handshakes.append(dict(request.headers.raw_items()))
+        n = len(scripted.handshakes)
+        status = refuse[n - 1] if n <= len(refuse) else None
+        if status is None:
+            return None
+        code = "unauthorized" if status == 401 else "permission_denied"
+        body = orjson.dumps({"error": {"code": code, "message": "refused"}}).decode()
+        return connection.respond(status, body)
 
     async def handler(connection: ServerConnection) -> None:
         nonlocal connections
@@ -536,7 +553,13 @@ async def scripted_server(
         await script(scripted, connection, connections)
 
     offered = ["tidings.v1.json"] if subprotocols is None else subprotocols
-    async with serve(handler, "127.0.0.1", 0, subprotocols=offered or None) as server:
+    async with serve(
+        handler,
+        "127.0.0.1",
+        0,
+        subprotocols=offered or None,
+        process_request=process_request,
+    ) as server:
         scripted.url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
         yield scripted
 
@@ -629,3 +652,125 @@ async def test_a_server_that_refuses_the_subprotocol_stops_the_socket() -> None:
             async with Socket(server.url, format="msgpack"):
                 pass
         assert len(server.headers) == 1, "no reconnection"
+
+
+# -- tokens ------------------------------------------------------------------------------------
+
+
+class Tokens:
+    """A get_token callback handing out t1, t2, … (or what ``make(n)`` makes)."""
+
+    def __init__(self, make: Callable[[int], str] = lambda n: f"t{n}") -> None:
+        self.issued: list[str] = []
+        self.make = make
+
+    async def __call__(self) -> str:
+        self.issued.append(self.make(len(self.issued) + 1))
+        return self.issued[-1]
+
+
+def bearers(headers: list[dict[str, str]]) -> list[str | None]:
+    return [h.get("authorization") for h in headers]
+
+
+def unsigned_jwt(exp: float) -> str:
+    """A token whose ``exp`` the client can read (the scripted server checks nothing)."""
+    payload = base64.urlsafe_b64encode(orjson.dumps({"sub": "ada", "exp": exp}))
+    return f"eyJhbGciOiJIUzI1NiJ9.{payload.rstrip(b'=').decode()}.c2ln"
+
+
+async def test_an_expired_token_gets_a_new_one_and_resubscribes_from_the_last_event() -> None:
+    async def script(server: Scripted, connection: ServerConnection, n: int) -> None:
+        command = await server.read(connection)
+        if n == 1:
+            await reply_subscribed(connection, command, 0)
+            await connection.send(push(1))
+            await connection.send(push(2))
+            await connection.close(CloseCode.TOKEN_EXPIRED, "token expired")
+        else:
+            await reply_subscribed(connection, command, 2)
+            await connection.send(push(3))
+            await connection.wait_closed()
+
+    tokens = Tokens()
+    backoff = RecordingBackoff(base=TIMEOUT)  # a backoff delay would time the test out
+    async with (
+        scripted_server(script) as server,
+        no_leaks(),
+        Socket(server.url, get_token=tokens, backoff=backoff) as socket,
+    ):
+        channel = await socket.subscribe("c")
+        items = await take(channel, 3)
+        assert socket.close_code == CloseCode.TOKEN_EXPIRED
+    assert [item.offset for item in items] == [1, 2, 3]
+    assert bearers(server.headers) == ["Bearer t1", "Bearer t2"]
+    assert server.commands[1]["since"] == {"epoch": "e", "offset": 2}
+    assert backoff.delays == []
+
+
+async def test_a_401_handshake_gets_a_new_token_once_and_a_second_401_is_final() -> None:
+    async def script(server: Scripted, connection: ServerConnection, n: int) -> None:
+        command = await server.read(connection)
+        await reply_subscribed(connection, command, 0)
+        await connection.send(push(1))
+        await connection.close(CloseCode.TOKEN_EXPIRED, "token expired")
+
+    tokens = Tokens()
+    async with (
+        scripted_server(script, refuse=[401, None, 401]) as server,
+        no_leaks(),
+        Socket(server.url, token="old", get_token=tokens) as socket,
+    ):
+        channel = await socket.subscribe("c")
+        assert [item.offset for item in await take(channel, 1)] == [1]
+        with pytest.raises(StreamRejected) as caught:
+            async with asyncio.timeout(TIMEOUT):
+                await socket.wait_closed()
+        assert caught.value.status == 401
+        assert "unauthorized" in caught.value.body
+    # old -> 401 -> t1 opens; 4401 -> t2 -> 401 to a fresh token: final.
+    assert bearers(server.handshakes) == ["Bearer old", "Bearer t1", "Bearer t2"]
+    assert tokens.issued == ["t1", "t2"]
+
+
+async def test_a_403_handshake_is_final_without_asking_for_a_token() -> None:
+    async def script(server: Scripted, connection: ServerConnection, n: int) -> None:
+        raise AssertionError("no connection expected")
+
+    tokens = Tokens()
+    async with scripted_server(script, refuse=[403]) as server, no_leaks():
+        with pytest.raises(StreamRejected) as caught:
+            async with Socket(server.url, token="t0", get_token=tokens):
+                pass
+    assert caught.value.status == 403
+    assert (tokens.issued, bearers(server.handshakes)) == ([], ["Bearer t0"])
+
+
+async def test_the_socket_refreshes_its_token_before_exp_and_reconnects_with_the_new_one() -> None:
+    async def script(server: Scripted, connection: ServerConnection, n: int) -> None:
+        command = await server.read(connection)
+        await reply_subscribed(connection, command, n - 1)
+        if n == 1:
+            refresh = await server.read(connection)
+            assert refresh["op"] == "refresh"
+            await reply(connection, refresh, {"expires": unsigned_exp})
+            await connection.send(push(1))
+            await connection.close(CloseCode.SERVICE_RESTART, "restart")
+        else:
+            await connection.send(push(2))
+            await connection.wait_closed()
+
+    unsigned_exp = time.time() + 3600
+    short = time.time() + 1.5  # refreshed a third of its life before exp: at about 1 s
+    tokens = Tokens(lambda n: unsigned_jwt(short if n == 1 else unsigned_exp))
+    async with (
+        scripted_server(script) as server,
+        no_leaks(),
+        Socket(server.url, get_token=tokens, backoff=Backoff(base=0.01)) as socket,
+    ):
+        channel = await socket.subscribe("c")
+        assert [item.offset for item in await take(channel, 2)] == [1, 2]
+    first, second = tokens.issued
+    assert server.commands[1] == {"id": server.commands[1]["id"], "op": "refresh", "token": second}
+    # The refreshed token is the one the next connection sends; get_token is not asked again.
+    assert bearers(server.headers) == [f"Bearer {first}", f"Bearer {second}"]

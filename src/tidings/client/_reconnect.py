@@ -16,9 +16,12 @@ never touches a socket; ``sse.py`` (httpx.AsyncClient) and ``sync.py``
 #
 #   connect()                         CLOSED -> CONNECTING (a first connect)
 #   request_headers()                 before each request
+#   set_token(get_token())            first, whenever needs_token is true
 #   response_received(status, type)   OPEN   -> the stream is open: read it
 #                                     REJECT -> read the body, raise rejected(status, body)
 #                                     RETRY  -> close it, then as for a failed connect
+#                                     RENEW  -> close it, then request again at once
+#                                               (needs_token is now true)
 #   connect_failed(error) -> delay    after a failed attempt: sleep, then try again
 #   receive_data(chunk)               for each chunk of an open stream, then
 #   next_event() until None           hands out items one by one, moving last_event_id
@@ -29,6 +32,16 @@ never touches a socket; ``sse.py`` (httpx.AsyncClient) and ``sync.py``
 # CLOSED) once the backoff's attempts are used up; response_received() resets
 # the backoff each time a stream opens. The state only changes through
 # _set_state(), which reports each change to on_state.
+#
+# Tokens. With a get_token callback (``renewable``), the core asks for a new
+# token (needs_token) before the first request when no token was given, after
+# an ``expired`` event (the server ends the stream at the token's ``exp``;
+# the reconnection then follows at once, with no backoff delay) and after a
+# 401 answer to a token that was not fresh (RENEW). A 401 to a token fresh
+# from get_token, i.e. the first answer since set_token(), is final: a new
+# token would not fix it. Without get_token, a 401 is final at once. The
+# ``expired`` event itself carries no ``id:``, so the cursor stays where it
+# was and the next request resumes exactly after the last event handed out.
 
 from __future__ import annotations
 
@@ -42,6 +55,7 @@ from urllib.parse import urlencode, urlsplit
 
 import orjson
 
+from tidings.client._token import authorization
 from tidings.client.backoff import Backoff
 from tidings.errors import InvalidCursor, ReconnectExhausted, StreamRejected
 from tidings.types import Position
@@ -80,6 +94,7 @@ class Verdict(Enum):
     OPEN = "open"  # read the stream
     RETRY = "retry"  # close it and try again after a delay
     REJECT = "reject"  # final: read the body and raise StreamRejected
+    RENEW = "renew"  # the token was refused: close it, get a new token, try again at once
 
 
 class RetryableResponse(Exception):
@@ -154,6 +169,8 @@ class ReconnectingStream:
         backoff: The reconnection schedule; the server's ``retry:`` sets its base.
         headers: Extra request headers.
         on_state: Called with each :class:`ConnectionState` change.
+        token: The token to send (``Authorization: Bearer``) until a new one is set.
+        renewable: Whether the shell can get a new token (it has a ``get_token``).
     """
 
     def __init__(
@@ -164,11 +181,19 @@ class ReconnectingStream:
         backoff: Backoff,
         headers: dict[str, str] | None = None,
         on_state: Callable[[ConnectionState], None] | None = None,
+        token: str | None = None,
+        renewable: bool = False,
     ) -> None:
         self.url = url
         self.last_event_id = last_event_id
         self.backoff = backoff
         self.state = ConnectionState.CLOSED
+        self.token = token
+        self.renewable = renewable
+        #: True when the shell must call get_token and set_token() before the next request.
+        self.needs_token = renewable and token is None
+        self._fresh = False  # the token came from get_token and has not been answered yet
+        self._expired = False  # the open stream said its token expired
         self._headers = dict(headers or {})
         self._on_state = on_state
         self._decoder = SSEDecoder()
@@ -185,15 +210,28 @@ class ReconnectingStream:
         if self.state is ConnectionState.CLOSED:
             self._set_state(ConnectionState.CONNECTING)
 
+    def set_token(self, token: str) -> None:
+        """A new token from get_token: the next requests send it."""
+        self.token = token
+        self.needs_token = False
+        self._fresh = True
+
     def request_headers(self) -> dict[str, str]:
         """The headers of the next request: resume from ``last_event_id`` if any."""
         headers = {"accept": "text/event-stream", "cache-control": "no-cache", **self._headers}
+        if self.token is not None:
+            headers.update(authorization(self.token))
         if self.last_event_id:
             headers["last-event-id"] = self.last_event_id
         return headers
 
     def response_received(self, status: int, content_type: str) -> Verdict:
         """Classify the answer; on :attr:`Verdict.OPEN` the stream is open."""
+        fresh, self._fresh = self._fresh, False
+        if status == 401 and self.renewable and not fresh:
+            logger.info("SSE stream %s: token refused; asking for a new one", self.url)
+            self.needs_token = True
+            return Verdict.RENEW
         if status in TERMINAL_STATUSES:
             return Verdict.REJECT
         if status != 200 or not content_type.startswith("text/event-stream"):
@@ -216,6 +254,7 @@ class ReconnectingStream:
             ReconnectExhausted: the backoff's attempts are used up.
         """
         logger.info("cannot open the SSE stream %s: %r", self.url, error)
+        self._fresh = False
         return self._next_delay(error)
 
     def receive_data(self, data: bytes) -> None:
@@ -229,26 +268,37 @@ class ReconnectingStream:
 
         ``last_event_id`` moves with each item handed out, so a consumer that
         stops between two items resumes exactly after the last one it got.
+        An ``expired`` event is not handed out: it makes the next connection
+        ask for a new token.
         """
-        if not self._pending:
-            self.last_event_id = self._decoder.last_event_id
-            return None
-        event = self._pending.popleft()
-        self.last_event_id = event.id
-        return convert(event)
+        while self._pending:
+            event = self._pending.popleft()
+            self.last_event_id = event.id
+            if event.type != "expired":
+                return convert(event)
+            logger.info("SSE stream %s: the token expired", self.url)
+            self._expired = True
+            self.needs_token = self.renewable
+        self.last_event_id = self._decoder.last_event_id
+        return None
 
     def stream_ended(self, error: BaseException | None = None) -> float:
         """The open stream ended (cleanly, or with ``error``): return the seconds
         to wait before reconnecting.
 
+        A stream that ended because its token expired is replaced at once.
+
         Raises:
             ReconnectExhausted: the backoff's attempts are used up.
         """
+        self._set_state(ConnectionState.RECONNECTING)
+        if self._expired:
+            self._expired = False
+            return 0.0
         if error is None:
             logger.info("SSE stream from %s ended; reconnecting", self.url)
         else:
             logger.info("SSE stream from %s dropped: %r", self.url, error)
-        self._set_state(ConnectionState.RECONNECTING)
         return self._next_delay(None)
 
     def close(self) -> None:
@@ -278,6 +328,8 @@ class Listening:
         backoff: Backoff | None,
         headers: dict[str, str] | None,
         on_state: Callable[[ConnectionState], None] | None,
+        token: str | None,
+        renewable: bool,
     ) -> None:
         self._stream = ReconnectingStream(
             stream_url(url, channels),
@@ -285,6 +337,8 @@ class Listening:
             backoff=backoff or Backoff(),
             headers=headers,
             on_state=on_state,
+            token=token,
+            renewable=renewable,
         )
 
     @property

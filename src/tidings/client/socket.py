@@ -35,6 +35,18 @@ waits a full-jitter backoff delay and connects again. Close codes 4500-4999
 (and 1002, 1007, 1009) and handshake answers 400/401/403/404 are final:
 everything pending fails with the error and iterators raise it.
 
+Tokens. The handshake carries ``token`` as ``Authorization: Bearer``. With
+``get_token``, the socket asks it for a token before the first connection
+(when no ``token`` is given), after a close with 4401 (the token expired
+unrefreshed) and after a 401 handshake answer to a token that was not fresh
+from ``get_token``; it then connects again at once, with no backoff delay,
+and resubscribes from its positions as after any drop. A 401 to a fresh
+token is final, as is a 403. While a connection lives, the *refresher* task
+reads the token's ``exp`` (unverified) and, a little before it, sends the
+``refresh`` op with a token from ``get_token``, so the connection never has
+to close; if that fails, the server's 4401 close and the reconnection above
+take over.
+
 Positions are tracked per subscription from the replies and pushes the
 reader sees, in wire order, so a subscribe reply (which the server always
 sends before that channel's events) is applied before the events it
@@ -47,6 +59,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from types import TracebackType
@@ -68,6 +81,7 @@ from tidings.client._pending import (
     Requests,
 )
 from tidings.client._reconnect import TERMINAL_STATUSES, ConnectionState
+from tidings.client._token import AsyncTokenSource, authorization, fetch_token, token_expiry
 from tidings.client.backoff import Backoff
 from tidings.client.subscription import (
     Handler,
@@ -96,6 +110,10 @@ __all__ = ["Socket", "close_error", "socket_url", "split_frame"]
 logger = logging.getLogger(__name__)
 
 _MISSING: Any = object()
+
+#: The refresh is sent this long before ``exp`` at most (a third of the
+#: token's remaining life at most, for short-lived tokens).
+REFRESH_BEFORE = 30.0
 
 
 # -- sans-I/O helpers -------------------------------------------------------------
@@ -154,6 +172,12 @@ class Socket:
             from the server pauses.
         max_size: Largest message accepted from the server, in bytes.
         on_state: Called with each :class:`~tidings.client.ConnectionState` change.
+        token: A token, sent in the handshake as ``Authorization: Bearer <token>``.
+        get_token: A callable (plain or async) returning a fresh token: called
+            before the first connection when no ``token`` is given, before the
+            connection that follows an expiry (close code 4401) or a 401
+            handshake answer, and a little before the token's ``exp`` to
+            refresh the live connection. What it raises stops the socket.
     """
 
     def __init__(
@@ -174,6 +198,8 @@ class Socket:
         buffer: int = 10000,
         max_size: int | None = 16 * 1024 * 1024,
         on_state: Callable[[ConnectionState], None] | None = None,
+        token: str | None = None,
+        get_token: AsyncTokenSource | None = None,
     ) -> None:
         self.url = socket_url(url)
         self.format = Format(format)
@@ -186,6 +212,11 @@ class Socket:
         self.close_code: int | None = None
         self.close_reason = ""
         self._headers = dict(headers or {})
+        self._token = token
+        self._get_token = get_token
+        self._needs_token = get_token is not None and token is None
+        self._fresh = False  # the token came from get_token and no handshake answered it yet
+        self._at_once = False  # the next connection needs no backoff delay (a new token)
         self._request_timeout = request_timeout
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
@@ -468,6 +499,16 @@ class Socket:
         await self._pace()
         request_id = self._requests.next_id()
         payload = protocol.encode_command(dataclasses.replace(command, id=request_id), self.format)
+        return await self._start_payload(ws, request_id, payload, op, subscription)
+
+    async def _start_payload(
+        self,
+        ws: ClientConnection,
+        request_id: int,
+        payload: bytes,
+        op: str,
+        subscription: SocketSubscription | None = None,
+    ) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._open_request(ws, request_id, Request(op, future, subscription=subscription))
         await self._send(ws, payload)
@@ -543,6 +584,9 @@ class Socket:
                     return
                 if self._was_open:
                     self._set_state(ConnectionState.RECONNECTING)
+                if self._at_once:
+                    self._at_once = False
+                    continue
                 if self.backoff.exhausted:
                     raise ReconnectExhausted(self.backoff.attempt, error)
                 await asyncio.sleep(self.backoff.next_delay())
@@ -556,11 +600,18 @@ class Socket:
     async def _session(self) -> BaseException | None:
         """One connection, from opening to its end; return why it ended (for
         the backoff) or raise a final error."""
+        if self._needs_token and self._get_token is not None:
+            self._token = await fetch_token(self._get_token)
+            self._needs_token, self._fresh = False, True
+        headers = dict(self._headers)
+        if self._token is not None:
+            headers.update(authorization(self._token))
+        fresh, self._fresh = self._fresh, False
         try:
             ws = await connect(
                 self.url,
                 subprotocols=[Subprotocol(self.format.subprotocol)],
-                additional_headers=self._headers,
+                additional_headers=headers,
                 open_timeout=self._open_timeout,
                 close_timeout=self._close_timeout,
                 ping_interval=None,  # our heartbeat, below, drops a dead peer at once
@@ -570,6 +621,10 @@ class Socket:
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
+            if status == 401 and self._get_token is not None and not fresh:
+                logger.info("socket %s: token refused; asking for a new one", self.url)
+                self._needs_token = self._at_once = True
+                return exc
             if status in TERMINAL_STATUSES:
                 body = bytes(exc.response.body or b"").decode("utf-8", "replace")
                 raise StreamRejected(status, body) from exc
@@ -595,19 +650,25 @@ class Socket:
         reader = loop.create_task(self._read_loop(ws), name="tidings-socket-reader")
         heartbeat = loop.create_task(self._heartbeat(ws), name="tidings-socket-heartbeat")
         handshake = loop.create_task(self._handshake(ws), name="tidings-socket-handshake")
+        refresher = loop.create_task(self._refresher(ws), name="tidings-socket-refresher")
+        tasks = (handshake, heartbeat, refresher, reader)
         try:
             await asyncio.wait({reader, handshake}, return_when=asyncio.FIRST_COMPLETED)
             if handshake.done():
                 handshake.result()  # a final error (connect refused) ends the socket
             await reader
         finally:
-            for task in (handshake, heartbeat, reader):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(handshake, heartbeat, reader, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
         closed = close_error(ws.close_code, ws.close_reason or "")
         self.close_code, self.close_reason = closed.close_code, closed.reason
         if not closed.reconnect:
             raise closed
+        if closed.close_code == CloseCode.TOKEN_EXPIRED:
+            # Without get_token the same token is sent again, and its 401 is final.
+            self._needs_token = self._get_token is not None
+            self._at_once = True
         logger.info("socket %s: %s", self.url, closed)
         return closed
 
@@ -741,6 +802,39 @@ class Socket:
         item = subscription.track_push(message)
         if item is not None:
             await subscription.deliver(item)
+
+    async def _refresher(self, ws: ClientConnection) -> None:
+        """Swap the connection's token with the ``refresh`` op a little before its ``exp``."""
+        get_token = self._get_token
+        while get_token is not None and self._token is not None:
+            expires = token_expiry(self._token)
+            if expires is None:
+                return  # not a JWT with exp: the server's 4401 says when
+            remaining = expires - time.time()
+            await asyncio.sleep(max(0.0, remaining - min(REFRESH_BEFORE, remaining / 3)))
+            try:
+                token = await fetch_token(get_token)
+                newer = token_expiry(token)
+                if newer is not None and newer <= expires:
+                    logger.warning("socket %s: get_token gave no later token", self.url)
+                    return
+                await self._refresh(ws, token)
+            except (Dropped, RequestTimeout):
+                return  # the connection is ending; the next one sends the token
+            except Exception as exc:
+                # The connection keeps its old token; at exp the server closes
+                # it with 4401 and the next connection asks get_token again.
+                logger.warning("socket %s: cannot refresh the token: %r", self.url, exc)
+                return
+            self._token = token
+
+    async def _refresh(self, ws: ClientConnection, token: str) -> Any:
+        """Send ``{"op": "refresh", "token": …}`` on ``ws`` and wait for its reply."""
+        await self._pace()
+        request_id = self._requests.next_id()
+        command = {"id": request_id, "op": "refresh", "token": token}
+        payload = protocol.encode_message(command, self.format)
+        return await (await self._start_payload(ws, request_id, payload, "refresh"))
 
     async def _heartbeat(self, ws: ClientConnection) -> None:
         interval = self._ping_interval

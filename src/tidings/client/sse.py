@@ -13,6 +13,13 @@ It reads the stream with httpx and :class:`~tidings.wire.sse.SSEDecoder`,
 remembers the last event id (the connection's cursor), and on any drop
 reconnects with exponential backoff and full jitter, sending ``Last-Event-ID``
 so the server replays exactly what was missed.
+
+With ``get_token``, the listener asks it for a new token whenever the server
+says the current one expired (an ``expired`` event at the token's ``exp``)
+or refuses it (401), and reconnects with the same cursor::
+
+    async with listen(url, ["chat"], get_token=fetch_token) as events:
+        ...
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from tidings.client._reconnect import (
     RetryableResponse,
     Verdict,
 )
+from tidings.client._token import AsyncTokenSource, fetch_token
 from tidings.client.backoff import Backoff
 from tidings.wire.reset import Reset
 
@@ -54,6 +62,8 @@ class SSEListener(Listening):
         headers: dict[str, str] | None = None,
         read_timeout: float = 45.0,
         on_state: Callable[[ConnectionState], None] | None = None,
+        token: str | None = None,
+        get_token: AsyncTokenSource | None = None,
     ) -> None:
         super().__init__(
             url,
@@ -62,7 +72,10 @@ class SSEListener(Listening):
             backoff=backoff,
             headers=headers,
             on_state=on_state,
+            token=token,
+            renewable=get_token is not None,
         )
+        self._get_token = get_token
         self._client = client
         self._own_client = client is None
         self._timeout = httpx.Timeout(10.0, read=read_timeout)
@@ -110,15 +123,23 @@ class SSEListener(Listening):
 
     async def _open(self, client: httpx.AsyncClient) -> httpx.Response:
         """Open a stream, retrying with backoff; raise when retrying cannot help."""
-        self._stream.connect()
+        stream = self._stream
+        stream.connect()
         while True:
+            if stream.needs_token and self._get_token is not None:
+                stream.set_token(await fetch_token(self._get_token))
             try:
-                return await self._open_once(client)
+                response = await self._open_once(client)
             except (httpx.TransportError, RetryableResponse) as exc:
-                delay = self._stream.connect_failed(exc)
+                delay = stream.connect_failed(exc)
+            else:
+                if response is not None:
+                    return response
+                continue  # the token was refused: a new one, at once
             await asyncio.sleep(delay)
 
-    async def _open_once(self, client: httpx.AsyncClient) -> httpx.Response:
+    async def _open_once(self, client: httpx.AsyncClient) -> httpx.Response | None:
+        """One request: the open stream, or None when a new token is needed."""
         stream = self._stream
         headers = stream.request_headers()
         request = client.build_request("GET", stream.url, headers=headers, timeout=self._timeout)
@@ -133,6 +154,9 @@ class SSEListener(Listening):
         except BaseException:
             await response.aclose()
             raise
+        if verdict is Verdict.RENEW:
+            await response.aclose()
+            return None
         return response
 
     async def _run(
@@ -166,6 +190,8 @@ def listen(
     headers: dict[str, str] | None = None,
     read_timeout: float = 45.0,
     on_state: Callable[[ConnectionState], None] | None = None,
+    token: str | None = None,
+    get_token: AsyncTokenSource | None = None,
 ) -> SSEListener:
     """Listen to ``channels`` on a Tidings server; use as ``async with listen(...) as events``.
 
@@ -179,9 +205,18 @@ def listen(
         read_timeout: Seconds without a byte (the server pings every 15 s)
             after which the connection counts as dead and is replaced.
         on_state: Called with each :class:`ConnectionState` change.
+        token: A token, sent as ``Authorization: Bearer <token>``.
+        get_token: A callable (plain or async) returning a fresh token. It is
+            called before the first connection when no ``token`` is given,
+            and before each reconnection that follows the token's expiry
+            (the server's ``expired`` event) or a 401 answer; the stream then
+            resumes from the last event received. What it raises ends the
+            iteration.
 
     Raises (while iterating):
-        StreamRejected: the server answered 400/401/403/404/…; retrying cannot help.
+        StreamRejected: the server answered 400/401/403/404/…; retrying cannot
+            help. (With ``get_token``, a 401 is final only when it answers a
+            token fresh from ``get_token``.)
         ReconnectExhausted: ``backoff.max_attempts`` attempts failed in a row.
     """
     return SSEListener(
@@ -193,4 +228,6 @@ def listen(
         headers=headers,
         read_timeout=read_timeout,
         on_state=on_state,
+        token=token,
+        get_token=get_token,
     )

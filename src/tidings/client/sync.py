@@ -32,6 +32,7 @@ from tidings.client._reconnect import (
     RetryableResponse,
     Verdict,
 )
+from tidings.client._token import TokenSource, fetch_token_sync
 from tidings.client.backoff import Backoff
 from tidings.errors import PublishRejected, ServerUnavailable
 from tidings.types import Position
@@ -155,6 +156,8 @@ class SyncListener(Listening):
         read_timeout: float = 45.0,
         on_state: Callable[[ConnectionState], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        token: str | None = None,
+        get_token: TokenSource | None = None,
     ) -> None:
         super().__init__(
             url,
@@ -163,7 +166,10 @@ class SyncListener(Listening):
             backoff=backoff,
             headers=headers,
             on_state=on_state,
+            token=token,
+            renewable=get_token is not None,
         )
+        self._get_token = get_token
         self._timeout = httpx.Timeout(10.0, read=read_timeout)
         self._sleep = sleep
         self._client = client
@@ -209,15 +215,23 @@ class SyncListener(Listening):
 
     def _open(self, client: httpx.Client) -> httpx.Response:
         """Open a stream, retrying with backoff; raise when retrying cannot help."""
-        self._stream.connect()
+        stream = self._stream
+        stream.connect()
         while True:
+            if stream.needs_token and self._get_token is not None:
+                stream.set_token(fetch_token_sync(self._get_token))
             try:
-                return self._open_once(client)
+                response = self._open_once(client)
             except (httpx.TransportError, RetryableResponse) as exc:
-                delay = self._stream.connect_failed(exc)
+                delay = stream.connect_failed(exc)
+            else:
+                if response is not None:
+                    return response
+                continue  # the token was refused: a new one, at once
             self._sleep(delay)
 
-    def _open_once(self, client: httpx.Client) -> httpx.Response:
+    def _open_once(self, client: httpx.Client) -> httpx.Response | None:
+        """One request: the open stream, or None when a new token is needed."""
         stream = self._stream
         headers = stream.request_headers()
         request = client.build_request("GET", stream.url, headers=headers, timeout=self._timeout)
@@ -232,6 +246,9 @@ class SyncListener(Listening):
         except BaseException:
             response.close()
             raise
+        if verdict is Verdict.RENEW:
+            response.close()
+            return None
         return response
 
     def _run(
@@ -265,10 +282,13 @@ def listen_sync(
     headers: dict[str, str] | None = None,
     read_timeout: float = 45.0,
     on_state: Callable[[ConnectionState], None] | None = None,
+    token: str | None = None,
+    get_token: TokenSource | None = None,
 ) -> SyncListener:
     """The blocking twin of :func:`~tidings.client.listen`, with the same
-    arguments (``client`` is an ``httpx.Client``, not closed by the listener)
-    and the same errors.
+    arguments (``client`` is an ``httpx.Client``, not closed by the listener;
+    ``get_token`` is a plain function, not a coroutine function) and the same
+    errors.
 
     ``with listen_sync(url, channels) as events: for event in events: ...``
     """
@@ -281,4 +301,6 @@ def listen_sync(
         headers=headers,
         read_timeout=read_timeout,
         on_state=on_state,
+        token=token,
+        get_token=get_token,
     )

@@ -195,3 +195,94 @@ def test_convert() -> None:
     broken = convert(SSEEvent("{}", "reset", ""))
     assert isinstance(broken, Message)
     assert broken.type == "reset"
+
+
+# -- tokens ------------------------------------------------------------------------------------
+
+EXPIRED = b'event: expired\ndata: {"reason": "token_expired"}\n\n'
+
+
+def renewable(token: str | None = None) -> ReconnectingStream:
+    return ReconnectingStream(
+        "http://h/sse?channel=a", backoff=Backoff(), token=token, renewable=True
+    )
+
+
+def test_a_token_travels_as_a_bearer_header() -> None:
+    core = ReconnectingStream("http://h/sse", backoff=Backoff(), token="abc")
+    assert core.request_headers()["authorization"] == "Bearer abc"
+    assert not core.needs_token  # no get_token: nothing to ask
+
+
+def test_with_get_token_and_no_token_the_first_request_needs_one() -> None:
+    core = renewable()
+    assert core.needs_token
+    core.set_token("t1")
+    assert not core.needs_token
+    assert core.request_headers()["authorization"] == "Bearer t1"
+    assert not renewable("given").needs_token
+
+
+def test_an_expired_event_is_not_handed_out_and_the_next_connection_needs_a_token() -> None:
+    core = renewable("t1")
+    core.connect()
+    core.response_received(200, SSE)
+    core.receive_data(b"id: a:e:1\ndata: 1\n\n" + EXPIRED)
+    assert [item.id for item in drain(core)] == ["a:e:1"]
+    assert core.last_event_id == "a:e:1"  # the expired event has no id: the cursor stays
+    assert core.needs_token
+    backoff_attempt = core.backoff.attempt
+    assert core.stream_ended() == 0.0  # replaced at once, not after a backoff delay
+    assert core.backoff.attempt == backoff_attempt
+    assert core.state is ConnectionState.RECONNECTING
+    core.set_token("t2")
+    assert core.request_headers()["authorization"] == "Bearer t2"
+    assert core.request_headers()["last-event-id"] == "a:e:1"
+    assert core.response_received(200, SSE) is Verdict.OPEN
+    core.stream_ended()  # a later plain end waits for the backoff as before
+    assert core.backoff.attempt == 1
+
+
+def test_an_expired_event_without_get_token_reconnects_with_the_same_token() -> None:
+    core = ReconnectingStream("http://h/sse", backoff=Backoff(), token="t1")
+    core.response_received(200, SSE)
+    core.receive_data(EXPIRED)
+    assert drain(core) == []
+    assert not core.needs_token
+    assert core.stream_ended() == 0.0
+    # The server refuses the expired token: final, as any 401 without get_token.
+    assert core.response_received(401, "application/json") is Verdict.REJECT
+
+
+def test_a_401_asks_for_a_new_token_once_then_is_final() -> None:
+    core = renewable("stale")
+    core.connect()
+    assert core.response_received(401, "application/json") is Verdict.RENEW
+    assert core.needs_token
+    core.set_token("fresh")
+    assert core.response_received(401, "application/json") is Verdict.REJECT
+    assert core.rejected(401, b"no").status == 401
+    assert core.state is ConnectionState.CLOSED
+
+
+def test_a_fresh_token_that_opened_a_stream_may_be_renewed_later() -> None:
+    core = renewable()
+    core.set_token("t1")
+    assert core.response_received(200, SSE) is Verdict.OPEN
+    core.stream_ended(ConnectionError("cut"))
+    assert core.response_received(401, "application/json") is Verdict.RENEW
+
+
+def test_a_failed_connect_uses_up_the_freshness_of_a_token() -> None:
+    # A long outage may outlive a token fetched before it: ask again once.
+    core = renewable()
+    core.connect()
+    core.set_token("t1")
+    core.connect_failed(OSError("refused"))
+    assert core.response_received(401, "application/json") is Verdict.RENEW
+
+
+def test_a_403_is_final_even_with_get_token() -> None:
+    core = renewable("t1")
+    assert core.response_received(403, "application/json") is Verdict.REJECT
+    assert not core.needs_token

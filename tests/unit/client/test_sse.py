@@ -129,3 +129,127 @@ async def test_gives_up_after_max_attempts_with_the_last_error() -> None:
 async def test_iterating_outside_async_with_is_an_error() -> None:
     with pytest.raises(RuntimeError):
         await anext(listen(URL, ["a"]))
+
+
+# -- tokens ------------------------------------------------------------------------------------
+
+EXPIRED = b'event: expired\ndata: {"reason": "token_expired"}\n\n'
+DENIED = {"error": {"code": "unauthorized", "message": "token expired"}}
+
+
+class Tokens:
+    """A get_token callback handing out t1, t2, …; ``sync`` picks a plain or async one."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> str:
+        self.calls += 1
+        return f"t{self.calls}"
+
+    async def asynchronous(self) -> str:
+        await asyncio.sleep(0)
+        return self()
+
+
+def bearers(server: Server) -> list[str | None]:
+    return [request.headers.get("authorization") for request in server.requests]
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_an_expired_stream_gets_a_new_token_and_resumes_exactly(kind: str) -> None:
+    server = Server(
+        lambda: httpx.Response(
+            200, headers=SSE, content=body(b"id: a:e:1\ndata: 1\n\n", EXPIRED, drop=False)
+        ),
+        lambda: httpx.Response(
+            200, headers=SSE, content=body(b"id: a:e:2\ndata: 2\n\n", EXPIRED, drop=False)
+        ),
+        lambda: httpx.Response(200, headers=SSE, content=body(b"id: a:e:3\ndata: 3\n\n")),
+    )
+    tokens = Tokens()
+    get_token = tokens if kind == "sync" else tokens.asynchronous
+    backoff = RecordingBackoff(cap=0.01)
+    async with (
+        client(server) as http,
+        listen(URL, ["a"], client=http, get_token=get_token, backoff=backoff) as events,
+    ):
+        items = await take(events, 3)
+    assert [item.id for item in items if isinstance(item, Message)] == ["a:e:1", "a:e:2", "a:e:3"]
+    assert bearers(server) == ["Bearer t1", "Bearer t2", "Bearer t3"]
+    assert [request.headers.get("last-event-id") for request in server.requests] == [
+        None,
+        "a:e:1",
+        "a:e:2",
+    ]
+    assert backoff.delays == []  # an expiry reconnects at once
+
+
+async def test_a_fixed_token_is_sent_and_get_token_waits_for_the_expiry() -> None:
+    server = Server(
+        lambda: httpx.Response(200, headers=SSE, content=body(EXPIRED, drop=False)),
+        lambda: httpx.Response(200, headers=SSE, content=body(b"id: a:e:1\ndata: 1\n\n")),
+    )
+    tokens = Tokens()
+    async with (
+        client(server) as http,
+        listen(URL, ["a"], client=http, token="given", get_token=tokens) as events,
+    ):
+        await take(events, 1)
+    assert bearers(server) == ["Bearer given", "Bearer t1"]
+
+
+async def test_a_401_gets_a_new_token_and_a_second_401_is_final() -> None:
+    server = Server(
+        lambda: httpx.Response(401, json=DENIED),
+        lambda: httpx.Response(200, headers=SSE, content=body(b"id: a:e:1\ndata: 1\n\n")),
+        lambda: httpx.Response(401, json=DENIED),
+        lambda: httpx.Response(401, json=DENIED),
+    )
+    tokens = Tokens()
+    backoff = RecordingBackoff(cap=0.01)
+    async with client(server) as http:
+        listener = listen(URL, ["a"], client=http, token="old", get_token=tokens, backoff=backoff)
+        async with listener as events:
+            assert [item.id for item in await take(events, 1)] == ["a:e:1"]
+            with pytest.raises(StreamRejected) as caught:
+                await take(events, 1)
+    assert caught.value.status == 401
+    assert "unauthorized" in caught.value.body
+    # old -> 401 -> t1 opens; the drop reconnects with t1 -> 401 -> t2 -> 401: final.
+    assert bearers(server) == ["Bearer old", "Bearer t1", "Bearer t1", "Bearer t2"]
+    assert server.requests[3].headers["last-event-id"] == "a:e:1"
+    assert tokens.calls == 2
+    assert len(backoff.delays) == 1  # only the drop waited
+
+
+async def test_a_401_to_the_first_fresh_token_is_final() -> None:
+    server = Server(lambda: httpx.Response(401, json=DENIED))
+    tokens = Tokens()
+    async with client(server) as http:
+        with pytest.raises(StreamRejected) as caught:
+            async with listen(URL, ["a"], client=http, get_token=tokens):
+                pass
+    assert caught.value.status == 401
+    assert (tokens.calls, bearers(server)) == (1, ["Bearer t1"])
+
+
+async def test_a_403_is_final_without_asking_for_a_token() -> None:
+    server = Server(lambda: httpx.Response(403, json={"error": {"code": "permission_denied"}}))
+    tokens = Tokens()
+    async with client(server) as http:
+        with pytest.raises(StreamRejected) as caught:
+            async with listen(URL, ["a"], client=http, token="t0", get_token=tokens):
+                pass
+    assert caught.value.status == 403
+    assert tokens.calls == 0
+
+
+async def test_what_get_token_raises_ends_the_listener() -> None:
+    def broken() -> str:
+        raise LookupError("no session")
+
+    async with client(Server()) as http:
+        with pytest.raises(LookupError):
+            async with listen(URL, ["a"], client=http, get_token=broken):
+                pass

@@ -206,3 +206,88 @@ def test_listen_sync_gives_up_after_max_attempts() -> None:
 def test_iterating_outside_with_is_an_error() -> None:
     with pytest.raises(RuntimeError):
         iter(listen_sync(URL, ["a"]))
+
+
+# -- tokens ------------------------------------------------------------------------------------
+
+EXPIRED = b'event: expired\ndata: {"reason": "token_expired"}\n\n'
+DENIED = {"error": {"code": "unauthorized", "message": "token expired"}}
+
+
+def bearers(server: Server) -> list[str | None]:
+    return [request.headers.get("authorization") for request in server.requests]
+
+
+def test_listen_sync_gets_a_new_token_after_an_expiry_or_a_401_and_resumes() -> None:
+    server = Server(
+        lambda: httpx.Response(
+            200, headers=SSE, content=iter([b"id: a:e:1\ndata: 1\n\n", EXPIRED])
+        ),
+        lambda: httpx.Response(200, headers=SSE, content=dropping(b"id: a:e:2\ndata: 2\n\n")),
+        lambda: httpx.Response(401, json=DENIED),  # t2 is refused now: ask again
+        lambda: httpx.Response(200, headers=SSE, content=iter([b"id: a:e:3\ndata: 3\n\n"])),
+    )
+    issued = iter(["t1", "t2", "t3"])
+    sleeps: list[float] = []
+    with sync_client(server) as client:
+        listener = SyncListener(
+            URL, ["a"], client=client, get_token=lambda: next(issued), sleep=sleeps.append
+        )
+        with listener as events:
+            iterator = iter(events)
+            items = [next(iterator) for _ in range(3)]
+    assert [item.id for item in items if isinstance(item, Message)] == ["a:e:1", "a:e:2", "a:e:3"]
+    assert bearers(server) == ["Bearer t1", "Bearer t2", "Bearer t2", "Bearer t3"]
+    assert [request.headers.get("last-event-id") for request in server.requests] == [
+        None,
+        "a:e:1",
+        "a:e:2",
+        "a:e:2",
+    ]
+    assert len(sleeps) == 2  # the drop waits, the 401 retries at once
+    assert sleeps[0] == 0.0  # and so does the expiry
+
+
+def test_listen_sync_a_401_to_a_fresh_token_is_final() -> None:
+    server = Server(
+        lambda: httpx.Response(401, json=DENIED),
+        lambda: httpx.Response(401, json=DENIED),
+    )
+    issued = iter(["fresh"])
+    with (
+        sync_client(server) as client,
+        pytest.raises(StreamRejected) as caught,
+        listen_sync(URL, ["a"], client=client, token="old", get_token=lambda: next(issued)),
+    ):
+        pass
+    assert caught.value.status == 401
+    assert bearers(server) == ["Bearer old", "Bearer fresh"]
+
+
+def test_listen_sync_a_403_is_final() -> None:
+    server = Server(lambda: httpx.Response(403, json={"error": {"code": "permission_denied"}}))
+    calls: list[str] = []
+
+    def get_token() -> str:
+        calls.append("t")
+        return "t"
+
+    with (
+        sync_client(server) as client,
+        pytest.raises(StreamRejected) as caught,
+        listen_sync(URL, ["a"], client=client, token="t", get_token=get_token),
+    ):
+        pass
+    assert (caught.value.status, calls) == (403, [])
+
+
+def test_listen_sync_refuses_an_async_get_token() -> None:
+    async def get_token() -> str:
+        return "t"
+
+    with (
+        sync_client(Server()) as client,
+        pytest.raises(TypeError, match="synchronous get_token"),
+        listen_sync(URL, ["a"], client=client, get_token=get_token),  # type: ignore[arg-type]
+    ):
+        pass

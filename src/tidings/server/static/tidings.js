@@ -10,6 +10,12 @@
 // last `id:` (the connection's cursor) as Last-Event-ID, so the server replays
 // exactly what was missed. Each event carries the channel and offset read from
 // its cursor, and `data` parsed as JSON when it is JSON.
+//
+// Tokens: give `getToken` (a function returning a token or a Promise of one)
+// and the token travels as `?token=` (EventSource and browser WebSockets
+// cannot set headers). When the token expires the server ends the stream
+// (an `expired` event) or closes the socket (4401); the client asks getToken
+// for a new token, reconnects and resumes exactly.
 
 /** Parse the first entry of a cursor ("channel:epoch:offset,…"). */
 export function cursorHead(id) {
@@ -23,6 +29,23 @@ export function cursorHead(id) {
     epoch: entry.slice(middle + 1, last),
     offset: Number(entry.slice(last + 1)),
   };
+}
+
+/** The `exp` claim of a JWT in seconds, read without verifying it; null if none. */
+export function tokenExpiry(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const exp = JSON.parse(atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), "="))).exp;
+    return typeof exp === "number" ? exp : null;
+  } catch {
+    return null;
+  }
+}
+
+function withToken(url, token) {
+  const target = new URL(url);
+  if (token) target.searchParams.set("token", token);
+  return target.toString();
 }
 
 function parseData(text) {
@@ -60,24 +83,35 @@ export class TidingsEvent extends Event {
  * Listen to any event type with addEventListener(type, handler): "message"
  * for the default type, "reset" for gaps the server could not fill,
  * "statechange", "error", or your own event types.
+ *
+ * @param {string} url The SSE endpoint ("/sse").
+ * @param {string[]} channels Channel names.
+ * @param {object} [options]
+ * @param {string|null} [options.lastEventId] A cursor to resume from.
+ * @param {boolean} [options.withCredentials] Send cookies cross-origin.
+ * @param {(() => string|Promise<string>)|null} [options.getToken] Returns a fresh
+ *   token, sent as `?token=`. Called for the first connection, after the
+ *   server's `expired` event (the token reached its exp) and after a refused
+ *   connection once the stream had opened; the new connection resumes from
+ *   the last event. A connection refused right after a fresh token closes the
+ *   source for good ("closed"), as does an error thrown by getToken.
  */
 export class TidingsEventSource extends EventTarget {
-  constructor(url, channels = [], { lastEventId = null, withCredentials = false } = {}) {
+  constructor(url, channels = [], { lastEventId = null, withCredentials = false, getToken = null } = {}) {
     super();
     const target = new URL(url, window.location.href);
     for (const channel of channels) target.searchParams.append("channel", channel);
-    if (lastEventId) target.searchParams.set("last_event_id", lastEventId);
     this.url = target.toString();
     this.state = "connecting";
-    this._forwarded = new Set();
-    this._source = new EventSource(this.url, { withCredentials });
-    this._source.addEventListener("open", () => this._setState("open"));
-    this._source.addEventListener("error", () => {
-      const closed = this._source.readyState === EventSource.CLOSED;
-      this._setState(closed ? "closed" : "reconnecting");
-      this.dispatchEvent(new Event("error"));
-    });
-    for (const type of ["message", "reset"]) this._forward(type);
+    this._resumeFrom = lastEventId;
+    this._withCredentials = withCredentials;
+    this._getToken = getToken;
+    this._fresh = false; // the token came from getToken and no stream opened with it yet
+    this._closed = false;
+    this._forwarded = new Set(["message", "reset"]);
+    this._source = null;
+    if (getToken) this._renew();
+    else this._connect(null);
   }
 
   /** The cursor of the last event received: pass it as lastEventId to resume later. */
@@ -86,19 +120,72 @@ export class TidingsEventSource extends EventTarget {
   }
 
   addEventListener(type, listener, options) {
-    if (!["statechange", "error", "open"].includes(type)) this._forward(type);
+    if (!["statechange", "error", "open", "expired"].includes(type) && !this._forwarded.has(type)) {
+      this._forwarded.add(type);
+      if (this._source) this._forward(this._source, type);
+    }
     super.addEventListener(type, listener, options);
   }
 
   close() {
-    this._source.close();
+    this._closed = true;
+    this._source?.close();
     this._setState("closed");
   }
 
-  _forward(type) {
-    if (this._forwarded.has(type)) return;
-    this._forwarded.add(type);
-    this._source.addEventListener(type, (message) => {
+  _connect(token) {
+    const target = new URL(withToken(this.url, token));
+    const cursor = this._lastEventId ?? this._resumeFrom;
+    if (cursor) target.searchParams.set("last_event_id", cursor);
+    const source = (this._source = new EventSource(target.toString(), {
+      withCredentials: this._withCredentials,
+    }));
+    source.addEventListener("open", () => {
+      this._fresh = false;
+      this._setState("open");
+    });
+    source.addEventListener("error", () => {
+      if (source !== this._source || this._closed) return;
+      if (source.readyState !== EventSource.CLOSED) {
+        this._setState("reconnecting"); // the browser retries by itself
+      } else if (this._getToken && !this._fresh) {
+        this._renew(); // refused (most likely the token): once more with a new one
+      } else {
+        this._setState("closed");
+      }
+      this.dispatchEvent(new Event("error"));
+    });
+    // The server ends the stream at the token's exp; the event has no id, so
+    // the cursor stays at the last event delivered.
+    source.addEventListener("expired", () => {
+      if (source !== this._source || this._closed) return;
+      source.close();
+      if (this._getToken) this._renew();
+      else this._setState("closed");
+    });
+    for (const type of this._forwarded) this._forward(source, type);
+  }
+
+  async _renew() {
+    this._source?.close();
+    if (this.state !== "connecting") this._setState("reconnecting");
+    let token;
+    try {
+      token = await this._getToken();
+    } catch (error) {
+      if (!this._closed) {
+        this._setState("closed");
+        this.dispatchEvent(Object.assign(new Event("error"), { error }));
+      }
+      return;
+    }
+    if (this._closed) return;
+    this._fresh = true;
+    this._connect(token);
+  }
+
+  _forward(source, type) {
+    source.addEventListener(type, (message) => {
       this._lastEventId = message.lastEventId;
       this.dispatchEvent(new TidingsEvent(type, message));
     });
@@ -195,10 +282,25 @@ function randomKey() {
  * Publishes made while disconnected wait in a bounded queue and are sent
  * once on reconnect; each carries an idempotency key, so a publish retried
  * after a drop lands once. Terminal close codes (4500-4999) stop it.
+ *
+ * With `getToken` (a function returning a token or a Promise of one), each
+ * connection sends a token as `?token=`. getToken is called for the first
+ * connection, after a 4401 close (the token expired; the socket reconnects at
+ * once and resubscribes from its positions) and after a connection that
+ * failed before opening with a token that was not fresh (browsers do not
+ * show the handshake's status, so such failures are retried with backoff; use
+ * maxAttempts to bound them). A little before a JWT's exp (30 s, or a third
+ * of its remaining life) the socket sends the `refresh` op with a new token,
+ * so the connection does not have to close. An error thrown by getToken
+ * stops the socket.
+ *
+ * @param {string} [url] The WebSocket endpoint ("/ws").
+ * @param {object} [options]
+ * @param {(() => string|Promise<string>)|null} [options.getToken] Returns a fresh token.
  */
 export class TidingsSocket extends EventTarget {
   constructor(url = "/ws", { info = null, base = 0.5, cap = 30, maxAttempts = Infinity,
-                             requestTimeout = 10000, queueLimit = 1000 } = {}) {
+                             requestTimeout = 10000, queueLimit = 1000, getToken = null } = {}) {
     super();
     const target = new URL(url, window.location.href);
     target.protocol = target.protocol.replace("http", "ws");
@@ -213,6 +315,10 @@ export class TidingsSocket extends EventTarget {
     this._queue = []; // publishes waiting for a connection
     this._channels = new Map(); // channel -> {epoch, offset} of the last event delivered (or null)
     this._closedByUser = false;
+    this._getToken = getToken;
+    this._token = null;
+    this._needsToken = getToken !== null;
+    this._fresh = false; // the token came from getToken and no connection opened with it yet
     this._open();
   }
 
@@ -259,6 +365,7 @@ export class TidingsSocket extends EventTarget {
   close() {
     this._closedByUser = true;
     clearTimeout(this._timer);
+    clearTimeout(this._refreshTimer);
     this._ws?.close(1000);
     this._fail(new TidingsError("connection_closed", "closed by the client"));
     this._setState("closed");
@@ -266,15 +373,54 @@ export class TidingsSocket extends EventTarget {
 
   // -- internals ---------------------------------------------------------------
 
-  _open() {
-    const ws = (this._ws = new WebSocket(this.url, ["tidings.v1.json"]));
+  async _open() {
+    if (this._needsToken) {
+      try {
+        this._token = await this._getToken();
+      } catch (error) {
+        this._fail(new TidingsError("unauthorized", `getToken failed: ${error}`));
+        this._setState("closed");
+        this.dispatchEvent(Object.assign(new Event("error"), { error }));
+        return;
+      }
+      if (this._closedByUser) return;
+      this._needsToken = false;
+      this._fresh = true;
+    }
+    const ws = (this._ws = new WebSocket(withToken(this.url, this._token), ["tidings.v1.json"]));
     ws.onopen = () => this._onOpen();
     ws.onmessage = (message) => this._onMessage(message.data);
     ws.onclose = (close) => this._onClose(close.code, close.reason);
   }
 
+  _scheduleRefresh(ws) {
+    clearTimeout(this._refreshTimer);
+    const expires = this._getToken && this._token ? tokenExpiry(this._token) : null;
+    if (expires === null) return;
+    const remaining = expires - Date.now() / 1000;
+    const delay = Math.max(0, remaining - Math.min(30, remaining / 3));
+    this._refreshTimer = setTimeout(async () => {
+      try {
+        const token = await this._getToken();
+        const newer = tokenExpiry(token);
+        if (newer !== null && newer <= expires) return; // no later token: the 4401 path follows
+        await this._request({ op: "refresh", token });
+        if (ws !== this._ws) return;
+        this._token = token;
+        this._scheduleRefresh(ws);
+      } catch (error) {
+        // The connection keeps its old token; at exp the server closes it
+        // with 4401 and the next connection asks getToken again.
+        console.warn("tidings: cannot refresh the token:", error);
+      }
+    }, delay * 1000);
+  }
+
   async _onOpen() {
     this.backoff.attempt = 0;
+    this._fresh = false;
+    this._opened = true;
+    this._scheduleRefresh(this._ws);
     try {
       if (this.info !== null) await this._request({ op: "connect", info: this.info });
       this._setState("open");
@@ -344,6 +490,9 @@ export class TidingsSocket extends EventTarget {
   _onClose(code, reason) {
     this.closeCode = code;
     this.closeReason = reason;
+    clearTimeout(this._refreshTimer);
+    const opened = this._opened;
+    this._opened = false;
     // Publishes in flight are kept and re-sent with the same key: they land once.
     for (const [id, waiter] of this._pending) {
       clearTimeout(waiter.timer);
@@ -359,6 +508,13 @@ export class TidingsSocket extends EventTarget {
       return;
     }
     this._setState("reconnecting");
+    if (this._getToken && code === CLOSE_CODES.TOKEN_EXPIRED) {
+      this._needsToken = true;
+      this._timer = setTimeout(() => this._open(), 0); // a new token, at once
+      return;
+    }
+    if (this._getToken && !opened && !this._fresh) this._needsToken = true;
+    this._fresh = false;
     const delay = Math.random() * Math.min(cap, base * 2 ** this.backoff.attempt++);
     this._timer = setTimeout(() => this._open(), delay * 1000);
   }
