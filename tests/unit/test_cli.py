@@ -49,7 +49,8 @@ def test_serve_refuses_an_open_non_loopback_host_in_one_line(
     assert cli.main(["serve", "--host", "0.0.0.0"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1
-    assert "no authentication" in error and "--allow-anonymous" in error
+    assert "no authentication" in error
+    assert "--allow-anonymous" in error
 
 
 def test_serve_names_the_setting_of_a_bad_key_file(
