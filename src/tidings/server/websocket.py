@@ -9,7 +9,9 @@ payload is exactly the event's data. ``docs/websocket.md`` is the reference.
 
 The handshake is authenticated (``Authorization`` header, or ``?token=``
 from a browser) and the URL's channels authorised before the upgrade: a
-refusal is an HTTP 401 or 403 with a JSON error body, never an upgrade. A
+refusal is an HTTP 401 or 403 with a JSON error body, never an upgrade; so
+is a handshake without credentials when no namespace admits anonymous
+clients. A
 connection's token is swapped with the ``refresh`` op; one timer per
 connection closes it with 4401 when its token expires unrefreshed.
 
@@ -30,7 +32,7 @@ from urllib.parse import parse_qsl
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from tidings.errors import TidingsError
+from tidings.errors import TidingsError, Unauthorized
 from tidings.hub import ClientInfo, Hub, OverflowPolicy
 from tidings.server import ops
 from tidings.server._ws_codec import (
@@ -130,6 +132,8 @@ class WebSocketEndpoint:
             TidingsError: a refused credential or channel, or bad input.
         """
         caller = ops.Caller(self.hub, self.authority, self.authority.principal(scope))
+        if caller.principal.kind is Kind.ANONYMOUS and not self.authority.admits_anonymous():
+            raise Unauthorized("missing", "this server needs a token or an API key")
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         names = [value for key, value in query if key == "channel"]
         channels = ops.request_channels(caller, names, max_channels=self.max_channels)
