@@ -1,14 +1,19 @@
-"""The ``tidings`` command: serve, publish, listen.
+"""The ``tidings`` command: serve, publish, listen, token, bench.
 
 ``tidings serve`` runs the ASGI app on uvicorn (uvloop, httptools) with the
-fast write path; ``publish`` and ``listen`` talk to a running server.
+fast write path; it refuses to listen beyond loopback with no authentication
+configured unless anonymous access is asked for. ``publish`` and ``listen``
+talk to a running server; ``token`` mints a development token.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
+import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -18,6 +23,27 @@ import orjson
 __all__ = ["main"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+#: Seconds per ``--ttl`` suffix.
+_TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_TTL = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)\Z")
+
+
+def parse_ttl(text: str) -> float:
+    """Read a duration: seconds, or a number with an ``s``, ``m``, ``h`` or ``d`` suffix."""
+    match = _TTL.match(text.strip())
+    if match is None or float(match[1]) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90, 30m, 1h or 7d")
+    return float(match[1]) * _TTL_UNITS[match[2] or "s"]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback interface (only this machine can connect)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -47,6 +73,12 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-demo", dest="demo", action="store_false", default=None, help="no demo pages"
     )
+    serve.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        default=None,
+        help="serve a non-loopback --host with no authentication configured",
+    )
 
     publish = commands.add_parser("publish", help="publish an event to a running server")
     publish.add_argument("channel")
@@ -57,6 +89,26 @@ def _build_parser() -> argparse.ArgumentParser:
     kind = publish.add_mutually_exclusive_group()
     kind.add_argument("--text", action="store_true", help="publish DATA as plain text")
     kind.add_argument("--json", action="store_true", help="require DATA to be JSON")
+    publish.add_argument(
+        "--api-key",
+        default=os.environ.get("TIDINGS_API_KEY"),
+        help="server API key, sent as X-API-Key (default: $TIDINGS_API_KEY)",
+    )
+
+    token = commands.add_parser("token", help="print a development token signed with jwt_secret")
+    token.add_argument("--sub", required=True, help="the user id (the token's subject)")
+    for grant in ("subscribe", "publish", "presence", "history"):
+        token.add_argument(
+            f"--{grant}",
+            action="append",
+            default=[],
+            metavar="CHANNEL",
+            help=f"a channel or pattern ('chat:*') the token may {grant}; repeatable",
+        )
+    token.add_argument(
+        "--ttl", type=parse_ttl, default=3600.0, help="lifetime: 90, 30m, 1h, 7d (default 1h)"
+    )
+    token.add_argument("--config", metavar="FILE", help="TOML settings file (or TIDINGS_CONFIG)")
 
     listen = commands.add_parser("listen", help="print events as they arrive; resume after drops")
     listen.add_argument("channels", nargs="+", metavar="CHANNEL")
@@ -91,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _publish(args)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "token":
+        return _token(args)
     return _listen(args)
 
 
@@ -112,14 +166,26 @@ def _serve(args: argparse.Namespace) -> int:
             redis_prefix=args.redis_prefix,
             fast_write=args.fast_write,
             demo=args.demo,
+            allow_anonymous=args.allow_anonymous,
         )
     except SettingsError as exc:
         print(f"tidings: {exc}", file=sys.stderr)
+        return 2
+    exposed = not is_loopback(settings.host)
+    if exposed and not settings.authentication and not settings.allow_anonymous:
+        print(
+            f"tidings: refusing to serve {settings.host} with no authentication: set "
+            "jwt_secret, jwt_key_file or api_keys, or pass --allow-anonymous",
+            file=sys.stderr,
+        )
         return 2
     level = logging.getLevelName(settings.log_level.upper()) if settings.log_level != "trace" else 5
     logging.basicConfig(level=level, format="%(levelname)-8s %(name)s: %(message)s")
     try:
         app = create_app(settings=settings)
+    except SettingsError as exc:
+        print(f"tidings: {exc}", file=sys.stderr)
+        return 2
     except ImportError as exc:
         print(f"tidings: {exc} (install the extra: pip install 'tidings[redis]')", file=sys.stderr)
         return 2
@@ -168,8 +234,11 @@ def _publish(args: argparse.Namespace) -> int:
                 print(f"tidings: DATA is not valid JSON: {args.data[:80]!r}", file=sys.stderr)
                 return 2
             body["text"] = args.data
+    headers = {"X-API-Key": args.api_key} if args.api_key else {}
     try:
-        response = httpx.post(f"{args.url.rstrip('/')}/api/publish", json=body, timeout=10)
+        response = httpx.post(
+            f"{args.url.rstrip('/')}/api/publish", json=body, headers=headers, timeout=10
+        )
     except httpx.HTTPError as exc:
         print(f"tidings: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1
@@ -177,6 +246,35 @@ def _publish(args: argparse.Namespace) -> int:
         print(f"tidings: {response.status_code} {response.text}", file=sys.stderr)
         return 1
     print(response.text)
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from tidings.server.auth import mint_token
+    from tidings.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        print(f"tidings: {exc}", file=sys.stderr)
+        return 2
+    if not settings.jwt_secret:
+        print("tidings: token needs jwt_secret (TIDINGS_JWT_SECRET) to sign with", file=sys.stderr)
+        return 2
+    grants = {
+        grant: patterns
+        for grant in ("subscribe", "publish", "presence", "history")
+        if (patterns := getattr(args, grant))
+    }
+    token = mint_token(
+        settings.jwt_secret,
+        sub=args.sub,
+        ttl=args.ttl,
+        grants=grants,
+        audience=settings.jwt_audience or None,
+        issuer=settings.jwt_issuer or None,
+    )
+    print(token)
     return 0
 
 

@@ -28,8 +28,9 @@ MAX_CHANNEL_LENGTH = 255
 _CHANNEL = re.compile(r"[A-Za-z0-9_:.@/-]+\Z")
 _BAD_CHAR = re.compile(r"[^A-Za-z0-9_:.@/-]")
 _EVENT_TYPE = re.compile(r"[A-Za-z0-9_.:@/-]{1,64}\Z")
-#: Event types the hub itself sends; a publisher may not use them.
-RESERVED_EVENT_TYPES = frozenset({"reset", "error", "join", "leave"})
+#: Event types the hub and the transports send; a publisher may not use them
+#: (``expired`` ends an SSE stream whose token expired).
+RESERVED_EVENT_TYPES = frozenset({"reset", "error", "join", "leave", "expired"})
 
 
 def validate_channel(name: object) -> str:
@@ -58,7 +59,8 @@ def validate_event_type(event: object) -> str:
 
     Raises:
         InvalidPublication: it is not ``[A-Za-z0-9_.:@/-]{1,64}`` or it is
-            reserved for the hub (``reset``, ``error``, ``join``, ``leave``).
+            reserved for the hub (``reset``, ``error``, ``join``, ``leave``,
+            ``expired``).
     """
     if not isinstance(event, str) or not _EVENT_TYPE.match(event):
         raise InvalidPublication(

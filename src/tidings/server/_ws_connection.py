@@ -33,6 +33,12 @@ A connection is a :class:`Connection` (slots only) shared by two flows:
     closes the socket. A send blocked longer than the heartbeat period plus
     the pong deadline marks the peer dead (4002).
 
+Every command runs for the connection's :class:`~tidings.server.ops.Caller`,
+authorised when it starts (a subscription once, never per delivery). A
+connection whose principal has a token expiry holds one timer: it closes the
+connection with 4401 at ``exp``, and a ``refresh`` (a token for the same
+``sub``) swaps the caller and re-arms it.
+
 The subscription closing is the one signal that a connection is over; its
 reason picks the close code (``slow_consumer`` → 4008, hub shutdown → 4001;
 a peer that left gets nothing). Errors in a command end in an error reply;
@@ -44,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -55,6 +62,7 @@ from tidings.hub import ClientInfo, Subscribed, Subscription
 from tidings.hub.subscription import CloseReason
 from tidings.server import ops
 from tidings.server._ws_codec import Codec
+from tidings.server.auth import Kind
 from tidings.server.errors import close_code
 from tidings.server.writer import WebSocketFastWrite
 from tidings.types import Position
@@ -92,10 +100,12 @@ class Connection:
 
     __slots__ = (
         "_writable",
+        "caller",
         "client_id",
         "closing",
         "codec",
         "endpoint",
+        "expiry",
         "fast",
         "handed_off",
         "inbox",
@@ -115,11 +125,16 @@ class Connection:
         codec: Codec,
         subscription: Subscription,
         client_id: str,
+        caller: ops.Caller,
     ) -> None:
         self.endpoint = endpoint
         self.codec = codec
         self.subscription = subscription
         self.client_id = client_id
+        #: Who runs the connection's commands; a ``refresh`` replaces it.
+        self.caller = caller
+        #: Closes the connection when its token expires (None: no expiry).
+        self.expiry: asyncio.TimerHandle | None = None
         self.fast: WebSocketFastWrite | None = None
         #: Replies waiting for the writer task (ASGI path only).
         self.replies: list[bytes] = []
@@ -153,7 +168,23 @@ class Connection:
         code, text = _CLOSE_FOR[reason]
         return int(code), text
 
+    def expire_at(self, expires: float | None) -> None:
+        """(Re)arm the one expiry timer: at ``expires`` (Unix seconds) close with 4401."""
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
+        if expires is not None and not self.subscription.closed:
+            delay = max(0.0, expires - time.time())
+            self.expiry = asyncio.get_running_loop().call_later(delay, self._expired)
+
+    def _expired(self) -> None:
+        self.expiry = None
+        self.end(CloseCode.TOKEN_EXPIRED, "token expired")
+
     def on_closed(self, subscription: Subscription) -> None:
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
         if self.closing is None:
             self.closing = self.close_args()
         code, reason = self.closing
@@ -322,6 +353,9 @@ class Connection:
             if isinstance(command, protocol.Subscribe):
                 await self.subscribe(command)
                 return
+            if isinstance(command, protocol.Refresh):
+                self.refresh(command)
+                return
             result = await self.run(command)
         except TidingsError as exc:
             self.send_error(request, exc)
@@ -336,22 +370,48 @@ class Connection:
             self.send_reply(protocol.Reply(request, result))
 
     async def run(self, command: protocol.Command) -> Any:
-        hub = self.endpoint.hub
+        caller = self.caller
         if isinstance(command, protocol.Ping):
             return {}
         if isinstance(command, protocol.Connect):
             if self.started:
                 raise ProtocolError("connect must be the first command of a connection")
-            self.subscription.client = ClientInfo(self.client_id, None, command.info)
+            principal = caller.principal
+            user = principal.sub if principal.kind is Kind.CLIENT else None
+            self.subscription.client = ClientInfo(self.client_id, user, command.info)
             return {"client": self.client_id}
         if isinstance(command, protocol.Unsubscribe):
             return ops.unsubscribe(self.subscription, command)
         if isinstance(command, protocol.Publish):
-            return await ops.publish(hub, command)
+            return await ops.publish(caller, command)
         if isinstance(command, protocol.History):
-            return await ops.history(hub, command)
+            return await ops.history(caller, command)
         assert isinstance(command, protocol.Presence)
-        return await ops.presence(hub, command)
+        return await ops.presence(caller, command)
+
+    def refresh(self, command: protocol.Refresh) -> None:
+        """Swap the connection's token for a fresh one of the same subject.
+
+        An invalid token is an ``unauthorized`` reply, a token of another
+        subject (or a connection opened without a token) ``permission_denied``;
+        either way the connection keeps its old token and its timer.
+
+        Raises:
+            Unauthorized: the token is refused.
+        """
+        caller = self.caller
+        principal = caller.authority.client_principal(command.token)
+        current = caller.principal
+        if current.kind is not Kind.CLIENT or principal.sub != current.sub:
+            message = "a refresh token must name the subject the connection was opened with"
+            self.send_reply(protocol.ErrorReply(command.id, ErrorCode.PERMISSION_DENIED, message))
+            return
+        self.caller = caller.with_principal(principal)
+        self.expire_at(principal.expires)
+        if command.id is not None:
+            expires = principal.expires
+            shown = int(expires) if expires is not None and expires.is_integer() else expires
+            self.send_reply(protocol.Reply(command.id, {"expires": shown}))
 
     async def subscribe(self, command: protocol.Subscribe) -> None:
         request = command.id
@@ -365,7 +425,7 @@ class Connection:
 
         try:
             await ops.subscribe(
-                self.endpoint.hub,
+                self.caller,
                 self.subscription,
                 command,
                 max_channels=self.endpoint.max_channels,

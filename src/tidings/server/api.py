@@ -1,5 +1,9 @@
 """The HTTP JSON API: publish, history, presence, channels, stats, health.
 
+Every handler but ``/healthz`` authenticates its request once and has the
+operation authorised (``server/auth.py``) before it reads or changes anything;
+a refusal is a 401 (with ``WWW-Authenticate: Bearer``) or a 403.
+
 Each handler parses its request into the command a WebSocket client would
 send (``wire/protocol.py``) and runs it through ``server/ops.py``, so both
 transports answer the same documents. Bad input gets a 4xx and a JSON error
@@ -18,6 +22,7 @@ from starlette.responses import Response
 from tidings.errors import FrameTooLarge, InvalidCursor, InvalidPublication, ProtocolError
 from tidings.hub import validate_channel
 from tidings.server import ops
+from tidings.server.auth import Action
 from tidings.server.state import ServerState
 from tidings.types import Position
 from tidings.wire import protocol
@@ -41,6 +46,12 @@ class JSONBody(Response):
 def _state(request: Request) -> ServerState:
     state: ServerState = request.app.state.tidings
     return state
+
+
+def _caller(request: Request) -> ops.Caller:
+    """The request's caller, authenticated once (a refused credential raises ``Unauthorized``)."""
+    state = _state(request)
+    return ops.Caller(state.hub, state.authority, state.authority.principal(request.scope))
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -99,6 +110,7 @@ async def publish(request: Request) -> Response:
     """``POST /api/publish``: JSON ``{"channel", "data" | "text", "event"?, "key"?}``,
     or a ``text/plain`` body with ``?channel=…&event=…``."""
     state = _state(request)
+    caller = _caller(request)
     body = await read_body(request, state.settings.max_body_bytes)
     media_type = _media_type(request)
     key = request.headers.get("idempotency-key")
@@ -111,7 +123,7 @@ async def publish(request: Request) -> Response:
             f"unsupported Content-Type {media_type!r}: use application/json or text/plain",
             code=ErrorCode.UNSUPPORTED_MEDIA_TYPE,
         )
-    return JSONBody(await ops.publish(state.hub, command))
+    return JSONBody(await ops.publish(caller, command))
 
 
 def parse_since(channel: str, value: str) -> Position:
@@ -139,27 +151,31 @@ def _limit(request: Request) -> int | None:
 
 async def history(request: Request) -> Response:
     """``GET /api/history/{channel}?since=…&limit=…``."""
+    caller = _caller(request)
     channel = validate_channel(request.path_params["channel"])
     since_text = request.query_params.get("since")
     since = parse_since(channel, since_text) if since_text else None
     command = protocol.History(None, channel, since, _limit(request))
-    return JSONBody(await ops.history(_state(request).hub, command))
+    return JSONBody(await ops.history(caller, command))
 
 
 async def presence(request: Request) -> Response:
     """``GET /api/presence/{channel}``: the clients subscribed to a channel."""
+    caller = _caller(request)
     command = protocol.Presence(None, request.path_params["channel"])
-    return JSONBody(await ops.presence(_state(request).hub, command))
+    return JSONBody(await ops.presence(caller, command))
 
 
 async def channels(request: Request) -> Response:
     """``GET /api/channels``: channels with history or subscribers."""
-    return JSONBody(await ops.channels(_state(request).hub))
+    return JSONBody(await ops.channels(_caller(request)))
 
 
 async def stats(request: Request) -> Response:
-    """``GET /api/stats``: connections and hub counters."""
+    """``GET /api/stats``: connections and hub counters (server-wide: an API key once
+    authentication is configured)."""
     state = _state(request)
+    state.authority.authorize(state.authority.principal(request.scope), Action.STATS)
     hub_stats = state.hub.stats()._asdict()
     body = {
         "connections": sum(state.connections.values()),

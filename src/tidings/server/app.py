@@ -142,6 +142,7 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Star
     )
     sse = SSEEndpoint(
         hub,
+        authority=authority,
         retry=settings.sse_retry,
         keepalive=keepalive,
         max_channels=settings.max_channels,
@@ -149,6 +150,7 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Star
     )
     websocket = WebSocketEndpoint(
         hub,
+        authority=authority,
         max_frame_bytes=settings.ws_max_frame_bytes,
         rate_limit=settings.ws_rate_limit,
         max_channels=settings.max_channels,

@@ -465,6 +465,13 @@ class Authority:
             return
         self._refuse(principal, action, "*")
 
+    def admits_anonymous(self) -> bool:
+        """Whether an anonymous client may do anything at all: a connection
+        that cannot (no namespace lets it) is refused when it opens."""
+        namespaces = self.namespaces
+        every = (namespaces.default, *namespaces.by_name.values())
+        return any(self._anonymous_allowed(options) for options in every)
+
     def _anonymous_allowed(self, options: NamespaceOptions) -> bool:
         return options.anonymous if options.anonymous is not None else not self.configured
 

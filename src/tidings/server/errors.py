@@ -32,12 +32,25 @@ from tidings.errors import (
     StreamRejected,
     SubscriptionClosed,
     TidingsError,
+    Unauthorized,
     UpstreamError,
     UpstreamTimeout,
 )
 from tidings.wire.codes import CloseCode, ErrorCode
 
-__all__ = ["CODE_STATUS", "ERRORS", "close_code", "error_body", "error_response", "http_status"]
+__all__ = [
+    "CHALLENGE",
+    "CODE_STATUS",
+    "ERRORS",
+    "close_code",
+    "error_body",
+    "error_headers",
+    "error_response",
+    "http_status",
+]
+
+#: The challenge every 401 answer carries (RFC 6750 section 3).
+CHALLENGE = ("www-authenticate", "Bearer")
 
 #: (error class, HTTP status, WebSocket close code), checked in order: the
 #: first class an error is an instance of decides. An error outside every
@@ -51,6 +64,7 @@ ERRORS: tuple[tuple[type[TidingsError], int, CloseCode], ...] = (
     (InvalidPublication, 400, CloseCode.BAD_REQUEST),
     (AlreadySubscribed, 400, CloseCode.BAD_REQUEST),
     (SubscriptionClosed, 400, CloseCode.BAD_REQUEST),
+    (Unauthorized, 401, CloseCode.UNAUTHORIZED),
     (PermissionDenied, 403, CloseCode.BAD_REQUEST),
     (BackendUnavailable, 503, CloseCode.INTERNAL_ERROR),
     (PublishError, 500, CloseCode.INTERNAL_ERROR),
@@ -91,6 +105,11 @@ def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
     return {"error": {"code": code, "message": message}}
 
 
+def error_headers(status: int) -> dict[str, str]:
+    """Headers an error answer of ``status`` must carry: the challenge of a 401."""
+    return dict([CHALLENGE]) if status == 401 else {}
+
+
 def error_response(
     exc: TidingsError | None = None,
     *,
@@ -107,5 +126,7 @@ def error_response(
     assert status is not None
     assert code is not None
     return JSONResponse(
-        error_body(str(code), message or ""), status_code=status, headers=dict(headers or {})
+        error_body(str(code), message or ""),
+        status_code=status,
+        headers=error_headers(status) | dict(headers or {}),
     )

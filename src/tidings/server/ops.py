@@ -3,28 +3,32 @@
 The HTTP API, the WebSocket endpoint and the SSE endpoint parse their requests
 into the command objects of :mod:`tidings.wire.protocol` and call these
 functions; no transport talks to the hub about a client's request by itself.
-Every operation on a channel asks :func:`permit` first, the one place that
-decides whether a client may do it. Each answer is one document, the same for
-an HTTP body and a WebSocket reply, with event data as :class:`protocol.Raw`
-so that JSON and MessagePack each embed it without decoding it.
+Every operation runs for a :class:`Caller` (the hub, the authority and the
+request's principal) and asks :meth:`Authority.authorize
+<tidings.server.auth.Authority.authorize>` first, through :func:`permit`:
+the one place that decides whether a client may do it. Decisions are made
+when a request or subscription starts, never per delivered event. Each
+answer is one document, the same for an HTTP body and a WebSocket reply,
+with event data as :class:`protocol.Raw` so that JSON and MessagePack each
+embed it without decoding it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from enum import StrEnum
+from dataclasses import dataclass
 from typing import Any
 
-from tidings.errors import AlreadySubscribed, PermissionDenied, ProtocolError
+from tidings.errors import AlreadySubscribed, ProtocolError
 from tidings.hub import (
     Event,
     Hub,
-    NamespaceOptions,
     Reset,
     Subscribed,
     Subscription,
     validate_channel,
 )
+from tidings.server.auth import ANONYMOUS, Action, Authority, Principal
 from tidings.types import Position
 from tidings.wire import protocol
 from tidings.wire.codes import ErrorCode
@@ -32,6 +36,7 @@ from tidings.wire.codes import ErrorCode
 __all__ = [
     "DEFAULT_HISTORY_LIMIT",
     "Action",
+    "Caller",
     "channels",
     "history",
     "permit",
@@ -47,58 +52,61 @@ __all__ = [
 DEFAULT_HISTORY_LIMIT = 100
 
 
-class Action(StrEnum):
-    """What a client asks to do on a channel; the value names it in a refusal."""
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who runs an operation, and against what: the hub, the authority, the principal.
 
-    SUBSCRIBE = "subscribe"
-    PUBLISH = "publish"
-    HISTORY = "history"
-    PRESENCE = "presence"
+    A transport builds one per request (HTTP) or per connection (SSE,
+    WebSocket; a WebSocket ``refresh`` replaces it).
+    """
+
+    hub: Hub
+    authority: Authority
+    principal: Principal = ANONYMOUS
+
+    @classmethod
+    def open(cls, hub: Hub) -> Caller:
+        """An anonymous caller on a hub with no authentication: the embedded default."""
+        return cls(hub, Authority(hub.namespaces))
+
+    def with_principal(self, principal: Principal) -> Caller:
+        return Caller(self.hub, self.authority, principal)
 
 
-#: Which namespace option allows each action.
-_ALLOWED: dict[Action, Callable[[NamespaceOptions], bool]] = {
-    Action.SUBSCRIBE: lambda options: options.subscribe,
-    Action.HISTORY: lambda options: options.subscribe,
-    Action.PUBLISH: lambda options: options.publish is not False,
-    Action.PRESENCE: lambda options: options.presence,
-}
-
-
-def permit(hub: Hub, action: Action, channel: str) -> str:
-    """Decide whether a client may do ``action`` on ``channel``.
+def permit(caller: Caller, action: Action, channel: str) -> str:
+    """Decide whether ``caller`` may do ``action`` on ``channel``.
 
     Returns:
         The channel name, validated.
 
     Raises:
         InvalidChannel: ``channel`` is not a valid name.
-        PermissionDenied: the channel's namespace forbids ``action``.
+        Unauthorized: the action needs an identity the caller does not have.
+        PermissionDenied: the caller may not (the namespace or the token forbids it).
     """
     channel = validate_channel(channel)
-    if not _ALLOWED[action](hub.options(channel)):
-        raise PermissionDenied(channel, action.value)
+    caller.authority.authorize(caller.principal, action, channel)
     return channel
 
 
-def request_channels(hub: Hub, names: Iterable[str], *, max_channels: int) -> list[str]:
+def request_channels(caller: Caller, names: Iterable[str], *, max_channels: int) -> list[str]:
     """The channels a connection names in its URL: valid, each once, each permitted.
 
     Raises:
         InvalidChannel: a name is not valid.
         ProtocolError: more than ``max_channels`` channels.
-        PermissionDenied: a channel may not be subscribed to.
+        Unauthorized, PermissionDenied: a channel may not be subscribed to.
     """
     channels = list(dict.fromkeys(validate_channel(name) for name in names))
     if len(channels) > max_channels:
         raise ProtocolError(f"at most {max_channels} channels per connection")
     for channel in channels:
-        permit(hub, Action.SUBSCRIBE, channel)
+        permit(caller, Action.SUBSCRIBE, channel)
     return channels
 
 
 async def subscribe(
-    hub: Hub,
+    caller: Caller,
     subscription: Subscription,
     command: protocol.Subscribe,
     *,
@@ -109,11 +117,11 @@ async def subscribe(
     """Add ``command.channel`` to ``subscription`` (see :meth:`Subscription.add`).
 
     Raises:
-        InvalidChannel, PermissionDenied: from :func:`permit`.
+        InvalidChannel, Unauthorized, PermissionDenied: from :func:`permit`.
         AlreadySubscribed: the subscription has the channel.
         ProtocolError: the subscription has ``max_channels`` channels.
     """
-    channel = permit(hub, Action.SUBSCRIBE, command.channel)
+    channel = permit(caller, Action.SUBSCRIBE, command.channel)
     if channel in subscription.channels:
         raise AlreadySubscribed(channel)
     if len(subscription.channels) >= max_channels:
@@ -136,41 +144,41 @@ def unsubscribe(subscription: Subscription, command: protocol.Unsubscribe) -> di
     return {"channel": channel}
 
 
-async def publish(hub: Hub, command: protocol.Publish) -> dict[str, Any]:
+async def publish(caller: Caller, command: protocol.Publish) -> dict[str, Any]:
     """Publish ``command`` and return ``{"channel", "epoch", "offset"}``.
 
     Raises:
-        InvalidChannel, PermissionDenied: from :func:`permit`.
+        InvalidChannel, Unauthorized, PermissionDenied: from :func:`permit`.
         InvalidPublication: a reserved event type, or data too large.
         PublishError: the backend did not publish it.
     """
-    channel = permit(hub, Action.PUBLISH, command.channel)
-    position = await hub.publish(
+    channel = permit(caller, Action.PUBLISH, command.channel)
+    position = await caller.hub.publish(
         channel, command.data, text=command.text, event=command.event, key=command.key
     )
     return {"channel": channel, "epoch": position.epoch, "offset": position.offset}
 
 
-async def history(hub: Hub, command: protocol.History) -> dict[str, Any]:
+async def history(caller: Caller, command: protocol.History) -> dict[str, Any]:
     """Return a channel's kept events after ``command.since`` (newest ``limit``).
 
     Raises:
-        InvalidChannel, PermissionDenied: from :func:`permit`.
+        InvalidChannel, Unauthorized, PermissionDenied: from :func:`permit`.
     """
-    channel = permit(hub, Action.HISTORY, command.channel)
+    channel = permit(caller, Action.HISTORY, command.channel)
     limit = command.limit if command.limit is not None else DEFAULT_HISTORY_LIMIT
-    result = await hub.history(channel, since=command.since, limit=limit)
+    result = await caller.hub.history(channel, since=command.since, limit=limit)
     return _history_result(channel, result.position, result.events, result.reset)
 
 
-async def presence(hub: Hub, command: protocol.Presence) -> dict[str, Any]:
+async def presence(caller: Caller, command: protocol.Presence) -> dict[str, Any]:
     """Return the clients subscribed to a channel.
 
     Raises:
-        InvalidChannel, PermissionDenied: from :func:`permit`.
+        InvalidChannel, Unauthorized, PermissionDenied: from :func:`permit`.
     """
-    channel = permit(hub, Action.PRESENCE, command.channel)
-    clients = await hub.presence(channel)
+    channel = permit(caller, Action.PRESENCE, command.channel)
+    clients = await caller.hub.presence(channel)
     return {
         "channel": channel,
         "clients": [
@@ -180,9 +188,15 @@ async def presence(hub: Hub, command: protocol.Presence) -> dict[str, Any]:
     }
 
 
-async def channels(hub: Hub) -> dict[str, Any]:
-    """Return the channels with history or subscribers, and where each stands."""
-    summaries = await hub.channels()
+async def channels(caller: Caller) -> dict[str, Any]:
+    """Return the channels with history or subscribers, and where each stands.
+
+    Raises:
+        Unauthorized, PermissionDenied: listing channels is server-wide; once
+            authentication is configured it needs an API key.
+    """
+    caller.authority.authorize(caller.principal, Action.CHANNELS)
+    summaries = await caller.hub.channels()
     return {
         "channels": [
             {

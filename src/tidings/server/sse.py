@@ -22,6 +22,13 @@ ways to get bytes to the client:
   subscription and sends it as one ``http.response.body``; a watcher task
   turns ``http.disconnect`` into closing the subscription.
 
+A request is authenticated and every channel authorised before the response
+starts (a refusal is a 401 or 403 with a JSON body and no stream byte). When
+the principal's token expires, one timer per connection ends the stream with
+a final ``event: expired`` (data ``{"reason": "token_expired"}``, no ``id:``
+line, so the client's cursor stays put); the client gets a new token and
+resumes with its ``Last-Event-ID``. Nothing is checked per delivered event.
+
 Single-channel connections share their frames across subscribers: the
 cursor of a one-channel connection is the event's own position. A
 multi-channel connection tracks its cursor and writes the ``id:`` line
@@ -33,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from urllib.parse import parse_qsl
 
@@ -43,6 +51,7 @@ from tidings.errors import ProtocolError, TidingsError
 from tidings.hub import Encoding, Hub, Item, OverflowPolicy, Reset, Subscription
 from tidings.hub.subscription import CloseReason
 from tidings.server import ops
+from tidings.server.auth import Authority
 from tidings.server.errors import error_response
 from tidings.server.writer import FAST_WRITE, HTTPFastWrite
 from tidings.types import Position
@@ -65,6 +74,9 @@ def _chunk(frame: bytes) -> bytes:
 
 
 PING_CHUNK = _chunk(PING)
+#: The last event of a stream whose token expired: no ``id:``, so the cursor stays.
+EXPIRED = encode_event(orjson.dumps({"reason": "token_expired"}).decode(), event="expired")
+EXPIRED_CHUNK = _chunk(EXPIRED)
 
 
 def _reset_data(item: Reset) -> bytes:
@@ -139,7 +151,17 @@ class SSEKeepalive:
 class _Connection:
     """One SSE connection once subscribed: encoder, cursor and flow-control listener."""
 
-    __slots__ = ("chunked", "fast", "keepalive", "on_open", "ping_due", "positions", "subscription")
+    __slots__ = (
+        "chunked",
+        "expired",
+        "expiry",
+        "fast",
+        "keepalive",
+        "on_open",
+        "ping_due",
+        "positions",
+        "subscription",
+    )
 
     def __init__(
         self,
@@ -157,14 +179,22 @@ class _Connection:
         self.on_open = on_open
         self.fast: HTTPFastWrite | None = None
         self.ping_due = False
+        self.expired = False
+        self.expiry: asyncio.TimerHandle | None = None
 
-    def opened(self) -> None:
+    def opened(self, expires: float | None) -> None:
         if self.on_open is not None:
             self.on_open(1)
         if self.keepalive is not None:
             self.keepalive.add(self)
+        if expires is not None:
+            delay = max(0.0, expires - time.time())
+            self.expiry = asyncio.get_running_loop().call_later(delay, self.expire)
 
     def closed(self) -> None:
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
         if self.keepalive is not None:
             self.keepalive.discard(self)
         if self.on_open is not None:
@@ -226,6 +256,18 @@ class _Connection:
     def shutdown(self) -> None:
         self.subscription.close(CloseReason.SHUTDOWN)
 
+    def expire(self) -> None:
+        """The token expired: end the stream with the ``expired`` event."""
+        self.expiry = None
+        fast = self.fast
+        if fast is not None:
+            if self.subscription._write is not None:
+                fast.write(EXPIRED_CHUNK)
+            self.subscription.close(CloseReason.CLOSED)  # finish() ends the response
+        else:
+            self.expired = True
+            self.subscription.wakeup()
+
     def ping(self) -> None:
         fast = self.fast
         if fast is not None:
@@ -250,6 +292,8 @@ class SSEStream:
         overflow: Slow-consumer policy (hub default if None).
         headers: Extra response headers.
         on_open: Called with +1 when the stream starts and -1 when it ends.
+        expires: When the client's token expires (Unix seconds): the stream
+            ends then with an ``expired`` event. None: never.
     """
 
     def __init__(
@@ -264,6 +308,7 @@ class SSEStream:
         overflow: OverflowPolicy | str | None = None,
         headers: Iterable[tuple[bytes, bytes]] = (),
         on_open: Callable[[int], None] | None = None,
+        expires: float | None = None,
     ) -> None:
         self.hub = hub
         self.channels = list(channels)
@@ -276,6 +321,7 @@ class SSEStream:
         self.overflow = overflow
         self.headers = [*SSE_HEADERS, *headers]
         self.on_open = on_open
+        self.expires = expires
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("method") == "HEAD":
@@ -310,7 +356,7 @@ class SSEStream:
         except BaseException:
             subscription.close()
             raise
-        connection.opened()
+        connection.opened(self.expires)
         if fast is not None and connection.hand_off(fast):
             # The transport owns the stream now; connection.finish() ends it.
             return
@@ -350,6 +396,9 @@ class SSEStream:
                 connection.ping_due = False
                 if subscription.closed:
                     break
+                if connection.expired:
+                    await send({"type": "http.response.body", "body": body + EXPIRED})
+                    return
                 if body:
                     blocked.sending = True
                     try:
@@ -394,13 +443,15 @@ class SSEEndpoint:
     Reads the channels and the resume cursor (``Last-Event-ID`` header first,
     then ``?last_event_id=``: a reconnecting browser keeps the original URL
     and sends the header) and runs an :class:`SSEStream`. Bad input gets a
-    400 with a JSON error body before anything is subscribed.
+    400, a refused credential a 401 and a forbidden channel a 401 or 403, each
+    with a JSON error body before anything is subscribed.
     """
 
     def __init__(
         self,
         hub: Hub,
         *,
+        authority: Authority | None = None,
         retry: float,
         keepalive: SSEKeepalive | None,
         max_channels: int,
@@ -409,6 +460,7 @@ class SSEEndpoint:
         on_open: Callable[[int], None] | None = None,
     ) -> None:
         self.hub = hub
+        self.authority = authority if authority is not None else Authority(hub.namespaces)
         self.retry = retry
         self.keepalive = keepalive
         self.max_channels = max_channels
@@ -416,8 +468,9 @@ class SSEEndpoint:
         self.overflow = overflow
         self.on_open = on_open
 
-    def parse(self, scope: Scope) -> tuple[list[str], dict[str, Position]]:
-        """Return the channels and cursor of a request, or raise a TidingsError."""
+    def parse(self, scope: Scope) -> tuple[ops.Caller, list[str], dict[str, Position]]:
+        """Return the caller, channels and cursor of a request, or raise a TidingsError."""
+        caller = ops.Caller(self.hub, self.authority, self.authority.principal(scope))
         path_channel = scope.get("path_params", {}).get("channel")
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         if path_channel is not None:
@@ -426,18 +479,18 @@ class SSEEndpoint:
             names = [value for key, value in query if key == "channel"]
             if not names:
                 raise ProtocolError("at least one ?channel= is required")
-        channels = ops.request_channels(self.hub, names, max_channels=self.max_channels)
+        channels = ops.request_channels(caller, names, max_channels=self.max_channels)
         cursor_text = None
         for key, value in scope.get("headers", ()):
             if key == b"last-event-id":
                 cursor_text = value.decode("latin-1")
         if cursor_text is None:
             cursor_text = next((value for key, value in query if key == "last_event_id"), "")
-        return channels, decode_cursor(cursor_text)
+        return caller, channels, decode_cursor(cursor_text)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            channels, cursor = self.parse(scope)
+            caller, channels, cursor = self.parse(scope)
         except TidingsError as exc:
             await error_response(exc)(scope, receive, send)
             return
@@ -450,5 +503,6 @@ class SSEEndpoint:
             outbox_max_bytes=self.outbox_max_bytes,
             overflow=self.overflow,
             on_open=self.on_open,
+            expires=caller.principal.expires,
         )
         await stream(scope, receive, send)

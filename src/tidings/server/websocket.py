@@ -7,6 +7,14 @@ hub subscription for all its channels. Channels named in the URL
 a connection is in *raw mode*: receive-only, each event one text frame whose
 payload is exactly the event's data. ``docs/websocket.md`` is the reference.
 
+The handshake is authenticated (``Authorization`` header, or ``?token=``
+from a browser) and the URL's channels authorised before the upgrade: a
+refusal is an HTTP 401 or 403 with a JSON error body, never an upgrade; so
+is a handshake without credentials when no namespace admits anonymous
+clients. A
+connection's token is swapped with the ``refresh`` op; one timer per
+connection closes it with 4401 when its token expires unrefreshed.
+
 Each connection is a ``Connection`` (``server/_ws_connection.py``, where the
 theory of operation is); ``server/_ws_codec.py`` holds the encodings.
 """
@@ -24,7 +32,7 @@ from urllib.parse import parse_qsl
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from tidings.errors import TidingsError
+from tidings.errors import TidingsError, Unauthorized
 from tidings.hub import ClientInfo, Hub, OverflowPolicy
 from tidings.server import ops
 from tidings.server._ws_codec import (
@@ -36,7 +44,8 @@ from tidings.server._ws_codec import (
     Codec,
 )
 from tidings.server._ws_connection import GONE, Connection, StallWatch
-from tidings.server.errors import close_code, error_body, http_status
+from tidings.server.auth import Authority, Kind
+from tidings.server.errors import close_code, error_body, error_headers, http_status
 from tidings.server.writer import FAST_WRITE, WebSocketFastWrite
 from tidings.types import Position
 from tidings.wire import protocol
@@ -63,6 +72,8 @@ class WebSocketEndpoint:
 
     Args:
         hub: The hub.
+        authority: Authenticates the handshake and authorises every op; an
+            open authority over the hub's namespaces when omitted.
         max_frame_bytes: Largest message a client may send; also the largest
             batch frame the server builds.
         rate_limit: Commands per second one connection may send (bursts of
@@ -80,6 +91,7 @@ class WebSocketEndpoint:
         self,
         hub: Hub,
         *,
+        authority: Authority | None = None,
         max_frame_bytes: int = 64 * 1024,
         rate_limit: float = 100.0,
         max_channels: int = 64,
@@ -99,6 +111,7 @@ class WebSocketEndpoint:
             if value <= 0:
                 raise ValueError(f"{name} must be > 0, not {value}")
         self.hub = hub
+        self.authority = authority if authority is not None else Authority(hub.namespaces)
         self.max_frame_bytes = max_frame_bytes
         self.rate_limit = rate_limit
         self.max_channels = max_channels
@@ -112,20 +125,27 @@ class WebSocketEndpoint:
             for fmt in (Format.JSON, Format.MSGPACK, None)
         }
 
-    def parse(self, scope: Scope) -> tuple[list[str], dict[str, Position]]:
-        """Return the channels and resume cursor named in the URL, or raise a TidingsError."""
+    def parse(self, scope: Scope) -> tuple[ops.Caller, list[str], dict[str, Position]]:
+        """Return the caller, and the channels and resume cursor named in the URL.
+
+        Raises:
+            TidingsError: a refused credential or channel, or bad input.
+        """
+        caller = ops.Caller(self.hub, self.authority, self.authority.principal(scope))
+        if caller.principal.kind is Kind.ANONYMOUS and not self.authority.admits_anonymous():
+            raise Unauthorized("missing", "this server needs a token or an API key")
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         names = [value for key, value in query if key == "channel"]
-        channels = ops.request_channels(self.hub, names, max_channels=self.max_channels)
+        channels = ops.request_channels(caller, names, max_channels=self.max_channels)
         cursor_text = next((value for key, value in query if key == "last_event_id"), "")
-        return channels, decode_cursor(cursor_text)
+        return caller, channels, decode_cursor(cursor_text)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
         try:
-            channels, cursor = self.parse(scope)
+            caller, channels, cursor = self.parse(scope)
         except TidingsError as exc:
             await _reject(exc, scope, send)
             return
@@ -136,14 +156,17 @@ class WebSocketEndpoint:
         if fmt is not None:
             accept["subprotocol"] = fmt.subprotocol
         client_id = secrets.token_urlsafe(9)
+        principal = caller.principal
+        user = principal.sub if principal.kind is Kind.CLIENT else None
         subscription = self.hub.subscription(
             max_bytes=self.outbox_max_bytes,
             policy=self.overflow,
-            client=None if raw else ClientInfo(client_id),
+            client=None if raw else ClientInfo(client_id, user),
         )
-        connection = Connection(self, codec, subscription, client_id)
+        connection = Connection(self, codec, subscription, client_id, caller)
         try:
             await send(accept)
+            connection.expire_at(principal.expires)
             if self.on_open is not None:
                 self.on_open(1)
             try:
@@ -225,13 +248,16 @@ async def _reject(exc: TidingsError, scope: Scope, send: Send) -> None:
     """Refuse the handshake: an HTTP error with a JSON body when the server can send one."""
     if "websocket.http.response" in scope.get("extensions", {}):
         body = orjson.dumps(error_body(exc.code, str(exc)))
+        status = http_status(exc)
+        extra = [(name.encode(), value.encode()) for name, value in error_headers(status).items()]
         await send(
             {
                 "type": "websocket.http.response.start",
-                "status": http_status(exc),
+                "status": status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
+                    *extra,
                 ],
             }
         )

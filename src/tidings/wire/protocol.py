@@ -40,6 +40,7 @@ __all__ = [
     "Publish",
     "Push",
     "Raw",
+    "Refresh",
     "Reply",
     "RequestId",
     "Subscribe",
@@ -110,6 +111,7 @@ class Op(StrEnum):
     HISTORY = "history"
     PRESENCE = "presence"
     PING = "ping"
+    REFRESH = "refresh"
 
 
 #: A request id: an integer or a short string; None when the client gave none.
@@ -170,7 +172,21 @@ class Ping:
     id: RequestId
 
 
-Command: TypeAlias = Connect | Subscribe | Unsubscribe | Publish | History | Presence | Ping
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """Swap the connection's token for a fresh one (same subject) before it expires."""
+
+    id: RequestId
+    token: str
+
+    def __repr__(self) -> str:
+        # A token is a credential: never in a log line.
+        return f"Refresh(id={self.id!r}, token=<hidden>)"
+
+
+Command: TypeAlias = (
+    Connect | Subscribe | Unsubscribe | Publish | History | Presence | Ping | Refresh
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,6 +449,7 @@ _REQUIRED = {
     Op.HISTORY: ("channel",),
     Op.PRESENCE: ("channel",),
     Op.PING: (),
+    Op.REFRESH: ("token",),
 }
 _OPTIONAL = {
     Op.CONNECT: ("info",),
@@ -442,6 +459,7 @@ _OPTIONAL = {
     Op.HISTORY: ("since", "limit"),
     Op.PRESENCE: (),
     Op.PING: (),
+    Op.REFRESH: (),
 }
 _ALLOWED = {op: frozenset(("id", "op", *_REQUIRED[op], *_OPTIONAL[op])) for op in Op}
 
@@ -554,6 +572,15 @@ def _parse_ping(request: RequestId, document: dict[str, Any]) -> Command:
     return Ping(request)
 
 
+def _parse_refresh(request: RequestId, document: dict[str, Any]) -> Command:
+    token = document["token"]
+    if not isinstance(token, str):
+        raise ProtocolError(f"field 'token' must be a string, not {_kind(token)}")
+    if not token:
+        raise ProtocolError("field 'token' must not be empty")
+    return Refresh(request, token)
+
+
 _OPS: dict[type, Op] = {
     Connect: Op.CONNECT,
     Subscribe: Op.SUBSCRIBE,
@@ -562,6 +589,7 @@ _OPS: dict[type, Op] = {
     History: Op.HISTORY,
     Presence: Op.PRESENCE,
     Ping: Op.PING,
+    Refresh: Op.REFRESH,
 }
 
 _PARSERS = {
@@ -572,6 +600,7 @@ _PARSERS = {
     Op.HISTORY: _parse_history,
     Op.PRESENCE: _parse_presence,
     Op.PING: _parse_ping,
+    Op.REFRESH: _parse_refresh,
 }
 
 

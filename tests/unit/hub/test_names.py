@@ -70,7 +70,7 @@ def test_event_types_are_checked_and_the_hubs_own_are_reserved() -> None:
     for bad in ("", "x" * 65, "has space", "é", 7):
         with pytest.raises(InvalidPublication, match="must be 1-64"):
             validate_event_type(bad)
-    for reserved in ("reset", "error", "join", "leave"):
+    for reserved in ("reset", "error", "join", "leave", "expired"):
         with pytest.raises(InvalidPublication, match="reserved"):
             validate_event_type(reserved)
 

@@ -382,3 +382,15 @@ def test_server_wide_actions_need_the_server_once_configured() -> None:
         assert outcome(auth, ANONYMOUS, action, None) == "401"
         assert outcome(auth, client(), action, None) == "ok"
         assert outcome(auth, SERVER, action, None) == "ok"
+
+
+def test_admits_anonymous_follows_the_namespace_rules() -> None:
+    from tidings.hub import NamespaceOptions, Namespaces
+    from tidings.server.auth import Authority
+
+    open_by_default = Authority(Namespaces())
+    assert open_by_default.admits_anonymous()
+    keys = {"ops": "k" * 32}
+    assert not Authority(Namespaces(), api_keys=keys).admits_anonymous()
+    public = Namespaces(by_name={"news": NamespaceOptions(anonymous=True)})
+    assert Authority(public, api_keys=keys).admits_anonymous()

@@ -431,3 +431,16 @@ def test_json_pushes_are_right_sized() -> None:
     finally:
         tracemalloc.stop()
     assert per_push < 200
+
+
+def test_refresh_round_trips_and_hides_its_token() -> None:
+    for fmt in protocol.Format:
+        data: str | bytes = protocol.encode_command(protocol.Refresh(3, "a.b.c"), fmt)
+        if fmt is Format.JSON:
+            data = data.decode()
+        command = protocol.decode_command(data, fmt)
+        assert command == protocol.Refresh(3, "a.b.c")
+    assert "a.b.c" not in repr(command)
+    for bad in ({"op": "refresh"}, {"op": "refresh", "token": ""}, {"op": "refresh", "token": 1}):
+        with pytest.raises(ProtocolError):
+            protocol.parse_command(bad)
