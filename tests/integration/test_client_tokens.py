@@ -64,6 +64,10 @@ async def publishing(url: str, stop: asyncio.Event) -> AsyncIterator[Callable[[]
             await apublish(url, CHANNEL, published + 1, client=http)
             published += 1
             await asyncio.sleep(PACE)  # pacing, not synchronisation
+        # One last event after ``stop``: a receiver waiting for the next event
+        # when the tokens ran out gets it, and finds it has them all.
+        await apublish(url, CHANNEL, published + 1, client=http)
+        published += 1
 
     async with httpx.AsyncClient(headers={"x-api-key": API_KEY}) as http:
         task = asyncio.get_running_loop().create_task(run(http))

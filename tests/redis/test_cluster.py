@@ -139,6 +139,10 @@ async def moving_ws_client(
             received.add(push["data"])
 
 
+#: Tries of one publish whose connection failed (each with the same idempotency key).
+PUBLISH_ATTEMPTS = 3
+
+
 async def publish_all(
     urls: list[str], midway: Callable[[], Awaitable[None]]
 ) -> dict[str, dict[int, int]]:
@@ -152,13 +156,25 @@ async def publish_all(
 
     async with httpx.AsyncClient(limits=limits, timeout=TIMEOUT * 2) as client:
 
+        async def publish(n: int, channel: str) -> httpx.Response:
+            # A pooled connection the server closed while idle (a loaded machine
+            # can leave one idle past uvicorn's keep-alive) fails the request:
+            # send it again with the same idempotency key, so it lands once.
+            for attempt in range(PUBLISH_ATTEMPTS):
+                try:
+                    return await client.post(
+                        f"{urls[n % len(urls)]}/api/publish",
+                        json={"channel": channel, "data": {"c": channel, "n": n}, "key": f"n{n}"},
+                    )
+                except httpx.TransportError:
+                    if attempt == PUBLISH_ATTEMPTS - 1:
+                        raise
+            raise AssertionError("unreachable")
+
         async def worker() -> None:
             for n in numbers:
                 channel = CHANNELS[n % len(CHANNELS)]
-                response = await client.post(
-                    f"{urls[n % len(urls)]}/api/publish",
-                    json={"channel": channel, "data": {"c": channel, "n": n}},
-                )
+                response = await publish(n, channel)
                 assert response.status_code == 200, response.text
                 offsets[channel][response.json()["offset"]] = n
                 if n == EVENTS // 2:
