@@ -87,6 +87,8 @@ class Settings:
     jwt_issuer: str = ""
     jwt_leeway: float = 0.0
     token_cookie: str = ""
+    token_cookie_samesite: str = "strict"
+    token_cookie_secure: bool = True
     api_keys: str = field(default="", repr=False)
     cors_origins: str = ""
     cors_credentials: bool = False
@@ -125,6 +127,10 @@ class Settings:
             raise SettingsError("history_size must be >= 0")
         if self.jwt_secret and len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
             raise SettingsError(f"jwt_secret must be at least {MIN_SECRET_BYTES} bytes")
+        if self.token_cookie_samesite not in ("strict", "lax", "none"):
+            raise SettingsError("token_cookie_samesite must be 'strict', 'lax' or 'none'")
+        if self.token_cookie_samesite == "none" and not self.token_cookie_secure:
+            raise SettingsError("token_cookie_samesite = 'none' needs token_cookie_secure")
         if self.jwt_leeway < 0:
             raise SettingsError("jwt_leeway must be >= 0 seconds")
         self.api_key_map()

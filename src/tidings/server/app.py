@@ -19,7 +19,7 @@ from tidings.errors import TidingsError
 from tidings.hub import Hub, MemoryBackend, Namespaces
 from tidings.hub.backends.base import Backend
 from tidings.llm import Relay
-from tidings.server import api
+from tidings.server import api, session
 from tidings.server.auth import Authority, TokenVerifier
 from tidings.server.browser import browser_middleware
 from tidings.server.errors import error_response
@@ -181,6 +181,14 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Star
         Route("/api/channels", api.channels, methods=["GET"]),
         Route("/api/stats", api.stats, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
+        *(
+            [
+                Route("/api/session", session.create_session, methods=["POST"]),
+                Route("/api/session", session.end_session, methods=["DELETE"]),
+            ]
+            if settings.token_cookie
+            else []
+        ),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     if relay is not None:

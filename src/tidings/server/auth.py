@@ -96,6 +96,7 @@ class Action(StrEnum):
     LLM_CREATE = "llm.create"
     LLM_VIEW = "llm.view"
     LLM_CANCEL = "llm.cancel"
+    SESSION = "session"
 
 
 #: The token claims that grant channel actions: each a list of names or patterns.
@@ -456,6 +457,11 @@ class Authority:
 
     def _authorize_server_wide(self, principal: Principal, action: Action) -> None:
         if not self.configured:
+            return
+        if action is Action.SESSION:
+            # The token cookie holds a client's own token: a token, nothing else.
+            if principal.kind is not Kind.CLIENT:
+                raise Unauthorized("missing", "a session needs Authorization: Bearer <token>")
             return
         if action in (Action.LLM_CREATE, Action.LLM_VIEW, Action.LLM_CANCEL):
             # The ``llm`` namespace's ``anonymous`` rule says whether anyone may.

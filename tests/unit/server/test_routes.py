@@ -66,7 +66,7 @@ def concrete(path: str) -> str:
 
 
 def app() -> Starlette:
-    return create_app(Hub(), Settings(jwt_secret=SECRET))
+    return create_app(Hub(), Settings(jwt_secret=SECRET, token_cookie="tidings_token"))
 
 
 def table() -> list[tuple[str, BaseRoute]]:
@@ -104,7 +104,9 @@ async def hub() -> AsyncIterator[Hub]:
 
 @pytest.mark.parametrize("url", ["/healthz", "/static/tidings.js", "/"])
 async def test_the_public_routes_answer_without_credentials(hub: Hub, url: str) -> None:
-    transport = httpx.ASGITransport(app=create_app(hub, Settings(jwt_secret=SECRET)))
+    transport = httpx.ASGITransport(
+        app=create_app(hub, Settings(jwt_secret=SECRET, token_cookie="tidings_token"))
+    )
     async with httpx.AsyncClient(transport=transport, base_url="http://tidings") as client:
         response = await client.get(url, timeout=TIMEOUT)
     assert response.status_code == 200
@@ -114,7 +116,9 @@ async def test_the_public_routes_answer_without_credentials(hub: Hub, url: str) 
 async def test_every_non_public_http_route_refuses_no_credentials(
     hub: Hub, method: str, path: str
 ) -> None:
-    transport = httpx.ASGITransport(app=create_app(hub, Settings(jwt_secret=SECRET)))
+    transport = httpx.ASGITransport(
+        app=create_app(hub, Settings(jwt_secret=SECRET, token_cookie="tidings_token"))
+    )
     async with httpx.AsyncClient(transport=transport, base_url="http://tidings") as client:
         url = concrete(path) + ("?channel=chat:room" if path == "/sse" else "")
         body = BODIES.get(path)
@@ -130,7 +134,7 @@ async def test_every_non_public_http_route_refuses_no_credentials(
 
 @pytest.mark.parametrize("path", websocket_cases())
 async def test_every_websocket_route_refuses_the_handshake(hub: Hub, path: str) -> None:
-    application = create_app(hub, Settings(jwt_secret=SECRET))
+    application = create_app(hub, Settings(jwt_secret=SECRET, token_cookie="tidings_token"))
     sent: list[Message] = []
     scope = {
         "type": "websocket",
