@@ -27,6 +27,7 @@ read once, by :func:`load_settings`, into ``Settings.llm`` (an ``LLMConfig``).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -49,6 +50,7 @@ MIN_SECRET_BYTES = 32
 _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s?#]+\Z")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 BACKENDS = ("memory", "redis")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class SettingsError(ValueError):
@@ -93,6 +95,8 @@ class Settings:
     cors_origins: str = ""
     cors_credentials: bool = False
     allow_anonymous: bool = False
+    # Client addresses: proxies whose X-Forwarded-For is believed.
+    trusted_proxies: str = ""
     namespaces: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     llm: LLMConfig = field(default_factory=lambda: LLMConfig.from_table({}))
 
@@ -135,6 +139,7 @@ class Settings:
             raise SettingsError("jwt_leeway must be >= 0 seconds")
         self.api_key_map()
         self.cors_origin_list()
+        self.trusted_networks()
         if not isinstance(self.llm, LLMConfig):
             raise SettingsError("llm must be an LLMConfig (LLMConfig.from_table reads a table)")
         self.namespace_options()  # refuse bad namespace tables now, not at first use
@@ -173,6 +178,19 @@ class Settings:
         if "*" in origins and self.cors_credentials:
             raise SettingsError("cors_credentials cannot be used with cors_origins = '*'")
         return origins
+
+    def trusted_networks(self) -> tuple[IPNetwork, ...]:
+        """The proxies ``trusted_proxies`` names: addresses and CIDR networks."""
+        networks = []
+        entries = filter(None, map(str.strip, self.trusted_proxies.split(",")))
+        for place, entry in enumerate(entries, 1):
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                raise SettingsError(
+                    f"trusted_proxies: entry {place} is not an IP address or network"
+                ) from None
+        return tuple(networks)
 
     def namespace_options(self) -> Namespaces:
         """Build the hub's per-namespace options from these settings."""

@@ -51,7 +51,10 @@ def _state(request: Request) -> ServerState:
 def _caller(request: Request) -> ops.Caller:
     """The request's caller, authenticated once (a refused credential raises ``Unauthorized``)."""
     state = _state(request)
-    return ops.Caller(state.hub, state.authority, state.authority.principal(request.scope))
+    authority = state.authority
+    return ops.Caller(
+        state.hub, authority, authority.principal(request.scope), authority.peer(request.scope)
+    )
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -24,6 +24,7 @@ from tidings.server.auth import Authority, TokenVerifier
 from tidings.server.browser import browser_middleware
 from tidings.server.errors import error_response
 from tidings.server.llm import ChatCompletions, StreamView, list_models
+from tidings.server.peer import Peers
 from tidings.server.sse import SSEEndpoint, SSEKeepalive
 from tidings.server.state import ServerState
 from tidings.server.websocket import WebSocketEndpoint
@@ -91,6 +92,7 @@ def build_authority(settings: Settings, namespaces: Namespaces) -> Authority:
         verifier=verifier,
         api_keys=settings.api_key_map(),
         token_cookie=settings.token_cookie or None,
+        peers=Peers(settings.trusted_networks()),
     )
 
 

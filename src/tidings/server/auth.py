@@ -61,6 +61,7 @@ from starlette.types import Scope
 
 from tidings.errors import PermissionDenied, Unauthorized
 from tidings.hub.names import PUBLISH_WITH_TOKEN, NamespaceOptions, Namespaces
+from tidings.server.peer import Peers
 
 __all__ = [
     "ANONYMOUS",
@@ -355,6 +356,8 @@ class Authority:
         verifier: Checks client tokens; None when no JWT key is configured.
         api_keys: Server keys by name.
         token_cookie: Name of a cookie to read a token from; None reads none.
+        peers: Works out client addresses (trusting which proxies); by default
+            the socket's peer, with ``X-Forwarded-For`` ignored.
     """
 
     def __init__(
@@ -364,11 +367,13 @@ class Authority:
         verifier: TokenVerifier | None = None,
         api_keys: Mapping[str, str] | None = None,
         token_cookie: str | None = None,
+        peers: Peers | None = None,
     ) -> None:
         self.namespaces = namespaces
         self.verifier = verifier
         self.api_keys = dict(api_keys or {})
         self.token_cookie = token_cookie or None
+        self.peers = peers or Peers()
 
     @property
     def configured(self) -> bool:
@@ -376,6 +381,10 @@ class Authority:
         return self.verifier is not None or bool(self.api_keys)
 
     # -- who -------------------------------------------------------------------------------
+
+    def peer(self, scope: Scope) -> str:
+        """The client address of a request (see :mod:`tidings.server.peer`)."""
+        return self.peers.address(scope)
 
     def principal(self, scope: Scope) -> Principal:
         """The principal of a request, authenticated once and kept in its scope.

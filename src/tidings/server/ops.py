@@ -57,12 +57,15 @@ class Caller:
     """Who runs an operation, and against what: the hub, the authority, the principal.
 
     A transport builds one per request (HTTP) or per connection (SSE,
-    WebSocket; a WebSocket ``refresh`` replaces it).
+    WebSocket; a WebSocket ``refresh`` replaces it). ``peer`` is the client's
+    address (:meth:`Authority.peer <tidings.server.auth.Authority.peer>`),
+    the key of per-client limits; empty when unknown.
     """
 
     hub: Hub
     authority: Authority
     principal: Principal = ANONYMOUS
+    peer: str = ""
 
     @classmethod
     def open(cls, hub: Hub) -> Caller:
@@ -70,7 +73,7 @@ class Caller:
         return cls(hub, Authority(hub.namespaces))
 
     def with_principal(self, principal: Principal) -> Caller:
-        return Caller(self.hub, self.authority, principal)
+        return Caller(self.hub, self.authority, principal, self.peer)
 
 
 def permit(caller: Caller, action: Action, channel: str) -> str:

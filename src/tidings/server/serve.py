@@ -90,6 +90,9 @@ def uvicorn_config(
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_pong_timeout,
         lifespan="on",
+        # Tidings reads X-Forwarded-For itself, from trusted_proxies only
+        # (server/peer.py): the app sees the socket's peer unchanged.
+        proxy_headers=False,
         log_level=settings.log_level,
         timeout_graceful_shutdown=5,
         backlog=4096,

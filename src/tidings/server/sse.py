@@ -470,7 +470,9 @@ class SSEEndpoint:
 
     def parse(self, scope: Scope) -> tuple[ops.Caller, list[str], dict[str, Position]]:
         """Return the caller, channels and cursor of a request, or raise a TidingsError."""
-        caller = ops.Caller(self.hub, self.authority, self.authority.principal(scope))
+        caller = ops.Caller(
+            self.hub, self.authority, self.authority.principal(scope), self.authority.peer(scope)
+        )
         path_channel = scope.get("path_params", {}).get("channel")
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         if path_channel is not None:

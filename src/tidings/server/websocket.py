@@ -131,7 +131,9 @@ class WebSocketEndpoint:
         Raises:
             TidingsError: a refused credential or channel, or bad input.
         """
-        caller = ops.Caller(self.hub, self.authority, self.authority.principal(scope))
+        caller = ops.Caller(
+            self.hub, self.authority, self.authority.principal(scope), self.authority.peer(scope)
+        )
         if caller.principal.kind is Kind.ANONYMOUS and not self.authority.admits_anonymous():
             raise Unauthorized("missing", "this server needs a token or an API key")
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
