@@ -1,8 +1,9 @@
 """The ``tidings`` command: serve, publish, listen, token, bench.
 
 ``tidings serve`` runs the ASGI app on uvicorn (uvloop, httptools) with the
-fast write path; it refuses to listen beyond loopback with no authentication
-configured unless anonymous access is asked for. ``publish`` and ``listen``
+fast write path, or with ``--http2`` on Hypercorn over TLS; it refuses to
+listen beyond loopback with no authentication configured unless anonymous
+access is asked for. ``publish`` and ``listen``
 talk to a running server; ``token`` mints a development token.
 """
 
@@ -79,6 +80,14 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="serve a non-loopback --host with no authentication configured",
     )
+    serve.add_argument(
+        "--http2",
+        action="store_true",
+        default=None,
+        help="serve HTTP/2 and HTTP/1.1 over TLS on Hypercorn (needs --certfile and --keyfile)",
+    )
+    serve.add_argument("--certfile", metavar="FILE", help="TLS certificate chain (PEM)")
+    serve.add_argument("--keyfile", metavar="FILE", help="TLS private key (PEM)")
 
     publish = commands.add_parser("publish", help="publish an event to a running server")
     publish.add_argument("channel")
@@ -167,6 +176,9 @@ def _serve(args: argparse.Namespace) -> int:
             fast_write=args.fast_write,
             demo=args.demo,
             allow_anonymous=args.allow_anonymous,
+            http2=args.http2,
+            certfile=args.certfile,
+            keyfile=args.keyfile,
         )
     except SettingsError as exc:
         print(f"tidings: {exc}", file=sys.stderr)
@@ -194,8 +206,34 @@ def _serve(args: argparse.Namespace) -> int:
         if problem:
             print(f"tidings: {problem}", file=sys.stderr)
             return 1
+    if settings.http2:
+        return _serve_h2(app, settings)
     config = uvicorn_config(app, settings, loop="uvloop")
     uvicorn.Server(config).run()
+    return 0
+
+
+def _serve_h2(app: Any, settings: Any) -> int:
+    """Serve on Hypercorn over TLS (HTTP/2 and HTTP/1.1); imported only here."""
+    from tidings.settings import SettingsError
+
+    try:
+        from tidings.server.serve_h2 import hypercorn_config, serve_h2
+    except ImportError as exc:
+        print(f"tidings: {exc} (install the extra: pip install 'tidings[http2]')", file=sys.stderr)
+        return 2
+    try:
+        config = hypercorn_config(settings)
+    except SettingsError as exc:
+        print(f"tidings: {exc}", file=sys.stderr)
+        return 2
+    import uvloop
+
+    try:
+        uvloop.run(serve_h2(app, settings, config))
+    except OSError as exc:
+        print(f"tidings: cannot serve on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -97,6 +97,10 @@ class Settings:
     allow_anonymous: bool = False
     # Client addresses: proxies whose X-Forwarded-For is believed.
     trusted_proxies: str = ""
+    # HTTP/2: TLS on Hypercorn instead of uvicorn (server/serve_h2.py).
+    http2: bool = False
+    certfile: str = ""
+    keyfile: str = ""
     namespaces: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     llm: LLMConfig = field(default_factory=lambda: LLMConfig.from_table({}))
 
@@ -140,9 +144,19 @@ class Settings:
         self.api_key_map()
         self.cors_origin_list()
         self.trusted_networks()
+        self._check_http2()
         if not isinstance(self.llm, LLMConfig):
             raise SettingsError("llm must be an LLMConfig (LLMConfig.from_table reads a table)")
         self.namespace_options()  # refuse bad namespace tables now, not at first use
+
+    def _check_http2(self) -> None:
+        if self.http2 and not (self.certfile and self.keyfile):
+            raise SettingsError("http2 needs certfile and keyfile: HTTP/2 is served over TLS only")
+        if not self.http2 and (self.certfile or self.keyfile):
+            raise SettingsError(
+                "certfile and keyfile are used with http2 only; without it, terminate TLS "
+                "in a proxy in front of Tidings"
+            )
 
     @property
     def authentication(self) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from tests.support.env import TIMEOUT
+from tests.support.tls import TLSFiles
 from tidings.testing import free_port
 
 
@@ -21,7 +22,8 @@ class ServerProcess:
     """Start, restart and stop ``python -m tidings serve`` as a user would run it.
 
     Settings come from ``env`` (``TIDINGS_*`` variables) and ``config`` (TOML
-    text written to a temporary file). The process is stopped by its PID.
+    text written to a temporary file). With ``tls``, it serves HTTP/2 over
+    TLS (``--http2``) at an ``https://`` URL. The process is stopped by its PID.
     """
 
     def __init__(
@@ -31,11 +33,15 @@ class ServerProcess:
         config: str | None = None,
         args: Sequence[str] = (),
         port: int | None = None,
+        tls: TLSFiles | None = None,
     ) -> None:
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.env = {**os.environ, "TIDINGS_LOG_LEVEL": "warning", **(env or {})}
         self.args = list(args)
+        if tls is not None:
+            self.args += ["--http2", "--certfile", str(tls.cert), "--keyfile", str(tls.key)]
         self._dir = tempfile.TemporaryDirectory(prefix="tidings-test-")
         if config is not None:
             path = Path(self._dir.name) / "tidings.toml"
@@ -51,11 +57,12 @@ class ServerProcess:
                 command, env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + TIMEOUT * 3
+        verify = self.tls.client_context() if self.tls else True
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
             try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/healthz", timeout=1, verify=verify).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass

@@ -33,7 +33,7 @@ FENCED = {
     "httpx": ("client/", "llm/providers/openai.py", "cli.py", "bench.py"),
     "websockets": ("client/socket.py", "server/fastwrite.py", "bench.py"),
     "uvicorn": ("cli.py", "testing.py", "server/fastwrite.py", "server/serve.py"),
-    "hypercorn": ("cli.py",),
+    "hypercorn": ("cli.py", "server/serve_h2.py"),
     "rich": ("cli.py",),
     "asyncio": ("hub/", "llm/", "jobs/", "server/", "client/", "cli.py", "testing.py", "bench.py"),
 }

@@ -272,3 +272,29 @@ def test_llm_secrets_stay_out_of_the_settings_repr() -> None:
     text = repr(Settings(llm=llm))
     assert "upstream" in text
     assert "1234567" not in text
+
+
+def test_http2_settings_from_file_and_environment(tmp_path: Path) -> None:
+    assert (Settings().http2, Settings().certfile, Settings().keyfile) == (False, "", "")
+    path = tmp_path / "tidings.toml"
+    path.write_text('http2 = true\ncertfile = "/etc/tidings/cert.pem"\n')
+    settings = load_settings(path, env={"TIDINGS_KEYFILE": "/etc/tidings/key.pem"})
+    assert (settings.http2, settings.certfile, settings.keyfile) == (
+        True,
+        "/etc/tidings/cert.pem",
+        "/etc/tidings/key.pem",
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TIDINGS_HTTP2": "1"}, "http2 needs certfile and keyfile"),
+        ({"TIDINGS_HTTP2": "1", "TIDINGS_CERTFILE": "c.pem"}, "http2 needs certfile and keyfile"),
+        ({"TIDINGS_CERTFILE": "c.pem", "TIDINGS_KEYFILE": "k.pem"}, "used with http2 only"),
+        ({"TIDINGS_HTTP2": "maybe"}, "TIDINGS_HTTP2: http2 must be true or false"),
+    ],
+)
+def test_bad_http2_settings_are_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        load_settings(env=env)
