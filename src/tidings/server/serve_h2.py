@@ -17,6 +17,9 @@ import asyncio
 import logging
 import signal
 import ssl
+from asyncio import AbstractEventLoop
+from collections.abc import Callable
+from typing import Any
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
@@ -31,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 #: Seconds open connections get to finish on shutdown, as on uvicorn.
 GRACEFUL_SECONDS = 5.0
+_ExceptionHandler = Callable[[AbstractEventLoop, dict[str, Any]], None]
 #: Extra seconds after which a shutdown that still waits on connections is cut short.
 _SHUTDOWN_MARGIN = 1.0
 
@@ -51,10 +55,9 @@ def hypercorn_config(settings: Settings) -> Config:
     config.graceful_timeout = GRACEFUL_SECONDS
     config.backlog = 4096
     config.websocket_max_message_size = settings.ws_max_frame_bytes
-    # No protocol pings: Hypercorn's ping loop outlives each closed WebSocket by up
-    # to a ping period and has no pong timeout. On this plain ASGI path, Tidings
-    # closes a peer whose sends stay blocked for ws_ping_interval + ws_pong_timeout.
-    config.websocket_ping_interval = None
+    # Hypercorn has no pong timeout; on this plain ASGI path Tidings also closes
+    # a peer whose sends stay blocked for ws_ping_interval + ws_pong_timeout.
+    config.websocket_ping_interval = settings.ws_ping_interval
     # Records go through `logging`, at the level `tidings serve` set.
     config.errorlog = logging.getLogger("hypercorn.error")
     config.accesslog = logging.getLogger("hypercorn.access")
@@ -95,6 +98,7 @@ async def serve_h2(app: Starlette, settings: Settings, config: Config | None = N
     signals = (signal.SIGINT, signal.SIGTERM)
     for number in signals:
         loop.add_signal_handler(number, stop.set)
+    loop.set_exception_handler(_quiet_when_stopping(stop))
     try:
         async with app.router.lifespan_context(app):
             serving = loop.create_task(
@@ -112,6 +116,23 @@ async def serve_h2(app: Starlette, settings: Settings, config: Config | None = N
     finally:
         for number in signals:
             loop.remove_signal_handler(number)
+
+
+def _quiet_when_stopping(stop: asyncio.Event) -> _ExceptionHandler:
+    """An event-loop exception handler that drops cancellations once shutdown has begun.
+
+    Connections still open at the end of the graceful period are cancelled
+    (a WebSocket closed during the last ping period still has Hypercorn's
+    ping loop waiting), also while the loop closes; asyncio reports each as
+    an error. They are expected. It stays installed until the loop ends.
+    """
+
+    def handle(loop: AbstractEventLoop, context: dict[str, Any]) -> None:
+        if stop.is_set() and isinstance(context.get("exception"), asyncio.CancelledError):
+            return
+        loop.default_exception_handler(context)
+
+    return handle
 
 
 async def _finished(serving: asyncio.Task[None], stopping: bool) -> None:

@@ -24,13 +24,15 @@ def settings(tls: TLSFiles, **values: Any) -> Settings:
 
 
 def test_the_settings_map_onto_hypercorn(tls: TLSFiles) -> None:
-    config = hypercorn_config(settings(tls, port=8443, ws_max_frame_bytes=4096))
+    config = hypercorn_config(
+        settings(tls, port=8443, ws_max_frame_bytes=4096, ws_ping_interval=7.0)
+    )
     assert config.bind == ["127.0.0.1:8443"]
     assert config.alpn_protocols == ["h2", "http/1.1"]
     assert (config.certfile, config.keyfile) == (str(tls.cert), str(tls.key))
     assert config.graceful_timeout == GRACEFUL_SECONDS
     assert config.websocket_max_message_size == 4096
-    assert config.websocket_ping_interval is None
+    assert config.websocket_ping_interval == 7.0
     assert isinstance(config.errorlog, logging.Logger)
     assert hypercorn_config(settings(tls, host="::1", port=8443)).bind == ["[::1]:8443"]
 
