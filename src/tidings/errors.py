@@ -6,7 +6,8 @@
     ├── ProtocolError                     malformed input on the wire (.code)
     │   ├── FrameTooLarge                 (.size, .limit)
     │   ├── UnknownOp                     (.op)
-    │   ├── RateLimited                   more commands than a connection may send (.limit)
+    │   ├── RateLimited                   over a command or publish rate (.limit, .retry_after)
+    │   ├── IntegerOutOfRange(…, ValueError)  an integer JSON/MessagePack data cannot keep (.text)
     │   ├── InvalidCursor(…, ValueError)  a resume cursor that cannot be read (.cursor, .reason)
     │   └── InvalidChatRequest(…, ValueError)  a chat completion request refused (.param)
     ├── InvalidChannel(…, ValueError)     (.channel, .reason)
@@ -15,7 +16,8 @@
     ├── PermissionDenied                  (.channel, .action): the namespace forbids the action
     ├── PublishError                      a publish did not happen; nothing was half-applied
     │   ├── BackendUnavailable            the backend is down or timing out (.backend)
-    │   └── PublishRejected               client: the server refused a publish (.status, .code)
+    │   ├── ShuttingDown                  the server is draining (.retry_after)
+    │   └── PublishRejected               client: a publish refused (.status, .code, .retry_after)
     ├── SubscriptionClosed                the hub ended a subscription (.reason)
     ├── AlreadySubscribed                 a subscription already receives the channel (.channel)
     ├── ConnectionClosed                  client: server closed (.close_code, .reason, .reconnect)
@@ -40,6 +42,7 @@ __all__ = [
     "BackendUnavailable",
     "ConnectionClosed",
     "FrameTooLarge",
+    "IntegerOutOfRange",
     "InvalidChannel",
     "InvalidChatRequest",
     "InvalidCursor",
@@ -53,6 +56,7 @@ __all__ = [
     "ReconnectExhausted",
     "RequestTimeout",
     "ServerUnavailable",
+    "ShuttingDown",
     "StreamRejected",
     "SubscriptionClosed",
     "TidingsError",
@@ -64,9 +68,14 @@ __all__ = [
 
 
 class TidingsError(Exception):
-    """Root of every error raised by Tidings."""
+    """Root of every error raised by Tidings.
+
+    ``retry_after`` is the seconds after which the same request may succeed,
+    when the refusal says so (a rate limit, a server draining), else None.
+    """
 
     code: str = "internal"
+    retry_after: float | None = None
 
 
 class ProtocolError(TidingsError):
@@ -107,17 +116,52 @@ class UnknownOp(ProtocolError):
 
 
 class RateLimited(ProtocolError):
-    """A connection sent more commands than its rate limit allows.
+    """More commands or publishes than a rate limit allows.
 
-    ``limit`` is the allowed rate in commands per second. A WebSocket client
-    that keeps sending past it is closed with 4029 (reconnect later).
+    ``limit`` is the allowed rate per second. ``retry_after`` is the number
+    of seconds after which the refused request would be admitted (None when
+    unknown): HTTP answers carry it as ``Retry-After``, WebSocket error
+    replies as ``retry_after``. A WebSocket client that keeps sending
+    commands far past ``ws_rate_limit`` is closed with 4029 (reconnect later).
     """
 
     code = "rate_limited"
 
-    def __init__(self, limit: float) -> None:
-        super().__init__(f"more than {limit:g} commands per second")
+    def __init__(
+        self,
+        limit: float,
+        *,
+        retry_after: float | None = None,
+        what: str = "commands",
+        scope: str = "",
+    ) -> None:
+        message = f"more than {limit:g} {what} per second{' ' + scope if scope else ''}"
+        if retry_after is not None:
+            message += f"; retry in {retry_after:.2g} s"
+        super().__init__(message)
         self.limit = limit
+        self.retry_after = retry_after
+
+
+class IntegerOutOfRange(ProtocolError, ValueError):
+    """An integer outside [-2**63, 2**64-1], the range JSON and MessagePack data keep.
+
+    A server that stored it would change its value (orjson reads it as a
+    float) or fail to send it on, so it is refused whole. ``text`` is the
+    integer's start. ``code`` is ``invalid_json`` (``invalid_msgpack`` when
+    MessagePack cannot encode it).
+    """
+
+    code = "invalid_json"
+
+    def __init__(self, text: str, *, code: str | None = None) -> None:
+        shown = text if len(text) <= 24 else text[:20] + "..."
+        super().__init__(
+            f"the integer {shown} is outside [-2**63, 2**64-1], the range of integers "
+            "Tidings keeps exactly; send it as a string",
+            code=code,
+        )
+        self.text = text
 
 
 class InvalidCursor(ProtocolError, ValueError):
@@ -204,21 +248,41 @@ class BackendUnavailable(PublishError):
         self.backend = backend
 
 
+class ShuttingDown(PublishError):
+    """The server is draining before it stops: it accepts no more publishes.
+
+    Nothing was published; publish again to another node or after
+    ``retry_after`` seconds (HTTP 503 with ``Retry-After``).
+    """
+
+    code = "unavailable"
+
+    def __init__(self, retry_after: float = 1.0) -> None:
+        super().__init__("the server is shutting down and accepts no publishes")
+        self.retry_after = retry_after
+
+
 class PublishRejected(PublishError):
     """Client side: the server answered a publish with an error; nothing was published.
 
     ``status`` is the HTTP status and ``code`` the server's error code (for
-    example ``"invalid_channel"``, ``"permission_denied"`` or, with Redis
-    down, ``"unavailable"``); ``message`` is the server's explanation.
+    example ``"invalid_channel"``, ``"permission_denied"``,
+    ``"rate_limited"`` or, with Redis down or the server shutting down,
+    ``"unavailable"``); ``message`` is the server's explanation.
+    ``retry_after`` is the seconds the server asked to wait (its
+    ``Retry-After``), or None.
     """
 
     code = "publish_failed"
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, *, retry_after: float | None = None
+    ) -> None:
         super().__init__(f"publish failed with {status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after = retry_after
 
 
 class SubscriptionClosed(TidingsError):
@@ -311,13 +375,18 @@ class RequestTimeout(TidingsError, TimeoutError):
 
 
 class QueueFull(TidingsError):
-    """A bounded queue (offline publishes, jobs) is full."""
+    """A bounded queue (offline publishes, jobs, generations) is full.
+
+    ``per_client`` tells that the bound is one client's share, not the whole
+    server's.
+    """
 
     code = "queue_full"
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"queue is full ({limit} items)")
+    def __init__(self, limit: int, *, per_client: bool = False) -> None:
+        super().__init__(f"queue is full ({limit} items{' for this client' if per_client else ''})")
         self.limit = limit
+        self.per_client = per_client
 
 
 class UpstreamError(TidingsError):

@@ -21,8 +21,15 @@ from typing import Any, TypeAlias
 import msgpack
 import orjson
 
-from tidings.errors import FrameTooLarge, InvalidChannel, ProtocolError, UnknownOp
+from tidings.errors import (
+    FrameTooLarge,
+    IntegerOutOfRange,
+    InvalidChannel,
+    ProtocolError,
+    UnknownOp,
+)
 from tidings.types import Position
+from tidings.wire import json as tjson
 from tidings.wire.codes import ErrorCode
 from tidings.wire.json import dumps_kept
 
@@ -46,6 +53,7 @@ __all__ = [
     "Subscribe",
     "Unsubscribe",
     "batch",
+    "big_integer",
     "check_size",
     "decode_command",
     "encode_command",
@@ -211,11 +219,16 @@ class Reply:
 
 @dataclass(frozen=True, slots=True)
 class ErrorReply:
-    """A refusal: ``{"id": …, "error": {"code": …, "message": …}}``."""
+    """A refusal: ``{"id": …, "error": {"code": …, "message": …}}``.
+
+    ``retry_after`` (seconds) is in the error object when the refusal is
+    temporary and says when to try again (``rate_limited``, ``unavailable``).
+    """
 
     id: RequestId
     code: str
     message: str
+    retry_after: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,22 +263,52 @@ def _msgpack_default(value: object) -> object:
 
 
 def encode_message(document: Any, fmt: Format) -> bytes:
-    """Encode a message (a dict, list or value that may hold :class:`Raw` data)."""
-    if fmt is Format.JSON:
-        return orjson.dumps(
-            document, default=_json_default, option=orjson.OPT_PASSTHROUGH_DATACLASS
-        )
-    packed: bytes = msgpack.packb(document, default=_msgpack_default, use_bin_type=True)
-    return packed
+    """Encode a message (a dict, list or value that may hold :class:`Raw` data).
+
+    Raises:
+        IntegerOutOfRange: an integer outside [-2**63, 2**64-1], which
+            neither JSON as Tidings reads it nor MessagePack keeps.
+        TypeError: a value that cannot be encoded.
+    """
+    try:
+        if fmt is Format.JSON:
+            return orjson.dumps(
+                document, default=_json_default, option=orjson.OPT_PASSTHROUGH_DATACLASS
+            )
+        packed: bytes = msgpack.packb(document, default=_msgpack_default, use_bin_type=True)
+        return packed
+    except (TypeError, OverflowError) as exc:
+        big = big_integer(document)
+        if big is None:
+            raise
+        code = ErrorCode.INVALID_JSON if fmt is Format.JSON else ErrorCode.INVALID_MSGPACK
+        raise IntegerOutOfRange(str(big), code=code) from exc
+
+
+def big_integer(value: Any, depth: int = 0) -> int | None:
+    """The first integer outside [-2**63, 2**64-1] in a value (dicts, lists, tuples), or None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return None if tjson.in_range(value) else value
+    if depth > 1024:
+        return None
+    if isinstance(value, dict):
+        value = value.values()
+    elif not isinstance(value, list | tuple):
+        return None
+    for item in value:
+        found = big_integer(item, depth + 1)
+        if found is not None:
+            return found
+    return None
 
 
 def encode_reply(reply: Reply | ErrorReply, fmt: Format) -> bytes:
     """Encode a reply's payload (not yet framed)."""
     if isinstance(reply, ErrorReply):
-        document: dict[str, Any] = {
-            "id": reply.id,
-            "error": {"code": reply.code, "message": reply.message},
-        }
+        error: dict[str, Any] = {"code": reply.code, "message": reply.message}
+        if reply.retry_after is not None:
+            error["retry_after"] = reply.retry_after
+        document: dict[str, Any] = {"id": reply.id, "error": error}
     else:
         document = {"id": reply.id, "ok": True, "result": reply.result}
     return encode_message(document, fmt)
@@ -400,12 +443,14 @@ def load(data: str | bytes, fmt: Format) -> Any:
         ProtocolError: the frame type does not match the format
             (``bad_request``) or the payload is not valid JSON
             (``invalid_json``) or MessagePack (``invalid_msgpack``).
+        IntegerOutOfRange: a JSON integer outside [-2**63, 2**64-1]
+            (MessagePack cannot carry one).
     """
     if fmt is Format.JSON:
         if not isinstance(data, str):
             raise ProtocolError(f"{fmt.subprotocol} messages are text frames, not binary")
         try:
-            return orjson.loads(data)
+            return tjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise ProtocolError(f"not valid JSON: {exc}", code=ErrorCode.INVALID_JSON) from exc
     if not isinstance(data, bytes | bytearray):

@@ -90,6 +90,12 @@ def test_replies(fmt: Format) -> None:
     assert loads(error, fmt) == {"id": "x", "error": {"code": "bad_request", "message": "nope"}}
     anonymous = protocol.encode_reply(protocol.ErrorReply(None, "invalid_json", "?"), fmt)
     assert loads(anonymous, fmt)["id"] is None
+    limited = protocol.encode_reply(protocol.ErrorReply(2, "rate_limited", "slow", 0.25), fmt)
+    assert loads(limited, fmt)["error"] == {
+        "code": "rate_limited",
+        "message": "slow",
+        "retry_after": 0.25,
+    }
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
