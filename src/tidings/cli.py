@@ -158,10 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from tidings.server.app import create_app
-    from tidings.server.serve import uvicorn_config
+    from tidings.server.serve import Server, uvicorn_config
     from tidings.settings import SettingsError, load_settings
 
     try:
@@ -209,7 +207,7 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.http2:
         return _serve_h2(app, settings)
     config = uvicorn_config(app, settings, loop="uvloop")
-    uvicorn.Server(config).run()
+    Server(config).run()
     return 0
 
 

@@ -101,6 +101,13 @@ class Settings:
     http2: bool = False
     certfile: str = ""
     keyfile: str = ""
+    # Publish rates: token buckets (publishes per second, 0 = no limit) per WebSocket
+    # connection, per client address and per token subject; API keys are exempt.
+    publish_rate_per_connection: float = 100.0
+    publish_rate_per_address: float = 1000.0
+    publish_rate_per_principal: float = 1000.0
+    publish_burst: float = 2.0
+    publish_rate_clients: int = 100_000
     namespaces: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     llm: LLMConfig = field(default_factory=lambda: LLMConfig.from_table({}))
 
@@ -131,6 +138,17 @@ class Settings:
                 raise SettingsError(f"{name} must be > 0 seconds")
         if self.ws_rate_limit <= 0:
             raise SettingsError("ws_rate_limit must be > 0 commands per second")
+        for name in (
+            "publish_rate_per_connection",
+            "publish_rate_per_address",
+            "publish_rate_per_principal",
+        ):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name} must be >= 0 publishes per second (0: no limit)")
+        if self.publish_burst <= 0:
+            raise SettingsError("publish_burst must be > 0 seconds")
+        if self.publish_rate_clients <= 0:
+            raise SettingsError("publish_rate_clients must be > 0")
         if self.history_size < 0:
             raise SettingsError("history_size must be >= 0")
         if self.jwt_secret and len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:

@@ -18,11 +18,10 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator
 
-import uvicorn
 from starlette.types import ASGIApp
 
 from tidings.server.app import create_app
-from tidings.server.serve import uvicorn_config
+from tidings.server.serve import Server, uvicorn_config
 from tidings.settings import Settings
 
 __all__ = ["free_port", "run_server"]
@@ -53,7 +52,7 @@ async def run_server(
     sock.bind((host, 0))
     port = sock.getsockname()[1]
     config = uvicorn_config(app, settings, fast_write=fast_write)
-    server = uvicorn.Server(config)
+    server = Server(config)
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
     try:
         async with asyncio.timeout(startup_timeout):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import inspect
 
+import orjson
+
 import tidings.errors as errors
-from tidings.server.errors import ERRORS, close_code, http_status
+from tidings.server.errors import ERRORS, close_code, error_response, http_status
 from tidings.wire.codes import CloseCode, ErrorCode
 
 
@@ -33,6 +35,30 @@ def test_http_statuses() -> None:
     assert http_status(errors.BackendUnavailable("redis")) == 503
     assert http_status(errors.ProtocolError("x", code="unsupported_media_type")) == 415
     assert http_status(errors.TidingsError("?")) == 500
+
+
+def test_temporary_refusals_say_when_to_retry() -> None:
+    limited = errors.RateLimited(10, retry_after=0.25, what="publishes", scope="per client address")
+    assert http_status(limited) == 429
+    assert limited.retry_after == 0.25
+    assert "10 publishes per second per client address" in str(limited)
+    response = error_response(limited)
+    assert response.headers["retry-after"] == "1"
+    assert orjson.loads(response.body)["error"]["code"] == "rate_limited"
+    assert error_response(errors.RateLimited(1, retry_after=2.5)).headers["retry-after"] == "3"
+    assert "retry-after" not in error_response(errors.RateLimited(1)).headers
+    draining = errors.ShuttingDown()
+    assert (http_status(draining), draining.code, draining.retry_after) == (503, "unavailable", 1.0)
+    assert isinstance(draining, errors.PublishError)
+    assert error_response(draining).headers["retry-after"] == "1"
+    assert close_code(draining) == CloseCode.SHUTDOWN
+
+
+def test_big_integers_are_a_protocol_error() -> None:
+    refused = errors.IntegerOutOfRange("1" * 40)
+    assert (http_status(refused), refused.code) == (400, "invalid_json")
+    assert "1111111111..." in str(refused)
+    assert isinstance(refused, ValueError)
 
 
 def test_close_codes() -> None:

@@ -65,6 +65,7 @@ _SCALARS: dict[str, type] = {
     "ttl": float,
     "history_size": int,
     "max_generations": int,
+    "max_generations_per_client": int,
     "max_messages": int,
     "max_tokens": int,
     "max_body_bytes": int,
@@ -176,6 +177,7 @@ class LLMConfig:
     ttl: float = 600.0
     history_size: int = 100_000
     max_generations: int = 256
+    max_generations_per_client: int = 32
     max_messages: int = 1024
     max_tokens: int = 32768
     max_body_bytes: int = 1024 * 1024
@@ -187,7 +189,13 @@ class LLMConfig:
             raise ValueError("llm.grace must be >= 0 seconds")
         if self.ttl <= 0:
             raise ValueError("llm.ttl must be > 0 seconds")
-        for name in ("history_size", "max_generations", "max_messages", "max_tokens"):
+        for name in (
+            "history_size",
+            "max_generations",
+            "max_generations_per_client",
+            "max_messages",
+            "max_tokens",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"llm.{name} must be > 0")
         if self.max_body_bytes <= 0:

@@ -275,6 +275,9 @@ class Relay:
         cancel_unheard: Whether unheard generations are cancelled at all.
         ttl: Seconds a finished generation stays known.
         max_generations: Generations that may run at once; more raise QueueFull.
+        max_per_client: Generations one client (the ``client`` given to
+            :meth:`start`) may run at once; more raise QueueFull with
+            ``per_client``. None: no bound per client.
     """
 
     def __init__(
@@ -286,6 +289,7 @@ class Relay:
         cancel_unheard: bool = True,
         ttl: float = 600.0,
         max_generations: int = 256,
+        max_per_client: int | None = None,
     ) -> None:
         self.hub = hub
         self.router = router
@@ -293,6 +297,10 @@ class Relay:
         self.cancel_unheard = cancel_unheard
         self.ttl = ttl
         self.max_generations = max_generations
+        self.max_per_client = max_per_client
+        #: Running generations by client, for ``max_per_client``.
+        self._by_client: dict[str, int] = {}
+        self._clients: dict[Generation, str] = {}
         self._generations: dict[str, Generation] = {}
         self._running: set[Generation] = set()
         self._expiry: dict[str, asyncio.TimerHandle] = {}
@@ -302,20 +310,28 @@ class Relay:
         self._rates: deque[float] = deque(maxlen=RECENT)
         self._control = RelayControl(hub, on_cancel=self._remote_cancel, on_heard=self._heard)
 
-    async def start(self, request: ChatRequest, *, owner: str = ANONYMOUS_OWNER) -> Generation:
+    async def start(
+        self, request: ChatRequest, *, owner: str = ANONYMOUS_OWNER, client: str | None = None
+    ) -> Generation:
         """Start a generation for ``request`` and return it.
 
         Args:
             request: The validated request.
             owner: The identity it belongs to (see *Ownership* above).
+            client: Who counts against ``max_per_client`` (a subject, an
+                address); None counts against no client's share.
 
         Raises:
             InvalidChatRequest: no provider serves the requested model.
-            QueueFull: ``max_generations`` are running already.
+            QueueFull: ``max_generations`` are running already, or
+                ``max_per_client`` of this client's (``per_client``).
             BackendUnavailable: the hub's backend cannot be reached.
         """
         if len(self._running) >= self.max_generations:
             raise QueueFull(self.max_generations)
+        limit = self.max_per_client
+        if client is not None and limit is not None and self._by_client.get(client, 0) >= limit:
+            raise QueueFull(limit, per_client=True)
         provider = self.router.provider_for(request.model)
         await self._control.start()  # before any DELETE from elsewhere can name it
         generation_id = "chatcmpl-" + secrets.token_hex(ID_BYTES)
@@ -326,6 +342,9 @@ class Relay:
         )
         self._generations[generation_id] = generation
         self._running.add(generation)
+        if client is not None:
+            self._clients[generation] = client
+            self._by_client[client] = self._by_client.get(client, 0) + 1
         self._counts[Status.RUNNING] += 1
         generation.task = asyncio.get_running_loop().create_task(
             self._run(generation, request), name=f"tidings-llm-{generation_id}"
@@ -493,6 +512,13 @@ class Relay:
 
     def _finished(self, generation: Generation) -> None:
         self._running.discard(generation)
+        client = self._clients.pop(generation, None)
+        if client is not None:
+            left = self._by_client[client] - 1
+            if left:
+                self._by_client[client] = left
+            else:
+                del self._by_client[client]
         self._counts[generation.status] += 1
         first, last = generation.first_token_at, generation.last_token_at
         if first is not None:

@@ -256,7 +256,10 @@ class Connection:
             self.subscription.wakeup()
 
     def send_error(self, request: protocol.RequestId, exc: TidingsError) -> None:
-        self.send_reply(protocol.ErrorReply(request, exc.code, str(exc)))
+        retry_after = exc.retry_after
+        if retry_after is not None:
+            retry_after = round(retry_after, 3) or 0.001
+        self.send_reply(protocol.ErrorReply(request, exc.code, str(exc), retry_after))
 
     # -- commands ----------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from tidings.server import ops
 from tidings.server.auth import Action
 from tidings.server.state import ServerState
 from tidings.types import Position
-from tidings.wire import protocol
+from tidings.wire import json, protocol
 from tidings.wire.codes import ErrorCode
 from tidings.wire.cursor import decode_cursor
 from tidings.wire.protocol import MAX_HISTORY_LIMIT
@@ -53,7 +53,11 @@ def _caller(request: Request) -> ops.Caller:
     state = _state(request)
     authority = state.authority
     return ops.Caller(
-        state.hub, authority, authority.principal(request.scope), authority.peer(request.scope)
+        state.hub,
+        authority,
+        authority.principal(request.scope),
+        authority.peer(request.scope),
+        state.gate,
     )
 
 
@@ -80,7 +84,7 @@ def _media_type(request: Request) -> str:
 def _publish_json(body: bytes, key: str | None) -> protocol.Publish:
     """A JSON body as the same command a WebSocket ``publish`` is."""
     try:
-        document = orjson.loads(body)
+        document = json.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ProtocolError(f"body is not valid JSON: {exc}", code=ErrorCode.INVALID_JSON) from exc
     if not isinstance(document, dict):

@@ -25,6 +25,7 @@ from tidings.server.browser import browser_middleware
 from tidings.server.errors import error_response
 from tidings.server.llm import ChatCompletions, StreamView, list_models
 from tidings.server.peer import Peers
+from tidings.server.rates import PublishGate, PublishRates
 from tidings.server.sse import SSEEndpoint, SSEKeepalive
 from tidings.server.state import ServerState
 from tidings.server.websocket import WebSocketEndpoint
@@ -96,6 +97,17 @@ def build_authority(settings: Settings, namespaces: Namespaces) -> Authority:
     )
 
 
+def publish_rates(settings: Settings) -> PublishRates:
+    """The publish rate limits that ``settings`` configure."""
+    return PublishRates(
+        connection=settings.publish_rate_per_connection,
+        address=settings.publish_rate_per_address,
+        principal=settings.publish_rate_per_principal,
+        burst=settings.publish_burst,
+        clients=settings.publish_rate_clients,
+    )
+
+
 async def _tidings_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TidingsError)
     return error_response(exc)
@@ -134,13 +146,19 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Star
             cancel_unheard=llm.cancel_unheard,
             ttl=llm.ttl,
             max_generations=llm.max_generations,
+            max_per_client=llm.max_generations_per_client,
         )
         if llm.enabled
         else None
     )
     authority = build_authority(settings, hub.namespaces)
     state = ServerState(
-        hub=hub, settings=settings, keepalive=keepalive, authority=authority, relay=relay
+        hub=hub,
+        settings=settings,
+        keepalive=keepalive,
+        authority=authority,
+        relay=relay,
+        gate=PublishGate(publish_rates(settings)),
     )
     sse = SSEEndpoint(
         hub,
@@ -159,6 +177,7 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Star
         ping_interval=settings.ws_ping_interval,
         pong_timeout=settings.ws_pong_timeout,
         on_open=state.counter("ws"),
+        gate=state.gate,
     )
 
     @contextlib.asynccontextmanager
@@ -168,10 +187,7 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Star
         try:
             yield
         finally:
-            if relay is not None:
-                await relay.aclose()  # publishes each running generation's end first
-            if owns_hub:
-                await hub.aclose()
+            await state.shutdown(close_hub=owns_hub)
 
     routes: list[BaseRoute] = [
         Route("/sse", sse, methods=["GET"]),

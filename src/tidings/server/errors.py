@@ -29,6 +29,7 @@ from tidings.errors import (
     PublishError,
     QueueFull,
     RateLimited,
+    ShuttingDown,
     StreamRejected,
     SubscriptionClosed,
     TidingsError,
@@ -36,6 +37,7 @@ from tidings.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from tidings.server.rates import retry_seconds
 from tidings.wire.codes import CloseCode, ErrorCode
 
 __all__ = [
@@ -67,6 +69,7 @@ ERRORS: tuple[tuple[type[TidingsError], int, CloseCode], ...] = (
     (Unauthorized, 401, CloseCode.UNAUTHORIZED),
     (PermissionDenied, 403, CloseCode.BAD_REQUEST),
     (BackendUnavailable, 503, CloseCode.INTERNAL_ERROR),
+    (ShuttingDown, 503, CloseCode.SHUTDOWN),
     (PublishError, 500, CloseCode.INTERNAL_ERROR),
     (QueueFull, 429, CloseCode.BAD_REQUEST),
     (UpstreamTimeout, 504, CloseCode.INTERNAL_ERROR),
@@ -105,9 +108,14 @@ def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
     return {"error": {"code": code, "message": message}}
 
 
-def error_headers(status: int) -> dict[str, str]:
-    """Headers an error answer of ``status`` must carry: the challenge of a 401."""
-    return dict([CHALLENGE]) if status == 401 else {}
+def error_headers(status: int, exc: TidingsError | None = None) -> dict[str, str]:
+    """Headers an error answer of ``status`` must carry: the challenge of a 401, and
+    ``Retry-After`` (whole seconds, at least 1) when ``exc`` says when to retry."""
+    headers = dict([CHALLENGE]) if status == 401 else {}
+    retry_after = exc.retry_after if exc is not None else None
+    if retry_after is not None:
+        headers["retry-after"] = str(retry_seconds(retry_after))
+    return headers
 
 
 def error_response(
@@ -128,5 +136,5 @@ def error_response(
     return JSONResponse(
         error_body(str(code), message or ""),
         status_code=status,
-        headers=error_headers(status) | dict(headers or {}),
+        headers=error_headers(status, exc) | dict(headers or {}),
     )

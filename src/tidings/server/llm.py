@@ -53,6 +53,7 @@ from tidings.server.sse import SSE_FRAME, SSE_HEADERS, watch_disconnect
 from tidings.types import Position
 from tidings.wire.codes import ErrorCode
 from tidings.wire.cursor import decode_cursor, encode_cursor
+from tidings.wire.json import loads as loads_json
 from tidings.wire.sse import PING, encode_data, encode_event
 
 __all__ = ["ChatCompletions", "StreamView", "list_models", "openai_error", "refusal"]
@@ -105,7 +106,8 @@ def refusal(exc: TidingsError) -> Response:
         code = ErrorCode.INVALID_VALUE
     elif isinstance(exc, QueueFull):
         code = ErrorCode.TOO_MANY_GENERATIONS
-        message = f"too many generations are running (at most {exc.limit})"
+        who = " for this client" if exc.per_client else ""
+        message = f"too many generations are running{who} (at most {exc.limit})"
     elif isinstance(exc, Unauthorized):
         status = 401
         headers = {"www-authenticate": "Bearer"}
@@ -137,6 +139,16 @@ def _authorized(scope: Scope, action: Action) -> Principal:
     return principal
 
 
+def _client(principal: Principal, peer: str) -> str | None:
+    """Whose share of ``max_generations_per_client`` a generation takes: a token's
+    subject, else the client address; server API keys have no share of their own."""
+    if principal.kind is Kind.CLIENT:
+        return principal.identity
+    if principal.kind is Kind.SERVER:
+        return None
+    return f"address:{peer}" if peer else None
+
+
 def _not_found(stream_id: str) -> Response:
     """The answer for an unknown stream, and for someone else's (the same bytes)."""
     return openai_error(404, f"no running or recent stream {stream_id!r}", code=ErrorCode.NOT_FOUND)
@@ -150,7 +162,7 @@ def _openai_type(status: int) -> str:
 
 def _load_json(body: bytes) -> Any:
     try:
-        return orjson.loads(body)
+        return loads_json(body)
     except orjson.JSONDecodeError as exc:
         raise ProtocolError(
             f"the body is not valid JSON: {exc}", code=ErrorCode.INVALID_JSON
@@ -300,7 +312,8 @@ class ChatCompletions:
         try:
             body = await read_body(request, self.max_body_bytes)
             chat = validate_request(_load_json(body), self.limits)
-            generation = await self.relay.start(chat, owner=principal.identity)
+            client = _client(principal, _authority(scope).peer(scope))
+            generation = await self.relay.start(chat, owner=principal.identity, client=client)
         except TidingsError as exc:
             await refusal(exc)(scope, receive, send)
             return

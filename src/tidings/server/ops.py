@@ -15,6 +15,7 @@ embed it without decoding it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from tidings.hub import (
     validate_channel,
 )
 from tidings.server.auth import ANONYMOUS, Action, Authority, Principal
+from tidings.server.rates import PublishGate, TokenBucket
 from tidings.types import Position
 from tidings.wire import protocol
 from tidings.wire.codes import ErrorCode
@@ -59,13 +61,17 @@ class Caller:
     A transport builds one per request (HTTP) or per connection (SSE,
     WebSocket; a WebSocket ``refresh`` replaces it). ``peer`` is the client's
     address (:meth:`Authority.peer <tidings.server.auth.Authority.peer>`),
-    the key of per-client limits; empty when unknown.
+    the key of per-client limits; empty when unknown. ``gate`` admits
+    publishes (rate limits, draining; None: every publish is admitted) and
+    ``bucket`` is the connection's own publish bucket (WebSocket only).
     """
 
     hub: Hub
     authority: Authority
     principal: Principal = ANONYMOUS
     peer: str = ""
+    gate: PublishGate | None = None
+    bucket: TokenBucket | None = None
 
     @classmethod
     def open(cls, hub: Hub) -> Caller:
@@ -73,7 +79,7 @@ class Caller:
         return cls(hub, Authority(hub.namespaces))
 
     def with_principal(self, principal: Principal) -> Caller:
-        return Caller(self.hub, self.authority, principal, self.peer)
+        return dataclasses.replace(self, principal=principal)
 
 
 def permit(caller: Caller, action: Action, channel: str) -> str:
@@ -150,15 +156,30 @@ def unsubscribe(subscription: Subscription, command: protocol.Unsubscribe) -> di
 async def publish(caller: Caller, command: protocol.Publish) -> dict[str, Any]:
     """Publish ``command`` and return ``{"channel", "epoch", "offset"}``.
 
+    The caller's gate admits it first (after :func:`permit`, so a refused
+    publish never spends a token).
+
     Raises:
         InvalidChannel, Unauthorized, PermissionDenied: from :func:`permit`.
+        RateLimited: a publish rate limit refused it (``retry_after``).
+        ShuttingDown: the server is draining.
         InvalidPublication: a reserved event type, or data too large.
         PublishError: the backend did not publish it.
     """
     channel = permit(caller, Action.PUBLISH, command.channel)
-    position = await caller.hub.publish(
-        channel, command.data, text=command.text, event=command.event, key=command.key
-    )
+    gate = caller.gate
+    if gate is None:
+        position = await caller.hub.publish(
+            channel, command.data, text=command.text, event=command.event, key=command.key
+        )
+    else:
+        gate.admit(caller.principal, caller.peer, caller.bucket)
+        try:
+            position = await caller.hub.publish(
+                channel, command.data, text=command.text, event=command.event, key=command.key
+            )
+        finally:
+            gate.settle()
     return {"channel": channel, "epoch": position.epoch, "offset": position.offset}
 
 

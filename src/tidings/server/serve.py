@@ -1,4 +1,5 @@
-"""uvicorn_config(): how ``tidings serve`` runs an app on uvicorn, fast write path included.
+"""uvicorn_config() and Server: how ``tidings serve`` runs an app on uvicorn, fast write
+path included, and stops it without losing a publish.
 
 The fast write path (``server/fastwrite.py``) subclasses uvicorn's protocols
 and reads private names of uvicorn and websockets, so it is used only with
@@ -6,6 +7,12 @@ the releases it was tested against (:data:`TESTED_VERSIONS`, the same range
 as the bounds in ``pyproject.toml``). Outside that range Tidings logs one
 warning and serves on the plain ASGI path, which every ASGI server supports,
 rather than failing in odd ways in the middle of a connection.
+
+uvicorn closes its connections before it runs the app's lifespan shutdown,
+so an app cannot stop publishing before its subscribers go by itself.
+:class:`Server` drains the Tidings app first (``ServerState.drain``:
+publishes refused with 503, those accepted already delivered) and only then
+lets uvicorn close connections.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 from importlib.metadata import version
 
 import uvicorn
@@ -21,7 +29,7 @@ from uvicorn.config import HTTPProtocolType, WSProtocolType
 
 from tidings.settings import Settings
 
-__all__ = ["TESTED_VERSIONS", "fast_write_problem", "uvicorn_config"]
+__all__ = ["TESTED_VERSIONS", "Server", "fast_write_problem", "uvicorn_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,3 +106,21 @@ def uvicorn_config(
         backlog=4096,
         **options,  # type: ignore[arg-type]
     )
+
+
+class Server(uvicorn.Server):
+    """A uvicorn server that drains its Tidings app before it closes connections.
+
+    The app is ``config.app`` when it is a Tidings app (``create_app``);
+    any other app is served and stopped as uvicorn does.
+    """
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        state = getattr(getattr(self.config.app, "state", None), "tidings", None)
+        drain = getattr(state, "drain", None)
+        if drain is not None and not self.force_exit:
+            try:
+                await drain(wait=self.config.timeout_graceful_shutdown or 5.0)
+            except Exception:
+                logger.exception("draining publishes failed")
+        await super().shutdown(sockets)

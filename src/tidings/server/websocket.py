@@ -46,6 +46,7 @@ from tidings.server._ws_codec import (
 from tidings.server._ws_connection import GONE, Connection, StallWatch
 from tidings.server.auth import Authority, Kind
 from tidings.server.errors import close_code, error_body, error_headers, http_status
+from tidings.server.rates import PublishGate
 from tidings.server.writer import FAST_WRITE, WebSocketFastWrite
 from tidings.types import Position
 from tidings.wire import protocol
@@ -85,6 +86,7 @@ class WebSocketEndpoint:
         outbox_max_bytes: Bound of each connection's outbox (hub default if None).
         overflow: Slow-consumer policy (hub default if None).
         on_open: Called with +1 when a connection opens and -1 when it ends.
+        gate: Admits publishes (rate limits, draining); None admits every one.
     """
 
     def __init__(
@@ -100,6 +102,7 @@ class WebSocketEndpoint:
         outbox_max_bytes: int | None = None,
         overflow: OverflowPolicy | str | None = None,
         on_open: Callable[[int], None] | None = None,
+        gate: PublishGate | None = None,
     ) -> None:
         for name, value in (
             ("max_frame_bytes", max_frame_bytes),
@@ -119,6 +122,7 @@ class WebSocketEndpoint:
         self.outbox_max_bytes = outbox_max_bytes
         self.overflow = overflow
         self.on_open = on_open
+        self.gate = gate
         self._stall_watch = StallWatch(self.stall_timeout)
         self._codecs = {
             fmt: Codec(fmt, max_frame_bytes=max_frame_bytes)
@@ -131,8 +135,14 @@ class WebSocketEndpoint:
         Raises:
             TidingsError: a refused credential or channel, or bad input.
         """
+        gate = self.gate
         caller = ops.Caller(
-            self.hub, self.authority, self.authority.principal(scope), self.authority.peer(scope)
+            self.hub,
+            self.authority,
+            self.authority.principal(scope),
+            self.authority.peer(scope),
+            gate,
+            gate.connection_bucket() if gate is not None else None,
         )
         if caller.principal.kind is Kind.ANONYMOUS and not self.authority.admits_anonymous():
             raise Unauthorized("missing", "this server needs a token or an API key")

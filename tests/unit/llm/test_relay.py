@@ -265,6 +265,26 @@ async def test_max_generations(hub: Hub, provider: Scripted) -> None:
         await relay.aclose()
 
 
+async def test_max_per_client_bounds_one_client_and_frees_its_share(
+    hub: Hub, provider: Scripted
+) -> None:
+    provider.block_at = 1
+    relay = Relay(hub, ProviderRouter({"p": provider}, {}, default="p"), max_per_client=1)
+    try:
+        first = await relay.start(chat(), client="user:alice")
+        with pytest.raises(QueueFull) as refused:
+            await relay.start(chat(), client="user:alice")
+        assert refused.value.per_client
+        await relay.start(chat(), client="user:bob")
+        await relay.start(chat())  # no client: only the server's bound
+        first.cancel("deleted")
+        async with asyncio.timeout(TIMEOUT):
+            await first.wait()
+        await relay.start(chat(), client="user:alice")
+    finally:
+        await relay.aclose()
+
+
 async def test_aclose_cancels_running_generations_and_closes_providers(
     hub: Hub, provider: Scripted
 ) -> None:

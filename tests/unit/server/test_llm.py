@@ -219,6 +219,7 @@ INVALID = "invalid_request_error"
         (ProtocolError("?", code="invalid_json"), 400, INVALID, "invalid_json", None),
         (InvalidCursor("x", "bad"), 400, INVALID, "invalid_cursor", None),
         (QueueFull(3), 429, "rate_limit_error", "too_many_generations", None),
+        (QueueFull(2, per_client=True), 429, "rate_limit_error", "too_many_generations", None),
         (BackendUnavailable("redis"), 503, "server_error", "unavailable", None),
     ],
 )
@@ -232,7 +233,9 @@ def test_refusals_are_shaped_like_openai_errors(
         "error": {"message": body["error"]["message"], "type": kind, "param": param, "code": code}
     }
     if isinstance(error, QueueFull):
-        assert body["error"]["message"] == "too many generations are running (at most 3)"
+        who = " for this client" if error.per_client else ""
+        expected = f"too many generations are running{who} (at most {error.limit})"
+        assert body["error"]["message"] == expected
     else:
         assert body["error"]["message"] == str(error)
 
