@@ -14,18 +14,45 @@ from tidings.client.subscription import SocketSubscription
 from tidings.errors import QueueFull, RequestTimeout, TidingsError
 from tidings.wire.codes import ErrorCode
 
-__all__ = ["Dropped", "OfflineQueue", "Outgoing", "Pacer", "Request", "Requests", "reply_error"]
+__all__ = [
+    "MAX_RETRY_AFTER",
+    "Dropped",
+    "OfflineQueue",
+    "Outgoing",
+    "Pacer",
+    "Request",
+    "Requests",
+    "reply_error",
+    "retry_after",
+]
 
 
 def reply_error(error: Any) -> TidingsError:
-    """The exception for an error reply's ``error`` object; ``code`` is the server's."""
+    """The exception for an error reply's ``error`` object; ``code`` is the server's,
+    and ``retry_after`` the seconds it asked to wait (a rate limit, a drain), if any."""
     if isinstance(error, dict):
         code, message = str(error.get("code", ErrorCode.INTERNAL)), str(error.get("message", ""))
     else:
         code, message = ErrorCode.INTERNAL.value, repr(error)
     exc = TidingsError(f"{code}: {message}")
     exc.code = code
+    exc.retry_after = retry_after(error)
     return exc
+
+
+#: Seconds a client waits at most when a server asks it to retry later.
+MAX_RETRY_AFTER = 60.0
+
+
+def retry_after(error: Any) -> float | None:
+    """The ``retry_after`` of an error reply's ``error`` object (seconds, at most
+    :data:`MAX_RETRY_AFTER`), or None when it has none."""
+    if not isinstance(error, dict):
+        return None
+    value = error.get("retry_after")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        return None
+    return min(float(value), MAX_RETRY_AFTER)
 
 
 class Dropped(Exception):

@@ -79,6 +79,7 @@ from tidings.client._pending import (
     Pacer,
     Request,
     Requests,
+    retry_after,
 )
 from tidings.client._reconnect import TERMINAL_STATUSES, ConnectionState
 from tidings.client._token import AsyncTokenSource, authorization, fetch_token, token_expiry
@@ -229,6 +230,8 @@ class Socket:
         self._queue = OfflineQueue(queue_limit)
         self._queued = asyncio.Event()  # set when the queue may hold a publish to send
         self._pacer = Pacer(rate_limit)
+        #: Loop time before which no queued publish is sent (the server asked to wait).
+        self._hold_until = 0.0
         self._subscriptions: dict[str, SocketSubscription] = {}
         self._ws: ClientConnection | None = None
         self._generation = 0
@@ -391,7 +394,10 @@ class Socket:
         ``request_timeout`` is taken as a sign of a dead connection: the socket
         reconnects and sends it again. So the call returns once the server has
         the event, however long that takes, and fails only when the server
-        refuses it or the socket stops for good. Cancelling the call withdraws
+        refuses it or the socket stops for good. A publish the server refuses
+        for now (``rate_limited``, or ``unavailable`` while it shuts down, each
+        with a ``retry_after``) goes back to the head of the queue, and the
+        queue waits that long before it sends again. Cancelling the call withdraws
         a publish not sent yet (wrap it in ``asyncio.timeout`` to bound the wait).
 
         Returns:
@@ -399,6 +405,8 @@ class Socket:
 
         Raises:
             QueueFull: ``queue_limit`` publishes are waiting to be sent.
+            IntegerOutOfRange: ``data`` holds an integer outside
+                [-2**63, 2**64-1], which the server would refuse.
             TidingsError: the server refused it (``code`` says why).
         """
         self._check_usable()
@@ -547,10 +555,15 @@ class Socket:
 
     async def _send_queue(self, ws: ClientConnection) -> None:
         """Send the queued publishes, in order, for as long as ``ws`` lives."""
+        loop = asyncio.get_running_loop()
         while True:
             if not self._queue:
                 self._queued.clear()
                 await self._queued.wait()
+                continue
+            hold = self._hold_until - loop.time()
+            if hold > 0:
+                await asyncio.sleep(hold)
                 continue
             await self._pace()
             outgoing = self._queue.pop()
@@ -784,6 +797,12 @@ class Socket:
                 if message.get("id") is None and "error" in message:
                     logger.warning("socket %s: the server refused a message: %s", self.url, message)
                 return
+            outgoing = request.outgoing
+            if outgoing is not None and "error" in message and not outgoing.future.done():
+                delay = retry_after(message["error"])
+                if delay is not None:
+                    self._retry_later(outgoing, delay)
+                    return
             subscription = request.subscription
             if (
                 subscription is not None
@@ -802,6 +821,14 @@ class Socket:
         item = subscription.track_push(message)
         if item is not None:
             await subscription.deliver(item)
+
+    def _retry_later(self, outgoing: Outgoing, delay: float) -> None:
+        """The server refused a publish for now: send it again after ``delay`` seconds,
+        before the publishes queued after it."""
+        logger.info("socket %s: publish held back %.3g s by the server", self.url, delay)
+        self._hold_until = max(self._hold_until, asyncio.get_running_loop().time() + delay)
+        self._queue.requeue([outgoing])
+        self._queued.set()
 
     async def _refresher(self, ws: ClientConnection) -> None:
         """Swap the connection's token with the ``refresh`` op a little before its ``exp``."""

@@ -36,17 +36,25 @@ from tidings.client._token import TokenSource, fetch_token_sync
 from tidings.client.backoff import Backoff
 from tidings.errors import PublishRejected, ServerUnavailable
 from tidings.types import Position
+from tidings.wire import protocol
 from tidings.wire.reset import Reset
 
 __all__ = ["SyncListener", "apublish", "listen_sync", "publish"]
 
 
 _MISSING: Any = object()
+_JSON = {"content-type": "application/json"}
 
 
 def _publish_request(
     channel: str, data: Any, text: str | None, event: str, key: str | None
-) -> dict[str, Any]:
+) -> bytes:
+    """The JSON body of a publish.
+
+    Raises:
+        IntegerOutOfRange: ``data`` holds an integer the server would refuse.
+        TypeError: ``data`` is not JSON-serialisable.
+    """
     body: dict[str, Any] = {"channel": channel, "event": event}
     if (data is _MISSING) == (text is None):
         raise TypeError("publish() takes data (JSON) or text, exactly one")
@@ -56,7 +64,7 @@ def _publish_request(
         body["data"] = data
     if key is not None:
         body["key"] = key
-    return body
+    return protocol.encode_message(body, protocol.Format.JSON)
 
 
 def _publish_result(response: httpx.Response) -> Position:
@@ -68,7 +76,13 @@ def _publish_result(response: httpx.Response) -> Position:
         code, message = str(error["code"]), str(error["message"])
     except (ValueError, KeyError, TypeError):
         code, message = "internal", response.text[:200]
-    raise PublishRejected(response.status_code, code, message)
+    raise PublishRejected(response.status_code, code, message, retry_after=_retry_after(response))
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """The ``Retry-After`` of an answer in seconds (the delay form only), or None."""
+    value = response.headers.get("retry-after", "").strip()
+    return float(value) if value.isdigit() else None
 
 
 @contextmanager
@@ -99,7 +113,10 @@ def publish(
     Raises:
         PublishRejected: the server refused the publish; ``status`` and
             ``code`` say why (``"invalid_channel"``, ``"permission_denied"``,
-            ``"unavailable"`` …). Nothing was published.
+            ``"rate_limited"``, ``"unavailable"`` …), and ``retry_after``
+            when to try again (its ``Retry-After``). Nothing was published.
+        IntegerOutOfRange: ``data`` holds an integer outside
+            [-2**63, 2**64-1]; nothing was sent.
         ServerUnavailable: the server could not be reached or did not answer
             in ``timeout`` seconds; the httpx error is its ``__cause__``.
         TypeError: neither or both of ``data`` and ``text`` were given.
@@ -108,9 +125,9 @@ def publish(
     target = f"{url.rstrip('/')}/api/publish"
     with _translate_errors(target):
         if client is not None:
-            response = client.post(target, json=body, timeout=timeout)
+            response = client.post(target, content=body, headers=_JSON, timeout=timeout)
         else:
-            response = httpx.post(target, json=body, timeout=timeout)
+            response = httpx.post(target, content=body, headers=_JSON, timeout=timeout)
     return _publish_result(response)
 
 
@@ -130,10 +147,10 @@ async def apublish(
     target = f"{url.rstrip('/')}/api/publish"
     with _translate_errors(target):
         if client is not None:
-            response = await client.post(target, json=body, timeout=timeout)
+            response = await client.post(target, content=body, headers=_JSON, timeout=timeout)
         else:
             async with httpx.AsyncClient() as own:
-                response = await own.post(target, json=body, timeout=timeout)
+                response = await own.post(target, content=body, headers=_JSON, timeout=timeout)
     return _publish_result(response)
 
 

@@ -8,7 +8,16 @@ from typing import Any
 import pytest
 
 from tests.support.env import TIMEOUT
-from tidings.client._pending import OfflineQueue, Outgoing, Pacer, Request, Requests, reply_error
+from tidings.client._pending import (
+    MAX_RETRY_AFTER,
+    OfflineQueue,
+    Outgoing,
+    Pacer,
+    Request,
+    Requests,
+    reply_error,
+    retry_after,
+)
 from tidings.errors import ConnectionClosed, QueueFull, RequestTimeout, TidingsError
 
 
@@ -18,6 +27,20 @@ def test_error_replies_keep_the_server_code() -> None:
     assert error.code == "permission_denied"
     assert "publish is not allowed" in str(error)
     assert reply_error("garbage").code == "internal"
+    assert error.retry_after is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(0.25, 0.25), (3, 3.0), (1e9, MAX_RETRY_AFTER), (-1, None), ("1", None), (True, None)],
+)
+def test_retry_after_is_read_only_when_it_makes_sense(
+    value: object, expected: float | None
+) -> None:
+    error = reply_error({"code": "rate_limited", "message": "", "retry_after": value})
+    assert error.retry_after == expected
+    assert retry_after({"code": "rate_limited", "retry_after": value}) == expected
+    assert retry_after("garbage") is None
 
 
 # -- replies matched by id ---------------------------------------------------------------
