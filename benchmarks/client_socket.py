@@ -2,7 +2,7 @@
 
 One ``Socket`` publishes ``--count`` events (all calls in flight at once, each
 awaiting its ack) while another ``Socket`` subscribed to the channel receives
-them, against ``tidings serve`` in a subprocess with the rate limit lifted.
+them, against ``tidings serve`` in a subprocess with the rate limits lifted.
 Both sockets run without pacing (``rate_limit=None``). Bounded by ``--count``
 and a two-minute deadline per format.
 
@@ -31,7 +31,13 @@ from tidings.testing import free_port
 def serve() -> Iterator[str]:
     """``tidings serve`` on a free port, stopped (by its PID) at the end."""
     port = free_port()
-    env = {**os.environ, "TIDINGS_WS_RATE_LIMIT": "1000000", "TIDINGS_LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "TIDINGS_WS_RATE_LIMIT": "1000000",
+        "TIDINGS_PUBLISH_RATE_PER_CONNECTION": "0",
+        "TIDINGS_PUBLISH_RATE_PER_ADDRESS": "0",
+        "TIDINGS_LOG_LEVEL": "warning",
+    }
     command = [sys.executable, "-m", "tidings", "serve", "--port", str(port)]
     process = subprocess.Popen(command, env=env)
     url = f"http://127.0.0.1:{port}"

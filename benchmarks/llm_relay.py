@@ -157,6 +157,7 @@ async def main(args: argparse.Namespace) -> None:
             "TIDINGS_LOG_LEVEL": "warning",
             "TIDINGS_LLM_BASE_URL": upstream.base_url,
             "TIDINGS_LLM_MAX_GENERATIONS": str(max(args.held, args.streams) + 10),
+            "TIDINGS_LLM_MAX_GENERATIONS_PER_CLIENT": str(max(args.held, args.streams) + 10),
             "TIDINGS_LLM_GRACE": "60",
         }
         command = [sys.executable, "-m", "tidings", "serve", "--port", str(port), "--no-demo"]

@@ -130,7 +130,13 @@ class Node:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tidings", "serve", "--port", str(self.port), "--no-demo"],
-            env={**os.environ, "TIDINGS_LOG_LEVEL": "warning", **env},
+            env={
+                **os.environ,
+                "TIDINGS_LOG_LEVEL": "warning",
+                # Every publisher shares the loopback address: lift the limit per address.
+                "TIDINGS_PUBLISH_RATE_PER_ADDRESS": "0",
+                **env,
+            },
         )
 
     def wait_ready(self, timeout: float = 20.0) -> None:
