@@ -10,13 +10,13 @@ changing its value, and refuses to encode one; MessagePack cannot carry one
 either. :func:`loads` refuses such integers instead. Every such integer has
 at least 19 digits, so only a document with a run of 19 digits is read a
 second time (by the standard library, with each integer range-checked):
-ordinary documents pay one regular-expression scan.
+ordinary documents pay one pass of ``bytes.translate`` and one ``find``
+(a regular expression costs several times more).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import orjson
@@ -24,14 +24,23 @@ import orjson
 from tidings.errors import IntegerOutOfRange, ProtocolError
 from tidings.wire.codes import ErrorCode
 
-__all__ = ["INT_MAX", "INT_MIN", "check_integers", "dumps_kept", "in_range", "loads"]
+__all__ = [
+    "INT_MAX",
+    "INT_MIN",
+    "check_integers",
+    "dumps_kept",
+    "has_digit_run",
+    "in_range",
+    "loads",
+]
 
 #: The integers JSON and MessagePack data keep exactly (orjson and msgpack both).
 INT_MIN = -(2**63)
 INT_MAX = 2**64 - 1
 #: The shortest integer outside the range has 19 digits (-9223372036854775809).
-_LONG_BYTES = re.compile(rb"[0-9]{19}")
-_LONG_TEXT = re.compile(r"[0-9]{19}")
+_RUN = b"0" * 19
+#: Every digit to "0", every other byte to a space.
+_DIGITS = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
 
 
 def dumps_kept(value: Any) -> bytes:
@@ -47,10 +56,15 @@ def loads(data: str | bytes) -> Any:
         IntegerOutOfRange: an integer orjson would have read as a float.
     """
     document = orjson.loads(data)
-    pattern = _LONG_TEXT if isinstance(data, str) else _LONG_BYTES
-    if pattern.search(data) is not None:  # type: ignore[arg-type]
+    if has_digit_run(data):
         check_integers(data)
     return document
+
+
+def has_digit_run(data: str | bytes) -> bool:
+    """Whether ``data`` holds 19 digits in a row (where a too-big integer could be)."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    return raw.translate(_DIGITS).find(_RUN) >= 0
 
 
 def check_integers(data: str | bytes) -> None:

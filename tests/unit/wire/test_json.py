@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json as stdlib_json
+import re
 from typing import Any
 
 import msgpack
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from tidings.errors import IntegerOutOfRange, ProtocolError
 from tidings.wire import protocol
-from tidings.wire.json import INT_MAX, INT_MIN, loads
+from tidings.wire.json import INT_MAX, INT_MIN, has_digit_run, loads
 from tidings.wire.protocol import Format
 
 in_range = st.integers(INT_MIN, INT_MAX)
@@ -110,3 +111,10 @@ def test_a_deep_document_with_a_long_number_is_refused_cleanly() -> None:
     with pytest.raises((ProtocolError, orjson.JSONDecodeError)) as refused:
         loads(text)
     assert not isinstance(refused.value, ProtocolError) or refused.value.code == "invalid_json"
+
+
+@given(st.text(alphabet="0123456789 .,-éx", max_size=60))
+def test_the_digit_run_check_agrees_with_a_regular_expression(text: str) -> None:
+    expected = re.search("[0-9]{19}", text) is not None
+    assert has_digit_run(text) is expected
+    assert has_digit_run(text.encode()) is expected
