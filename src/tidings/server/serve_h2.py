@@ -87,8 +87,9 @@ async def serve_h2(app: Starlette, settings: Settings, config: Config | None = N
     """Serve ``app`` over TLS with HTTP/2 until SIGINT or SIGTERM, then shut down gracefully.
 
     The app's lifespan runs around Hypercorn here rather than inside it, so
-    that at a signal its shutdown (open streams end with ``shutdown``, running
-    generations publish their end, the hub closes) comes first, while
+    that at a signal its shutdown (publishes refused, open streams end with
+    ``shutdown``, running generations publish their end, the hub closes)
+    comes first, while
     Hypercorn stops accepting; the connections left then get
     :data:`GRACEFUL_SECONDS` to finish.
     """
