@@ -72,6 +72,8 @@ CHURN = "abuse:churn"
 LORIS = "abuse:loris"
 BIG = "abuse:big"
 HOST = "127.0.0.1"
+#: The address the calm publisher gives in X-Forwarded-For (a documentation range).
+CALM_ADDRESS = "198.51.100.7"
 #: How long a phase may take beyond ``--seconds`` (connects, drains, stops).
 GRACE = 30.0
 PR_SET_PDEATHSIG = 1
@@ -100,6 +102,9 @@ def server_env(args: argparse.Namespace) -> dict[str, str]:
         "TIDINGS_FAST_WRITE": "true" if args.fast_write else "false",
         # The big channel must outlive both phases (it is filled once, before them).
         "TIDINGS_HISTORY_TTL": str(max(300.0, 4 * args.seconds + 300)),
+        # The calm publisher names its own address (CALM_ADDRESS), so that limits
+        # per client address tell it from the abusers, who all come from loopback.
+        "TIDINGS_TRUSTED_PROXIES": HOST,
     }
     env.pop("TIDINGS_CONFIG", None)
     for item in args.server_setting:
@@ -651,7 +656,12 @@ async def phase(
     result: dict[str, Any] = {"abused": abused}
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     try:
-        async with httpx.AsyncClient(base_url=url, timeout=GRACE, limits=limits) as publisher:
+        async with httpx.AsyncClient(
+            base_url=url,
+            timeout=GRACE,
+            limits=limits,
+            headers={"x-forwarded-for": CALM_ADDRESS},
+        ) as publisher:
             await subscribers.open()
             # Subscribed once a first event arrives: publish until every subscriber saw one.
             for _ in range(20):
