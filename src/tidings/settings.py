@@ -36,7 +36,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from tidings.hub.names import NamespaceOptions, Namespaces
+from tidings.hub.backends.memory import DEFAULT_HISTORY_TOTAL_BYTES
+from tidings.hub.names import DEFAULT_HISTORY_MAX_BYTES, NamespaceOptions, Namespaces
 from tidings.hub.subscription import OverflowPolicy
 from tidings.llm.config import LLMConfig
 from tidings.types import parse_scalar
@@ -51,6 +52,12 @@ _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s?#]+\Z")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 BACKENDS = ("memory", "redis")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: Default bound of one answer (history, presence, channel list): 1 MiB.
+DEFAULT_MAX_REPLY_BYTES = 1024 * 1024
+#: Smallest accepted ``max_reply_bytes``.
+MIN_REPLY_BYTES = 1024
+#: Default bound of a connection's presence ``info`` (its JSON): 1 KiB.
+DEFAULT_PRESENCE_INFO_MAX_BYTES = 1024
 
 
 class SettingsError(ValueError):
@@ -108,6 +115,11 @@ class Settings:
     publish_rate_per_principal: float = 1000.0
     publish_burst: float = 2.0
     publish_rate_clients: int = 100_000
+    # Memory bounds: history in bytes, reply sizes, presence info.
+    history_max_bytes: int = DEFAULT_HISTORY_MAX_BYTES
+    history_total_bytes: int = DEFAULT_HISTORY_TOTAL_BYTES
+    max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
+    presence_info_max_bytes: int = DEFAULT_PRESENCE_INFO_MAX_BYTES
     namespaces: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     llm: LLMConfig = field(default_factory=lambda: LLMConfig.from_table({}))
 
@@ -151,6 +163,7 @@ class Settings:
             raise SettingsError("publish_rate_clients must be > 0")
         if self.history_size < 0:
             raise SettingsError("history_size must be >= 0")
+        self._check_memory_bounds()
         if self.jwt_secret and len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
             raise SettingsError(f"jwt_secret must be at least {MIN_SECRET_BYTES} bytes")
         if self.token_cookie_samesite not in ("strict", "lax", "none"):
@@ -175,6 +188,15 @@ class Settings:
                 "certfile and keyfile are used with http2 only; without it, terminate TLS "
                 "in a proxy in front of Tidings"
             )
+
+    def _check_memory_bounds(self) -> None:
+        if self.history_max_bytes < 0:
+            raise SettingsError("history_max_bytes must be >= 0")
+        for name in ("history_total_bytes", "max_reply_bytes", "presence_info_max_bytes"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be > 0")
+        if self.max_reply_bytes < MIN_REPLY_BYTES:
+            raise SettingsError(f"max_reply_bytes must be at least {MIN_REPLY_BYTES}")
 
     @property
     def authentication(self) -> bool:
@@ -226,7 +248,11 @@ class Settings:
 
     def namespace_options(self) -> Namespaces:
         """Build the hub's per-namespace options from these settings."""
-        default = NamespaceOptions(history_size=self.history_size, history_ttl=self.history_ttl)
+        default = NamespaceOptions(
+            history_size=self.history_size,
+            history_ttl=self.history_ttl,
+            history_max_bytes=self.history_max_bytes,
+        )
         allowed = {f.name for f in fields(NamespaceOptions)}
         by_name = {}
         for name, table in self.namespaces.items():
@@ -250,6 +276,7 @@ class Settings:
             by_name["llm"] = NamespaceOptions(
                 history_size=self.llm.history_size,
                 history_ttl=self.llm.ttl,
+                history_max_bytes=self.history_max_bytes,
                 publish=False,
                 subscribe=not closed,
                 history=not closed,

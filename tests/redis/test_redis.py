@@ -185,6 +185,7 @@ async def publish_unannounced(
             "",
             "fresh",
             1000,
+            16 * 1024 * 1024,
         ),
     )
 

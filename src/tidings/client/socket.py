@@ -441,6 +441,7 @@ class Socket:
         )
         result = await self._read(command, "history")
         reset = result.get("reset")
+        following = result.get("next")
         return HistoryPage(
             channel,
             Position(result["epoch"], result["offset"]),
@@ -448,14 +449,23 @@ class Socket:
             None
             if reset is None
             else Reset(channel, Position(reset["epoch"], reset["offset"]), reset["reason"]),
+            None if following is None else Position(following["epoch"], following["offset"]),
+            bool(result.get("more", False)),
         )
 
     async def presence(self, channel: str) -> list[Member]:
-        """The clients subscribed to ``channel``."""
-        result = await self._read(protocol.Presence(None, channel), "presence")
-        return [
-            Member(entry["client"], entry["user"], entry["info"]) for entry in result["clients"]
-        ]
+        """The clients subscribed to ``channel``, sorted by client id (every page of them)."""
+        members: list[Member] = []
+        cursor: str | None = None
+        while True:
+            result = await self._read(protocol.Presence(None, channel, cursor), "presence")
+            members += [
+                Member(entry["client"], entry["user"], entry["info"]) for entry in result["clients"]
+            ]
+            following = result.get("next")
+            if not following or following == cursor:
+                return members
+            cursor = following
 
     async def ping(self) -> float:
         """Round-trip a ``ping`` command; return the seconds it took."""

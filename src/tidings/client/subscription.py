@@ -75,12 +75,15 @@ class Member:
 class HistoryPage:
     """What :meth:`Socket.history` returns: the events and the channel's position.
     ``reset`` is set when ``since`` cannot be served (another epoch, or older
-    than the history window)."""
+    than the history window). An answer is bounded in bytes: when ``more`` is
+    true, read on with ``since=page.next``."""
 
     channel: str
     position: Position
     events: list[SocketEvent]
     reset: Reset | None
+    next: Position | None = None
+    more: bool = False
 
 
 #: What a subscription delivers.

@@ -3,7 +3,7 @@
 from tidings.hub.backends.base import Backend, ChannelInfo, History
 from tidings.hub.backends.memory import MemoryBackend
 from tidings.hub.event import Encoding, Event, Item, Reset
-from tidings.hub.hub import ChannelSummary, Hub
+from tidings.hub.hub import ChannelSummary, Hub, Page
 from tidings.hub.names import NamespaceOptions, Namespaces, validate_channel
 from tidings.hub.presence import ClientInfo
 from tidings.hub.stats import HubStats
@@ -25,6 +25,7 @@ __all__ = [
     "NamespaceOptions",
     "Namespaces",
     "OverflowPolicy",
+    "Page",
     "Reset",
     "Subscribed",
     "Subscription",

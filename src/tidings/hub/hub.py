@@ -28,11 +28,13 @@ are not part of the channel's stream or history.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Generic, NamedTuple, TypeVar
 
 from tidings.errors import AlreadySubscribed, InvalidPublication, SubscriptionClosed
 from tidings.hub.backends.base import Backend, History, PresenceChange
@@ -51,7 +53,9 @@ from tidings.hub.subscription import (
 from tidings.types import JSONValue, Position
 from tidings.wire.json import dumps_kept
 
-__all__ = ["ChannelSummary", "Hub"]
+__all__ = ["ChannelSummary", "Hub", "Page"]
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +69,24 @@ class ChannelSummary(NamedTuple):
     position: Position
     history: int
     subscribers: int
+
+
+#: Bytes a channel's summary takes in an answer besides its name and epoch.
+SUMMARY_OVERHEAD = 96
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a listing: the items, and where the next page starts.
+
+    Attributes:
+        items: This page's items.
+        next: The cursor of the next page (pass it as ``after``); None when
+            this page is the last.
+    """
+
+    items: list[T]
+    next: str | None
 
 
 class _Local:
@@ -476,28 +498,98 @@ class Hub:
         entries = await self._backend.presence(channel)
         return [ClientInfo.from_payload(payload) for payload in entries.values()]
 
+    async def presence_page(
+        self,
+        channel: str,
+        *,
+        after: str | None = None,
+        limit: int = 1000,
+        max_bytes: int = 1024 * 1024,
+    ) -> Page[ClientInfo]:
+        """One page of a channel's presence, sorted by client id.
+
+        The clients whose id sorts after ``after``: at most ``limit``, and no
+        more than ``max_bytes`` of presence documents (always one, if any is
+        left). ``Page.next`` is the ``after`` of the next page, None at the end.
+        Walking pages lists every client present throughout exactly once.
+        """
+        validate_channel(channel)
+        if limit <= 0:
+            raise ValueError(f"limit must be > 0, not {limit}")
+        entries = await self._backend.presence(channel)
+        ids: Iterable[str] = entries
+        if after is not None:
+            ids = (client_id for client_id in ids if client_id > after)
+        page = heapq.nsmallest(limit + 1, ids)
+        items: list[ClientInfo] = []
+        size = 0
+        for client_id in page[:limit]:
+            payload = entries[client_id]
+            if items and size + len(payload) > max_bytes:
+                break
+            size += len(payload)
+            items.append(ClientInfo.from_payload(payload))
+        more = len(items) < len(page)
+        return Page(items, items[-1].client_id if more else None)
+
     def subscriber_count(self, channel: str) -> int:
         """Local subscriptions that receive ``channel``."""
         local = self._locals.get(channel)
         return len(local.subscribers) if local is not None else 0
 
-    async def channels(self) -> list[ChannelSummary]:
-        """Channels with history or local subscribers, sorted by name."""
+    async def channels(
+        self, *, after: str | None = None, limit: int | None = None
+    ) -> list[ChannelSummary]:
+        """Channels with history or local subscribers, sorted by name.
+
+        Only names greater than ``after`` (when given), at most ``limit``.
+        """
         summaries = {
             info.channel: ChannelSummary(
                 info.channel, info.position, info.history, self.subscriber_count(info.channel)
             )
-            for info in await self._backend.channels()
+            for info in await self._backend.channels(after=after, limit=limit)
         }
-        for channel, local in self._locals.items():
-            if channel not in summaries and local.subscribers:
-                position = await self.position(channel)
-                summaries[channel] = ChannelSummary(channel, position, 0, len(local.subscribers))
-        return [summaries[name] for name in sorted(summaries)]
+        local_names: Iterable[str] = (
+            channel
+            for channel, local in self._locals.items()
+            if local.subscribers and channel not in summaries
+        )
+        if after is not None:
+            local_names = (channel for channel in local_names if channel > after)
+        local_page = sorted(local_names) if limit is None else heapq.nsmallest(limit, local_names)
+        for channel in local_page:
+            position = await self.position(channel)
+            summaries[channel] = ChannelSummary(
+                channel, position, 0, self.subscriber_count(channel)
+            )
+        names = sorted(summaries)
+        return [summaries[name] for name in (names if limit is None else names[:limit])]
+
+    async def channels_page(
+        self, *, after: str | None = None, limit: int = 1000, max_bytes: int = 1024 * 1024
+    ) -> Page[ChannelSummary]:
+        """One page of :meth:`channels`: at most ``limit`` channels and about
+        ``max_bytes`` of them (always one, if any is left); ``Page.next`` is the
+        ``after`` of the next page, None at the end."""
+        if limit <= 0:
+            raise ValueError(f"limit must be > 0, not {limit}")
+        summaries = await self.channels(after=after, limit=limit + 1)
+        items: list[ChannelSummary] = []
+        size = 0
+        for summary in summaries[:limit]:
+            cost = len(summary.channel) + len(summary.position.epoch) + SUMMARY_OVERHEAD
+            if items and size + cost > max_bytes:
+                break
+            size += cost
+            items.append(summary)
+        more = len(items) < len(summaries)
+        return Page(items, items[-1].channel if more else None)
 
     def stats(self) -> HubStats:
         """Return a snapshot of the hub's state and counters."""
         counters = self._stats
+        usage = self._backend.usage()
         return HubStats(
             channels=len(self._locals),
             subscriptions=len(self._subscriptions),
@@ -506,6 +598,10 @@ class Hub:
             delivered=counters.delivered,
             dropped=counters.dropped,
             slow_consumers=counters.slow_consumers,
+            outbox_bytes=sum(subscription.pending_bytes for subscription in self._subscriptions),
+            history_channels=None if usage is None else usage.channels,
+            history_events=None if usage is None else usage.events,
+            history_bytes=None if usage is None else usage.bytes,
         )
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from tidings.errors import InvalidChannel, InvalidPublication
 
 __all__ = [
+    "DEFAULT_HISTORY_MAX_BYTES",
     "MAX_CHANNEL_LENGTH",
     "PUBLISH_WITH_TOKEN",
     "NamespaceOptions",
@@ -77,6 +78,9 @@ def namespace_of(channel: str) -> str:
     return namespace if colon else ""
 
 
+#: Default bound of one channel's history in bytes (16 MiB).
+DEFAULT_HISTORY_MAX_BYTES = 16 * 1024 * 1024
+
 #: ``NamespaceOptions.publish`` value: only tokens that grant publishing may publish.
 PUBLISH_WITH_TOKEN = "token"
 
@@ -91,6 +95,8 @@ class NamespaceOptions:
     Args:
         history_size: Events kept per channel (0 keeps none; offsets still count).
         history_ttl: Seconds an event stays in history.
+        history_max_bytes: Bytes of events kept per channel (data plus 128 per
+            event); the oldest go first. 0 keeps none.
         publish: Whether clients (HTTP API, WebSocket) may publish here: ``True``,
             ``False`` (server only: API keys and server-side code), or
             ``"token"`` (only clients whose token grants it).
@@ -109,6 +115,7 @@ class NamespaceOptions:
 
     history_size: int = 1000
     history_ttl: float = 300.0
+    history_max_bytes: int = DEFAULT_HISTORY_MAX_BYTES
     publish: bool | str = True
     subscribe: bool = True
     history: bool = True
@@ -120,6 +127,10 @@ class NamespaceOptions:
     def __post_init__(self) -> None:
         if self.history_size < 0:
             raise ValueError(f"history_size must be >= 0, not {self.history_size}")
+        if isinstance(self.history_max_bytes, bool) or not isinstance(self.history_max_bytes, int):
+            raise ValueError("history_max_bytes must be an integer")
+        if self.history_max_bytes < 0:
+            raise ValueError(f"history_max_bytes must be >= 0, not {self.history_max_bytes}")
         if self.history_ttl <= 0:
             raise ValueError(f"history_ttl must be > 0 seconds, not {self.history_ttl}")
         if self.publish not in (True, False, PUBLISH_WITH_TOKEN):

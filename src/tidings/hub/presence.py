@@ -79,14 +79,20 @@ class PresenceKeeper:
         self.ttl = ttl
         #: Local entries: (channel, client_id) -> payload.
         self.entries: dict[tuple[str, str], bytes] = {}
+        #: One payload per client, shared by all its entries: client_id ->
+        #: (client, payload, number of entries).
+        self._payloads: dict[str, tuple[ClientInfo, bytes, int]] = {}
         self._queue: deque[tuple[str, str, bytes | None, asyncio.Future[None] | None]] = deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def add(self, channel: str, client: ClientInfo) -> None:
         """Add ``client`` to ``channel``; returns once the backend has it."""
-        payload = client.payload()
-        self.entries[(channel, client.client_id)] = payload
+        key = (channel, client.client_id)
+        if key in self.entries:
+            self._release(client.client_id)
+        payload = self._share(client)
+        self.entries[key] = payload
         done = asyncio.get_running_loop().create_future()
         self._push(channel, client.client_id, payload, done)
         await asyncio.shield(done)
@@ -94,7 +100,28 @@ class PresenceKeeper:
     def remove(self, channel: str, client_id: str) -> None:
         """Remove the entry soon, after every operation queued before (never blocks)."""
         if self.entries.pop((channel, client_id), None) is not None:
+            self._release(client_id)
             self._push(channel, client_id, None, None)
+
+    def _share(self, client: ClientInfo) -> bytes:
+        """The client's payload, encoded once and shared by all its channels."""
+        shared = self._payloads.get(client.client_id)
+        if shared is not None and shared[0] is client:
+            self._payloads[client.client_id] = (client, shared[1], shared[2] + 1)
+            return shared[1]
+        payload = client.payload()
+        count = shared[2] + 1 if shared is not None else 1
+        self._payloads[client.client_id] = (client, payload, count)
+        return payload
+
+    def _release(self, client_id: str) -> None:
+        shared = self._payloads.get(client_id)
+        if shared is None:
+            return
+        if shared[2] <= 1:
+            del self._payloads[client_id]
+        else:
+            self._payloads[client_id] = (shared[0], shared[1], shared[2] - 1)
 
     def _push(
         self,
@@ -168,6 +195,7 @@ class PresenceKeeper:
         if task is None:
             return
         self.entries.clear()
+        self._payloads.clear()
         if self._wakeup is not None:
             self._wakeup.set()
         try:

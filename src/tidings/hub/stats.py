@@ -18,6 +18,12 @@ class HubStats(NamedTuple):
         delivered: Events handed to local subscriptions (replays included).
         dropped: Events dropped from slow subscribers' outboxes (``drop`` policy).
         slow_consumers: Subscriptions closed because their outbox overflowed.
+        outbox_bytes: Bytes waiting in the outboxes of all subscriptions.
+        history_channels: Channels whose state the backend keeps in this
+            process (None: history lives elsewhere, as with Redis).
+        history_events: Events kept in history in this process (or None).
+        history_bytes: Bytes counted for history in this process (or None):
+            what ``history_total_bytes`` bounds.
     """
 
     channels: int
@@ -27,6 +33,10 @@ class HubStats(NamedTuple):
     delivered: int
     dropped: int
     slow_consumers: int
+    outbox_bytes: int = 0
+    history_channels: int | None = None
+    history_events: int | None = None
+    history_bytes: int | None = None
 
 
 class Counters:

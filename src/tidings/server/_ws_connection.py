@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import Message, Receive, Send
 
 from tidings.errors import FrameTooLarge, ProtocolError, RateLimited, TidingsError
-from tidings.hub import ClientInfo, Subscribed, Subscription
+from tidings.hub import Subscribed, Subscription
 from tidings.hub.subscription import CloseReason
 from tidings.server import ops
 from tidings.server._ws_codec import Codec
@@ -72,12 +72,22 @@ from tidings.wire.codes import CloseCode, ErrorCode
 if TYPE_CHECKING:
     from tidings.server.websocket import WebSocketEndpoint
 
-__all__ = ["GONE", "MAX_PENDING_COMMANDS", "MAX_PENDING_REPLIES", "Connection", "StallWatch"]
+__all__ = [
+    "GONE",
+    "MAX_PENDING_COMMANDS",
+    "MAX_PENDING_REPLIES",
+    "MAX_PENDING_REPLY_BYTES",
+    "Connection",
+    "StallWatch",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Replies a slow ASGI-path connection may have waiting before commands stop being read.
 MAX_PENDING_REPLIES = 64
+#: Bytes of replies a slow ASGI-path connection may have waiting before commands stop
+#: being read (the one that passes it may be up to ``max_reply_bytes``).
+MAX_PENDING_REPLY_BYTES = 64 * 1024
 #: Commands a handed-off connection may have waiting before reading pauses.
 MAX_PENDING_COMMANDS = 32
 #: "Send no close frame": the peer is gone, or the server sends its own.
@@ -110,6 +120,7 @@ class Connection:
         "handed_off",
         "inbox",
         "replies",
+        "reply_bytes",
         "sending",
         "stamp",
         "started",
@@ -136,8 +147,9 @@ class Connection:
         #: Closes the connection when its token expires (None: no expiry).
         self.expiry: asyncio.TimerHandle | None = None
         self.fast: WebSocketFastWrite | None = None
-        #: Replies waiting for the writer task (ASGI path only).
+        #: Replies waiting for the writer task (ASGI path only), and their bytes.
         self.replies: list[bytes] = []
+        self.reply_bytes = 0
         #: The close code and reason once the connection is ending.
         self.closing: tuple[int, str] | None = None
         self.started = False  # a command was handled (connect must come first)
@@ -230,7 +242,11 @@ class Connection:
         fast = self.fast
         if fast is not None:
             return fast.paused
-        return len(self.replies) >= MAX_PENDING_REPLIES
+        # Replies wait in memory until the server takes them: a few small ones,
+        # or a single large one (at most max_reply_bytes), never a pile of them.
+        return (
+            len(self.replies) >= MAX_PENDING_REPLIES or self.reply_bytes >= MAX_PENDING_REPLY_BYTES
+        )
 
     async def writable(self) -> None:
         while self.blocked():
@@ -253,6 +269,7 @@ class Connection:
             fast.write(protocol.frame(payload, binary=self.codec.binary))
         elif not self.subscription.closed:
             self.replies.append(payload)
+            self.reply_bytes += len(payload)
             self.subscription.wakeup()
 
     def send_error(self, request: protocol.RequestId, exc: TidingsError) -> None:
@@ -352,6 +369,7 @@ class Connection:
 
     async def execute(self, command: protocol.Command) -> None:
         request = command.id
+        refused = False
         try:
             if isinstance(command, protocol.Subscribe):
                 await self.subscribe(command)
@@ -361,6 +379,7 @@ class Connection:
                 return
             result = await self.run(command)
         except TidingsError as exc:
+            refused = True
             self.send_error(request, exc)
             return
         except Exception:
@@ -368,7 +387,9 @@ class Connection:
             self.send_reply(protocol.ErrorReply(request, ErrorCode.INTERNAL, "internal error"))
             return
         finally:
-            self.started = True
+            # A refused connect (its info too large) may be sent again, fixed.
+            if not (refused and isinstance(command, protocol.Connect)):
+                self.started = True
         if request is not None:
             self.send_reply(protocol.Reply(request, result))
 
@@ -381,16 +402,22 @@ class Connection:
                 raise ProtocolError("connect must be the first command of a connection")
             principal = caller.principal
             user = principal.sub if principal.kind is Kind.CLIENT else None
-            self.subscription.client = ClientInfo(self.client_id, user, command.info)
+            self.subscription.client = ops.client_info(
+                self.client_id,
+                user,
+                command,
+                max_info_bytes=self.endpoint.presence_info_max_bytes,
+            )
             return {"client": self.client_id}
         if isinstance(command, protocol.Unsubscribe):
             return ops.unsubscribe(self.subscription, command)
         if isinstance(command, protocol.Publish):
             return await ops.publish(caller, command)
+        max_reply_bytes = self.endpoint.max_reply_bytes
         if isinstance(command, protocol.History):
-            return await ops.history(caller, command)
+            return await ops.history(caller, command, max_reply_bytes=max_reply_bytes)
         assert isinstance(command, protocol.Presence)
-        return await ops.presence(caller, command)
+        return await ops.presence(caller, command, max_reply_bytes=max_reply_bytes)
 
     def refresh(self, command: protocol.Refresh) -> None:
         """Swap the connection's token for a fresh one of the same subject.
@@ -470,35 +497,39 @@ class Connection:
         subscription = self.subscription
         codec = self.codec
         key = "bytes" if codec.binary else "text"
-        loop = asyncio.get_running_loop()
         try:
             while True:
                 if not self.replies:
                     await subscription.wait()
                 if subscription.closed:
                     return
-                payloads, self.replies = self.replies, []
-                self._wake()
-                items = subscription.take()
-                if items:
-                    payloads += codec.messages(items)
                 text = key == "text"
-                for payload in payloads:
-                    # The stall watch reads the stamp: a send blocked past
-                    # the heartbeat means the peer is gone or stopped.
-                    self.sending = loop.time()
-                    await send(
-                        {
-                            "type": "websocket.send",
-                            key: payload.decode("utf-8") if text else payload,
-                        }
-                    )
-                    self.sending = 0.0
+                replies = self.replies
+                while replies:
+                    # A reply stays counted until the server has taken it, so a
+                    # peer that reads nothing holds one answer here, not many.
+                    payload = replies[0]
+                    await self._send(send, key, payload.decode("utf-8") if text else payload)
+                    del replies[0]
+                    self.reply_bytes -= len(payload)
+                    self._wake()
+                    if subscription.closed:
+                        return
+                items = subscription.take()
+                for payload in codec.messages(items) if items else ():
+                    await self._send(send, key, payload.decode("utf-8") if text else payload)
         except OSError:  # the server says the peer went away
             self.connection_lost()
         except Exception:
             logger.exception("WebSocket writer failed")
             self.end(CloseCode.INTERNAL_ERROR, "internal error")
+
+    async def _send(self, send: Send, key: str, payload: str | bytes) -> None:
+        # The stall watch reads the stamp: a send blocked past the heartbeat
+        # means the peer is gone or stopped.
+        self.sending = asyncio.get_running_loop().time()
+        await send({"type": "websocket.send", key: payload})
+        self.sending = 0.0
 
 
 def close_reason(text: str) -> str:

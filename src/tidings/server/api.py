@@ -28,7 +28,7 @@ from tidings.types import Position
 from tidings.wire import json, protocol
 from tidings.wire.codes import ErrorCode
 from tidings.wire.cursor import decode_cursor
-from tidings.wire.protocol import MAX_HISTORY_LIMIT
+from tidings.wire.protocol import MAX_HISTORY_LIMIT, MAX_PAGE_LIMIT
 
 __all__ = ["channels", "healthz", "history", "presence", "publish", "stats"]
 
@@ -163,19 +163,41 @@ async def history(request: Request) -> Response:
     since_text = request.query_params.get("since")
     since = parse_since(channel, since_text) if since_text else None
     command = protocol.History(None, channel, since, _limit(request))
-    return JSONBody(await ops.history(caller, command))
+    max_reply_bytes = _state(request).settings.max_reply_bytes
+    return JSONBody(await ops.history(caller, command, max_reply_bytes=max_reply_bytes))
+
+
+def _page(request: Request) -> tuple[str | None, int | None]:
+    """A listing's ``?cursor=…&limit=…``."""
+    params = request.query_params
+    cursor = protocol.page_cursor(params.get("cursor"))
+    value = params.get("limit")
+    if value is None:
+        return cursor, None
+    if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE_LIMIT:
+        raise ProtocolError(f"limit must be an integer from 1 to {MAX_PAGE_LIMIT}")
+    return cursor, int(value)
 
 
 async def presence(request: Request) -> Response:
-    """``GET /api/presence/{channel}``: the clients subscribed to a channel."""
+    """``GET /api/presence/{channel}?cursor=…&limit=…``: a page of the clients
+    subscribed to a channel."""
     caller = _caller(request)
-    command = protocol.Presence(None, request.path_params["channel"])
-    return JSONBody(await ops.presence(caller, command))
+    cursor, limit = _page(request)
+    command = protocol.Presence(None, request.path_params["channel"], cursor, limit)
+    max_reply_bytes = _state(request).settings.max_reply_bytes
+    return JSONBody(await ops.presence(caller, command, max_reply_bytes=max_reply_bytes))
 
 
 async def channels(request: Request) -> Response:
-    """``GET /api/channels``: channels with history or subscribers."""
-    return JSONBody(await ops.channels(_caller(request)))
+    """``GET /api/channels?cursor=…&limit=…``: a page of the channels with history
+    or subscribers."""
+    caller = _caller(request)
+    cursor, limit = _page(request)
+    max_reply_bytes = _state(request).settings.max_reply_bytes
+    return JSONBody(
+        await ops.channels(caller, cursor=cursor, limit=limit, max_reply_bytes=max_reply_bytes)
+    )
 
 
 async def stats(request: Request) -> Response:

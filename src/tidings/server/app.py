@@ -55,7 +55,10 @@ def build_backend(settings: Settings) -> Backend:
             idempotency_window=settings.idempotency_window,
         )
         return backend
-    return MemoryBackend(idempotency_window=settings.idempotency_window)
+    return MemoryBackend(
+        idempotency_window=settings.idempotency_window,
+        history_total_bytes=settings.history_total_bytes,
+    )
 
 
 def build_hub(settings: Settings) -> Hub:
@@ -178,6 +181,8 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Star
         pong_timeout=settings.ws_pong_timeout,
         on_open=state.counter("ws"),
         gate=state.gate,
+        max_reply_bytes=settings.max_reply_bytes,
+        presence_info_max_bytes=settings.presence_info_max_bytes,
     )
 
     @contextlib.asynccontextmanager

@@ -20,8 +20,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from tidings.errors import AlreadySubscribed, ProtocolError
+from tidings.errors import (
+    AlreadySubscribed,
+    InvalidChannel,
+    InvalidCursor,
+    ProtocolError,
+)
 from tidings.hub import (
+    ClientInfo,
     Event,
     Hub,
     Reset,
@@ -31,16 +37,20 @@ from tidings.hub import (
 )
 from tidings.server.auth import ANONYMOUS, Action, Authority, Principal
 from tidings.server.rates import PublishGate, TokenBucket
+from tidings.settings import DEFAULT_MAX_REPLY_BYTES
 from tidings.types import Position
 from tidings.wire import protocol
 from tidings.wire.codes import ErrorCode
+from tidings.wire.json import dumps_kept
 
 __all__ = [
     "DEFAULT_HISTORY_LIMIT",
     "Action",
     "Caller",
     "channels",
+    "client_info",
     "history",
+    "history_reply_cost",
     "permit",
     "presence",
     "publish",
@@ -52,6 +62,8 @@ __all__ = [
 
 #: Events a history request returns when it names no limit.
 DEFAULT_HISTORY_LIMIT = 100
+#: Bytes an event takes in a history answer besides its data and type.
+REPLY_EVENT_OVERHEAD = 96
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +195,14 @@ async def publish(caller: Caller, command: protocol.Publish) -> dict[str, Any]:
     return {"channel": channel, "epoch": position.epoch, "offset": position.offset}
 
 
-async def history(caller: Caller, command: protocol.History) -> dict[str, Any]:
+async def history(
+    caller: Caller, command: protocol.History, *, max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
+) -> dict[str, Any]:
     """Return a channel's kept events after ``command.since`` (newest ``limit``).
+
+    The answer holds at most ``limit`` events and about ``max_reply_bytes`` of
+    them (always one when any is left); ``next`` is the position to read on
+    from (``since`` of the next request), ``more`` whether events follow it.
 
     Raises:
         InvalidChannel, Unauthorized, PermissionDenied: from :func:`permit`.
@@ -192,35 +210,88 @@ async def history(caller: Caller, command: protocol.History) -> dict[str, Any]:
     channel = permit(caller, Action.HISTORY, command.channel)
     limit = command.limit if command.limit is not None else DEFAULT_HISTORY_LIMIT
     result = await caller.hub.history(channel, since=command.since, limit=limit)
-    return _history_result(channel, result.position, result.events, result.reset)
+    events: list[Event] = []
+    size = 0
+    for event in result.events:
+        cost = history_reply_cost(event)
+        if events and size + cost > max_reply_bytes:
+            break
+        size += cost
+        events.append(event)
+    position, reset = result.position, result.reset
+    if reset is not None:
+        following = reset.position
+    elif events:
+        following = Position(events[-1].epoch, events[-1].offset)
+    else:
+        following = command.since if command.since is not None else position
+    more = (
+        reset is None and following.epoch == position.epoch and following.offset < position.offset
+    )
+    return {
+        **_history_result(channel, position, events, reset),
+        "next": {"epoch": following.epoch, "offset": following.offset},
+        "more": more,
+    }
 
 
-async def presence(caller: Caller, command: protocol.Presence) -> dict[str, Any]:
-    """Return the clients subscribed to a channel.
+def history_reply_cost(event: Event) -> int:
+    """About the bytes an event takes in a history answer."""
+    return len(event.raw) + len(event.type) + REPLY_EVENT_OVERHEAD
+
+
+async def presence(
+    caller: Caller, command: protocol.Presence, *, max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
+) -> dict[str, Any]:
+    """Return one page of the clients subscribed to a channel, sorted by client id.
+
+    ``next`` is the ``cursor`` of the next page (None after the last).
 
     Raises:
         InvalidChannel, Unauthorized, PermissionDenied: from :func:`permit`.
     """
     channel = permit(caller, Action.PRESENCE, command.channel)
-    clients = await caller.hub.presence(channel)
+    page = await caller.hub.presence_page(
+        channel,
+        after=command.cursor,
+        limit=command.limit or protocol.MAX_PAGE_LIMIT,
+        max_bytes=max_reply_bytes,
+    )
     return {
         "channel": channel,
         "clients": [
             {"client": client.client_id, "user": client.user_id, "info": client.info}
-            for client in clients
+            for client in page.items
         ],
+        "next": page.next,
     }
 
 
-async def channels(caller: Caller) -> dict[str, Any]:
-    """Return the channels with history or subscribers, and where each stands.
+async def channels(
+    caller: Caller,
+    *,
+    cursor: str | None = None,
+    limit: int | None = None,
+    max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
+) -> dict[str, Any]:
+    """Return one page of the channels with history or subscribers, sorted by name.
+
+    ``next`` is the ``cursor`` of the next page (None after the last).
 
     Raises:
+        InvalidCursor: ``cursor`` is not a channel name.
         Unauthorized, PermissionDenied: listing channels is server-wide; once
             authentication is configured it needs an API key.
     """
     caller.authority.authorize(caller.principal, Action.CHANNELS)
-    summaries = await caller.hub.channels()
+    if cursor:
+        try:
+            validate_channel(cursor)
+        except InvalidChannel:
+            raise InvalidCursor(cursor, "not a cursor from a 'next' field") from None
+    page = await caller.hub.channels_page(
+        after=cursor or None, limit=limit or protocol.MAX_PAGE_LIMIT, max_bytes=max_reply_bytes
+    )
     return {
         "channels": [
             {
@@ -230,9 +301,27 @@ async def channels(caller: Caller) -> dict[str, Any]:
                 "history": summary.history,
                 "subscribers": summary.subscribers,
             }
-            for summary in summaries
-        ]
+            for summary in page.items
+        ],
+        "next": page.next,
     }
+
+
+def client_info(
+    client_id: str, user: str | None, command: protocol.Connect, *, max_info_bytes: int
+) -> ClientInfo:
+    """The presence entry a ``connect`` asks for.
+
+    Raises:
+        ProtocolError: ``info`` takes more than ``max_info_bytes`` as JSON (``too_large``).
+    """
+    size = len(dumps_kept(command.info)) if command.info is not None else 0
+    if size > max_info_bytes:
+        raise ProtocolError(
+            f"presence info of {size} bytes is more than the limit of {max_info_bytes} bytes",
+            code=ErrorCode.TOO_LARGE,
+        )
+    return ClientInfo(client_id, user, command.info)
 
 
 def subscribed_result(subscribed: Subscribed) -> dict[str, Any]:

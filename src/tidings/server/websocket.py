@@ -48,6 +48,7 @@ from tidings.server.auth import Authority, Kind
 from tidings.server.errors import close_code, error_body, error_headers, http_status
 from tidings.server.rates import PublishGate
 from tidings.server.writer import FAST_WRITE, WebSocketFastWrite
+from tidings.settings import DEFAULT_MAX_REPLY_BYTES, DEFAULT_PRESENCE_INFO_MAX_BYTES
 from tidings.types import Position
 from tidings.wire import protocol
 from tidings.wire.cursor import decode_cursor
@@ -87,6 +88,9 @@ class WebSocketEndpoint:
         overflow: Slow-consumer policy (hub default if None).
         on_open: Called with +1 when a connection opens and -1 when it ends.
         gate: Admits publishes (rate limits, draining); None admits every one.
+        max_reply_bytes: About the largest answer to a ``history`` or
+            ``presence`` command (longer ones are paged).
+        presence_info_max_bytes: Largest ``info`` of a ``connect`` (as JSON).
     """
 
     def __init__(
@@ -103,9 +107,13 @@ class WebSocketEndpoint:
         overflow: OverflowPolicy | str | None = None,
         on_open: Callable[[int], None] | None = None,
         gate: PublishGate | None = None,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
+        presence_info_max_bytes: int = DEFAULT_PRESENCE_INFO_MAX_BYTES,
     ) -> None:
         for name, value in (
             ("max_frame_bytes", max_frame_bytes),
+            ("max_reply_bytes", max_reply_bytes),
+            ("presence_info_max_bytes", presence_info_max_bytes),
             ("rate_limit", rate_limit),
             ("max_channels", max_channels),
             ("ping_interval", ping_interval),
@@ -123,6 +131,8 @@ class WebSocketEndpoint:
         self.overflow = overflow
         self.on_open = on_open
         self.gate = gate
+        self.max_reply_bytes = max_reply_bytes
+        self.presence_info_max_bytes = presence_info_max_bytes
         self._stall_watch = StallWatch(self.stall_timeout)
         self._codecs = {
             fmt: Codec(fmt, max_frame_bytes=max_frame_bytes)

@@ -12,6 +12,7 @@ the reply; ``docs/websocket.md`` documents every message.
 from __future__ import annotations
 
 import math
+import re
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from tidings.errors import (
     FrameTooLarge,
     IntegerOutOfRange,
     InvalidChannel,
+    InvalidCursor,
     ProtocolError,
     UnknownOp,
 )
@@ -35,6 +37,8 @@ from tidings.wire.json import dumps_kept
 
 __all__ = [
     "MAX_HISTORY_LIMIT",
+    "MAX_PAGE_CURSOR",
+    "MAX_PAGE_LIMIT",
     "SUBPROTOCOLS",
     "Command",
     "Connect",
@@ -64,12 +68,18 @@ __all__ = [
     "frame_batch",
     "load",
     "negotiate",
+    "page_cursor",
     "parse_command",
     "request_id",
 ]
 
 #: Most events one ``history`` command may ask for.
 MAX_HISTORY_LIMIT = 10000
+#: Largest ``limit`` of a presence or channel listing page (also the default).
+MAX_PAGE_LIMIT = 1000
+#: Longest listing ``cursor``: a channel name or a client id.
+MAX_PAGE_CURSOR = 255
+_PAGE_CURSOR = re.compile(r"[\x21-\x7e]+\Z")
 #: Longest string accepted as a request id.
 MAX_ID_LENGTH = 64
 #: Largest integer request id (fits a JavaScript number exactly).
@@ -171,8 +181,12 @@ class History:
 
 @dataclass(frozen=True, slots=True)
 class Presence:
+    """One page of a channel's presence: clients after ``cursor``, at most ``limit``."""
+
     id: RequestId
     channel: str
+    cursor: str | None = None
+    limit: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -502,7 +516,7 @@ _OPTIONAL = {
     Op.UNSUBSCRIBE: (),
     Op.PUBLISH: ("data", "text", "event", "key"),
     Op.HISTORY: ("since", "limit"),
-    Op.PRESENCE: (),
+    Op.PRESENCE: ("cursor", "limit"),
     Op.PING: (),
     Op.REFRESH: (),
 }
@@ -610,7 +624,26 @@ def _parse_history(request: RequestId, document: dict[str, Any]) -> Command:
 
 
 def _parse_presence(request: RequestId, document: dict[str, Any]) -> Command:
-    return Presence(request, _channel(document))
+    limit = document.get("limit")
+    if limit is not None and (
+        isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_LIMIT
+    ):
+        raise ProtocolError(f"field 'limit' must be an integer from 1 to {MAX_PAGE_LIMIT}")
+    cursor = _optional_str(document, "cursor")
+    return Presence(request, _channel(document), page_cursor(cursor), limit)
+
+
+def page_cursor(value: str | None) -> str | None:
+    """Check a listing's ``cursor`` (the ``next`` of the page before); "" means none.
+
+    Raises:
+        InvalidCursor: longer than ``MAX_PAGE_CURSOR`` characters or not printable ASCII.
+    """
+    if not value:
+        return None
+    if len(value) > MAX_PAGE_CURSOR or not _PAGE_CURSOR.match(value):
+        raise InvalidCursor(value, "not a cursor from a 'next' field")
+    return value
 
 
 def _parse_ping(request: RequestId, document: dict[str, Any]) -> Command:

@@ -233,7 +233,11 @@ async def test_publish_method_not_allowed(client: httpx.AsyncClient) -> None:
 
 
 async def test_presence_lists_member_subscriptions(client: httpx.AsyncClient, hub: Hub) -> None:
-    assert (await client.get("/api/presence/room")).json() == {"channel": "room", "clients": []}
+    assert (await client.get("/api/presence/room")).json() == {
+        "channel": "room",
+        "clients": [],
+        "next": None,
+    }
     async with hub.subscription(client=ClientInfo("c1", "u1", {"name": "ada"})) as member:
         await member.add("room")
         response = await client.get("/api/presence/room")

@@ -169,6 +169,7 @@ async def test_presence_lists_member_subscriptions(hub: Hub) -> None:
     assert await ops.presence(Caller.open(hub), protocol.Presence(None, "room")) == {
         "channel": "room",
         "clients": [],
+        "next": None,
     }
     async with hub.subscription(client=ClientInfo("c1", "u1", {"name": "ada"})) as member:
         await member.add("room")

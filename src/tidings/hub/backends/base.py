@@ -30,6 +30,11 @@ checks for every implementation:
   the presence listener as ``"join"``, a removed one as ``"leave"`` (with its
   payload), exactly once in every process that watches the channel. An entry
   that expires is no longer listed; announcing its leave is optional.
+- Memory: a channel keeps at most its namespace's ``history_size`` events and
+  ``history_max_bytes`` bytes of them, dropping the oldest first; a position
+  that fell off gets a ``Reset`` like any other outside the window.
+  ``usage`` reports what this process holds for history, or None when the
+  history lives elsewhere (Redis: its own ``maxmemory`` bounds it).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ __all__ = [
     "Backend",
     "ChannelInfo",
     "History",
+    "HistoryUsage",
     "Listener",
     "PresenceChange",
     "PresenceListener",
@@ -108,6 +114,20 @@ class ChannelInfo(NamedTuple):
     history: int
 
 
+class HistoryUsage(NamedTuple):
+    """What a backend's history holds in this process.
+
+    Attributes:
+        channels: Channel states kept.
+        events: Events kept.
+        bytes: Bytes counted for them (see ``memory.py`` for the costs).
+    """
+
+    channels: int
+    events: int
+    bytes: int
+
+
 class Backend(Protocol):
     """Storage and fan-out for a hub; see the module docstring for the contract."""
 
@@ -159,8 +179,16 @@ class Backend(Protocol):
         Calls to ``watch`` and ``unwatch`` for one channel take effect in call order.
         """
 
-    async def channels(self) -> list[ChannelInfo]:
-        """Return the channels the backend currently keeps state for."""
+    async def channels(
+        self, *, after: str | None = None, limit: int | None = None
+    ) -> list[ChannelInfo]:
+        """Return the channels the backend keeps state for, sorted by name.
+
+        Only names greater than ``after`` (when given), at most ``limit``.
+        """
+
+    def usage(self) -> HistoryUsage | None:
+        """Return what history holds in this process (None: it lives elsewhere)."""
 
     def set_presence_listener(self, listener: PresenceListener) -> None:
         """Set the callable that receives join and leave changes."""

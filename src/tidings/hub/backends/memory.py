@@ -1,57 +1,145 @@
 """MemoryBackend: one process, no services; the default.
 
 Each channel keeps its epoch, its offset counter and a ring of its newest
-events, trimmed by count on publish and by age on publish, read and sweep. A
-channel's state is created when it is first touched and forgotten when no one
-watches it and its last event is older than the history TTL; a later touch
-starts a new epoch, so an old position gets a ``reset`` rather than a wrong
-resume. Everything here runs without awaiting, so each call is atomic with
-respect to the event loop.
+events, trimmed by count and by bytes on publish and by age on publish, read
+and sweep. A channel's state is created when it is first touched and
+forgotten when no one watches it and its last event is older than the
+history TTL; a later touch starts a new epoch, so an old position gets a
+``reset`` rather than a wrong resume. Everything here runs without awaiting,
+so each call is atomic with respect to the event loop.
+
+Memory accounting
+-----------------
+
+Every byte history holds is counted, exactly: an event costs its data plus
+``EVENT_OVERHEAD``, an idempotency key its length plus ``KEY_OVERHEAD``, and
+a channel's state its name plus ``CHANNEL_OVERHEAD``, so many tiny channels
+count too. A channel's events are bounded by its namespace's
+``history_max_bytes`` (oldest dropped first); the whole backend by
+``history_total_bytes``: when a publish goes past it, the channel published
+to least recently gives up its oldest events first, and a channel left with
+nothing (no event, no watcher) is forgotten. The channels are kept in the
+order of their last publish, so finding the victim costs O(1) and each
+publish does amortised O(1) work. A position that falls off gets the usual
+``reset``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
-from collections import deque
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
 
 from tidings.hub.backends.base import (
     ChannelInfo,
     History,
+    HistoryUsage,
     Listener,
     PresenceChange,
     PresenceListener,
     ResetListener,
     new_epoch,
 )
-from tidings.hub.event import Event, Reset
+from tidings.hub.event import EVENT_OVERHEAD, Event, Reset
 from tidings.hub.names import NamespaceOptions
 from tidings.types import Position
 
-__all__ = ["MemoryBackend"]
+__all__ = [
+    "CHANNEL_OVERHEAD",
+    "DEFAULT_HISTORY_TOTAL_BYTES",
+    "KEY_OVERHEAD",
+    "MemoryBackend",
+    "channel_cost",
+    "event_cost",
+    "key_cost",
+]
 
 logger = logging.getLogger(__name__)
 
+#: Bytes counted for a channel's state on top of its name (objects, dict slots).
+CHANNEL_OVERHEAD = 512
+#: Bytes counted for a remembered idempotency key on top of its length.
+KEY_OVERHEAD = 128
+#: Default bound of all history of one backend (256 MiB).
+DEFAULT_HISTORY_TOTAL_BYTES = 256 * 1024 * 1024
+
+
+def event_cost(event: Event) -> int:
+    """Bytes counted for an event kept in history: its data plus ``EVENT_OVERHEAD``."""
+    return len(event.raw) + EVENT_OVERHEAD
+
+
+def key_cost(key: str) -> int:
+    """Bytes counted for a remembered idempotency key."""
+    return len(key) + KEY_OVERHEAD
+
+
+def channel_cost(channel: str) -> int:
+    """Bytes counted for a channel's state, before its events and keys."""
+    return len(channel) + CHANNEL_OVERHEAD
+
 
 class _ChannelState:
-    __slots__ = ("epoch", "history", "keys", "last_time", "offset", "ttl")
+    __slots__ = (
+        "base",
+        "epoch",
+        "event_bytes",
+        "history",
+        "key_bytes",
+        "keys",
+        "last_time",
+        "max_bytes",
+        "offset",
+        "size",
+        "ttl",
+    )
 
-    def __init__(self, epoch: str, options: NamespaceOptions) -> None:
+    def __init__(self, epoch: str, options: NamespaceOptions, base: int) -> None:
         self.epoch = epoch
         self.offset = 0
-        self.history: deque[Event] = deque(maxlen=options.history_size)
+        self.history: deque[Event] = deque()
+        self.size = options.history_size
+        self.max_bytes = options.history_max_bytes
         self.ttl = options.history_ttl
         self.last_time = 0.0
         self.keys: dict[str, tuple[Position, float]] = {}
+        self.base = base  # the state itself: channel_cost(name)
+        self.event_bytes = 0
+        self.key_bytes = 0
 
-    def expire(self, now: float) -> None:
+    @property
+    def bytes(self) -> int:
+        """Bytes counted for this channel: its state, events and keys."""
+        return self.base + self.event_bytes + self.key_bytes
+
+    def pop_oldest(self) -> int:
+        """Drop the oldest event; return the bytes it was counted."""
+        cost = event_cost(self.history.popleft())
+        self.event_bytes -= cost
+        return cost
+
+    def expire(self, now: float) -> int:
+        """Drop events older than the TTL; return the bytes freed."""
         history = self.history
         cutoff = now - self.ttl
+        freed = 0
         while history and history[0].time < cutoff:
-            history.popleft()
+            freed += self.pop_oldest()
+        return freed
+
+    def expire_keys(self, now: float) -> int:
+        """Forget idempotency keys past their window; return the bytes freed."""
+        gone = [key for key, (_, until) in self.keys.items() if until <= now]
+        freed = 0
+        for key in gone:
+            del self.keys[key]
+            freed += key_cost(key)
+        self.key_bytes -= freed
+        return freed
 
 
 class MemoryBackend:
@@ -61,6 +149,8 @@ class MemoryBackend:
         idempotency_window: Seconds a publish ``key`` is remembered.
         sweep_interval: Seconds between sweeps that forget idle channels.
         clock: Returns the time in seconds (tests pass a fake).
+        history_total_bytes: Bound of everything history holds, channel
+            states and idempotency keys included (see the module docstring).
     """
 
     name = "memory"
@@ -71,8 +161,15 @@ class MemoryBackend:
         idempotency_window: float = 300.0,
         sweep_interval: float = 5.0,
         clock: Callable[[], float] = time.time,
+        history_total_bytes: int = DEFAULT_HISTORY_TOTAL_BYTES,
     ) -> None:
-        self._states: dict[str, _ChannelState] = {}
+        if history_total_bytes <= 0:
+            raise ValueError(f"history_total_bytes must be > 0, not {history_total_bytes}")
+        #: Channel states, least recently published first.
+        self._states: OrderedDict[str, _ChannelState] = OrderedDict()
+        self._total_max = history_total_bytes
+        self._bytes = 0
+        self._events = 0
         self._watched: dict[str, int] = {}
         self._listener: Listener = _no_listener
         self._presence_listener: PresenceListener = _no_listener
@@ -108,8 +205,44 @@ class MemoryBackend:
     def _state(self, channel: str, options: NamespaceOptions) -> _ChannelState:
         state = self._states.get(channel)
         if state is None:
-            state = self._states[channel] = _ChannelState(new_epoch(), options)
+            state = _ChannelState(new_epoch(), options, channel_cost(channel))
+            self._bytes += state.bytes
+            self._evict()  # make room among the others first
+            self._states[channel] = state
+            self._states.move_to_end(channel, last=False)  # never published: evicted first
         return state
+
+    def _expire(self, state: _ChannelState, now: float) -> None:
+        before = len(state.history)
+        self._bytes -= state.expire(now)
+        self._events -= before - len(state.history)
+
+    def _forget(self, channel: str) -> None:
+        state = self._states.pop(channel)
+        self._bytes -= state.bytes
+        self._events -= len(state.history)
+
+    def _evict(self) -> None:
+        """Free history, least recently published channel first, until under the bound."""
+        states = self._states
+        skipped = 0
+        while self._bytes > self._total_max and skipped < len(states):
+            channel, state = next(iter(states.items()))
+            if state.history:
+                self._bytes -= state.pop_oldest()
+                self._events -= 1
+                continue
+            if channel in self._watched:
+                # A watched channel keeps its epoch and offset (its subscribers
+                # are live); it is looked at again after every other channel.
+                states.move_to_end(channel)
+                skipped += 1
+                continue
+            self._forget(channel)
+
+    def usage(self) -> HistoryUsage:
+        """What history holds now: channels, events and bytes counted."""
+        return HistoryUsage(len(self._states), self._events, self._bytes)
 
     async def publish(
         self,
@@ -130,14 +263,32 @@ class MemoryBackend:
         state.offset += 1
         event = Event(channel, state.epoch, state.offset, raw, type=type, is_text=is_text, time=now)
         state.last_time = now
-        if state.history.maxlen:
-            state.history.append(event)
-            state.expire(now)
+        self._states.move_to_end(channel)
+        self._keep(state, event, now)
         position = Position(state.epoch, state.offset)
         if key is not None:
+            if key not in state.keys:
+                state.key_bytes += key_cost(key)
+                self._bytes += key_cost(key)
             state.keys[key] = (position, now + self._window)
+        self._evict()
         self._listener(event)
         return position
+
+    def _keep(self, state: _ChannelState, event: Event, now: float) -> None:
+        """Append ``event`` to history, then trim it by count, bytes and age."""
+        if not state.size:
+            return
+        history = state.history
+        history.append(event)
+        cost = event_cost(event)
+        state.event_bytes += cost
+        self._bytes += cost
+        self._events += 1
+        while history and (len(history) > state.size or state.event_bytes > state.max_bytes):
+            self._bytes -= state.pop_oldest()
+            self._events -= 1
+        self._expire(state, now)
 
     async def read(
         self,
@@ -148,7 +299,7 @@ class MemoryBackend:
         options: NamespaceOptions,
     ) -> History:
         state = self._state(channel, options)
-        state.expire(self._clock())
+        self._expire(state, self._clock())
         position = Position(state.epoch, state.offset)
         history = state.history
         if since is None:
@@ -181,11 +332,19 @@ class MemoryBackend:
         else:
             self._watched.pop(channel, None)
 
-    async def channels(self) -> list[ChannelInfo]:
+    async def channels(
+        self, *, after: str | None = None, limit: int | None = None
+    ) -> list[ChannelInfo]:
         now = self._clock()
+        names: Iterable[str] = self._states
+        if after is not None:
+            names = (name for name in names if name > after)
+        # A page costs O(channels · log limit), never a sorted copy of them all.
+        page = sorted(names) if limit is None else heapq.nsmallest(limit, names)
         infos = []
-        for channel, state in self._states.items():
-            state.expire(now)
+        for channel in page:
+            state = self._states[channel]
+            self._expire(state, now)
             infos.append(
                 ChannelInfo(channel, Position(state.epoch, state.offset), len(state.history))
             )
@@ -229,9 +388,9 @@ class MemoryBackend:
         now = self._clock()
         idle = []
         for channel, state in self._states.items():
-            state.expire(now)
+            self._expire(state, now)
             if state.keys:
-                state.keys = {k: v for k, v in state.keys.items() if v[1] > now}
+                self._bytes -= state.expire_keys(now)
             if (
                 channel not in self._watched
                 and not state.history
@@ -240,7 +399,7 @@ class MemoryBackend:
             ):
                 idle.append(channel)
         for channel in idle:
-            del self._states[channel]
+            self._forget(channel)
         for channel in list(self._presence):
             if not self._live_presence(channel, now):
                 del self._presence[channel]

@@ -354,8 +354,12 @@ export class TidingsSocket extends EventTarget {
     return this._request(command);
   }
 
-  presence(channel) {
-    return this._request({ op: "presence", channel });
+  /** One page of a channel's presence; pass the answer's `next` as `cursor` for the next. */
+  presence(channel, { cursor, limit } = {}) {
+    const command = { op: "presence", channel };
+    if (cursor) command.cursor = cursor;
+    if (limit !== undefined) command.limit = limit;
+    return this._request(command);
   }
 
   ping() {

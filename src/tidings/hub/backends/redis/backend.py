@@ -178,8 +178,13 @@ class RedisBackend:
     def unwatch(self, channel: str) -> None:
         self._fanout.unwatch(channel)
 
-    async def channels(self) -> list[ChannelInfo]:
-        return await self.scripts.channels()
+    async def channels(
+        self, *, after: str | None = None, limit: int | None = None
+    ) -> list[ChannelInfo]:
+        return await self.scripts.channels(after=after, limit=limit)
+
+    def usage(self) -> None:
+        return None  # history lives in Redis, bounded by its maxmemory
 
     async def presence_add(
         self, channel: str, client_id: str, payload: bytes, *, ttl: float

@@ -7,7 +7,8 @@ Each channel has a meta hash (epoch, last offset) and a stream of its newest
 events, keyed by offset (``lua/common.lua`` lists every key). Each operation
 is one Lua script, so it is atomic across processes: ``publish`` checks the
 idempotency key, takes the next offset, appends to the stream (trimmed to
-the namespace's history size and TTL), refreshes the key expiries and
+the namespace's history size, bytes and TTL, oldest first, with a byte
+count kept in the meta hash), refreshes the key expiries and
 PUBLISHes the encoded event, all at once. Pub/Sub order is therefore offset
 order. A channel whose meta hash is gone (expired, evicted, flushed, Redis
 restarted without persistence) gets a fresh epoch on its next use, so old
@@ -19,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Sequence
+import heapq
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -129,6 +131,7 @@ class Scripts:
             self._now(),
             new_epoch(),
             self._window_ms,
+            options.history_max_bytes,
         )
         _, position = await self.call("publish", keys, args)
         return decode_position(position)
@@ -172,9 +175,16 @@ class Scripts:
         meta, _, index = self.keys(channel)
         await self.call("touch", [meta, index], (channel, self._meta_ttl_ms, self._now()))
 
-    async def channels(self) -> list[ChannelInfo]:
+    async def channels(
+        self, *, after: str | None = None, limit: int | None = None
+    ) -> list[ChannelInfo]:
+        """The live channels sorted by name, after ``after``, at most ``limit``."""
         names = await self.call("channels", [self.prefix + "channels"], (self._now(),))
-        return list(await asyncio.gather(*(self.position(name.decode()) for name in names)))
+        decoded: Iterable[str] = (name.decode() for name in names)
+        if after is not None:
+            decoded = (name for name in decoded if name > after)
+        page = sorted(decoded) if limit is None else heapq.nsmallest(limit, decoded)
+        return list(await asyncio.gather(*(self.position(name) for name in page)))
 
     async def presence_add(
         self, channel: str, client_id: str, payload: bytes, *, ttl: float

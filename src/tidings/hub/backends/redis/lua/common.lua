@@ -1,7 +1,8 @@
 -- Shared by every Tidings script; each script is this file followed by its body.
 --
 -- Keys of a channel C under prefix P (braces make them one cluster slot):
---   P{C}:m   hash    e = epoch, o = last offset, t = history TTL (ms)
+--   P{C}:m   hash    e = epoch, o = last offset, t = history TTL (ms),
+--                    b = bytes of the stream's entries (data + ENTRY_OVERHEAD each)
 --   P{C}:s   stream  entries "<offset>-0" with fields t (ms), y (type), x (1 = text), d (data)
 --   P{C}:k:K string  "<epoch> <offset>" of the publish with idempotency key K
 --   P{C}:p   zset    client id -> expiry time (ms)
@@ -36,25 +37,65 @@ local function channel_meta(meta, stream, index, channel, fresh_epoch, now, meta
   return fresh_epoch, 0
 end
 
+-- Bytes counted for a stream entry: its data plus a fixed share for the
+-- entry itself (the memory backend counts the same).
+local ENTRY_OVERHEAD = 128
+
+local function entry_cost(entry)
+  return #entry[2][8] + ENTRY_OVERHEAD  -- fields: t, time, y, type, x, is_text, d, data
+end
+
+-- Remove the entries up to id `last` and take `freed` off the meta hash's byte count.
+local function drop_through(meta, stream, last, freed)
+  if last then
+    redis.call('XTRIM', stream, 'MINID', (id_offset(last) + 1) .. '-0')
+    redis.call('HINCRBY', meta, 'b', -freed)
+  end
+end
+
 -- Drop stream entries published before cutoff (ms); entries are in time order.
-local function expire_stream(stream, cutoff)
+local function expire_stream(meta, stream, cutoff)
   local count = 1  -- usually the oldest entry is fresh: look at it alone first
+  local start, last, freed = '-', nil, 0
   while true do
-    local batch = redis.call('XRANGE', stream, '-', '+', 'COUNT', count)
+    local batch = redis.call('XRANGE', stream, start, '+', 'COUNT', count)
     if #batch == 0 then
-      return
+      break
     end
-    for i, entry in ipairs(batch) do
+    for _, entry in ipairs(batch) do
       if tonumber(entry[2][2]) >= cutoff then
-        if i > 1 or count > 1 then
-          redis.call('XTRIM', stream, 'MINID', entry[1])
-        end
+        drop_through(meta, stream, last, freed)
         return
       end
+      last, freed = entry[1], freed + entry_cost(entry)
     end
-    redis.call('XTRIM', stream, 'MINID', (id_offset(batch[#batch][1]) + 1) .. '-0')
+    start = (id_offset(last) + 1) .. '-0'
     count = 100
   end
+  drop_through(meta, stream, last, freed)
+end
+
+-- Drop the oldest entries until at most `size` entries of at most `max_bytes`
+-- bytes (meta field b) are left. Each entry is looked at once: O(1) amortised.
+local function trim_stream(meta, stream, size, max_bytes)
+  local count = redis.call('XLEN', stream)
+  local bytes = tonumber(redis.call('HGET', meta, 'b') or '0')
+  local start, last, freed = '-', nil, 0
+  while count > 0 and (count > size or bytes - freed > max_bytes) do
+    local want = math.max(1, math.min(100, count - size))
+    local batch = redis.call('XRANGE', stream, start, '+', 'COUNT', want)
+    if #batch == 0 then
+      break
+    end
+    for _, entry in ipairs(batch) do
+      if not (count > size or bytes - freed > max_bytes) then
+        break
+      end
+      last, freed, count = entry[1], freed + entry_cost(entry), count - 1
+    end
+    start = (id_offset(last) + 1) .. '-0'
+  end
+  drop_through(meta, stream, last, freed)
 end
 
 local function announce(pubsub, kind, client, payload)

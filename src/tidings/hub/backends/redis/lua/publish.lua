@@ -1,6 +1,7 @@
 -- KEYS: meta, stream, index[, idempotency key]
 -- ARGV: channel, pubsub, data, type, is_text (0/1), history size, history ttl (ms),
---       meta ttl (ms), now (ms or ''), fresh epoch, idempotency window (ms)
+--       meta ttl (ms), now (ms or ''), fresh epoch, idempotency window (ms),
+--       history max bytes
 -- Returns {1, "<epoch> <offset>"} for a new event, {0, ...} for a repeated key.
 local meta, stream, index, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local channel, pubsub, data, etype, is_text = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -15,10 +16,15 @@ end
 local epoch, offset = channel_meta(meta, stream, index, channel, ARGV[10], now, meta_ttl)
 offset = offset + 1
 -- XADD first: if it fails, nothing else has changed.
+local max_bytes = tonumber(ARGV[12])
 if size > 0 then
-  redis.call('XADD', stream, 'MAXLEN', size, offset .. '-0',
-    't', now, 'y', etype, 'x', is_text, 'd', data)
-  expire_stream(stream, now - ttl)
+  if redis.call('EXISTS', stream) == 0 then
+    redis.call('HSET', meta, 'b', 0)  -- the stream expired: nothing is counted any more
+  end
+  redis.call('XADD', stream, offset .. '-0', 't', now, 'y', etype, 'x', is_text, 'd', data)
+  redis.call('HINCRBY', meta, 'b', #data + ENTRY_OVERHEAD)
+  expire_stream(meta, stream, now - ttl)
+  trim_stream(meta, stream, size, max_bytes)
   redis.call('PEXPIRE', stream, ttl)
 end
 redis.call('HSET', meta, 'o', offset, 't', ttl)

@@ -6,7 +6,7 @@
 local meta, stream, index = KEYS[1], KEYS[2], KEYS[3]
 local now = now_ms(ARGV[7])
 local epoch, offset = channel_meta(meta, stream, index, ARGV[1], ARGV[8], now, tonumber(ARGV[6]))
-expire_stream(stream, now - tonumber(ARGV[5]))
+expire_stream(meta, stream, now - tonumber(ARGV[5]))
 local limit = tonumber(ARGV[4])
 if ARGV[2] == '' then
   if limit == 0 then
