@@ -17,6 +17,8 @@ import httpx
 import orjson
 import pytest
 import websockets
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 
 from tests.support.env import TIMEOUT, eventually
@@ -294,3 +296,33 @@ async def test_stats_show_the_totals(client: httpx.AsyncClient) -> None:
     stats = (await client.get("/api/stats")).json()
     for field in ("history_channels", "history_events", "history_bytes", "outbox_bytes"):
         assert isinstance(stats[field], int), field
+
+
+header_text = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=200
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(header=header_text, query=st.text(max_size=200))
+async def test_arbitrary_resume_cursors_get_a_clear_answer_never_a_500(
+    client: httpx.AsyncClient, header: str, query: str
+) -> None:
+    """``Last-Event-ID`` and ``?last_event_id=``: a stream (200) or a clear 400, never a 500.
+
+    (A header value cannot start or end with a space on the wire.)
+    """
+    requests: list[tuple[dict[str, bytes], dict[str, str]]] = [
+        ({"Last-Event-ID": header.strip(" ").encode("latin-1")}, {"channel": "fuzz"}),
+        ({}, {"channel": "fuzz", "last_event_id": query}),
+    ]
+    for headers, params in requests:
+        async with client.stream("GET", "/sse", headers=headers, params=params) as response:
+            assert response.status_code in (200, 400), (headers, params)
+            if response.status_code == 400:
+                body = orjson.loads(await response.aread())
+                assert body["error"]["code"] == "invalid_cursor"

@@ -61,7 +61,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Bytes counted for a channel's state on top of its name (objects, dict slots).
-CHANNEL_OVERHEAD = 512
+CHANNEL_OVERHEAD = 1024
 #: Bytes counted for a remembered idempotency key on top of its length.
 KEY_OVERHEAD = 128
 #: Default bound of all history of one backend (256 MiB).
