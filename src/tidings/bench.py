@@ -253,7 +253,11 @@ class _SSEProtocol(asyncio.Protocol):
                 self.connected.set_result(None)
         for event in self.decoder.feed(self.chunked.feed(data)):
             offset = event.id.rpartition(":")[2]
-            self.run.deliver(self.tally, event.data, int(offset) if offset.isdigit() else None)
+            self.run.deliver(
+                self.tally,
+                event.data,
+                int(offset) if offset.isascii() and offset.isdigit() else None,
+            )
 
     def _fail(self, exc: BaseException) -> None:
         for future in (self.connected, self.closed):

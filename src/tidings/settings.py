@@ -51,6 +51,8 @@ MIN_SECRET_BYTES = 32
 _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s?#]+\Z")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 BACKENDS = ("memory", "redis")
+#: The byte bound of each ``llm:`` channel's history unless ``[namespaces.llm]`` sets one.
+LLM_HISTORY_MAX_BYTES = 64 * 1024 * 1024
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: Default bound of one answer (history, presence, channel list): 1 MiB.
 DEFAULT_MAX_REPLY_BYTES = 1024 * 1024
@@ -276,7 +278,9 @@ class Settings:
             by_name["llm"] = NamespaceOptions(
                 history_size=self.llm.history_size,
                 history_ttl=self.llm.ttl,
-                history_max_bytes=self.history_max_bytes,
+                # Room for a whole generation of llm.history_size chunks (about 350
+                # bytes each, counted with their overhead), still under the total bound.
+                history_max_bytes=max(self.history_max_bytes, LLM_HISTORY_MAX_BYTES),
                 publish=False,
                 subscribe=not closed,
                 history=not closed,

@@ -8,7 +8,7 @@ import pytest
 
 from tidings.hub import NamespaceOptions
 from tidings.llm import LLMConfig
-from tidings.settings import Settings, SettingsError, load_settings
+from tidings.settings import LLM_HISTORY_MAX_BYTES, Settings, SettingsError, load_settings
 
 
 def test_defaults() -> None:
@@ -200,7 +200,15 @@ def test_llm_table_from_file_and_environment(tmp_path: Path) -> None:
 def test_llm_channels_are_kept_whole_and_closed_to_client_publishes() -> None:
     llm = LLMConfig(ttl=60, history_size=5000)
     options = Settings(llm=llm).namespace_options().options("llm:x")
-    assert options == NamespaceOptions(history_size=5000, history_ttl=60.0, publish=False)
+    assert options == NamespaceOptions(
+        history_size=5000,
+        history_ttl=60.0,
+        history_max_bytes=LLM_HISTORY_MAX_BYTES,
+        publish=False,
+    )
+    # A larger per-channel bound of the deployment's own is kept.
+    larger = Settings(history_max_bytes=2 * LLM_HISTORY_MAX_BYTES).namespace_options()
+    assert larger.options("llm:x").history_max_bytes == 2 * LLM_HISTORY_MAX_BYTES
     mine = Settings(namespaces={"llm": {"history_size": 10}}).namespace_options()
     assert mine.options("llm:x").history_size == 10
 

@@ -82,7 +82,7 @@ def _publish_result(response: httpx.Response) -> Position:
 def _retry_after(response: httpx.Response) -> float | None:
     """The ``Retry-After`` of an answer in seconds (the delay form only), or None."""
     value = response.headers.get("retry-after", "").strip()
-    return float(value) if value.isdigit() else None
+    return float(value) if value.isascii() and value.isdigit() else None
 
 
 @contextmanager

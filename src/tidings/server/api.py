@@ -65,7 +65,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     """Read the request body, refusing more than ``limit`` bytes."""
     length = request.headers.get("content-length")
     if length is not None:
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):
             raise ProtocolError(f"invalid Content-Length {length[:40]!r}")
         if int(length) > limit:
             raise FrameTooLarge(int(length), limit)
@@ -136,7 +136,7 @@ async def publish(request: Request) -> Response:
 def parse_since(channel: str, value: str) -> Position:
     """Read ``since`` as ``epoch:offset`` or as a cursor naming ``channel``."""
     epoch, colon, offset = value.partition(":")
-    if colon and ":" not in offset and offset.isdigit():
+    if colon and ":" not in offset and offset.isascii() and offset.isdigit():
         return Position(epoch, int(offset))
     try:
         position = decode_cursor(value).get(channel)
@@ -151,7 +151,7 @@ def _limit(request: Request) -> int | None:
     value = request.query_params.get("limit")
     if value is None:
         return None
-    if not value.isdigit() or not 0 <= int(value) <= MAX_HISTORY_LIMIT:
+    if not (value.isascii() and value.isdigit()) or not 0 <= int(value) <= MAX_HISTORY_LIMIT:
         raise ProtocolError(f"limit must be an integer from 0 to {MAX_HISTORY_LIMIT}")
     return int(value)
 
@@ -174,7 +174,7 @@ def _page(request: Request) -> tuple[str | None, int | None]:
     value = params.get("limit")
     if value is None:
         return cursor, None
-    if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE_LIMIT:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_PAGE_LIMIT:
         raise ProtocolError(f"limit must be an integer from 1 to {MAX_PAGE_LIMIT}")
     return cursor, int(value)
 

@@ -568,7 +568,7 @@ def _since(request: Request, channel: str, origin: Position) -> Position:
     after = request.query_params.get("after")
     if after is None:
         return origin
-    if not after.isdigit() or len(after) > 12:
+    if not (after.isascii() and after.isdigit()) or len(after) > 12:
         raise InvalidCursor(after, "after must be a number of events")
     return Position(origin.epoch, origin.offset + int(after))
 
