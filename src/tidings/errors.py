@@ -60,6 +60,7 @@ __all__ = [
     "StreamRejected",
     "SubscriptionClosed",
     "TidingsError",
+    "TooManyConnections",
     "Unauthorized",
     "UnknownOp",
     "UpstreamError",
@@ -350,6 +351,20 @@ class ServerUnavailable(TidingsError):
         message = f"cannot reach {url}"
         super().__init__(f"{message}: {detail}" if detail else message)
         self.url = url
+
+
+class TooManyConnections(TidingsError):
+    """Server side: the server holds as many connections as it allows, in total or
+    from one client address (``max_connections``, ``max_connections_per_client``).
+
+    Answered 503 with ``Retry-After``; the client may try again later.
+    """
+
+    code = "unavailable"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ReconnectExhausted(TidingsError):

@@ -48,6 +48,8 @@ ENV_PREFIX = "TIDINGS_"
 LLM_ENV_PREFIX = "TIDINGS_LLM_"
 #: Shortest accepted ``jwt_secret`` (HS256 wants a key as long as its hash).
 MIN_SECRET_BYTES = 32
+#: Most header lines a request may have (``max_headers``): websockets' handshake parser's limit.
+MAX_HEADERS = 128
 _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s?#]+\Z")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 BACKENDS = ("memory", "redis")
@@ -122,6 +124,16 @@ class Settings:
     history_total_bytes: int = DEFAULT_HISTORY_TOTAL_BYTES
     max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
     presence_info_max_bytes: int = DEFAULT_PRESENCE_INFO_MAX_BYTES
+    # Connections: sizes of a request head, deadlines, how many at once.
+    max_url_bytes: int = 16 * 1024
+    max_header_bytes: int = 32 * 1024
+    max_headers: int = 100
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    ws_handshake_timeout: float = 10.0
+    idle_timeout: float = 5.0
+    max_connections: int = 10_000
+    max_connections_per_client: int = 500
     namespaces: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     llm: LLMConfig = field(default_factory=lambda: LLMConfig.from_table({}))
 
@@ -148,6 +160,17 @@ class Settings:
             "ws_pong_timeout",
             "presence_ttl",
         ):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be > 0 seconds")
+        for name in ("max_url_bytes", "max_header_bytes", "max_connections"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be > 0")
+        if not 1 <= self.max_headers <= MAX_HEADERS:
+            # The WebSocket handshake is parsed again by websockets, which stops at 128.
+            raise SettingsError(f"max_headers must be 1-{MAX_HEADERS}, not {self.max_headers}")
+        if self.max_connections_per_client < 0:
+            raise SettingsError("max_connections_per_client must be >= 0 (0: no limit)")
+        for name in ("header_timeout", "body_timeout", "ws_handshake_timeout", "idle_timeout"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be > 0 seconds")
         if self.ws_rate_limit <= 0:

@@ -52,7 +52,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import Message, Receive, Send
@@ -105,6 +105,10 @@ _CLOSE_FOR = {
 }
 
 
+def _nothing() -> None:
+    pass
+
+
 class Connection:
     """State of one WebSocket connection, and its fast-path write listener."""
 
@@ -119,6 +123,7 @@ class Connection:
         "fast",
         "handed_off",
         "inbox",
+        "release",
         "replies",
         "reply_bytes",
         "sending",
@@ -161,6 +166,8 @@ class Connection:
         self._writable: asyncio.Future[None] | None = None
         #: Handed off (fast path): the connection outlives its ASGI call.
         self.handed_off = False
+        #: Frees the connection's slot (``server/limits.py``) when a handed-off connection ends.
+        self.release: Callable[[], None] = _nothing
         #: Messages waiting for the worker task, which exists only while some do.
         self.inbox: deque[str | bytes] | None = None
         self.worker: asyncio.Task[None] | None = None
@@ -215,6 +222,7 @@ class Connection:
                 worker.cancel()
             if self.endpoint.on_open is not None:
                 self.endpoint.on_open(-1)
+            self.release()
 
     # -- fast-path listener (server/fastwrite.py calls these) ---------------------
 

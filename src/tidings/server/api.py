@@ -16,13 +16,14 @@ import dataclasses
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from tidings.errors import FrameTooLarge, InvalidCursor, InvalidPublication, ProtocolError
 from tidings.hub import validate_channel
 from tidings.server import ops
 from tidings.server.auth import Action
+from tidings.server.limits import SOCKETS
 from tidings.server.state import ServerState
 from tidings.types import Position
 from tidings.wire import json, protocol
@@ -70,10 +71,14 @@ async def read_body(request: Request, limit: int) -> bytes:
         if int(length) > limit:
             raise FrameTooLarge(int(length), limit)
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise FrameTooLarge(len(body), limit)
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise FrameTooLarge(len(body), limit)
+    except ClientDisconnect:
+        # Gone, or cut off by body_timeout: the answer goes nowhere, but no traceback.
+        raise ProtocolError("the connection ended before the request body was read") from None
     return bytes(body)
 
 
@@ -209,12 +214,22 @@ async def stats(request: Request) -> Response:
     body = {
         "connections": sum(state.connections.values()),
         "transports": dict(state.connections),
+        "open": _open(request, state),
         "backend": state.hub.backend.name,
         **hub_stats,
     }
     if state.relay is not None:
         body["llm"] = state.relay.stats()._asdict()
     return JSONBody(body)
+
+
+def _open(request: Request, state: ServerState) -> dict[str, int]:
+    """Requests and streams open now (this one included), and under ``tidings serve`` sockets."""
+    counts = state.slots.stats()
+    sockets = request.scope.get("extensions", {}).get(SOCKETS)
+    if sockets is not None:
+        counts["sockets"] = sockets()
+    return counts
 
 
 async def healthz(request: Request) -> Response:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
@@ -23,6 +24,7 @@ from tidings.server import api, session
 from tidings.server.auth import Authority, TokenVerifier
 from tidings.server.browser import browser_middleware
 from tidings.server.errors import error_response
+from tidings.server.limits import ConnectionLimits, ConnectionSlots
 from tidings.server.llm import ChatCompletions, StreamView, list_models
 from tidings.server.peer import Peers
 from tidings.server.rates import PublishGate, PublishRates
@@ -155,11 +157,13 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Star
         else None
     )
     authority = build_authority(settings, hub.namespaces)
+    slots = ConnectionSlots(settings.max_connections, settings.max_connections_per_client)
     state = ServerState(
         hub=hub,
         settings=settings,
         keepalive=keepalive,
         authority=authority,
+        slots=slots,
         relay=relay,
         gate=PublishGate(publish_rates(settings)),
     )
@@ -230,7 +234,11 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Star
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=browser_middleware(settings),
+        # Outermost: a refused connection costs nothing more.
+        middleware=[
+            Middleware(ConnectionLimits, slots=slots, peers=authority.peers),
+            *browser_middleware(settings),
+        ],
         exception_handlers={TidingsError: _tidings_error, HTTPException: _http_error},
     )
     app.state.tidings = state

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import orjson
 from starlette.responses import JSONResponse
+from starlette.types import Scope, Send
 
 from tidings.errors import (
     AlreadySubscribed,
@@ -33,6 +35,7 @@ from tidings.errors import (
     StreamRejected,
     SubscriptionClosed,
     TidingsError,
+    TooManyConnections,
     Unauthorized,
     UpstreamError,
     UpstreamTimeout,
@@ -49,6 +52,7 @@ __all__ = [
     "error_headers",
     "error_response",
     "http_status",
+    "reject_handshake",
 ]
 
 #: The challenge every 401 answer carries (RFC 6750 section 3).
@@ -70,6 +74,7 @@ ERRORS: tuple[tuple[type[TidingsError], int, CloseCode], ...] = (
     (PermissionDenied, 403, CloseCode.BAD_REQUEST),
     (BackendUnavailable, 503, CloseCode.INTERNAL_ERROR),
     (ShuttingDown, 503, CloseCode.SHUTDOWN),
+    (TooManyConnections, 503, CloseCode.TRY_AGAIN_LATER),
     (PublishError, 500, CloseCode.INTERNAL_ERROR),
     (QueueFull, 429, CloseCode.BAD_REQUEST),
     (UpstreamTimeout, 504, CloseCode.INTERNAL_ERROR),
@@ -138,3 +143,27 @@ def error_response(
         status_code=status,
         headers=error_headers(status, exc) | dict(headers or {}),
     )
+
+
+async def reject_handshake(exc: TidingsError, scope: Scope, send: Send) -> None:
+    """Refuse the handshake: an HTTP error with a JSON body when the server can send one."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        body = orjson.dumps(error_body(exc.code, str(exc)))
+        status = http_status(exc)
+        extra = [
+            (name.encode(), value.encode()) for name, value in error_headers(status, exc).items()
+        ]
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    *extra,
+                ],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": close_code(exc)})

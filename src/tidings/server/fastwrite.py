@@ -32,6 +32,7 @@ from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 
 from tidings.server.coalesce import CoalescingWriter
+from tidings.server.guard import GuardedHttpToolsProtocol, GuardedWebSocketsProtocol
 from tidings.server.writer import FAST_WRITE, WriteListener
 from tidings.wire.codes import CloseCode
 
@@ -244,8 +245,8 @@ class _HTTPFastWrite(_FastWrite["FastHttpToolsProtocol"]):
         protocol.headers = None  # type: ignore[assignment]
 
 
-class FastHttpToolsProtocol(_FastWriteProtocol, HttpToolsProtocol):
-    """uvicorn's httptools protocol plus the ``tidings.write`` extension."""
+class FastHttpToolsProtocol(_FastWriteProtocol, GuardedHttpToolsProtocol):
+    """uvicorn's httptools protocol, guarded (``server/guard.py``), plus ``tidings.write``."""
 
     __slots__ = ()
 
@@ -260,7 +261,7 @@ class FastHttpToolsProtocol(_FastWriteProtocol, HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         scope: dict[str, Any] = self.scope  # type: ignore[assignment]
-        scope["extensions"] = {FAST_WRITE: _HTTPFastWrite(self)}
+        scope.setdefault("extensions", {})[FAST_WRITE] = _HTTPFastWrite(self)
 
     def shutdown(self) -> None:
         listener = self.fast_listener
@@ -320,8 +321,9 @@ class _ServerProtocol(ServerProtocol):
         super().recv_frame(frame)
 
 
-class FastWebSocketsProtocol(_FastWriteProtocol, WebSocketsSansIOProtocol):
-    """uvicorn's websockets-sansio protocol plus the ``tidings.write`` extension.
+class FastWebSocketsProtocol(_FastWriteProtocol, GuardedWebSocketsProtocol):
+    """uvicorn's websockets-sansio protocol, guarded (``server/guard.py``), plus the
+    ``tidings.write`` extension.
 
     Writes through the extension bypass the websockets state machine: they
     must be whole data frames, and they stop (the listener hears

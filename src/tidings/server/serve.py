@@ -1,12 +1,13 @@
 """uvicorn_config() and Server: how ``tidings serve`` runs an app on uvicorn, fast write
 path included, and stops it without losing a publish.
 
-The fast write path (``server/fastwrite.py``) subclasses uvicorn's protocols
-and reads private names of uvicorn and websockets, so it is used only with
-the releases it was tested against (:data:`TESTED_VERSIONS`, the same range
-as the bounds in ``pyproject.toml``). Outside that range Tidings logs one
-warning and serves on the plain ASGI path, which every ASGI server supports,
-rather than failing in odd ways in the middle of a connection.
+The fast write path (``server/fastwrite.py``) and the protocol-level limits
+(``server/guard.py``) subclass uvicorn's protocols and read private names of
+uvicorn and websockets, so they are used only with the releases they were
+tested against (:data:`TESTED_VERSIONS`, the same range as the bounds in
+``pyproject.toml``). Outside that range Tidings logs one warning and serves
+on the plain ASGI path with uvicorn's own classes, which every ASGI server
+supports, rather than failing in odd ways in the middle of a connection.
 
 uvicorn closes its connections before it runs the app's lifespan shutdown,
 so an app cannot stop publishing before its subscribers go by itself.
@@ -68,23 +69,37 @@ def uvicorn_config(
 ) -> uvicorn.Config:
     """The uvicorn configuration ``tidings serve`` uses for ``app``.
 
-    ``fast_write`` (default: ``settings.fast_write``) picks Tidings' protocol
-    classes; with an untested uvicorn or websockets release, a warning is
-    logged and uvicorn's own classes (the plain ASGI path) are used instead.
+    ``fast_write`` (default: ``settings.fast_write``) picks the fast write
+    protocol classes (``server/fastwrite.py``) over the plain ASGI path; both
+    enforce the protocol-level limits of ``server/guard.py``. With an
+    untested uvicorn or websockets release, a warning is logged and uvicorn's
+    own classes are used instead: the plain ASGI path without those limits
+    (the app's own limits, ``server/limits.py``, still hold).
     ``options`` go to ``uvicorn.Config`` as they are.
     """
     fast = settings.fast_write if fast_write is None else fast_write
-    if fast and (problem := fast_write_problem()) is not None:
-        logger.warning("%s: serving on the plain ASGI path", problem)
-        fast = False
     http: type[asyncio.Protocol] | HTTPProtocolType = "httptools"
     ws: type[asyncio.Protocol] | WSProtocolType = "websockets-sansio"
-    if fast:
-        # Imported only once the versions are known to fit: the module
-        # subclasses private uvicorn and websockets classes at import time.
-        from tidings.server.fastwrite import FastHttpToolsProtocol, FastWebSocketsProtocol
+    if (problem := fast_write_problem()) is not None:
+        logger.warning(
+            "%s: serving on the plain ASGI path with uvicorn's own protocol classes "
+            "(no fast write, no request-head limits or deadlines)",
+            problem,
+        )
+    else:
+        # Imported only once the versions are known to fit: these modules
+        # subclass private uvicorn and websockets classes at import time.
+        from tidings.server import guard
 
-        http, ws = FastHttpToolsProtocol, FastWebSocketsProtocol
+        limits = guard.ProtocolLimits.from_settings(settings)
+        if fast:
+            from tidings.server.fastwrite import FastHttpToolsProtocol, FastWebSocketsProtocol
+
+            http_class: type[asyncio.Protocol] = FastHttpToolsProtocol
+            ws_class: type[asyncio.Protocol] = FastWebSocketsProtocol
+        else:
+            http_class, ws_class = guard.GuardedHttpToolsProtocol, guard.GuardedWebSocketsProtocol
+        http, ws = guard.with_limits(http_class, limits), guard.with_limits(ws_class, limits)
     return uvicorn.Config(
         app,
         host=settings.host,
@@ -102,6 +117,9 @@ def uvicorn_config(
         # (server/peer.py): the app sees the socket's peer unchanged.
         proxy_headers=False,
         log_level=settings.log_level,
+        # Idle keep-alive connections (between requests); server/guard.py covers
+        # the time before a request head is in and a body's.
+        timeout_keep_alive=settings.idle_timeout,  # type: ignore[arg-type]  # a float works
         timeout_graceful_shutdown=5,
         backlog=4096,
         **options,  # type: ignore[arg-type]

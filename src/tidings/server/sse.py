@@ -53,6 +53,7 @@ from tidings.hub.subscription import CloseReason
 from tidings.server import ops
 from tidings.server.auth import Authority
 from tidings.server.errors import error_response
+from tidings.server.limits import keep_slot
 from tidings.server.writer import FAST_WRITE, HTTPFastWrite
 from tidings.types import Position
 from tidings.wire.cursor import decode_cursor, encode_cursor, encode_cursor_bytes, encode_entry
@@ -160,6 +161,7 @@ class _Connection:
         "on_open",
         "ping_due",
         "positions",
+        "release",
         "subscription",
     )
 
@@ -181,6 +183,8 @@ class _Connection:
         self.ping_due = False
         self.expired = False
         self.expiry: asyncio.TimerHandle | None = None
+        #: Frees the connection's slot (``server/limits.py``) once it outlives its app.
+        self.release: Callable[[], None] | None = None
 
     def opened(self, expires: float | None) -> None:
         if self.on_open is not None:
@@ -199,6 +203,8 @@ class _Connection:
             self.keepalive.discard(self)
         if self.on_open is not None:
             self.on_open(-1)
+        if self.release is not None:
+            self.release()
 
     def hand_off(self, fast: HTTPFastWrite) -> bool:
         """Give the connection to the transport; False if the peer is gone already."""
@@ -357,9 +363,12 @@ class SSEStream:
             subscription.close()
             raise
         connection.opened(self.expires)
-        if fast is not None and connection.hand_off(fast):
-            # The transport owns the stream now; connection.finish() ends it.
-            return
+        if fast is not None:
+            # The stream may outlive this call: it frees its slot when it ends.
+            connection.release = keep_slot(scope)
+            if connection.hand_off(fast):
+                # The transport owns the stream now; connection.finish() ends it.
+                return
         try:
             await self._serve_asgi(connection, receive, send)
         finally:

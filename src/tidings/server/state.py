@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from tidings.hub import Hub
 from tidings.llm import Relay
 from tidings.server.auth import Authority
+from tidings.server.limits import ConnectionSlots
 from tidings.server.rates import PublishGate
 from tidings.server.sse import SSEKeepalive
 from tidings.settings import Settings
@@ -24,6 +25,7 @@ class ServerState:
     settings: Settings
     keepalive: SSEKeepalive
     authority: Authority
+    slots: ConnectionSlots
     connections: Counter[str] = field(default_factory=Counter)
     relay: Relay | None = None
     #: Admits publishes: rate limits, and ``draining`` once the server stops.

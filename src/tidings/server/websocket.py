@@ -29,7 +29,6 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
-import orjson
 from starlette.types import Receive, Scope, Send
 
 from tidings.errors import TidingsError, Unauthorized
@@ -45,7 +44,10 @@ from tidings.server._ws_codec import (
 )
 from tidings.server._ws_connection import GONE, Connection, StallWatch
 from tidings.server.auth import Authority, Kind
-from tidings.server.errors import close_code, error_body, error_headers, http_status
+from tidings.server.errors import (
+    reject_handshake,
+)
+from tidings.server.limits import keep_slot
 from tidings.server.rates import PublishGate
 from tidings.server.writer import FAST_WRITE, WebSocketFastWrite
 from tidings.settings import DEFAULT_MAX_REPLY_BYTES, DEFAULT_PRESENCE_INFO_MAX_BYTES
@@ -169,7 +171,7 @@ class WebSocketEndpoint:
         try:
             caller, channels, cursor = self.parse(scope)
         except TidingsError as exc:
-            await _reject(exc, scope, send)
+            await reject_handshake(exc, scope, send)
             return
         fmt = protocol.negotiate(scope.get("subprotocols") or ())
         raw = fmt is None and bool(channels)
@@ -194,12 +196,16 @@ class WebSocketEndpoint:
             try:
                 fast: WebSocketFastWrite | None = scope.get("extensions", {}).get(FAST_WRITE)
                 if fast is not None:
+                    # The connection may outlive this call: it frees its slot when it ends.
+                    connection.release = keep_slot(scope)
                     await self._serve_fast(connection, fast, channels, cursor)
                 else:
                     await self._serve_asgi(connection, receive, send, channels, cursor)
             finally:
-                if self.on_open is not None and not connection.handed_off:
-                    self.on_open(-1)
+                if not connection.handed_off:
+                    if self.on_open is not None:
+                        self.on_open(-1)
+                    connection.release()
         finally:
             if not connection.handed_off:
                 subscription.close()
@@ -264,25 +270,3 @@ class WebSocketEndpoint:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(CLOSE_SEND_TIMEOUT):
                     await send({"type": "websocket.close", "code": code, "reason": reason})
-
-
-async def _reject(exc: TidingsError, scope: Scope, send: Send) -> None:
-    """Refuse the handshake: an HTTP error with a JSON body when the server can send one."""
-    if "websocket.http.response" in scope.get("extensions", {}):
-        body = orjson.dumps(error_body(exc.code, str(exc)))
-        status = http_status(exc)
-        extra = [(name.encode(), value.encode()) for name, value in error_headers(status).items()]
-        await send(
-            {
-                "type": "websocket.http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    *extra,
-                ],
-            }
-        )
-        await send({"type": "websocket.http.response.body", "body": body})
-    else:
-        await send({"type": "websocket.close", "code": close_code(exc)})

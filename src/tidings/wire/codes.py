@@ -64,6 +64,7 @@ class CloseCode(IntEnum):
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013  # too many connections: reconnect later
     # 4000-4499: reconnect and resume.
     SHUTDOWN = 4001
     HEARTBEAT_TIMEOUT = 4002

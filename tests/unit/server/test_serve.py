@@ -11,6 +11,11 @@ from starlette.types import Receive, Scope, Send
 
 from tidings.server import serve
 from tidings.server.fastwrite import FastHttpToolsProtocol, FastWebSocketsProtocol
+from tidings.server.guard import (
+    GuardedHttpToolsProtocol,
+    GuardedWebSocketsProtocol,
+    ProtocolLimits,
+)
 from tidings.server.serve import TESTED_VERSIONS, fast_write_problem, release, uvicorn_config
 from tidings.settings import Settings
 
@@ -50,13 +55,25 @@ def test_tested_versions_serve_on_the_fast_protocol_classes(
 ) -> None:
     with caplog.at_level(logging.WARNING, logger=serve.__name__):
         config = uvicorn_config(app, Settings(), fast_write=True)
-    assert (config.http, config.ws) == (FastHttpToolsProtocol, FastWebSocketsProtocol)
+    assert isinstance(config.http, type)
+    assert isinstance(config.ws, type)
+    assert issubclass(config.http, FastHttpToolsProtocol)
+    assert issubclass(config.ws, FastWebSocketsProtocol)
     assert not caplog.records
 
 
-def test_no_fast_write_serves_on_uvicorns_classes() -> None:
-    config = uvicorn_config(app, Settings(fast_write=False))
-    assert (config.http, config.ws) == ("httptools", "websockets-sansio")
+def test_no_fast_write_serves_on_the_guarded_classes() -> None:
+    settings = Settings(fast_write=False, max_url_bytes=1000, header_timeout=2.5)
+    config = uvicorn_config(app, settings)
+    assert isinstance(config.http, type)
+    assert isinstance(config.ws, type)
+    assert issubclass(config.http, GuardedHttpToolsProtocol)
+    assert not issubclass(config.http, FastHttpToolsProtocol)
+    assert issubclass(config.ws, GuardedWebSocketsProtocol)
+    assert not issubclass(config.ws, FastWebSocketsProtocol)
+    for cls in (config.http, config.ws):
+        assert cls.limits == ProtocolLimits.from_settings(settings)  # type: ignore[attr-defined]
+    assert config.timeout_keep_alive == settings.idle_timeout
 
 
 @pytest.mark.parametrize(
@@ -85,10 +102,12 @@ def test_an_untested_version_warns_once_and_serves_plain_asgi(
     assert "plain ASGI path" in record.getMessage()
 
 
-def test_the_range_is_checked_only_for_the_fast_path(
+def test_the_range_is_checked_for_the_guarded_classes_too(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake_versions(monkeypatch, uvicorn="0.99.0")
     with caplog.at_level(logging.WARNING, logger=serve.__name__):
-        uvicorn_config(app, Settings(), fast_write=False)
-    assert not caplog.records
+        config = uvicorn_config(app, Settings(), fast_write=False)
+    assert (config.http, config.ws) == ("httptools", "websockets-sansio")
+    [record] = caplog.records
+    assert "no request-head limits" in record.getMessage()

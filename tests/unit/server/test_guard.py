@@ -1,0 +1,90 @@
+"""server/guard.py: the internals it relies on, its limits from settings, and its answers."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from tests.unit.server.test_fastwrite import kind_of
+from tidings.server import guard
+from tidings.server.guard import RELIES_ON, ProtocolLimits, answer, with_limits
+from tidings.settings import Settings, SettingsError
+
+
+@pytest.mark.parametrize(
+    ("owner", "name", "kind"),
+    RELIES_ON,
+    ids=[f"{owner.__qualname__}.{name}" for owner, name, _ in RELIES_ON],
+)
+def test_every_internal_name_exists_with_its_kind(owner: type, name: str, kind: str) -> None:
+    found = kind_of(owner, name)
+    assert found == kind, (
+        f"{owner.__module__}.{owner.__qualname__}.{name} is {found or 'gone'}, not {kind}: "
+        "server/guard.py needs updating for this uvicorn/websockets release"
+    )
+
+
+def test_the_list_is_sorted_by_owner_then_name_and_has_no_duplicates() -> None:
+    entries = [(owner.__qualname__, name) for owner, name, _ in RELIES_ON]
+    assert len(set(entries)) == len(entries)
+    for owner in dict.fromkeys(owner for owner, _ in entries):
+        names = [name for each, name in entries if each == owner]
+        assert names == sorted(names), owner
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        (guard.GuardedHttpToolsProtocol, HttpToolsProtocol),
+        (guard.GuardedWebSocketsProtocol, WebSocketsSansIOProtocol),
+    ],
+    ids=lambda cls: cls.__name__,
+)
+def test_every_overridden_method_is_listed(ours: type, theirs: type) -> None:
+    listed = {name for owner, name, _ in RELIES_ON if owner is theirs}
+    defined = {name for name in vars(ours) if not name.startswith("__") and hasattr(theirs, name)}
+    assert defined <= listed, f"not in RELIES_ON: {sorted(defined - listed)}"
+
+
+def test_limits_come_from_settings_and_bind_to_a_subclass() -> None:
+    settings = Settings(max_url_bytes=100, max_header_bytes=200, header_timeout=0.5)
+    limits = ProtocolLimits.from_settings(settings)
+    assert (limits.max_url_bytes, limits.max_header_bytes, limits.header_timeout) == (100, 200, 0.5)
+    assert limits.line_bytes >= 200
+    bound = with_limits(guard.GuardedHttpToolsProtocol, limits)
+    assert issubclass(bound, guard.GuardedHttpToolsProtocol)
+    assert bound.limits is limits
+    assert guard.GuardedHttpToolsProtocol.limits == guard.DEFAULT_LIMITS
+
+
+def test_an_answer_is_a_whole_http_response_with_the_json_error() -> None:
+    data = answer(503, "unavailable", "busy", retry_after=5)
+    head, body = data.split(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 503 Service Unavailable"
+    assert b"connection: close" in lines
+    assert b"retry-after: 5" in lines
+    assert f"content-length: {len(body)}".encode() in lines
+    assert orjson.loads(body) == {"error": {"code": "unavailable", "message": "busy"}}
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"max_url_bytes": 0},
+        {"max_header_bytes": -1},
+        {"max_headers": 0},
+        {"max_headers": 129},
+        {"max_connections": 0},
+        {"max_connections_per_client": -1},
+        {"header_timeout": 0},
+        {"body_timeout": -1},
+        {"ws_handshake_timeout": 0},
+        {"idle_timeout": 0},
+    ],
+)
+def test_bad_limits_are_refused_by_name(values: dict[str, float]) -> None:
+    with pytest.raises(SettingsError, match=next(iter(values))):
+        Settings(**values)  # type: ignore[arg-type]
