@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
+import sys
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
@@ -116,6 +118,9 @@ RELIES_ON: tuple[tuple[type, str, Kind], ...] = (
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1024 * 1024
 
+#: File descriptors kept for what is not a client socket (listeners, Redis, files, logs).
+_DESCRIPTOR_RESERVE = 64
+
 #: Room for what a re-serialised WebSocket handshake line adds to the client's.
 _LINE_SLACK = 64
 
@@ -142,6 +147,18 @@ def answer(status: int, code: str, message: str, *, retry_after: int | None = No
     return b"".join(head) + b"\r\n" + body
 
 
+def socket_ceiling() -> int:
+    """How many sockets the process can hold and still answer: its file-descriptor
+    limit (``ulimit -n``) less room for everything else it opens."""
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return sys.maxsize
+    if soft == resource.RLIM_INFINITY:
+        return sys.maxsize
+    return max(1, soft - _DESCRIPTOR_RESERVE)
+
+
 @dataclass(frozen=True, slots=True)
 class ProtocolLimits:
     """The limits the protocol classes enforce (from :class:`~tidings.settings.Settings`)."""
@@ -156,6 +173,7 @@ class ProtocolLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ProtocolLimits:
+        """The limits ``settings`` give; sockets also stay below the descriptor limit."""
         return cls(
             max_url_bytes=settings.max_url_bytes,
             max_header_bytes=settings.max_header_bytes,
@@ -163,7 +181,7 @@ class ProtocolLimits:
             header_timeout=settings.header_timeout,
             body_timeout=settings.body_timeout,
             ws_handshake_timeout=settings.ws_handshake_timeout,
-            max_connections=settings.max_connections,
+            max_connections=min(settings.max_connections, socket_ceiling()),
         )
 
     @property

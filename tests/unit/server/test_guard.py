@@ -88,3 +88,9 @@ def test_an_answer_is_a_whole_http_response_with_the_json_error() -> None:
 def test_bad_limits_are_refused_by_name(values: dict[str, float]) -> None:
     with pytest.raises(SettingsError, match=next(iter(values))):
         Settings(**values)  # type: ignore[arg-type]
+
+
+def test_sockets_stay_below_the_descriptor_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(guard.resource, "getrlimit", lambda _: (1000, 4096))
+    assert ProtocolLimits.from_settings(Settings(max_connections=5000)).max_connections == 936
+    assert ProtocolLimits.from_settings(Settings(max_connections=50)).max_connections == 50
