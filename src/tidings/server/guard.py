@@ -198,13 +198,24 @@ class _Refused(Exception):
     """Raised in a parser callback once the refusal is written: stop parsing."""
 
 
-class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with head sizes, deadlines and a socket cap."""
+class _Guard:
+    """The state a guarded HTTP connection adds, in slots."""
 
-    limits: ClassVar[ProtocolLimits] = DEFAULT_LIMITS
+    __slots__ = (
+        "body_open",
+        "body_timer",
+        "discarded",
+        "head_bytes",
+        "head_limit",
+        "head_open",
+        "head_timer",
+        "line_open",
+        "linger_timer",
+        "over_capacity",
+        "refused",
+    )
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self) -> None:
         #: Reading a request head (between requests too: the next head).
         self.head_open = True
         #: Reading its request line; bytes of the head so far; where the headers must end.
@@ -221,65 +232,71 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         #: Answered for good: what still comes is discarded.
         self.refused = False
         self.discarded = 0
-        self.sockets = self.connections.__len__
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with head sizes, deadlines and a socket cap."""
+
+    limits: ClassVar[ProtocolLimits] = DEFAULT_LIMITS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # One attribute: uvicorn's instance dictionary stays at its size.
+        self.guard = _Guard()
 
     # -- the connection --------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.over_capacity = len(self.connections) >= self.limits.max_connections
+        self.guard.over_capacity = len(self.connections) >= self.limits.max_connections
         super().connection_made(transport)  # type: ignore[arg-type]
-        self.head_timer = self.loop.call_later(self.limits.header_timeout, self.head_expired)
+        self.guard.head_timer = self.loop.call_later(self.limits.header_timeout, self.head_expired)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.cancel_timers()
-        if self.linger_timer is not None:
-            self.linger_timer.cancel()
-            self.linger_timer = None
+        if self.guard.linger_timer is not None:
+            self.guard.linger_timer.cancel()
+            self.guard.linger_timer = None
         super().connection_lost(exc)
 
     def cancel_timers(self) -> None:
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
-        if self.body_timer is not None:
-            self.body_timer.cancel()
-            self.body_timer = None
+        if self.guard.head_timer is not None:
+            self.guard.head_timer.cancel()
+            self.guard.head_timer = None
+        if self.guard.body_timer is not None:
+            self.guard.body_timer.cancel()
+            self.guard.body_timer = None
 
     def data_received(self, data: bytes) -> None:
-        if self.refused:
-            self.discarded += len(data)
-            if self.discarded > LINGER_BYTES:
+        g = self.guard
+        if g.refused:
+            g.discarded += len(data)
+            if g.discarded > LINGER_BYTES:
                 self.transport.close()
             return
         try:
-            if self.head_open:
+            if g.head_open:
                 self.feed_head(data)
             else:
                 self.feed(data)
         except _Refused:
             return
-        if self.refused or self.transport.is_closing():
+        if g.refused or self.transport.is_closing():
             return
-        if self.head_open:
+        if g.head_open:
             cycle = self.cycle
-            if (
-                self.head_timer is None
-                and self.head_bytes
-                and (cycle is None or cycle.response_complete)
-            ):
-                self.head_timer = self.loop.call_later(
-                    self.limits.header_timeout, self.head_expired
-                )
-        elif self.body_open and self.body_timer is None:
-            self.body_timer = self.loop.call_later(self.limits.body_timeout, self.body_expired)
+            if g.head_timer is None and g.head_bytes and (cycle is None or cycle.response_complete):
+                g.head_timer = self.loop.call_later(self.limits.header_timeout, self.head_expired)
+        elif g.body_open and g.body_timer is None:
+            g.body_timer = self.loop.call_later(self.limits.body_timeout, self.body_expired)
 
     def feed_head(self, data: bytes) -> None:
         """Feed bytes of a request head, no more than its limits allow."""
         limits = self.limits
-        if self.line_open:
+        g = self.guard
+        if g.line_open:
             end = data.find(b"\n")
             size = len(data) if end < 0 else end + 1
-            if self.head_bytes + size > limits.max_url_bytes:
+            if g.head_bytes + size > limits.max_url_bytes:
                 self.refuse(
                     414,
                     ErrorCode.TOO_LARGE,
@@ -287,21 +304,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 )
                 return
             if end < 0:
-                self.head_bytes += size
+                g.head_bytes += size
                 self.feed(data)
                 return
-            self.line_open = False
-            self.head_limit = self.head_bytes + size + limits.max_header_bytes
-        budget = self.head_limit - self.head_bytes
+            g.line_open = False
+            g.head_limit = g.head_bytes + size + limits.max_header_bytes
+        budget = g.head_limit - g.head_bytes
         if len(data) <= budget:
-            self.head_bytes += len(data)
+            g.head_bytes += len(data)
             self.feed(data)
             return
-        self.head_bytes += budget
+        g.head_bytes += budget
         self.feed(data[:budget])
-        if self.refused or self.transport.is_closing() or self.transport.get_protocol() is not self:
+        if g.refused or self.transport.is_closing() or self.transport.get_protocol() is not self:
             return
-        if self.head_open:
+        if g.head_open:
             self.refuse(
                 431,
                 ErrorCode.TOO_LARGE,
@@ -330,18 +347,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
-        extensions[SOCKETS] = self.sockets
+        extensions[SOCKETS] = self.connections.__len__
 
     def on_headers_complete(self) -> None:
-        self.head_open = False
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
+        self.guard.head_open = False
+        if self.guard.head_timer is not None:
+            self.guard.head_timer.cancel()
+            self.guard.head_timer = None
         limits = self.limits
         if len(self.headers) > limits.max_headers:
             self.refuse(431, ErrorCode.TOO_LARGE, f"more than {limits.max_headers} request headers")
             raise _Refused
-        if self.over_capacity:
+        if self.guard.over_capacity:
             self.refuse(
                 503,
                 ErrorCode.UNAVAILABLE,
@@ -350,39 +367,36 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             )
             raise _Refused
         super().on_headers_complete()
-        self.body_open = not self.parser.should_upgrade()
+        self.guard.body_open = not self.parser.should_upgrade()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self.body_open = False
-        if self.body_timer is not None:
-            self.body_timer.cancel()
-            self.body_timer = None
-        self.head_open = self.line_open = True
-        self.head_bytes = 0
+        self.guard.body_open = False
+        if self.guard.body_timer is not None:
+            self.guard.body_timer.cancel()
+            self.guard.body_timer = None
+        self.guard.head_open = self.guard.line_open = True
+        self.guard.head_bytes = 0
 
     # -- deadlines and refusals --------------------------------------------------
 
     def head_expired(self) -> None:
-        self.head_timer = None
-        if not self.head_open or self.refused or self.transport.is_closing():
+        self.guard.head_timer = None
+        if not self.guard.head_open or self.guard.refused or self.transport.is_closing():
             return
-        if self.head_bytes:
+        if self.guard.head_bytes:
             self.refuse(408, ErrorCode.TIMEOUT, "the request head did not arrive in time")
         else:
             self.transport.close()  # nothing was said: nothing to answer
 
     def body_expired(self) -> None:
-        self.body_timer = None
-        if not self.body_open or self.refused or self.transport.is_closing():
+        self.guard.body_timer = None
+        if not self.guard.body_open or self.guard.refused or self.transport.is_closing():
             return
         cycle = self.cycle
-        started = cycle is not None and cycle.response_started
-        if cycle is not None:
-            # The app's receive() ends with http.disconnect; its sends go nowhere.
+        if cycle is not None and cycle.response_started:
             cycle.disconnected = True
             cycle.message_event.set()
-        if started:
             self.transport.close()
         else:
             self.refuse(408, ErrorCode.TIMEOUT, "the request body did not arrive in time")
@@ -392,10 +406,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     ) -> None:
         """Answer ``status`` and end the connection; what the client still sends is discarded."""
         logger.debug("refused with %d: %s", status, message)
-        self.refused = True
-        self.head_open = self.body_open = False
+        self.guard.refused = True
+        self.guard.head_open = self.guard.body_open = False
         self.cancel_timers()
         self._unset_keepalive_if_required()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # A request still in the app (this was the next one, pipelined):
+            # its receive() ends with http.disconnect and its answer goes nowhere.
+            cycle.disconnected = True
+            cycle.message_event.set()
         transport = self.transport
         if transport.is_closing():
             return
@@ -405,7 +425,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         transport.write_eof()
         self.flow.resume_reading()  # read on to the client's end (or the linger deadline)
-        self.linger_timer = self.loop.call_later(LINGER_SECONDS, transport.close)
+        self.guard.linger_timer = self.loop.call_later(LINGER_SECONDS, transport.close)
 
 
 class _HandshakeReader(StreamReader):

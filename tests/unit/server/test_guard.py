@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
+
 import orjson
 import pytest
+import uvicorn
+from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
 
 from tests.unit.server.test_fastwrite import kind_of
 from tidings.server import guard
@@ -94,3 +100,20 @@ def test_sockets_stay_below_the_descriptor_limit(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(guard.resource, "getrlimit", lambda _: (1000, 4096))
     assert ProtocolLimits.from_settings(Settings(max_connections=5000)).max_connections == 936
     assert ProtocolLimits.from_settings(Settings(max_connections=50)).max_connections == 50
+
+
+async def _app(scope: Scope, receive: Receive, send: Send) -> None:
+    pass
+
+
+async def test_the_guard_state_is_one_attribute_of_the_connection() -> None:
+    config = uvicorn.Config(_app)
+    config.load()
+    loop = asyncio.get_running_loop()
+    plain = HttpToolsProtocol(config=config, server_state=ServerState(), app_state={}, _loop=loop)
+    guarded = guard.GuardedHttpToolsProtocol(
+        config=config, server_state=ServerState(), app_state={}, _loop=loop
+    )
+    # uvicorn's instance dictionary keeps its (shared-key) size: one entry more.
+    assert set(vars(guarded)) - set(vars(plain)) == {"guard"}
+    assert sys.getsizeof(vars(guarded)) == sys.getsizeof(vars(plain))
