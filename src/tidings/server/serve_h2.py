@@ -58,6 +58,11 @@ def hypercorn_config(settings: Settings) -> Config:
     # Hypercorn has no pong timeout; on this plain ASGI path Tidings also closes
     # a peer whose sends stay blocked for ws_ping_interval + ws_pong_timeout.
     config.websocket_ping_interval = settings.ws_ping_interval
+    # The request-head limits and the keep-alive idle deadline, as far as
+    # Hypercorn has them (server/guard.py holds the rest under uvicorn only).
+    config.h11_max_incomplete_size = settings.max_url_bytes + settings.max_header_bytes
+    config.h2_max_header_list_size = settings.max_header_bytes
+    config.keep_alive_timeout = settings.idle_timeout
     # Records go through `logging`, at the level `tidings serve` set.
     config.errorlog = logging.getLogger("hypercorn.error")
     config.accesslog = logging.getLogger("hypercorn.access")

@@ -84,3 +84,13 @@ async def test_the_lifespan_is_answered_and_requests_pass_through() -> None:
     ]
     await wrapped({"type": "http"}, receive, send)
     assert seen == ["http"]
+
+
+def test_the_head_limits_and_idle_deadline_map_onto_hypercorn(tls: TLSFiles) -> None:
+    config = hypercorn_config(
+        settings(tls, max_url_bytes=1000, max_header_bytes=2000, idle_timeout=7.0)
+    )
+    assert config.h11_max_incomplete_size == 3000
+    assert config.h2_max_header_list_size == 2000
+    assert config.keep_alive_timeout == 7.0
+
