@@ -93,4 +93,3 @@ def test_the_head_limits_and_idle_deadline_map_onto_hypercorn(tls: TLSFiles) -> 
     assert config.h11_max_incomplete_size == 3000
     assert config.h2_max_header_list_size == 2000
     assert config.keep_alive_timeout == 7.0
-
