@@ -69,7 +69,9 @@ def open_clients(port: int, count: int, transport: str) -> list[socket.socket]:
 
 
 async def measure(transport: str, count: int, fast_write: bool, detail: int) -> None:
-    app = create_app(settings=Settings(log_level="warning", demo=False))
+    # Every client comes from one loopback address: no per-client connection cap.
+    settings = Settings(log_level="warning", demo=False, max_connections_per_client=0)
+    app = create_app(settings=settings)
     async with run_server(app, fast_write=fast_write) as url:
         port = int(url.rsplit(":", 1)[1])
         warm = await asyncio.to_thread(open_clients, port, 20, transport)

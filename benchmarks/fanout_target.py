@@ -29,7 +29,11 @@ _background: set[asyncio.Task[None]] = set()
 
 
 def build(fast_write: bool, port: int) -> uvicorn.Config:
-    settings = load_settings(port=port, fast_write=fast_write, demo=False)
+    # The harness's N subscribers all come from one loopback address, where a
+    # deployment's clients come from many: no per-client connection cap.
+    settings = load_settings(
+        port=port, fast_write=fast_write, demo=False, max_connections_per_client=0
+    )
     app = create_app(settings=settings)
     hub = app.state.tidings.hub
 
