@@ -36,7 +36,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeVar
 
-from tidings.errors import AlreadySubscribed, InvalidPublication, SubscriptionClosed
+from tidings.errors import (
+    AlreadySubscribed,
+    BackendUnavailable,
+    InvalidPublication,
+    SubscriptionClosed,
+)
 from tidings.hub.backends.base import Backend, History, PresenceChange
 from tidings.hub.backends.memory import MemoryBackend
 from tidings.hub.event import Event, Item, Reset
@@ -60,6 +65,8 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 _MISSING = object()
+#: The latency countdown when nothing observes it: never reaches zero in practice.
+_NEVER = 1 << 62
 
 
 class ChannelSummary(NamedTuple):
@@ -139,6 +146,9 @@ class Hub:
         self._locals: dict[str, _Local] = {}
         self._subscriptions: set[Subscription] = set()
         self._stats = Counters()
+        self._latency: Callable[[float], None] | None = None
+        self._sample_every = _NEVER
+        self._countdown = _NEVER
         self._started = False
         self._presence = PresenceKeeper(self._backend, ttl=presence_ttl)
         self._backend.set_listener(self._dispatch)
@@ -224,14 +234,18 @@ class Hub:
             is_text = False
         if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 256):
             raise InvalidPublication("an idempotency key must be a string of 1-256 characters")
-        position = await self._backend.publish(
-            channel,
-            raw,
-            type=event,
-            is_text=is_text,
-            options=self._namespaces.options(channel),
-            key=key,
-        )
+        try:
+            position = await self._backend.publish(
+                channel,
+                raw,
+                type=event,
+                is_text=is_text,
+                options=self._namespaces.options(channel),
+                key=key,
+            )
+        except BackendUnavailable:
+            self._stats.backend_error("publish")
+            raise
         self._stats.published += 1
         return position
 
@@ -265,6 +279,30 @@ class Hub:
                 logger.exception("delivery to %r failed; closing it", subscription)
                 subscription.close(CloseReason.DISCONNECT)
         self._stats.delivered += len(subscribers)
+        self._countdown -= 1
+        if not self._countdown:
+            self._sample(event)
+
+    def _sample(self, event: Event) -> None:
+        """Report one event's publish-to-write time (one event in ``every``)."""
+        self._countdown = self._sample_every
+        observer = self._latency
+        if observer is not None and event.time:
+            observer(max(0.0, time.time() - event.time))
+
+    def observe_latency(self, observer: Callable[[float], None] | None, *, every: int = 16) -> None:
+        """Report, for one dispatched event in ``every``, the seconds from its publish
+        to its hand-off to the local subscribers (written to their sockets on the fast
+        write path, queued in their outboxes otherwise); ``None`` stops it.
+
+        The cost is one counter per event, never per subscriber. The publish time
+        comes from the publishing process's clock (in milliseconds with Redis).
+        """
+        if every < 1:
+            raise ValueError(f"every must be >= 1, not {every}")
+        self._latency = observer
+        self._sample_every = every if observer is not None else _NEVER
+        self._countdown = self._sample_every
 
     def _dispatch_reset(self, reset: Reset) -> None:
         """Tell local subscribers of a gap the backend could not fill (called by the backend)."""
@@ -376,7 +414,9 @@ class Hub:
             else:
                 position = await self._backend.position(channel, options=options)
                 history = History(position, [])
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, BackendUnavailable):
+                self._stats.backend_error("subscribe")
             local.pending.pop(subscription, None)
             self._release(channel, local)
             raise
@@ -483,19 +523,31 @@ class Hub:
         validate_channel(channel)
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be >= 0, not {limit}")
-        return await self._backend.read(
-            channel, since=since, limit=limit, options=self._namespaces.options(channel)
-        )
+        try:
+            return await self._backend.read(
+                channel, since=since, limit=limit, options=self._namespaces.options(channel)
+            )
+        except BackendUnavailable:
+            self._stats.backend_error("history")
+            raise
 
     async def position(self, channel: str) -> Position:
         """Return the channel's current position (offset 0 before its first event)."""
         validate_channel(channel)
-        return await self._backend.position(channel, options=self._namespaces.options(channel))
+        try:
+            return await self._backend.position(channel, options=self._namespaces.options(channel))
+        except BackendUnavailable:
+            self._stats.backend_error("position")
+            raise
 
     async def presence(self, channel: str) -> list[ClientInfo]:
         """Return the clients subscribed to ``channel``, in every process, oldest first."""
         validate_channel(channel)
-        entries = await self._backend.presence(channel)
+        try:
+            entries = await self._backend.presence(channel)
+        except BackendUnavailable:
+            self._stats.backend_error("presence")
+            raise
         return [ClientInfo.from_payload(payload) for payload in entries.values()]
 
     async def presence_page(
@@ -516,7 +568,11 @@ class Hub:
         validate_channel(channel)
         if limit <= 0:
             raise ValueError(f"limit must be > 0, not {limit}")
-        entries = await self._backend.presence(channel)
+        try:
+            entries = await self._backend.presence(channel)
+        except BackendUnavailable:
+            self._stats.backend_error("presence")
+            raise
         ids: Iterable[str] = entries
         if after is not None:
             ids = (client_id for client_id in ids if client_id > after)
@@ -544,11 +600,16 @@ class Hub:
 
         Only names greater than ``after`` (when given), at most ``limit``.
         """
+        try:
+            infos = await self._backend.channels(after=after, limit=limit)
+        except BackendUnavailable:
+            self._stats.backend_error("channels")
+            raise
         summaries = {
             info.channel: ChannelSummary(
                 info.channel, info.position, info.history, self.subscriber_count(info.channel)
             )
-            for info in await self._backend.channels(after=after, limit=limit)
+            for info in infos
         }
         local_names: Iterable[str] = (
             channel
@@ -585,6 +646,23 @@ class Hub:
             items.append(summary)
         more = len(items) < len(summaries)
         return Page(items, items[-1].channel if more else None)
+
+    def backend_errors(self) -> dict[str, int]:
+        """Operations that failed because the backend was unavailable, by operation
+        (``publish``, ``subscribe``, ``history``, ``position``, ``presence``, ``channels``)."""
+        return dict(self._stats.backend_errors)
+
+    async def ping(self) -> None:
+        """Check that the backend answers.
+
+        Raises:
+            BackendUnavailable: it does not.
+        """
+        try:
+            await self._backend.ping()
+        except BackendUnavailable:
+            self._stats.backend_error("ping")
+            raise
 
     def stats(self) -> HubStats:
         """Return a snapshot of the hub's state and counters."""

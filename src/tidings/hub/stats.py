@@ -42,10 +42,16 @@ class HubStats(NamedTuple):
 class Counters:
     """The hub's mutable counters; plain attributes, so counting is cheap."""
 
-    __slots__ = ("delivered", "dropped", "published", "slow_consumers")
+    __slots__ = ("backend_errors", "delivered", "dropped", "published", "slow_consumers")
 
     def __init__(self) -> None:
         self.published = 0
         self.delivered = 0
         self.dropped = 0
         self.slow_consumers = 0
+        #: Operations that failed with BackendUnavailable, by operation.
+        self.backend_errors: dict[str, int] = {}
+
+    def backend_error(self, op: str) -> None:
+        """Count one operation that failed because the backend was unavailable."""
+        self.backend_errors[op] = self.backend_errors.get(op, 0) + 1

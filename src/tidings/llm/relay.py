@@ -308,6 +308,9 @@ class Relay:
         self._tokens = 0
         self._ttft: deque[float] = deque(maxlen=RECENT)
         self._rates: deque[float] = deque(maxlen=RECENT)
+        #: Called with each finished generation's time to first token, in seconds
+        #: (the server's metrics set it); once per generation, not per token.
+        self.ttft_observer: Callable[[float], None] | None = None
         self._control = RelayControl(hub, on_cancel=self._remote_cancel, on_heard=self._heard)
 
     async def start(
@@ -523,6 +526,8 @@ class Relay:
         first, last = generation.first_token_at, generation.last_token_at
         if first is not None:
             self._ttft.append(first - generation.started_at)
+            if self.ttft_observer is not None:
+                self.ttft_observer(first - generation.started_at)
             if last is not None and last > first and generation.tokens > 1:
                 self._rates.append((generation.tokens - 1) / (last - first))
         self._expiry[generation.id] = asyncio.get_running_loop().call_later(
@@ -532,6 +537,14 @@ class Relay:
     def _forget(self, generation_id: str) -> None:
         self._expiry.pop(generation_id, None)
         self._generations.pop(generation_id, None)
+
+    def states(self) -> dict[str, int]:
+        """Generations the relay holds now (running, or finished less than ``ttl``
+        ago), by status."""
+        counts = dict.fromkeys(Status, 0)
+        for generation in self._generations.values():
+            counts[generation.status] += 1
+        return {status.value: count for status, count in counts.items()}
 
     def stats(self) -> LLMStats:
         """The relay's figures now."""

@@ -145,6 +145,10 @@ class Backend(Protocol):
     async def aclose(self) -> None:
         """Stop background work and release connections."""
 
+    async def ping(self) -> None:
+        """Return once the backend answers a trivial request; raise
+        ``BackendUnavailable`` when it cannot (callers bound the wait)."""
+
     async def publish(
         self,
         channel: str,

@@ -202,6 +202,9 @@ class MemoryBackend:
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
 
+    async def ping(self) -> None:
+        """In this process: always answers."""
+
     def _state(self, channel: str, options: NamespaceOptions) -> _ChannelState:
         state = self._states.get(channel)
         if state is None:

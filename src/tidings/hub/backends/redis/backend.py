@@ -141,6 +141,9 @@ class RedisBackend:
 
     # -- the Backend interface ---------------------------------------------------
 
+    async def ping(self) -> None:
+        await self._pipeline.ping()
+
     async def publish(
         self,
         channel: str,

@@ -112,6 +112,18 @@ class Pipeline:
         if client is not None:
             await client.aclose()
 
+    async def ping(self) -> None:
+        """Send PING on the command connection (outside the batch) and wait for PONG.
+
+        Raises:
+            BackendUnavailable: the pipeline is not started, or Redis failed or timed out.
+        """
+        client = self._client
+        if client is None:
+            raise BackendUnavailable(self.label, "the backend is not started")
+        with self._map_redis_errors():
+            await client.ping()
+
     def new_connection(self, *, client_name: str) -> Connection:
         """A connection of its own to the same Redis, without reply timeout (for Pub/Sub).
 
