@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import logging.config
 import os
 import re
 import sys
@@ -60,6 +61,9 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", metavar="FILE", help="TOML settings file (or TIDINGS_CONFIG)")
     serve.add_argument(
         "--log-level", choices=("critical", "error", "warning", "info", "debug", "trace")
+    )
+    serve.add_argument(
+        "--log-format", choices=("text", "json"), help="text (default) or one JSON object per line"
     )
     serve.add_argument("--backend", choices=("memory", "redis"), help="where history lives")
     serve.add_argument("--redis-url", help="Redis URL for --backend redis")
@@ -159,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from tidings.server.app import create_app
+    from tidings.server.logs import logging_config
     from tidings.server.serve import Server, uvicorn_config
     from tidings.settings import SettingsError, load_settings
 
@@ -168,6 +173,7 @@ def _serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             log_level=args.log_level,
+            log_format=args.log_format,
             backend=args.backend,
             redis_url=args.redis_url,
             redis_prefix=args.redis_prefix,
@@ -189,8 +195,8 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    level = logging.getLevelName(settings.log_level.upper()) if settings.log_level != "trace" else 5
-    logging.basicConfig(level=level, format="%(levelname)-8s %(name)s: %(message)s")
+    log_config = logging_config(settings)
+    logging.config.dictConfig(log_config)
     try:
         app = create_app(settings=settings)
     except SettingsError as exc:
@@ -206,7 +212,7 @@ def _serve(args: argparse.Namespace) -> int:
             return 1
     if settings.http2:
         return _serve_h2(app, settings)
-    config = uvicorn_config(app, settings, loop="uvloop")
+    config = uvicorn_config(app, settings, loop="uvloop", log_config=log_config)
     Server(config).run()
     return 0
 

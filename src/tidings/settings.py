@@ -52,6 +52,7 @@ MIN_SECRET_BYTES = 32
 MAX_HEADERS = 128
 _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s?#]+\Z")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+LOG_FORMATS = ("text", "json")
 BACKENDS = ("memory", "redis")
 #: The byte bound of each ``llm:`` channel's history unless ``[namespaces.llm]`` sets one.
 LLM_HISTORY_MAX_BYTES = 64 * 1024 * 1024
@@ -134,6 +135,10 @@ class Settings:
     idle_timeout: float = 5.0
     max_connections: int = 10_000
     max_connections_per_client: int = 500
+    # Operations: readiness deadline and logs (docs/operations.md).
+    ready_timeout: float = 1.0
+    log_format: str = "text"
+    access_log_streams: bool = False
     namespaces: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     llm: LLMConfig = field(default_factory=lambda: LLMConfig.from_table({}))
 
@@ -201,6 +206,7 @@ class Settings:
         self.cors_origin_list()
         self.trusted_networks()
         self._check_http2()
+        self._check_operations()
         if not isinstance(self.llm, LLMConfig):
             raise SettingsError("llm must be an LLMConfig (LLMConfig.from_table reads a table)")
         self.namespace_options()  # refuse bad namespace tables now, not at first use
@@ -222,6 +228,14 @@ class Settings:
                 raise SettingsError(f"{name} must be > 0")
         if self.max_reply_bytes < MIN_REPLY_BYTES:
             raise SettingsError(f"max_reply_bytes must be at least {MIN_REPLY_BYTES}")
+
+    def _check_operations(self) -> None:
+        if self.ready_timeout <= 0:
+            raise SettingsError("ready_timeout must be > 0 seconds")
+        if self.log_format not in LOG_FORMATS:
+            raise SettingsError(
+                f"log_format must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}"
+            )
 
     @property
     def authentication(self) -> bool:

@@ -64,6 +64,7 @@ from tidings.server import ops
 from tidings.server._ws_codec import Codec
 from tidings.server.auth import Kind
 from tidings.server.errors import close_code
+from tidings.server.logs import log_closed
 from tidings.server.writer import WebSocketFastWrite
 from tidings.types import Position
 from tidings.wire import protocol
@@ -115,6 +116,7 @@ class Connection:
     __slots__ = (
         "_writable",
         "caller",
+        "channels",
         "client_id",
         "closing",
         "codec",
@@ -147,6 +149,8 @@ class Connection:
         self.codec = codec
         self.subscription = subscription
         self.client_id = client_id
+        #: The most channels the connection held at once (for its closing log line).
+        self.channels = 0
         #: Who runs the connection's commands; a ``refresh`` replaces it.
         self.caller = caller
         #: Closes the connection when its token expires (None: no expiry).
@@ -223,6 +227,17 @@ class Connection:
             if self.endpoint.on_open is not None:
                 self.endpoint.on_open(-1)
             self.release()
+            self.log_end()
+
+    def log_end(self) -> None:
+        """Leave the connection's closing line in the log (``server/logs.py``)."""
+        code, text = self.closing if self.closing is not None else self.close_args()
+        reason: str = self.subscription.close_reason or CloseReason.DISCONNECT
+        if code == CloseCode.TOKEN_EXPIRED:
+            reason = "expired"
+        elif code == CloseCode.INTERNAL_ERROR:
+            reason = "error"
+        log_closed("ws", self.client_id, self.channels, reason, code=code, close_reason=text)
 
     # -- fast-path listener (server/fastwrite.py calls these) ---------------------
 
@@ -458,6 +473,7 @@ class Connection:
         def on_live(subscribed: Subscribed) -> None:
             nonlocal answered
             answered = True
+            self.channels = max(self.channels, len(self.subscription.channels))
             if request is not None:
                 self.send_reply(protocol.Reply(request, ops.subscribed_result(subscribed)))
 
@@ -482,6 +498,7 @@ class Connection:
         try:
             for channel in channels:
                 await self.subscription.add(channel, since=cursor.get(channel))
+            self.channels = len(self.subscription.channels)
         except TidingsError as exc:
             self.end(close_code(exc), str(exc))
 

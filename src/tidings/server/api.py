@@ -1,6 +1,6 @@
 """The HTTP JSON API: publish, history, presence, channels, stats, health.
 
-Every handler but ``/healthz`` authenticates its request once and has the
+Every handler but ``/healthz`` and ``/readyz`` authenticates its request once and has the
 operation authorised (``server/auth.py``) before it reads or changes anything;
 a refusal is a 401 (with ``WWW-Authenticate: Bearer``) or a 403.
 
@@ -12,6 +12,7 @@ body before anything changes (``server/errors.py``).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any
 
@@ -19,7 +20,13 @@ import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from tidings.errors import FrameTooLarge, InvalidCursor, InvalidPublication, ProtocolError
+from tidings.errors import (
+    BackendUnavailable,
+    FrameTooLarge,
+    InvalidCursor,
+    InvalidPublication,
+    ProtocolError,
+)
 from tidings.hub import validate_channel
 from tidings.server import ops
 from tidings.server.auth import Action
@@ -31,7 +38,7 @@ from tidings.wire.codes import ErrorCode
 from tidings.wire.cursor import decode_cursor
 from tidings.wire.protocol import MAX_HISTORY_LIMIT, MAX_PAGE_LIMIT
 
-__all__ = ["channels", "healthz", "history", "presence", "publish", "stats"]
+__all__ = ["channels", "healthz", "history", "presence", "publish", "readyz", "stats"]
 
 #: Fields of a WebSocket command that an HTTP publish body does not have.
 _COMMAND_FIELDS = frozenset({"id", "op"})
@@ -236,3 +243,26 @@ async def healthz(request: Request) -> Response:
     """``GET /healthz``: 200 while the server can serve."""
     state = _state(request)
     return JSONBody({"status": "ok", "backend": state.hub.backend.name})
+
+
+async def readyz(request: Request) -> Response:
+    """``GET /readyz``: 200 when the backend answers within ``ready_timeout`` and the
+    server is not draining; 503 with the reason otherwise."""
+    state = _state(request)
+    backend = state.hub.backend.name
+    if state.draining:
+        return _unready("draining", backend, "the server is stopping")
+    timeout = state.settings.ready_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            await state.hub.ping()
+    except BackendUnavailable as exc:
+        return _unready("backend", backend, str(exc))
+    except TimeoutError:
+        return _unready("backend", backend, f"no answer within {timeout:g} s")
+    return JSONBody({"status": "ready", "backend": backend})
+
+
+def _unready(reason: str, backend: str, message: str) -> Response:
+    body = {"status": "unavailable", "reason": reason, "backend": backend, "message": message}
+    return JSONBody(body, status_code=503)

@@ -26,6 +26,7 @@ from tidings.server.browser import browser_middleware
 from tidings.server.errors import error_response
 from tidings.server.limits import ConnectionLimits, ConnectionSlots
 from tidings.server.llm import ChatCompletions, StreamView, list_models
+from tidings.server.metrics import Metrics, metrics
 from tidings.server.peer import Peers
 from tidings.server.rates import PublishGate, PublishRates
 from tidings.server.sse import SSEEndpoint, SSEKeepalive
@@ -167,6 +168,7 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Star
         relay=relay,
         gate=PublishGate(publish_rates(settings)),
     )
+    state.metrics = Metrics(state)
     sse = SSEEndpoint(
         hub,
         authority=authority,
@@ -207,7 +209,9 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Star
         Route("/api/presence/{channel:path}", api.presence, methods=["GET"]),
         Route("/api/channels", api.channels, methods=["GET"]),
         Route("/api/stats", api.stats, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
+        Route("/readyz", api.readyz, methods=["GET"]),
         *(
             [
                 Route("/api/session", session.create_session, methods=["POST"]),

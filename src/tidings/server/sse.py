@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -54,6 +55,7 @@ from tidings.server import ops
 from tidings.server.auth import Authority
 from tidings.server.errors import error_response
 from tidings.server.limits import keep_slot
+from tidings.server.logs import log_closed
 from tidings.server.writer import FAST_WRITE, HTTPFastWrite
 from tidings.types import Position
 from tidings.wire.cursor import decode_cursor, encode_cursor, encode_cursor_bytes, encode_entry
@@ -62,6 +64,8 @@ from tidings.wire.sse import PING, encode_data, encode_event, encode_id
 __all__ = ["SSE_HEADERS", "SSEEndpoint", "SSEKeepalive", "SSEStream"]
 
 logger = logging.getLogger(__name__)
+#: Numbers SSE connections for their log lines (``sse-1``, ``sse-2`` …).
+_connection_ids = itertools.count(1)
 
 SSE_HEADERS: list[tuple[bytes, bytes]] = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -157,6 +161,7 @@ class _Connection:
         "expired",
         "expiry",
         "fast",
+        "id",
         "keepalive",
         "on_open",
         "ping_due",
@@ -176,6 +181,7 @@ class _Connection:
     ) -> None:
         self.subscription = subscription
         self.positions = positions
+        self.id = f"sse-{next(_connection_ids)}"
         self.chunked = chunked
         self.keepalive = keepalive
         self.on_open = on_open
@@ -205,6 +211,8 @@ class _Connection:
             self.on_open(-1)
         if self.release is not None:
             self.release()
+        reason = self.subscription.close_reason or CloseReason.DISCONNECT
+        log_closed("sse", self.id, len(self.positions), "expired" if self.expired else reason)
 
     def hand_off(self, fast: HTTPFastWrite) -> bool:
         """Give the connection to the transport; False if the peer is gone already."""

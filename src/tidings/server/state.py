@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from tidings.hub import Hub
 from tidings.llm import Relay
@@ -13,6 +14,9 @@ from tidings.server.limits import ConnectionSlots
 from tidings.server.rates import PublishGate
 from tidings.server.sse import SSEKeepalive
 from tidings.settings import Settings
+
+if TYPE_CHECKING:
+    from tidings.server.metrics import Metrics
 
 __all__ = ["ServerState"]
 
@@ -30,6 +34,8 @@ class ServerState:
     relay: Relay | None = None
     #: Admits publishes: rate limits, and ``draining`` once the server stops.
     gate: PublishGate = field(default_factory=PublishGate)
+    #: The app's Prometheus registry and histograms (``GET /metrics``).
+    metrics: Metrics | None = None
 
     @property
     def draining(self) -> bool:

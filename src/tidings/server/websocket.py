@@ -206,6 +206,7 @@ class WebSocketEndpoint:
                     if self.on_open is not None:
                         self.on_open(-1)
                     connection.release()
+                    connection.log_end()
         finally:
             if not connection.handed_off:
                 subscription.close()

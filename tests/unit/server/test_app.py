@@ -25,6 +25,8 @@ CORE = {
     "/api/channels",
     "/api/stats",
     "/healthz",
+    "/readyz",
+    "/metrics",
     "/static",
 }
 LLM = {"/v1/chat/completions", "/v1/models", "/v1/streams/{stream_id}"}

@@ -25,7 +25,7 @@ from tidings.settings import Settings
 SECRET = "a-route-table-secret-of-32-bytes"
 
 #: The routes anyone may use, authentication or not (docs/reference/http.md).
-PUBLIC = frozenset({"/healthz", "/static", "/"})
+PUBLIC = frozenset({"/healthz", "/readyz", "/static", "/"})
 
 #: A value for each path parameter, so a refusal is about identity, not input.
 PARAMS = {"channel": "chat:room", "stream_id": "chatcmpl-0123456789abcdef"}
@@ -93,7 +93,14 @@ def test_every_route_is_public_or_checked_below() -> None:
     checked = {path for _, path in http_cases()} | set(websocket_cases())
     assert {path for path, _ in table()} == checked | PUBLIC
     # The list covers what the app really serves, not a stale guess.
-    assert {"/sse", "/ws", "/api/publish", "/api/stats", "/v1/chat/completions"} <= checked
+    assert {
+        "/sse",
+        "/ws",
+        "/api/publish",
+        "/api/stats",
+        "/metrics",
+        "/v1/chat/completions",
+    } <= checked
 
 
 @pytest.fixture
@@ -102,7 +109,7 @@ async def hub() -> AsyncIterator[Hub]:
         yield hub
 
 
-@pytest.mark.parametrize("url", ["/healthz", "/static/tidings.js", "/"])
+@pytest.mark.parametrize("url", ["/healthz", "/readyz", "/static/tidings.js", "/"])
 async def test_the_public_routes_answer_without_credentials(hub: Hub, url: str) -> None:
     transport = httpx.ASGITransport(
         app=create_app(hub, Settings(jwt_secret=SECRET, token_cookie="tidings_token"))
