@@ -39,6 +39,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tidings.hub import HubStats
 from tidings.server.auth import Action
 
 if TYPE_CHECKING:
@@ -116,6 +117,7 @@ class StateCollector(Collector):
             "Bytes waiting in subscribers' outboxes.",
             stats.outbox_bytes,
         )
+        yield from _history(stats)
         yield CounterMetricFamily(
             "tidings_published", "Events published through this server.", stats.published
         )
@@ -174,6 +176,18 @@ class StateCollector(Collector):
         yield CounterMetricFamily(
             "tidings_llm_tokens", "Content and tool-call deltas relayed.", stats.tokens
         )
+
+
+def _history(stats: HubStats) -> Iterator[Metric]:
+    """What the backend keeps in this process (absent when history lives elsewhere, as
+    with Redis)."""
+    for name, value, meaning in (
+        ("channels", stats.history_channels, "Channels whose history this process keeps."),
+        ("events", stats.history_events, "Events kept in history in this process."),
+        ("bytes", stats.history_bytes, "Bytes counted for history (history_total_bytes)."),
+    ):
+        if value is not None:
+            yield GaugeMetricFamily(f"tidings_history_{name}", meaning, value)
 
 
 async def metrics(request: Request) -> Response:

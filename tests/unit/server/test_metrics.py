@@ -65,6 +65,8 @@ async def test_the_series_follow_the_hub(hub: Hub, client: httpx.AsyncClient) ->
     # One event in LATENCY_EVERY is observed, never one per subscriber.
     assert after[("tidings_publish_to_write_seconds_count", ())] == 2
     assert after[("tidings_draining", ())] == 0
+    assert after[("tidings_history_events", ())] == LATENCY_EVERY * 2
+    assert after[("tidings_history_bytes", ())] > 0
     names = {name for name, _ in after if name.startswith("tidings_")}
     assert len({name.removesuffix("_total") for name in names}) >= 10
     assert after[("process_open_fds", ())] > 0
