@@ -49,6 +49,8 @@ async def test_metrics_count_what_the_subscribers_received(
     after = samples(response.text)
     assert after[("tidings_connections", (("transport", "sse"),))] >= 1
     assert after[("tidings_connections", (("transport", "ws"),))] >= 1
+    assert after[("tidings_open_requests", ())] >= 3  # two streams and the scrape
+    assert after[("tidings_open_sockets", ())] >= 3  # under tidings serve only
     grew = {
         name: after[(name, ())] - before[(name, ())]
         for name in (

@@ -24,7 +24,7 @@ has no ``transport`` label: splitting it would cost a count per subscriber.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram
@@ -41,6 +41,7 @@ from starlette.responses import Response
 
 from tidings.hub import HubStats
 from tidings.server.auth import Action
+from tidings.server.limits import SOCKETS
 
 if TYPE_CHECKING:
     from tidings.server.state import ServerState
@@ -79,15 +80,21 @@ class Metrics:
             buckets=TTFT_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(StateCollector(state))
+        self.collector = StateCollector(state)
+        self.registry.register(self.collector)
         ProcessCollector(registry=self.registry)
         state.hub.observe_latency(self.latency.observe, every=LATENCY_EVERY)
         if state.relay is not None:
             state.relay.ttft_observer = self.ttft.observe
 
-    def render(self) -> bytes:
-        """Every series, in the Prometheus text format."""
-        return generate_latest(self.registry)
+    def render(self, *, sockets: Callable[[], int] | None = None) -> bytes:
+        """Every series, in the Prometheus text format; ``sockets`` tells how many
+        sockets the server holds (``tidings serve`` offers it to each request)."""
+        self.collector.sockets = sockets
+        try:
+            return generate_latest(self.registry)
+        finally:
+            self.collector.sockets = None
 
 
 class StateCollector(Collector):
@@ -95,6 +102,8 @@ class StateCollector(Collector):
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
+        #: Set for the duration of one scrape (see ``Metrics.render``).
+        self.sockets: Callable[[], int] | None = None
 
     def collect(self) -> Iterator[Metric]:
         state = self.state
@@ -105,6 +114,7 @@ class StateCollector(Collector):
         for transport, count in sorted(state.connections.items()):
             connections.add_metric([transport], count)
         yield connections
+        yield from self._open()
         yield GaugeMetricFamily("tidings_subscriptions", "Open subscriptions.", stats.subscriptions)
         yield GaugeMetricFamily(
             "tidings_subscribers", "Channel subscriptions, summed over channels.", stats.subscribers
@@ -151,6 +161,26 @@ class StateCollector(Collector):
         )
         yield from self._llm()
 
+    def _open(self) -> Iterator[Metric]:
+        """What ``max_connections`` and ``max_connections_per_client`` limit."""
+        counts = self.state.slots.stats()
+        yield GaugeMetricFamily(
+            "tidings_open_requests",
+            "HTTP requests in progress and streams open now (this scrape included).",
+            counts["total"],
+        )
+        yield GaugeMetricFamily(
+            "tidings_open_clients",
+            "Distinct client addresses with something open.",
+            counts["clients"],
+        )
+        if self.sockets is not None:
+            yield GaugeMetricFamily(
+                "tidings_open_sockets",
+                "Sockets the server holds open, idle keep-alive ones included.",
+                self.sockets(),
+            )
+
     def _llm(self) -> Iterator[Metric]:
         relay = self.state.relay
         if relay is None:
@@ -196,4 +226,5 @@ async def metrics(request: Request) -> Response:
     authority = state.authority
     authority.authorize(authority.principal(request.scope), Action.METRICS)
     assert state.metrics is not None, "create_app() gives every app its metrics"
-    return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+    sockets = request.scope.get("extensions", {}).get(SOCKETS)
+    return Response(state.metrics.render(sockets=sockets), media_type=CONTENT_TYPE)

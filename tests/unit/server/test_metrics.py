@@ -65,6 +65,8 @@ async def test_the_series_follow_the_hub(hub: Hub, client: httpx.AsyncClient) ->
     # One event in LATENCY_EVERY is observed, never one per subscriber.
     assert after[("tidings_publish_to_write_seconds_count", ())] == 2
     assert after[("tidings_draining", ())] == 0
+    assert after[("tidings_open_requests", ())] == 1  # the scrape itself
+    assert after[("tidings_open_clients", ())] == 1
     assert after[("tidings_history_events", ())] == LATENCY_EVERY * 2
     assert after[("tidings_history_bytes", ())] > 0
     names = {name for name, _ in after if name.startswith("tidings_")}
