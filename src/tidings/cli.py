@@ -92,6 +92,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--certfile", metavar="FILE", help="TLS certificate chain (PEM)")
     serve.add_argument("--keyfile", metavar="FILE", help="TLS private key (PEM)")
+    serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="at SIGTERM or SIGINT, time to drain before exiting (default 30)",
+    )
 
     publish = commands.add_parser("publish", help="publish an event to a running server")
     publish.add_argument("channel")
@@ -183,6 +189,7 @@ def _serve(args: argparse.Namespace) -> int:
             http2=args.http2,
             certfile=args.certfile,
             keyfile=args.keyfile,
+            drain_timeout=args.drain_timeout,
         )
     except SettingsError as exc:
         print(f"tidings: {exc}", file=sys.stderr)

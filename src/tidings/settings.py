@@ -139,6 +139,9 @@ class Settings:
     ready_timeout: float = 1.0
     log_format: str = "text"
     access_log_streams: bool = False
+    # Drain: how long a stopping server gives its connections and generations
+    # (docs/operations.md, "Drain").
+    drain_timeout: float = 30.0
     namespaces: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     llm: LLMConfig = field(default_factory=lambda: LLMConfig.from_table({}))
 
@@ -164,6 +167,7 @@ class Settings:
             "ws_ping_interval",
             "ws_pong_timeout",
             "presence_ttl",
+            "drain_timeout",
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be > 0 seconds")

@@ -61,7 +61,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from tidings.errors import QueueFull, TidingsError, UpstreamError, UpstreamTimeout
+from tidings.errors import QueueFull, ShuttingDown, TidingsError, UpstreamError, UpstreamTimeout
 from tidings.hub import Event, Hub
 from tidings.llm.chunks import Delta, build_chunk, error_object
 from tidings.llm.config import ProviderRouter
@@ -312,6 +312,8 @@ class Relay:
         #: (the server's metrics set it); once per generation, not per token.
         self.ttft_observer: Callable[[float], None] | None = None
         self._control = RelayControl(hub, on_cancel=self._remote_cancel, on_heard=self._heard)
+        #: Set by :meth:`finish`: new generations are refused (ShuttingDown).
+        self.closing = False
 
     async def start(
         self, request: ChatRequest, *, owner: str = ANONYMOUS_OWNER, client: str | None = None
@@ -329,7 +331,10 @@ class Relay:
             QueueFull: ``max_generations`` are running already, or
                 ``max_per_client`` of this client's (``per_client``).
             BackendUnavailable: the hub's backend cannot be reached.
+            ShuttingDown: the server is draining (:meth:`finish`).
         """
+        if self.closing:
+            raise ShuttingDown()
         if len(self._running) >= self.max_generations:
             raise QueueFull(self.max_generations)
         limit = self.max_per_client
@@ -560,6 +565,18 @@ class Relay:
             ttft_ms_p50=round(statistics.median(ttft) * 1000, 3) if ttft else None,
             tokens_per_second=round(statistics.fmean(self._rates), 1) if self._rates else None,
         )
+
+    async def finish(self, *, wait: float) -> int:
+        """Refuse new generations and give the running ones ``wait`` seconds to end.
+
+        Returns how many are still running then; :meth:`aclose` cancels them.
+        """
+        self.closing = True
+        tasks = [g.task for g in self._running if g.task is not None]
+        if tasks and wait > 0:
+            logger.info("waiting up to %.3g s for %d running generations", wait, len(tasks))
+            await asyncio.wait(tasks, timeout=wait)
+        return len(self._running)
 
     async def aclose(self, *, wait: float = 10.0) -> None:
         """Cancel every running generation (reason ``shutdown``), wait, close providers."""

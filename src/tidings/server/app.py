@@ -167,12 +167,16 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Star
         slots=slots,
         relay=relay,
         gate=PublishGate(publish_rates(settings)),
+        owns_hub=owns_hub,
     )
     state.metrics = Metrics(state)
     sse = SSEEndpoint(
         hub,
         authority=authority,
         retry=settings.sse_retry,
+        # Streams ended by a drain announce a retry spread over up to 5 s, so
+        # their clients do not all come back in the same instant.
+        retry_spread=min(settings.drain_timeout, 5.0),
         keepalive=keepalive,
         max_channels=settings.max_channels,
         on_open=state.counter("sse"),

@@ -11,26 +11,43 @@ supports, rather than failing in odd ways in the middle of a connection.
 
 uvicorn closes its connections before it runs the app's lifespan shutdown,
 so an app cannot stop publishing before its subscribers go by itself.
-:class:`Server` drains the Tidings app first (``ServerState.drain``:
-publishes refused with 503, those accepted already delivered) and only then
-lets uvicorn close connections.
+At SIGTERM or SIGINT, :class:`Server` stops accepting connections, then stops
+the Tidings app in order (``ServerState.shutdown``: publishes refused with
+503, running generations finished or cancelled, subscribers closed) within
+``drain_timeout`` seconds, and only then lets uvicorn close what is left.
+The process then exits with status 0; a second signal ends it at once
+(:func:`exit_now`), and a drain that overruns its deadline by
+:data:`DEADLINE_MARGIN` is ended the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import signal
 import socket
+import threading
 from importlib.metadata import version
+from types import FrameType
 
 import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.config import HTTPProtocolType, WSProtocolType
 
+from tidings.server.state import ServerState
 from tidings.settings import Settings
 
-__all__ = ["TESTED_VERSIONS", "Server", "fast_write_problem", "uvicorn_config"]
+__all__ = [
+    "DEADLINE_MARGIN",
+    "TESTED_VERSIONS",
+    "Server",
+    "exit_now",
+    "fast_write_problem",
+    "start_deadline",
+    "uvicorn_config",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -120,25 +137,75 @@ def uvicorn_config(
         # Idle keep-alive connections (between requests); server/guard.py covers
         # the time before a request head is in and a body's.
         timeout_keep_alive=settings.idle_timeout,  # type: ignore[arg-type]  # a float works
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=settings.drain_timeout,  # type: ignore[arg-type]
         backlog=4096,
         **options,  # type: ignore[arg-type]
     )
+
+
+#: Seconds past ``drain_timeout`` after which a drain still running is cut short.
+DEADLINE_MARGIN = 1.0
+
+
+def exit_now(signum: int) -> None:
+    """End the process at once, as a second SIGTERM or SIGINT asks: status 128 + signal."""
+    logger.warning("%s again: exiting without draining", signal.Signals(signum).name)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(128 + signum)
+
+
+def start_deadline(seconds: float) -> threading.Timer:
+    """Exit the process (status 1) unless it is gone ``seconds`` + :data:`DEADLINE_MARGIN`
+    from now: the drain's deadline holds even when the event loop is stuck."""
+
+    def overrun() -> None:
+        logger.error("drain still running %.3g s after its deadline: exiting", DEADLINE_MARGIN)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(1)
+
+    timer = threading.Timer(seconds + DEADLINE_MARGIN, overrun)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 class Server(uvicorn.Server):
     """A uvicorn server that drains its Tidings app before it closes connections.
 
     The app is ``config.app`` when it is a Tidings app (``create_app``);
-    any other app is served and stopped as uvicorn does.
+    any other app is served and stopped as uvicorn does. The drain lasts at
+    most ``config.timeout_graceful_shutdown`` seconds (``drain_timeout``).
+    Unlike uvicorn, a stop by signal exits with status 0 rather than
+    re-raising the signal, and a second signal exits at once.
     """
 
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit:
+            exit_now(sig)
+        logger.info("%s: draining (up to %g s)", signal.Signals(sig).name, self._drain_seconds())
+        start_deadline(self._drain_seconds())
+        self.should_exit = True
+
+    def _drain_seconds(self) -> float:
+        return float(self.config.timeout_graceful_shutdown or 0)
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        state = getattr(getattr(self.config.app, "state", None), "tidings", None)
-        drain = getattr(state, "drain", None)
-        if drain is not None and not self.force_exit:
-            try:
-                await drain(wait=self.config.timeout_graceful_shutdown or 5.0)
-            except Exception:
-                logger.exception("draining publishes failed")
+        state: ServerState | None = getattr(
+            getattr(self.config.app, "state", None), "tidings", None
+        )
+        if not isinstance(state, ServerState) or self.force_exit:
+            await super().shutdown(sockets)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._drain_seconds()
+        for server in self.servers:
+            server.close()  # no new connection from now on
+        try:
+            await state.shutdown(close_hub=state.owns_hub, wait=self._drain_seconds())
+        except Exception:
+            logger.exception("draining the server failed")
+        # uvicorn's own wait for the connections left gets what remains.
+        self.config.timeout_graceful_shutdown = max(0.1, deadline - loop.time())  # type: ignore[assignment]
         await super().shutdown(sockets)

@@ -26,13 +26,15 @@ from hypercorn.config import Config
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tidings.server.serve import exit_now, start_deadline
 from tidings.settings import Settings, SettingsError
 
 __all__ = ["GRACEFUL_SECONDS", "hypercorn_config", "serve_h2"]
 
 logger = logging.getLogger(__name__)
 
-#: Seconds open connections get to finish on shutdown, as on uvicorn.
+#: Seconds open connections get to finish once the app has stopped (the drain
+#: before it lasts up to ``drain_timeout``).
 GRACEFUL_SECONDS = 5.0
 _ExceptionHandler = Callable[[AbstractEventLoop, dict[str, Any]], None]
 #: Extra seconds after which a shutdown that still waits on connections is cut short.
@@ -89,21 +91,31 @@ def check_tls_files(config: Config) -> None:
 
 
 async def serve_h2(app: Starlette, settings: Settings, config: Config | None = None) -> None:
-    """Serve ``app`` over TLS with HTTP/2 until SIGINT or SIGTERM, then shut down gracefully.
+    """Serve ``app`` over TLS with HTTP/2 until SIGINT or SIGTERM, then drain and stop.
 
     The app's lifespan runs around Hypercorn here rather than inside it, so
-    that at a signal its shutdown (publishes refused, open streams end with
-    ``shutdown``, running generations publish their end, the hub closes)
-    comes first, while
-    Hypercorn stops accepting; the connections left then get
-    :data:`GRACEFUL_SECONDS` to finish.
+    that at a signal its shutdown (``ServerState.shutdown``: publishes
+    refused, running generations finished or cancelled, open streams end
+    with ``shutdown``, the hub closes, all within ``drain_timeout``) comes
+    first, while Hypercorn stops accepting; the connections left then get
+    what remains of the deadline. A second signal exits at once.
     """
     config = config or hypercorn_config(settings)
+    config.graceful_timeout = settings.drain_timeout
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
+
+    def on_signal(number: int) -> None:
+        if stop.is_set():
+            exit_now(number)
+        name = signal.Signals(number).name
+        logger.info("%s: draining (up to %g s)", name, settings.drain_timeout)
+        start_deadline(settings.drain_timeout)
+        stop.set()
+
     for number in signals:
-        loop.add_signal_handler(number, stop.set)
+        loop.add_signal_handler(number, on_signal, number)
     loop.set_exception_handler(_quiet_when_stopping(stop))
     try:
         async with app.router.lifespan_context(app):
@@ -113,8 +125,13 @@ async def serve_h2(app: Starlette, settings: Settings, config: Config | None = N
             stopping = loop.create_task(stop.wait())
             await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
             stopping.cancel()
+            deadline = loop.time() + settings.drain_timeout
+            state = getattr(app.state, "tidings", None)
+            if state is not None:
+                await state.shutdown(close_hub=state.owns_hub, wait=settings.drain_timeout)
         if not serving.done():
-            await asyncio.wait({serving}, timeout=GRACEFUL_SECONDS + _SHUTDOWN_MARGIN)
+            left = max(0.0, deadline - loop.time())
+            await asyncio.wait({serving}, timeout=min(left, GRACEFUL_SECONDS) + _SHUTDOWN_MARGIN)
         if not serving.done():
             logger.warning("connections still open after shutdown: closing them")
             serving.cancel()

@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from urllib.parse import parse_qsl
@@ -167,6 +168,7 @@ class _Connection:
         "ping_due",
         "positions",
         "release",
+        "retry_ms",
         "subscription",
     )
 
@@ -178,8 +180,11 @@ class _Connection:
         chunked: bool,
         keepalive: SSEKeepalive | None,
         on_open: Callable[[int], None] | None,
+        retry_ms: tuple[int, int] = (3000, 3000),
     ) -> None:
         self.subscription = subscription
+        #: The range a shutdown's last ``retry:`` is drawn from, in milliseconds.
+        self.retry_ms = retry_ms
         self.positions = positions
         self.id = f"sse-{next(_connection_ids)}"
         self.chunked = chunked
@@ -238,8 +243,15 @@ class _Connection:
         if reason is CloseReason.SLOW_CONSUMER:
             fast.abort()  # drop what is buffered: that is the memory we protect
         elif reason is not CloseReason.DISCONNECT:
+            if reason is CloseReason.SHUTDOWN:
+                fast.write(_chunk(self.last_retry()))
             fast.write(b"0\r\n\r\n")  # the last chunk: a clean end of the response
             fast.end()
+
+    def last_retry(self) -> bytes:
+        """The ``retry:`` block that ends a stream the server stops: a delay drawn
+        at random from ``retry_ms``, so its clients do not all return at once."""
+        return encode_event(retry=random.randint(*self.retry_ms))
 
     def encoder(self) -> Callable[[Item], bytes]:
         if len(self.positions) == 1:
@@ -301,6 +313,8 @@ class SSEStream:
         cursor: Where to resume each channel (from ``Last-Event-ID``); channels
             not in it start live.
         retry: The reconnection delay to announce, in seconds.
+        retry_spread: When the server stops the stream, it ends with a
+            ``retry:`` drawn at random from ``[retry, retry + retry_spread]``.
         keepalive: Sends the ``: ping`` comments; ``None`` sends none.
         outbox_max_bytes: Bound of the connection's outbox (hub default if None).
         overflow: Slow-consumer policy (hub default if None).
@@ -317,6 +331,7 @@ class SSEStream:
         *,
         cursor: Mapping[str, Position] | None = None,
         retry: float = 3.0,
+        retry_spread: float = 0.0,
         keepalive: SSEKeepalive | None = None,
         outbox_max_bytes: int | None = None,
         overflow: OverflowPolicy | str | None = None,
@@ -330,6 +345,7 @@ class SSEStream:
             raise ValueError("an SSE stream needs at least one channel")
         self.cursor = dict(cursor or {})
         self.retry_ms = round(retry * 1000)
+        self.retry_spread_ms = round(retry_spread * 1000)
         self.keepalive = keepalive
         self.outbox_max_bytes = outbox_max_bytes
         self.overflow = overflow
@@ -363,6 +379,7 @@ class SSEStream:
                 chunked=fast is not None,
                 keepalive=self.keepalive,
                 on_open=self.on_open,
+                retry_ms=(self.retry_ms, self.retry_ms + self.retry_spread_ms),
             )
             head = encode_event(retry=self.retry_ms, id=encode_cursor(positions))
             await send({"type": "http.response.start", "status": 200, "headers": self.headers})
@@ -432,7 +449,8 @@ class SSEStream:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         if subscription.close_reason is CloseReason.SHUTDOWN:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            body = connection.last_retry()
+            await send({"type": "http.response.body", "body": body, "more_body": False})
         # On slow_consumer the response stays incomplete on purpose: the
         # server closes the connection, and the client resumes from its cursor.
 
@@ -470,6 +488,7 @@ class SSEEndpoint:
         *,
         authority: Authority | None = None,
         retry: float,
+        retry_spread: float = 0.0,
         keepalive: SSEKeepalive | None,
         max_channels: int,
         outbox_max_bytes: int | None = None,
@@ -479,6 +498,7 @@ class SSEEndpoint:
         self.hub = hub
         self.authority = authority if authority is not None else Authority(hub.namespaces)
         self.retry = retry
+        self.retry_spread = retry_spread
         self.keepalive = keepalive
         self.max_channels = max_channels
         self.outbox_max_bytes = outbox_max_bytes
@@ -518,6 +538,7 @@ class SSEEndpoint:
             channels,
             cursor=cursor,
             retry=self.retry,
+            retry_spread=self.retry_spread,
             keepalive=self.keepalive,
             outbox_max_bytes=self.outbox_max_bytes,
             overflow=self.overflow,

@@ -3,6 +3,8 @@ order in which a server stops."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -20,6 +22,11 @@ if TYPE_CHECKING:
 
 __all__ = ["ServerState"]
 
+logger = logging.getLogger(__name__)
+
+#: Longest wait for publishes accepted before the drain to reach the hub.
+_PUBLISH_WAIT = 5.0
+
 
 @dataclass(slots=True)
 class ServerState:
@@ -36,6 +43,9 @@ class ServerState:
     gate: PublishGate = field(default_factory=PublishGate)
     #: The app's Prometheus registry and histograms (``GET /metrics``).
     metrics: Metrics | None = None
+    #: Whether the app built its hub (then a stop closes it).
+    owns_hub: bool = True
+    _stopping: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
 
     @property
     def draining(self) -> bool:
@@ -51,18 +61,49 @@ class ServerState:
         """
         await self.gate.drain(wait=wait)
 
-    async def shutdown(self, *, close_hub: bool) -> None:
-        """Stop in order: drain publishes; end running generations (their end event
-        reaches their listeners); then close every subscriber (``close_hub``).
+    async def shutdown(self, *, close_hub: bool, wait: float | None = None) -> None:
+        """Stop in order, within ``wait`` seconds (default ``drain_timeout``):
 
-        The one place that orders a stop; ``tidings serve`` calls :meth:`drain`
-        before its server closes connections, and the app's lifespan calls this.
+        1. drain publishes (503 ``unavailable``; ``/readyz`` says ``draining``);
+        2. let running generations finish, refuse new ones; at the deadline
+           cancel the rest (their end event says ``cancelled``, reason
+           ``shutdown``);
+        3. with ``close_hub``, close every subscriber (SSE streams end with a
+           jittered ``retry:``, WebSockets close with 4001) and stop the backend.
+
+        The one place that orders a stop: ``tidings serve`` (``server/serve.py``,
+        ``server/serve_h2.py``) calls it at SIGTERM before its server closes
+        connections, and the app's lifespan calls it again, which then waits
+        for the first call to end. The first call's arguments hold.
         """
-        await self.drain()
-        if self.relay is not None:
-            await self.relay.aclose()  # publishes each running generation's end first
+        if self._stopping is None:
+            seconds = self.settings.drain_timeout if wait is None else wait
+            self._stopping = asyncio.ensure_future(self._stop(close_hub, seconds))
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, close_hub: bool, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        # Kept back from the generations: time for the cancelled ones to
+        # publish their end and for the hub to close.
+        reserve = min(2.0, seconds * 0.2)
+
+        def left(until: float = deadline) -> float:
+            return max(0.0, until - loop.time())
+
+        await self.drain(wait=min(_PUBLISH_WAIT, left(deadline - reserve)))
+        relay = self.relay
+        if relay is not None:
+            running = await relay.finish(wait=left(deadline - reserve))
+            if running:
+                logger.warning("drain deadline: cancelling %d running generations", running)
+            await relay.aclose(wait=left(deadline - reserve / 2))  # their end goes out first
         if close_hub:
-            await self.hub.aclose()
+            try:
+                async with asyncio.timeout(left()):
+                    await self.hub.aclose()
+            except TimeoutError:
+                logger.warning("the hub's backend did not close within the drain deadline")
 
     def counter(self, transport: str) -> _Count:
         """Return a callable that adds to the open-connection count of ``transport``."""

@@ -219,7 +219,36 @@ async def test_shutdown_ends_the_response_cleanly() -> None:
     await client.wait_for(lambda: len(client.messages) == 2)
     await hub.aclose()
     await asyncio.wait_for(task, TIMEOUT)
-    assert client.messages[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    # The last body announces the reconnection delay, then the response ends.
+    assert client.messages[-1] == {
+        "type": "http.response.body",
+        "body": b"retry: 3000\n\n",
+        "more_body": False,
+    }
+
+
+async def test_shutdown_spreads_the_last_retry_over_the_window() -> None:
+    hub = Hub()
+    await hub.start()
+    clients = [FakeClient() for _ in range(20)]
+    tasks = [
+        asyncio.create_task(
+            SSEStream(hub, ["a"], retry=1.0, retry_spread=5.0)(scope(), c.receive, c.send)
+        )
+        for c in clients
+    ]
+    for client in clients:
+        await client.wait_for(lambda client=client: len(client.messages) == 2)  # type: ignore[misc]
+    await hub.aclose()
+    await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+    delays = set()
+    for client in clients:
+        last = client.messages[-1]
+        assert last["more_body"] is False
+        assert last["body"].startswith(b"retry: ") and last["body"].endswith(b"\n\n")
+        delays.add(int(last["body"][7:-2]))
+    assert all(1000 <= delay <= 6000 for delay in delays), delays
+    assert len(delays) > 1
 
 
 async def test_multi_channel_ids_name_the_event_channel_first() -> None:
