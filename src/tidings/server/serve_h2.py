@@ -33,8 +33,8 @@ __all__ = ["GRACEFUL_SECONDS", "hypercorn_config", "serve_h2"]
 
 logger = logging.getLogger(__name__)
 
-#: Seconds open connections get to finish once the app has stopped (the drain
-#: before it lasts up to ``drain_timeout``).
+#: Seconds Hypercorn gives open connections from the signal on, as uvicorn did;
+#: the app's drain (generations included) still has ``drain_timeout``.
 GRACEFUL_SECONDS = 5.0
 _ExceptionHandler = Callable[[AbstractEventLoop, dict[str, Any]], None]
 #: Extra seconds after which a shutdown that still waits on connections is cut short.
@@ -97,11 +97,13 @@ async def serve_h2(app: Starlette, settings: Settings, config: Config | None = N
     that at a signal its shutdown (``ServerState.shutdown``: publishes
     refused, running generations finished or cancelled, open streams end
     with ``shutdown``, the hub closes, all within ``drain_timeout``) comes
-    first, while Hypercorn stops accepting; the connections left then get
-    what remains of the deadline. A second signal exits at once.
+    first, while Hypercorn stops accepting. Hypercorn gives open connections
+    :data:`GRACEFUL_SECONDS` from the signal on, so a generation streamed over
+    a connection still open then is cut there (it keeps running until the
+    deadline; its client resumes ``/v1/streams/{id}``). A second signal
+    exits at once.
     """
     config = config or hypercorn_config(settings)
-    config.graceful_timeout = settings.drain_timeout
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)

@@ -245,7 +245,8 @@ async def test_shutdown_spreads_the_last_retry_over_the_window() -> None:
     for client in clients:
         last = client.messages[-1]
         assert last["more_body"] is False
-        assert last["body"].startswith(b"retry: ") and last["body"].endswith(b"\n\n")
+        assert last["body"].startswith(b"retry: ")
+        assert last["body"].endswith(b"\n\n")
         delays.add(int(last["body"][7:-2]))
     assert all(1000 <= delay <= 6000 for delay in delays), delays
     assert len(delays) > 1
