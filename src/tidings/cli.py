@@ -11,20 +11,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import ipaddress
 import logging
 import logging.config
 import os
 import re
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from http import HTTPStatus
 from typing import Any
 
 import orjson
 
-__all__ = ["main"]
+from tidings.client.backoff import Backoff
+
+__all__ = ["main", "server_url"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+#: Where the client commands find the server when ``--url`` is not given.
+URL_HELP = "server URL (default: $TIDINGS_URL, else from $TIDINGS_HOST and $TIDINGS_PORT, else "
+URL_HELP += f"{DEFAULT_URL})"
+#: Exit status after Ctrl-C, as a shell reports a command that SIGINT ended.
+INTERRUPTED = 130
 #: Seconds per ``--ttl`` suffix.
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _TTL = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)\Z")
@@ -36,6 +46,100 @@ def parse_ttl(text: str) -> float:
     if match is None or float(match[1]) <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90, 30m, 1h or 7d")
     return float(match[1]) * _TTL_UNITS[match[2] or "s"]
+
+
+def say(line: str) -> None:
+    """Tell the user one thing: one line on stderr, never wrapped."""
+    sys.stderr.write(f"tidings: {line}\n")
+    sys.stderr.flush()
+
+
+class UsageError(Exception):
+    """A client command cannot start; the message is the line to print."""
+
+
+def server_url(url: str | None, environ: Mapping[str, str] = os.environ) -> str:
+    """The server a client command talks to.
+
+    ``--url``, else ``TIDINGS_URL``, else ``http://TIDINGS_HOST:TIDINGS_PORT``
+    (the variables ``tidings serve`` binds with; a wildcard host such as
+    ``0.0.0.0`` means this machine), each defaulting to 127.0.0.1 and 8000.
+
+    Raises:
+        UsageError: ``TIDINGS_PORT`` is not a port number.
+    """
+    if url:
+        return url
+    if environ.get("TIDINGS_URL"):
+        return environ["TIDINGS_URL"]
+    host = environ.get("TIDINGS_HOST") or "127.0.0.1"
+    if host in ("0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    port = environ.get("TIDINGS_PORT") or "8000"
+    if not port.isdigit() or not 0 < int(port) <= 65535:
+        raise UsageError("TIDINGS_PORT must be a port number 1-65535")
+    return f"http://{host}:{int(port)}"
+
+
+def error_line(command: str, status: int, body: str, reason: str = "") -> str:
+    """``publish: 400 invalid_channel: …`` from a server's JSON error; never the raw body."""
+    try:
+        error = orjson.loads(body)["error"]
+        code, message = str(error["code"]), " ".join(str(error["message"]).split())
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        if not reason and status in {known.value for known in HTTPStatus}:
+            reason = HTTPStatus(status).phrase
+        return f"{command}: {status} {reason}".rstrip()
+    return f"{command}: {status} {code}: {message}"
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be bound now (tried and released at once), or None."""
+    if port == 0:
+        return None
+    try:
+        addresses = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        return f"cannot serve on {host}: {exc.strerror}"
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return f"port {port} is in use; pass --port"
+                return f"cannot serve on {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
+class AnnouncedBackoff(Backoff):
+    """``listen``'s reconnection schedule: each delay said before it is waited.
+
+    Each delay is uniform between the previous one (at least half the step)
+    and the step, rather than full jitter, so the delays a person watches grow
+    up to ``cap`` and never shrink until a connection succeeds.
+    """
+
+    def __init__(self, announce: Callable[[float], None]) -> None:
+        super().__init__()
+        self.announce = announce
+        self.last = 0.0
+
+    def next_delay(self) -> float:
+        upper = self.upper(self.attempt)
+        self.last = self.rng.uniform(max(upper / 2, self.last), upper)
+        self.attempt += 1
+        self.announce(self.last)
+        return self.last
+
+    def reset(self) -> None:
+        super().reset()
+        self.last = 0.0
 
 
 def is_loopback(host: str) -> bool:
@@ -102,7 +206,7 @@ def _build_parser() -> argparse.ArgumentParser:
     publish = commands.add_parser("publish", help="publish an event to a running server")
     publish.add_argument("channel")
     publish.add_argument("data", help="JSON, or plain text when it is not valid JSON")
-    publish.add_argument("--url", default=DEFAULT_URL, help=f"server URL (default {DEFAULT_URL})")
+    publish.add_argument("--url", help=URL_HELP)
     publish.add_argument("--event", default="message", help="event type (default message)")
     publish.add_argument("--key", help="idempotency key")
     kind = publish.add_mutually_exclusive_group()
@@ -131,13 +235,13 @@ def _build_parser() -> argparse.ArgumentParser:
 
     listen = commands.add_parser("listen", help="print events as they arrive; resume after drops")
     listen.add_argument("channels", nargs="+", metavar="CHANNEL")
-    listen.add_argument("--url", default=DEFAULT_URL, help=f"server URL (default {DEFAULT_URL})")
+    listen.add_argument("--url", help=URL_HELP)
     listen.add_argument("--last-event-id", help="cursor to resume from")
     listen.add_argument("--json", action="store_true", help="one JSON object per line")
     bench = commands.add_parser(
         "bench", help="measure fan-out: N subscribers, M publishes, exact counts and latency"
     )
-    bench.add_argument("--url", default=DEFAULT_URL, help=f"server URL (default {DEFAULT_URL})")
+    bench.add_argument("--url", help=URL_HELP)
     bench.add_argument("--transport", choices=("sse", "ws"), default="sse")
     bench.add_argument("-n", "--subscribers", type=int, default=100, help="default 100")
     bench.add_argument("-m", "--messages", type=int, default=1000, help="default 1000")
@@ -156,6 +260,12 @@ def _build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit status."""
     args = _build_parser().parse_args(argv)
+    if args.command in ("publish", "listen", "bench"):
+        try:
+            args.url = server_url(args.url)
+        except UsageError as exc:
+            say(str(exc))
+            return 2
     if args.command == "serve":
         return _serve(args)
     if args.command == "publish":
@@ -192,14 +302,17 @@ def _serve(args: argparse.Namespace) -> int:
             drain_timeout=args.drain_timeout,
         )
     except SettingsError as exc:
-        print(f"tidings: {exc}", file=sys.stderr)
+        say(str(exc))
+        return 2
+    if settings.backend != "redis" and (args.redis_url or args.redis_prefix):
+        flag = "--redis-url" if args.redis_url else "--redis-prefix"
+        say(f"{flag} needs --backend redis (the backend is {settings.backend})")
         return 2
     exposed = not is_loopback(settings.host)
     if exposed and not settings.authentication and not settings.allow_anonymous:
-        print(
-            f"tidings: refusing to serve {settings.host} with no authentication: set "
-            "jwt_secret, jwt_key_file or api_keys, or pass --allow-anonymous",
-            file=sys.stderr,
+        say(
+            f"refusing to serve {settings.host} with no authentication: set "
+            "jwt_secret, jwt_key_file or api_keys, or pass --allow-anonymous"
         )
         return 2
     log_config = logging_config(settings)
@@ -207,20 +320,27 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         app = create_app(settings=settings)
     except SettingsError as exc:
-        print(f"tidings: {exc}", file=sys.stderr)
+        say(str(exc))
         return 2
     except ImportError as exc:
-        print(f"tidings: {exc} (install the extra: pip install 'tidings[redis]')", file=sys.stderr)
+        say(f"{exc} (install the extra: pip install 'tidings[redis]')")
         return 2
     if settings.backend == "redis":
         problem = _check_redis(settings)
         if problem:
-            print(f"tidings: {problem}", file=sys.stderr)
+            say(problem)
             return 1
     if settings.http2:
         return _serve_h2(app, settings)
+    if problem := port_problem(settings.host, settings.port):
+        say(problem)
+        return 1
     config = uvicorn_config(app, settings, loop="uvloop", log_config=log_config)
-    Server(config).run()
+    try:
+        Server(config).run()
+    except KeyboardInterrupt:
+        say("stopped")
+        return INTERRUPTED
     return 0
 
 
@@ -231,19 +351,25 @@ def _serve_h2(app: Any, settings: Any) -> int:
     try:
         from tidings.server.serve_h2 import hypercorn_config, serve_h2
     except ImportError as exc:
-        print(f"tidings: {exc} (install the extra: pip install 'tidings[http2]')", file=sys.stderr)
+        say(f"{exc} (install the extra: pip install 'tidings[http2]')")
         return 2
     try:
         config = hypercorn_config(settings)
     except SettingsError as exc:
-        print(f"tidings: {exc}", file=sys.stderr)
+        say(str(exc))
         return 2
     import uvloop
 
     try:
         uvloop.run(serve_h2(app, settings, config))
+    except KeyboardInterrupt:
+        say("stopped")
+        return INTERRUPTED
     except OSError as exc:
-        print(f"tidings: cannot serve on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        if exc.errno == errno.EADDRINUSE:
+            say(f"port {settings.port} is in use; pass --port")
+        else:
+            say(f"cannot serve on {settings.host}:{settings.port}: {exc.strerror or exc}")
         return 1
     return 0
 
@@ -280,7 +406,7 @@ def _publish(args: argparse.Namespace) -> int:
             body["data"] = orjson.loads(args.data)
         except orjson.JSONDecodeError:
             if args.json:
-                print(f"tidings: DATA is not valid JSON: {args.data[:80]!r}", file=sys.stderr)
+                say(f"DATA is not valid JSON: {args.data[:80]!r}")
                 return 2
             body["text"] = args.data
     headers = {"X-API-Key": args.api_key} if args.api_key else {}
@@ -288,11 +414,11 @@ def _publish(args: argparse.Namespace) -> int:
         response = httpx.post(
             f"{args.url.rstrip('/')}/api/publish", json=body, headers=headers, timeout=10
         )
-    except httpx.HTTPError as exc:
-        print(f"tidings: cannot reach {args.url}: {exc}", file=sys.stderr)
+    except httpx.HTTPError:
+        say(f"cannot reach {args.url}")
         return 1
     if response.status_code != 200:
-        print(f"tidings: {response.status_code} {response.text}", file=sys.stderr)
+        say(error_line("publish", response.status_code, response.text, response.reason_phrase))
         return 1
     print(response.text)
     return 0
@@ -305,10 +431,10 @@ def _token(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
     except SettingsError as exc:
-        print(f"tidings: {exc}", file=sys.stderr)
+        say(str(exc))
         return 2
     if not settings.jwt_secret:
-        print("tidings: token needs jwt_secret (TIDINGS_JWT_SECRET) to sign with", file=sys.stderr)
+        say("token needs jwt_secret (TIDINGS_JWT_SECRET) to sign with")
         return 2
     grants = {
         grant: patterns
@@ -333,14 +459,23 @@ def _listen(args: argparse.Namespace) -> int:
     from tidings.client.sse import ConnectionState, Reset, listen
     from tidings.errors import ReconnectExhausted, StreamRejected
 
-    console = Console(highlight=False)
-    errors = Console(stderr=True, highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
+    dropped = False
 
     def on_state(state: ConnectionState) -> None:
+        nonlocal dropped
         if state is ConnectionState.RECONNECTING:
-            errors.print("[yellow]connection lost; reconnecting…[/]")
+            dropped = True
         elif state is ConnectionState.OPEN:
-            errors.print(f"[green]listening to {', '.join(args.channels)} on {args.url}[/]")
+            say(f"listening to {', '.join(args.channels)} on {args.url}")
+
+    def announce(delay: float) -> None:
+        nonlocal dropped
+        if dropped:
+            say(f"connection to {args.url} lost, reconnecting in {delay:.1f}s…")
+        else:
+            say(f"cannot reach {args.url}, retrying in {delay:.1f}s…")
+        dropped = False
 
     def emit(document: dict[str, Any]) -> None:
         sys.stdout.write(orjson.dumps(document).decode() + "\n")
@@ -348,7 +483,11 @@ def _listen(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         async with listen(
-            args.url, args.channels, last_event_id=args.last_event_id, on_state=on_state
+            args.url,
+            args.channels,
+            last_event_id=args.last_event_id,
+            backoff=AnnouncedBackoff(announce),
+            on_state=on_state,
         ) as events:
             async for item in events:
                 if isinstance(item, Reset):
@@ -362,9 +501,9 @@ def _listen(args: argparse.Namespace) -> int:
                             }
                         )
                     else:
-                        errors.print(
-                            f"[red]reset {item.channel}: {item.reason}, "
-                            f"continuing after #{item.position.offset}[/]"
+                        say(
+                            f"reset {item.channel}: {item.reason}, "
+                            f"continuing after #{item.position.offset}"
                         )
                 elif args.json:
                     emit(
@@ -386,12 +525,13 @@ def _listen(args: argparse.Namespace) -> int:
     try:
         asyncio.run(run())
     except KeyboardInterrupt:
-        return 130
+        say("stopped")
+        return INTERRUPTED
     except StreamRejected as exc:
-        errors.print(f"[red]tidings: {exc}[/]")
+        say(error_line("listen", exc.status, exc.body))
         return 1
     except ReconnectExhausted as exc:
-        errors.print(f"[red]tidings: {exc}[/]")
+        say(str(exc))
         return 1
     return 0
 
@@ -415,7 +555,7 @@ def _bench(args: argparse.Namespace) -> int:
             time_limit=args.time_limit,
         )
     except ValueError as exc:
-        print(f"tidings: {exc}", file=sys.stderr)
+        say(str(exc))
         return 2
     console = Console(stderr=args.json)
     columns = (TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn())

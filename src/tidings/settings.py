@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from tidings.hub.backends.memory import DEFAULT_HISTORY_TOTAL_BYTES
 from tidings.hub.names import DEFAULT_HISTORY_MAX_BYTES, NamespaceOptions, Namespaces
@@ -154,6 +155,17 @@ class Settings:
             raise SettingsError(
                 f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}"
             )
+        # The URL may hold a password: the message names the setting, never the value.
+        redis_url = urlsplit(self.redis_url)
+        if redis_url.scheme not in ("redis", "rediss", "unix"):
+            raise SettingsError(
+                "redis_url must start with redis://, rediss:// or unix:// "
+                "(e.g. redis://127.0.0.1:6379/0)"
+            )
+        try:
+            _ = redis_url.port
+        except ValueError:
+            raise SettingsError("redis_url has a port that is not a number 0-65535") from None
         if self.overflow not in {policy.value for policy in OverflowPolicy}:
             raise SettingsError(f"overflow must be 'disconnect' or 'drop', not {self.overflow!r}")
         for name in ("outbox_max_bytes", "max_body_bytes", "max_channels", "ws_max_frame_bytes"):

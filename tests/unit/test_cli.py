@@ -1,4 +1,5 @@
-"""cli.py without sockets: the serve guard, ``token``, ``publish --api-key``, durations."""
+"""cli.py without sockets: the serve guard, ``token``, ``publish --api-key``, durations,
+where the client commands find the server, and the one line each mistake gets."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ SECRET = "a-development-secret-of-32-bytes!"
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("TIDINGS_CONFIG", "TIDINGS_JWT_SECRET", "TIDINGS_API_KEYS", "TIDINGS_HOST"):
+    for name in ("TIDINGS_CONFIG", "TIDINGS_JWT_SECRET", "TIDINGS_API_KEYS", "TIDINGS_HOST",
+                 "TIDINGS_PORT", "TIDINGS_URL", "TIDINGS_BACKEND", "TIDINGS_REDIS_URL",
+                 "TIDINGS_API_KEY"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
 
 
@@ -104,3 +107,110 @@ def test_publish_sends_the_api_key(
     assert cli.main(argv) == 0
     assert sent["headers"] == {"X-API-Key": "k" * 20}
     capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    ("flag", "environ", "url"),
+    [
+        (None, {}, "http://127.0.0.1:8000"),
+        (None, {"TIDINGS_PORT": "9000"}, "http://127.0.0.1:9000"),
+        (None, {"TIDINGS_HOST": "10.0.0.5", "TIDINGS_PORT": "9000"}, "http://10.0.0.5:9000"),
+        (None, {"TIDINGS_HOST": "0.0.0.0"}, "http://127.0.0.1:8000"),
+        (None, {"TIDINGS_HOST": "::1", "TIDINGS_PORT": "9000"}, "http://[::1]:9000"),
+        (None, {"TIDINGS_URL": "https://rt.example", "TIDINGS_PORT": "9000"}, "https://rt.example"),
+        ("http://h:1", {"TIDINGS_URL": "https://rt.example"}, "http://h:1"),
+    ],
+)  # fmt: skip
+def test_server_url_comes_from_the_flag_then_the_environment(
+    flag: str | None, environ: dict[str, str], url: str
+) -> None:
+    assert cli.server_url(flag, environ) == url
+
+
+@pytest.mark.parametrize("command", ["publish", "listen", "bench"])
+def test_a_bad_tidings_port_is_one_line(
+    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TIDINGS_PORT", "80a")
+    argv = {"publish": ["publish", "c", "1"], "listen": ["listen", "c"], "bench": ["bench"]}
+    assert cli.main(argv[command]) == 2
+    assert capsys.readouterr().err == "tidings: TIDINGS_PORT must be a port number 1-65535\n"
+
+
+def test_publish_goes_to_tidings_port(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sent: list[str] = []
+
+    def post(url: str, **kwargs: Any) -> httpx.Response:
+        sent.append(url)
+        return httpx.Response(200, json={"channel": "c", "epoch": "e", "offset": 1})
+
+    monkeypatch.setattr(httpx, "post", post)
+    monkeypatch.setenv("TIDINGS_PORT", "9000")
+    assert cli.main(["publish", "c", "1"]) == 0
+    assert sent == ["http://127.0.0.1:9000/api/publish"]
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "line"),
+    [
+        (400, b'{"error":{"code":"invalid_channel","message":"invalid channel name"}}',
+         "publish: 400 invalid_channel: invalid channel name"),
+        (413, b'{"error":{"code":"too_large","message":"body over\\n 64 KiB"}}',
+         "publish: 413 too_large: body over 64 KiB"),
+        (502, b"<html>bad gateway</html>", "publish: 502 Bad Gateway"),
+    ],
+)  # fmt: skip
+def test_a_server_error_is_its_code_and_message_never_the_json(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    status: int,
+    body: bytes,
+    line: str,
+) -> None:
+    monkeypatch.setattr(httpx, "post", lambda url, **kwargs: httpx.Response(status, content=body))
+    assert cli.main(["publish", "c", "1"]) == 1
+    assert capsys.readouterr().err == f"tidings: {line}\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["--backend", "redis", "--redis-url", "localhost:6379"],
+         "redis_url must start with redis://, rediss:// or unix:// (e.g. redis://127.0.0.1:6379/0)"),
+        (["--backend", "redis", "--redis-url", "redis://:hunter2@localhost:63a/0"],
+         "redis_url has a port that is not a number 0-65535"),
+        (["--redis-url", "redis://127.0.0.1:6379/0"],
+         "--redis-url needs --backend redis (the backend is memory)"),
+        (["--redis-prefix", "app:"],
+         "--redis-prefix needs --backend redis (the backend is memory)"),
+        (["--port", "70000"], "port must be 0-65535, not 70000"),
+    ],
+)  # fmt: skip
+def test_serve_refuses_a_bad_setting_in_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], line: str
+) -> None:
+    assert cli.main(["serve", *argv]) == 2
+    assert capsys.readouterr().err == f"tidings: {line}\n"
+
+
+def test_serve_takes_redis_url_with_the_backend_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TIDINGS_BACKEND", "redis")
+    # Refused for its host, after the Redis flags were accepted: no socket opened.
+    assert cli.main(["serve", "--redis-url", "redis://h:6379/0", "--host", "0.0.0.0"]) == 2
+    assert "no authentication" in capsys.readouterr().err
+
+
+def test_listen_announces_delays_that_never_shrink() -> None:
+    said: list[float] = []
+    backoff = cli.AnnouncedBackoff(said.append)
+    delays = [backoff.next_delay() for _ in range(12)]
+    assert said == delays
+    assert delays == sorted(delays)
+    assert delays[-1] <= backoff.cap
+    backoff.reset()
+    assert backoff.next_delay() <= backoff.base
