@@ -1,19 +1,26 @@
-"""The ``tidings`` command against a real server: publish, listen, resume after a restart."""
+"""The ``tidings`` command against a real server: publish, listen, resume after a restart,
+and the one line (and exit status) each common mistake gets."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import signal
+import socket
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
 
 from tests.support.env import TIMEOUT, eventually
 from tests.support.server import ServerProcess
+from tidings.testing import free_port
 
 
-async def run(*args: str) -> tuple[int, str, str]:
+async def run(*args: str, env: Mapping[str, str] | None = None) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -21,6 +28,7 @@ async def run(*args: str) -> tuple[int, str, str]:
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **env} if env is not None else None,
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), TIMEOUT * 2)
     assert process.returncode is not None
@@ -57,11 +65,18 @@ async def test_publish_json_text_and_errors() -> None:
         assert "not valid JSON" in err
         status, _, err = await run("publish", "--url", server.url, "bad channel", "1")
         assert status == 1
-        assert "invalid_channel" in err
+        assert err == (
+            "tidings: publish: 400 invalid_channel: invalid channel name 'bad channel': "
+            "contains ' '; allowed are letters, digits and _ : . @ / -\n"
+        )
+        status, _, err = await run("listen", "--url", server.url, "bad channel")
+        assert status == 1
+        assert err.startswith("tidings: listen: 400 invalid_channel: invalid channel name")
+        assert err.count("\n") == 1
         assert len(await history(server.url, "news")) == 3
     status, _, err = await run("publish", "--url", server.url, "news", "1")
     assert status == 1
-    assert "cannot reach" in err
+    assert err == f"tidings: cannot reach {server.url}\n"
 
 
 async def test_listen_resumes_after_the_server_restarts() -> None:
@@ -127,3 +142,86 @@ async def test_bench_counts_every_delivery() -> None:
         status, _, err = await run("bench", "--url", server.url, "-n", "0")
         assert status == 2
         assert "subscribers" in err
+
+
+async def test_publish_and_serve_meet_on_tidings_port() -> None:
+    port = free_port()
+    with ServerProcess(port=port):
+        status, out, err = await run("publish", "news", "1", env={"TIDINGS_PORT": str(port)})
+        assert status == 0, err
+        assert json.loads(out)["offset"] == 1
+        url = f"http://127.0.0.1:{port}"
+        status, _, err = await run("publish", "news", "2", env={"TIDINGS_URL": url})
+        assert status == 0, err
+        assert [event["data"] for event in await history(url, "news")] == [1, 2]
+
+
+async def test_serve_on_a_port_in_use_says_so_in_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        status, out, err = await run("serve", "--port", str(port))
+    assert (status, out) == (1, "")
+    assert err == f"tidings: port {port} is in use; pass --port\n"
+
+
+async def interrupt(process: asyncio.subprocess.Process) -> tuple[int, str]:
+    """Send Ctrl-C's SIGINT; the exit status and what it wrote to stderr."""
+    assert process.stderr is not None
+    process.send_signal(signal.SIGINT)
+    err = await asyncio.wait_for(process.stderr.read(), TIMEOUT * 2)
+    status = await asyncio.wait_for(process.wait(), TIMEOUT)
+    return status, err.decode()
+
+
+async def test_ctrl_c_stops_serve_with_one_line() -> None:
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tidings", "serve", "--port", str(port),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "TIDINGS_LOG_LEVEL": "warning"},
+    )  # fmt: skip
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+
+            async def serving() -> bool:
+                try:
+                    return (await client.get("/api/stats")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await eventually(serving, timeout=TIMEOUT * 3)
+        status, err = await interrupt(server)
+    finally:
+        if server.returncode is None:
+            server.kill()
+            await server.wait()
+    assert status == 130
+    assert "Traceback" not in err
+    assert err.endswith("tidings: stopped\n")
+
+
+async def test_listen_to_an_unreachable_server_keeps_saying_so() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    listener = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tidings", "listen", "--url", url, "jobs",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert listener.stderr is not None
+    try:
+        delays = []
+        for _ in range(3):
+            line = (await asyncio.wait_for(listener.stderr.readline(), TIMEOUT * 2)).decode()
+            match = re.fullmatch(rf"tidings: cannot reach {url}, retrying in (\d+\.\d)s…\n", line)
+            assert match, line
+            delays.append(float(match[1]))
+        assert delays == sorted(delays)
+        status, err = await interrupt(listener)
+    finally:
+        if listener.returncode is None:
+            listener.kill()
+            await listener.wait()
+    assert status == 130
+    assert err.endswith("tidings: stopped\n")
+    assert "Traceback" not in err
