@@ -330,11 +330,11 @@ def _serve(args: argparse.Namespace) -> int:
         if problem:
             say(problem)
             return 1
-    if settings.http2:
-        return _serve_h2(app, settings)
     if problem := port_problem(settings.host, settings.port):
         say(problem)
         return 1
+    if settings.http2:
+        return _serve_h2(app, settings)
     config = uvicorn_config(app, settings, loop="uvloop", log_config=log_config)
     try:
         Server(config).run()
