@@ -33,7 +33,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 #: Where the client commands find the server when ``--url`` is not given.
 URL_HELP = "server URL (default: $TIDINGS_URL, else from $TIDINGS_HOST and $TIDINGS_PORT, else "
 URL_HELP += f"{DEFAULT_URL})"
-#: Exit status after Ctrl-C, as a shell reports a command that SIGINT ended.
+#: Exit status of ``listen`` after Ctrl-C, as a shell reports a command that SIGINT ended.
 INTERRUPTED = 130
 #: Seconds per ``--ttl`` suffix.
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -338,9 +338,10 @@ def _serve(args: argparse.Namespace) -> int:
     config = uvicorn_config(app, settings, loop="uvloop", log_config=log_config)
     try:
         Server(config).run()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before the server took over SIGINT
         say("stopped")
         return INTERRUPTED
+    say("stopped")  # by SIGTERM or Ctrl-C, drained
     return 0
 
 
@@ -362,7 +363,7 @@ def _serve_h2(app: Any, settings: Any) -> int:
 
     try:
         uvloop.run(serve_h2(app, settings, config))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before the server took over SIGINT
         say("stopped")
         return INTERRUPTED
     except OSError as exc:
@@ -371,6 +372,7 @@ def _serve_h2(app: Any, settings: Any) -> int:
         else:
             say(f"cannot serve on {settings.host}:{settings.port}: {exc.strerror or exc}")
         return 1
+    say("stopped")  # by SIGTERM or Ctrl-C, drained
     return 0
 
 
