@@ -65,6 +65,7 @@ async def run_server(
     finally:
         server.should_exit = True
         try:
-            await asyncio.wait_for(task, timeout=10)
+            # The server drains for up to drain_timeout, then closes what is left.
+            await asyncio.wait_for(task, timeout=settings.drain_timeout + 10)
         finally:
             sock.close()

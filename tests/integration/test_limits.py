@@ -260,7 +260,8 @@ async def never_accepts(scope: Scope, receive: Receive, send: Send) -> None:
 
 @pytest.mark.parametrize("fast_write", [True, False], ids=["fast", "asgi"])
 async def test_a_websocket_handshake_the_app_never_finishes_gets_408(fast_write: bool) -> None:
-    limits = Settings(log_level="warning", ws_handshake_timeout=0.5)
+    # The app never ends the connection it was handed: the stop waits the drain out.
+    limits = Settings(log_level="warning", ws_handshake_timeout=0.5, drain_timeout=1)
     async with run_server(never_accepts, settings=limits, fast_write=fast_write) as url:
         port = int(url.rsplit(":", 1)[1])
         answer = await refused(port, f"GET /ws HTTP/1.1\r\nhost: x\r\n{WS_HEAD}\r\n".encode())
