@@ -1,8 +1,8 @@
-"""server/fastwrite.py: the uvicorn and websockets internals it relies on, and its classes' shape.
+"""server/fastwrite.py and server/guard.py: the uvicorn and websockets internals they rely on.
 
-Every private name the module uses is listed once, in ``fastwrite.RELIES_ON``;
+Every private name each module uses is listed once, in its ``RELIES_ON``;
 these tests check each against the installed uvicorn and websockets, so an
-upgrade that renames or removes one fails here, naming it.
+upgrade that renames or removes one fails here, naming it and the module.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import textwrap
 from functools import cache
+from types import ModuleType
 
 import pytest
 import uvicorn
@@ -21,14 +22,22 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from uvicorn.server import ServerState
 from websockets.server import ServerProtocol
 
-from tidings.server import fastwrite
-from tidings.server.fastwrite import RELIES_ON, FastHttpToolsProtocol, FastWebSocketsProtocol
+from tidings.server import fastwrite, guard
+from tidings.server.fastwrite import FastHttpToolsProtocol, FastWebSocketsProtocol
 
-#: Each of Tidings' classes and the foreign class whose methods it overrides.
+#: Each module that relies on internals, with the names it lists.
+RELYING = [(fastwrite, name) for name in fastwrite.RELIES_ON] + [
+    (guard, name) for name in guard.RELIES_ON
+]
+
+#: Each of Tidings' classes, the module whose list covers it, and the foreign
+#: class whose methods it overrides.
 OVERRIDES = [
-    (FastHttpToolsProtocol, HttpToolsProtocol),
-    (FastWebSocketsProtocol, WebSocketsSansIOProtocol),
-    (fastwrite._ServerProtocol, ServerProtocol),
+    (fastwrite, FastHttpToolsProtocol, HttpToolsProtocol),
+    (fastwrite, FastWebSocketsProtocol, WebSocketsSansIOProtocol),
+    (fastwrite, fastwrite._ServerProtocol, ServerProtocol),
+    (guard, guard.GuardedHttpToolsProtocol, HttpToolsProtocol),
+    (guard, guard.GuardedWebSocketsProtocol, WebSocketsSansIOProtocol),
 ]
 
 
@@ -76,20 +85,24 @@ def kind_of(owner: type, name: str) -> str | None:
 
 
 @pytest.mark.parametrize(
-    ("owner", "name", "kind"),
-    RELIES_ON,
-    ids=[f"{owner.__qualname__}.{name}" for owner, name, _ in RELIES_ON],
+    ("module", "entry"),
+    RELYING,
+    ids=[f"{m.__name__.rsplit('.', 1)[1]}:{o.__qualname__}.{n}" for m, (o, n, _) in RELYING],
 )
-def test_every_internal_name_exists_with_its_kind(owner: type, name: str, kind: str) -> None:
+def test_every_internal_name_exists_with_its_kind(
+    module: ModuleType, entry: tuple[type, str, str]
+) -> None:
+    owner, name, kind = entry
     found = kind_of(owner, name)
     assert found == kind, (
         f"{owner.__module__}.{owner.__qualname__}.{name} is {found or 'gone'}, not {kind}: "
-        "server/fastwrite.py needs updating for this uvicorn/websockets release"
+        f"{module.__name__} needs updating for this uvicorn/websockets release"
     )
 
 
-def test_the_list_is_sorted_by_owner_then_name_and_has_no_duplicates() -> None:
-    entries = [(owner.__qualname__, name) for owner, name, _ in RELIES_ON]
+@pytest.mark.parametrize("module", [fastwrite, guard], ids=lambda m: m.__name__)
+def test_the_list_is_sorted_by_owner_then_name_and_has_no_duplicates(module: ModuleType) -> None:
+    entries = [(owner.__qualname__, name) for owner, name, _ in module.RELIES_ON]
     assert len(set(entries)) == len(entries)
     owners = list(dict.fromkeys(owner for owner, _ in entries))
     for owner in owners:
@@ -97,17 +110,19 @@ def test_the_list_is_sorted_by_owner_then_name_and_has_no_duplicates() -> None:
         assert names == sorted(names), owner
 
 
-@pytest.mark.parametrize(("ours", "theirs"), OVERRIDES, ids=lambda cls: cls.__name__)
-def test_every_overridden_method_is_listed(ours: type, theirs: type) -> None:
-    listed = {name for owner, name, _ in RELIES_ON if owner is theirs}
+@pytest.mark.parametrize(
+    ("module", "ours", "theirs"), OVERRIDES, ids=[ours.__name__ for _, ours, _ in OVERRIDES]
+)
+def test_every_overridden_method_is_listed(module: ModuleType, ours: type, theirs: type) -> None:
+    listed = {name for owner, name, _ in module.RELIES_ON if owner is theirs}
     defined = {
         name
         for cls in ours.__mro__
-        if cls.__module__ == fastwrite.__name__
+        if cls.__module__ == module.__name__
         for name in vars(cls)
         if not name.startswith("__") and hasattr(theirs, name)
     }
-    assert defined <= listed, f"not in RELIES_ON: {sorted(defined - listed)}"
+    assert defined <= listed, f"not in {module.__name__}.RELIES_ON: {sorted(defined - listed)}"
 
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:

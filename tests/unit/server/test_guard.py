@@ -1,4 +1,4 @@
-"""server/guard.py: the internals it relies on, its limits from settings, and its answers."""
+"""server/guard.py: its limits from settings and its answers (its internals: test_fastwrite.py)."""
 
 from __future__ import annotations
 
@@ -10,48 +10,11 @@ import pytest
 import uvicorn
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 
-from tests.unit.server.test_fastwrite import kind_of
 from tidings.server import guard
-from tidings.server.guard import RELIES_ON, ProtocolLimits, answer, with_limits
+from tidings.server.guard import ProtocolLimits, answer, with_limits
 from tidings.settings import Settings, SettingsError
-
-
-@pytest.mark.parametrize(
-    ("owner", "name", "kind"),
-    RELIES_ON,
-    ids=[f"{owner.__qualname__}.{name}" for owner, name, _ in RELIES_ON],
-)
-def test_every_internal_name_exists_with_its_kind(owner: type, name: str, kind: str) -> None:
-    found = kind_of(owner, name)
-    assert found == kind, (
-        f"{owner.__module__}.{owner.__qualname__}.{name} is {found or 'gone'}, not {kind}: "
-        "server/guard.py needs updating for this uvicorn/websockets release"
-    )
-
-
-def test_the_list_is_sorted_by_owner_then_name_and_has_no_duplicates() -> None:
-    entries = [(owner.__qualname__, name) for owner, name, _ in RELIES_ON]
-    assert len(set(entries)) == len(entries)
-    for owner in dict.fromkeys(owner for owner, _ in entries):
-        names = [name for each, name in entries if each == owner]
-        assert names == sorted(names), owner
-
-
-@pytest.mark.parametrize(
-    ("ours", "theirs"),
-    [
-        (guard.GuardedHttpToolsProtocol, HttpToolsProtocol),
-        (guard.GuardedWebSocketsProtocol, WebSocketsSansIOProtocol),
-    ],
-    ids=lambda cls: cls.__name__,
-)
-def test_every_overridden_method_is_listed(ours: type, theirs: type) -> None:
-    listed = {name for owner, name, _ in RELIES_ON if owner is theirs}
-    defined = {name for name in vars(ours) if not name.startswith("__") and hasattr(theirs, name)}
-    assert defined <= listed, f"not in RELIES_ON: {sorted(defined - listed)}"
 
 
 def test_limits_come_from_settings_and_bind_to_a_subclass() -> None:
