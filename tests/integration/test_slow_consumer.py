@@ -90,7 +90,13 @@ async def test_stalled_client_is_disconnected_and_memory_stays_flat(
             stats = (await client.get("/api/stats")).json()
             assert stats["slow_consumers"] == 1
             assert stats["subscribers"] == 0
-            assert stats["connections"] == 0
+
+            async def ended() -> bool:
+                # On the ASGI path the connection ends once its close frame went
+                # out or could not (CLOSE_SEND_TIMEOUT): shortly after the overflow.
+                return bool((await client.get("/api/stats")).json()["connections"] == 0)
+
+            await eventually(ended)
             growth = (peak - baseline) * 1024
             assert growth <= OUTBOX + TRANSPORT_BUFFER + SLACK, f"RSS grew {growth} bytes"
             # The client finds the end of its stream once it reads what was in
