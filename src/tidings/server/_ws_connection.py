@@ -65,6 +65,7 @@ from tidings.server._ws_codec import Codec
 from tidings.server.auth import Kind
 from tidings.server.errors import close_code
 from tidings.server.logs import log_closed
+from tidings.server.rates import TokenBucket
 from tidings.server.writer import WebSocketFastWrite
 from tidings.types import Position
 from tidings.wire import protocol
@@ -120,6 +121,7 @@ class Connection:
         "client_id",
         "closing",
         "codec",
+        "commands",
         "endpoint",
         "expiry",
         "fast",
@@ -133,7 +135,6 @@ class Connection:
         "started",
         "strikes",
         "subscription",
-        "tokens",
         "worker",
     )
 
@@ -162,8 +163,10 @@ class Connection:
         #: The close code and reason once the connection is ending.
         self.closing: tuple[int, str] | None = None
         self.started = False  # a command was handled (connect must come first)
-        self.tokens = float(endpoint.rate_limit)
-        self.stamp = asyncio.get_running_loop().time()
+        now = asyncio.get_running_loop().time()
+        rate = endpoint.rate_limit
+        self.commands = TokenBucket(rate, burst=rate, now=now)
+        self.stamp = now
         self.strikes = 0.0
         #: When the pending ASGI send started (0.0: none pending), for the stall watch.
         self.sending = 0.0
@@ -304,20 +307,16 @@ class Connection:
     # -- commands ----------------------------------------------------------------------
 
     def allow(self) -> bool:
-        """Take a token from the connection's bucket (``rate_limit`` per second).
+        """Take a token from the connection's command bucket (``rate_limit`` per
+        second, bursts of as many).
 
-        Refusals are counted in a second bucket that drains at the same rate,
-        so ``strikes`` only grows while a client sends at more than twice
-        the limit.
+        Refusals are counted in ``strikes``, which drains at the same rate,
+        so it only grows while a client sends at more than twice the limit.
         """
-        rate = self.endpoint.rate_limit
         now = asyncio.get_running_loop().time()
-        refill = (now - self.stamp) * rate
+        self.strikes = max(0.0, self.strikes - (now - self.stamp) * self.endpoint.rate_limit)
         self.stamp = now
-        self.tokens = min(float(rate), self.tokens + refill)
-        self.strikes = max(0.0, self.strikes - refill)
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if self.commands.take(now) == 0.0:
             return True
         self.strikes += 1.0
         return False
