@@ -159,12 +159,16 @@ def parse_since(channel: str, value: str) -> Position:
     return position
 
 
-def _limit(request: Request) -> int | None:
+def _limit(request: Request, low: int, high: int) -> int | None:
+    """The ``?limit=`` of a request, from ``low`` to ``high``; None when absent.
+
+    ASCII digits only: ``str.isdigit`` also takes "²", which ``int`` refuses.
+    """
     value = request.query_params.get("limit")
     if value is None:
         return None
-    if not (value.isascii() and value.isdigit()) or not 0 <= int(value) <= MAX_HISTORY_LIMIT:
-        raise ProtocolError(f"limit must be an integer from 0 to {MAX_HISTORY_LIMIT}")
+    if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
+        raise ProtocolError(f"limit must be an integer from {low} to {high}")
     return int(value)
 
 
@@ -174,21 +178,15 @@ async def history(request: Request) -> Response:
     channel = validate_channel(request.path_params["channel"])
     since_text = request.query_params.get("since")
     since = parse_since(channel, since_text) if since_text else None
-    command = protocol.History(None, channel, since, _limit(request))
+    command = protocol.History(None, channel, since, _limit(request, 0, MAX_HISTORY_LIMIT))
     max_reply_bytes = _state(request).settings.max_reply_bytes
     return JSONBody(await ops.history(caller, command, max_reply_bytes=max_reply_bytes))
 
 
 def _page(request: Request) -> tuple[str | None, int | None]:
     """A listing's ``?cursor=…&limit=…``."""
-    params = request.query_params
-    cursor = protocol.page_cursor(params.get("cursor"))
-    value = params.get("limit")
-    if value is None:
-        return cursor, None
-    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_PAGE_LIMIT:
-        raise ProtocolError(f"limit must be an integer from 1 to {MAX_PAGE_LIMIT}")
-    return cursor, int(value)
+    cursor = protocol.page_cursor(request.query_params.get("cursor"))
+    return cursor, _limit(request, 1, MAX_PAGE_LIMIT)
 
 
 async def presence(request: Request) -> Response:
