@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -11,19 +10,11 @@ from typing import Any
 import pytest
 
 from tests.support.env import unavailable
+from tests.support.redis_server import redis_answers
 
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
 REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
-
-
-def _redis_answers(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +22,7 @@ def redis_url() -> str:
     """The URL of the shared test Redis; skips (fails under TIDINGS_STRICT=1) without one."""
     if importlib.util.find_spec("redis") is None:
         unavailable("redis-py is not installed (pip install 'tidings[redis]')")
-    if not _redis_answers(REDIS_HOST, REDIS_PORT):
+    if not redis_answers(REDIS_HOST, REDIS_PORT, timeout=1):
         unavailable(f"no Redis answers at {REDIS_HOST}:{REDIS_PORT}")
     return REDIS_URL
 

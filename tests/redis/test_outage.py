@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,97 +21,27 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.support.env import TIMEOUT, eventually, unavailable
+from tests.support.env import TIMEOUT, eventually
+from tests.support.redis_server import RedisServer, own_redis_server
 from tests.support.server import ServerProcess
 from tests.support.sse import open_sse
 from tests.support.ws import Peer
-from tidings.testing import free_port
 
 pytestmark = pytest.mark.slow
 
 OUTAGE = 5.0
 
 
-class RedisServer:
-    """A ``redis-server`` of the test's own, stopped by its PID.
-
-    Without ``data_dir`` it keeps nothing (a restart loses everything); with
-    one, it writes every command to an append-only file there first.
-    """
-
-    def __init__(self, binary: str, port: int, data_dir: Path | None = None) -> None:
-        self.binary = binary
-        self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.data_dir = data_dir
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        if self.data_dir is None:
-            command += ["--appendonly", "no"]
-        else:
-            command += [
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--dir",
-                str(self.data_dir),
-            ]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
-            if _answers(self.port):
-                return
-            time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not answer on port {self.port}")
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=TIMEOUT)
-
-
-def _answers(port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        unavailable("redis-server is not installed")
-    server = RedisServer(binary, free_port())
-    server.start()
-    try:
+    with own_redis_server() as server:
         yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture
 def own_persistent_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        unavailable("redis-server is not installed")
-    server = RedisServer(binary, free_port(), data_dir=tmp_path)
-    server.start()
-    try:
+    with own_redis_server(data_dir=tmp_path) as server:
         yield server
-    finally:
-        server.kill()
 
 
 def cpu_seconds(pid: int) -> float:

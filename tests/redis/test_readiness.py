@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import uuid
 from collections.abc import Iterator
@@ -11,26 +10,16 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.redis.test_outage import RedisServer
-from tests.support.env import TIMEOUT, eventually, unavailable
+from tests.support.env import TIMEOUT, eventually
+from tests.support.redis_server import RedisServer, own_redis_server
 from tidings.server import create_app
 from tidings.settings import Settings
-from tidings.testing import free_port
 
 
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        unavailable("redis-server is not installed")
-    server = RedisServer(binary, free_port())
-    server.start()
-    try:
+    with own_redis_server() as server:
         yield server
-    finally:
-        if server.process is not None and server.process.poll() is None:
-            os.kill(server.process.pid, signal.SIGCONT)
-        server.kill()
 
 
 async def test_readyz_follows_redis(redis_server: RedisServer) -> None:
