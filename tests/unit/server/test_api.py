@@ -7,22 +7,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from tidings.hub import ClientInfo, Hub, NamespaceOptions, Namespaces
+from tidings.hub import ClientInfo, Hub
 from tidings.server import create_app
 from tidings.settings import Settings
-
-
-@pytest.fixture
-async def hub() -> AsyncIterator[Hub]:
-    namespaces = Namespaces(
-        by_name={
-            "ro": NamespaceOptions(publish=False),
-            "hidden": NamespaceOptions(subscribe=False),
-            "quiet": NamespaceOptions(presence=False),
-        }
-    )
-    async with Hub(namespaces=namespaces) as hub:
-        yield hub
 
 
 @pytest.fixture

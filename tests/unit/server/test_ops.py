@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import orjson
 import pytest
 
@@ -14,26 +12,13 @@ from tidings.errors import (
     PermissionDenied,
     ProtocolError,
 )
-from tidings.hub import ClientInfo, Hub, NamespaceOptions, Namespaces, Subscribed
+from tidings.hub import ClientInfo, Hub, Subscribed
 from tidings.server import ops
 from tidings.server.auth import GRANTS
 from tidings.server.ops import Action, Caller
 from tidings.types import Position
 from tidings.wire import protocol
 from tidings.wire.protocol import Format
-
-
-@pytest.fixture
-async def hub() -> AsyncIterator[Hub]:
-    namespaces = Namespaces(
-        by_name={
-            "ro": NamespaceOptions(publish=False),
-            "hidden": NamespaceOptions(subscribe=False),
-            "quiet": NamespaceOptions(presence=False),
-        }
-    )
-    async with Hub(namespaces=namespaces) as hub:
-        yield hub
 
 
 def as_json(document: object) -> object:

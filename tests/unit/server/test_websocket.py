@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.env import TIMEOUT, eventually
+from tests.support.namespaces import restricted_namespaces
 from tests.support.ws import decode, encode, parse_frames
 from tidings.hub import Hub, NamespaceOptions, Namespaces
 from tidings.server.websocket import (
@@ -414,14 +415,7 @@ BAD_FRAMES = [
 
 @pytest.mark.parametrize("fast", PATHS)
 async def test_bad_input_gets_a_typed_error_reply_and_changes_nothing(fast: bool) -> None:
-    namespaces = Namespaces(
-        by_name={
-            "ro": NamespaceOptions(publish=False),
-            "hidden": NamespaceOptions(subscribe=False),
-            "quiet": NamespaceOptions(presence=False),
-        }
-    )
-    async with Hub(namespaces=namespaces) as hub:
+    async with Hub(namespaces=restricted_namespaces()) as hub:
         socket = FakeSocket(fast=fast)
         async with serve(WebSocketEndpoint(hub), socket):
             socket.send_command({"id": 0, "op": "ping"})
