@@ -52,16 +52,19 @@ async def test_metrics_count_what_the_subscribers_received(
     assert after[("tidings_open_requests", ())] >= 3  # two streams and the scrape
     assert after[("tidings_open_sockets", ())] >= 3  # under tidings serve only
     grew = {
-        name: after[(name, ())] - before[(name, ())]
-        for name in (
-            "tidings_published_total",
-            "tidings_delivered_total",
-            "tidings_publish_to_write_seconds_count",
+        key: after[key] - before.get(key, 0)
+        for key in (
+            ("tidings_published_total", ()),
+            ("tidings_delivered_total", (("transport", "sse"),)),
+            ("tidings_delivered_total", (("transport", "ws"),)),
+            ("tidings_publish_to_write_seconds_count", ()),
         )
     }
-    assert grew["tidings_published_total"] == EVENTS
-    assert grew["tidings_delivered_total"] >= EVENTS * 2
-    assert grew["tidings_publish_to_write_seconds_count"] >= 1
+    assert grew[("tidings_published_total", ())] == EVENTS
+    # Deliveries are counted by transport: each stream got every event.
+    assert grew[("tidings_delivered_total", (("transport", "sse"),))] == EVENTS
+    assert grew[("tidings_delivered_total", (("transport", "ws"),))] == EVENTS
+    assert grew[("tidings_publish_to_write_seconds_count", ())] >= 1
     assert after[("process_open_fds", ())] > 0
     assert after[("process_resident_memory_bytes", ())] > 0
 

@@ -31,6 +31,7 @@ import asyncio
 import heapq
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -99,16 +100,24 @@ class Page(Generic[T]):
 class _Local:
     """Per-channel state of this process: who listens, who is joining."""
 
-    __slots__ = ("error", "pending", "ready", "snapshot", "subscribers")
+    __slots__ = ("error", "pending", "ready", "snapshot", "subscribers", "tally")
 
     def __init__(self) -> None:
         self.subscribers: dict[Subscription, None] = {}
         # Fan-out iterates a tuple rebuilt only after a change, so a
         # subscription closing mid-broadcast cannot disturb the loop.
         self.snapshot: tuple[Subscription, ...] = ()
+        #: The snapshot's subscriptions counted by transport, so that fan-out
+        #: counts its deliveries with an addition per transport.
+        self.tally: tuple[tuple[str, int], ...] = ()
         self.pending: dict[Subscription, list[Item]] = {}
         self.ready: asyncio.Future[None] | None = None
         self.error: BaseException | None = None
+
+    def refresh(self) -> None:
+        """Rebuild the snapshot and its tally after ``subscribers`` changed."""
+        self.snapshot = snapshot = tuple(self.subscribers)
+        self.tally = tuple(Counter(subscription.transport for subscription in snapshot).items())
 
 
 class Hub:
@@ -278,7 +287,9 @@ class Hub:
             except Exception:
                 logger.exception("delivery to %r failed; closing it", subscription)
                 subscription.close(CloseReason.DISCONNECT)
-        self._stats.delivered += len(subscribers)
+        delivered = self._stats.delivered
+        for transport, count in local.tally:
+            delivered[transport] += count
         self._countdown -= 1
         if not self._countdown:
             self._sample(event)
@@ -341,11 +352,14 @@ class Hub:
         max_bytes: int | None = None,
         policy: OverflowPolicy | str | None = None,
         client: ClientInfo | None = None,
+        transport: str = "hub",
     ) -> Subscription:
         """Create an empty subscription; add channels with ``Subscription.add``.
 
         With ``client``, the subscription is listed in the presence of its
         channels and receives their join and leave notices.
+
+        ``transport`` names what carries it, for ``HubStats.delivered_by``.
 
         The caller owns it and must ``close()`` it (transports do so in ``finally``).
         """
@@ -354,6 +368,7 @@ class Hub:
             max_bytes=max_bytes if max_bytes is not None else self._outbox_max_bytes,
             policy=OverflowPolicy(policy) if policy is not None else self._overflow,
             client=client,
+            transport=transport,
         )
         self._subscriptions.add(subscription)
         return subscription
@@ -445,7 +460,7 @@ class Hub:
             items.append(event)
             last = event.offset
         local.subscribers[subscription] = None
-        local.snapshot = tuple(local.subscribers)
+        local.refresh()
         subscription.channels[channel] = None
         # The position reported is where the channel stood when the read was
         # made, so the replay ends there and every buffered event comes after
@@ -463,7 +478,7 @@ class Hub:
                 on_live(subscribed)
         finally:
             subscription._deliver_many(items)
-            self._stats.delivered += len(items)
+            self._stats.delivered[subscription.transport] += len(items)
         client = subscription.client
         if client is not None and (options.presence or options.join_leave):
             await self._presence.add(channel, client)
@@ -490,7 +505,7 @@ class Hub:
         if local is None:
             return
         if local.subscribers.pop(subscription, _MISSING) is not _MISSING:
-            local.snapshot = tuple(local.subscribers)
+            local.refresh()
             if subscription.client is not None:
                 self._presence.remove(channel, subscription.client.client_id)
         local.pending.pop(subscription, None)
@@ -673,13 +688,14 @@ class Hub:
             subscriptions=len(self._subscriptions),
             subscribers=sum(len(local.subscribers) for local in self._locals.values()),
             published=counters.published,
-            delivered=counters.delivered,
+            delivered=sum(counters.delivered.values()),
             dropped=counters.dropped,
             slow_consumers=counters.slow_consumers,
             outbox_bytes=sum(subscription.pending_bytes for subscription in self._subscriptions),
             history_channels=None if usage is None else usage.channels,
             history_events=None if usage is None else usage.events,
             history_bytes=None if usage is None else usage.bytes,
+            delivered_by=dict(counters.delivered),
         )
 
 

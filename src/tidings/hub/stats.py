@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import NamedTuple
 
 __all__ = ["Counters", "HubStats"]
@@ -16,6 +19,9 @@ class HubStats(NamedTuple):
         subscribers: Channel subscriptions summed over channels.
         published: Publishes made through this hub.
         delivered: Events handed to local subscriptions (replays included).
+        delivered_by: ``delivered`` by the transport of the subscription
+            (``Hub.subscription(transport=...)``: the server's ``sse``, ``ws``
+            and ``llm``, ``hub`` for subscriptions made in process).
         dropped: Events dropped from slow subscribers' outboxes (``drop`` policy).
         slow_consumers: Subscriptions closed because their outbox overflowed.
         outbox_bytes: Bytes waiting in the outboxes of all subscriptions.
@@ -37,6 +43,7 @@ class HubStats(NamedTuple):
     history_channels: int | None = None
     history_events: int | None = None
     history_bytes: int | None = None
+    delivered_by: Mapping[str, int] = MappingProxyType({})
 
 
 class Counters:
@@ -46,7 +53,9 @@ class Counters:
 
     def __init__(self) -> None:
         self.published = 0
-        self.delivered = 0
+        #: Deliveries by transport; fan-out adds to it once per event per
+        #: channel and transport, never per subscriber.
+        self.delivered: Counter[str] = Counter()
         self.dropped = 0
         self.slow_consumers = 0
         #: Operations that failed with BackendUnavailable, by operation.

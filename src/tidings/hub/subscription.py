@@ -127,6 +127,7 @@ class Subscription:
         "close_reason",
         "max_bytes",
         "policy",
+        "transport",
     )
 
     def __init__(
@@ -136,6 +137,7 @@ class Subscription:
         max_bytes: int,
         policy: OverflowPolicy,
         client: ClientInfo | None = None,
+        transport: str = "hub",
     ) -> None:
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be > 0, not {max_bytes}")
@@ -146,6 +148,9 @@ class Subscription:
         #: presence: it is listed by ``Hub.presence`` for its channels and
         #: receives their join and leave notices (when the namespace enables them).
         self.client = client
+        #: What carries it to its client, for the counts of deliveries by
+        #: transport (``Hub.stats().delivered_by``).
+        self.transport = transport
         #: Channels this subscription receives, in the order they were added.
         self.channels: dict[str, None] = {}
         #: Why it closed, or ``None`` while it is open.

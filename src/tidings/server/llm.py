@@ -194,7 +194,7 @@ async def _listen(
     generation: Generation | None,
 ) -> AsyncIterator[AsyncIterator[list[Item]]]:
     """Subscribe from ``since``; yield the batches (see ``_batches``) until the client goes."""
-    subscription = hub.subscription()
+    subscription = hub.subscription(transport="llm")
     watcher: asyncio.Task[None] | None = None
     try:
         await subscription.add(channel, since=since)

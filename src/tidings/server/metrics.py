@@ -17,9 +17,10 @@ never per subscriber), and the time to first token of each finished LLM
 generation. The process collector adds ``process_*`` (resident memory, open
 file descriptors, CPU time) where the platform has ``/proc``.
 
-Deliveries are counted by the hub for every transport at once (one addition
-per event per channel, not per subscriber), so ``tidings_delivered_total``
-has no ``transport`` label: splitting it would cost a count per subscriber.
+Deliveries are counted by the hub in batches: each channel keeps its
+subscribers counted by transport (updated when one joins or leaves), and a
+dispatched event adds those counts, one addition per event per channel and
+transport, never one per subscriber.
 """
 
 from __future__ import annotations
@@ -131,11 +132,15 @@ class StateCollector(Collector):
         yield CounterMetricFamily(
             "tidings_published", "Events published through this server.", stats.published
         )
-        yield CounterMetricFamily(
+        delivered = CounterMetricFamily(
             "tidings_delivered",
-            "Events handed to local subscriptions, every transport (replays included).",
-            stats.delivered,
+            "Events handed to local subscriptions (replays included), by transport: "
+            "sse, ws, llm (the relay's streams), hub (subscriptions made in process).",
+            labels=["transport"],
         )
+        for transport, count in sorted(stats.delivered_by.items()):
+            delivered.add_metric([transport], count)
+        yield delivered
         dropped = CounterMetricFamily(
             "tidings_dropped", "Events dropped before delivery, by reason.", labels=["reason"]
         )

@@ -358,7 +358,9 @@ class SSEStream:
             await send({"type": "http.response.start", "status": 200, "headers": self.headers})
             await send({"type": "http.response.body", "body": b""})
             return
-        subscription = self.hub.subscription(max_bytes=self.outbox_max_bytes, policy=self.overflow)
+        subscription = self.hub.subscription(
+            max_bytes=self.outbox_max_bytes, policy=self.overflow, transport="sse"
+        )
         try:
             positions: dict[str, Position] = {}
             try:

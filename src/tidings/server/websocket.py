@@ -186,6 +186,7 @@ class WebSocketEndpoint:
             max_bytes=self.outbox_max_bytes,
             policy=self.overflow,
             client=None if raw else ClientInfo(client_id, user),
+            transport="ws",
         )
         connection = Connection(self, codec, subscription, client_id, caller)
         try:

@@ -175,6 +175,33 @@ async def test_stats_count_publishes_deliveries_and_subscribers() -> None:
         assert channels["a"].subscribers == 0
 
 
+async def test_deliveries_are_counted_by_transport_replays_included() -> None:
+    async with Hub() as hub:
+        start = await hub.publish("a", 0)
+        sse = hub.subscription(transport="sse")
+        ws = hub.subscription(transport="ws")
+        other = hub.subscription(transport="ws")
+        try:
+            await sse.add("a", since=Position(start.epoch, 0))
+            await ws.add("a")
+            await other.add("a")
+            await hub.publish("a", 1)
+            await hub.publish("a", 2)
+            assert hub.stats().delivered_by == {"sse": 3, "ws": 4}  # the replay of one
+            other.close()
+            await hub.publish("a", 3)
+            stats = hub.stats()
+            assert stats.delivered_by == {"sse": 4, "ws": 5}
+            assert stats.delivered == 9
+        finally:
+            for subscription in (sse, ws, other):
+                subscription.close()
+        async with hub.subscribe("a") as subscription:
+            await hub.publish("a", 4)
+            assert subscription.take()
+        assert hub.stats().delivered_by["hub"] == 1
+
+
 async def test_options_must_be_sane() -> None:
     with pytest.raises(ValueError, match="outbox_max_bytes"):
         Hub(outbox_max_bytes=0)

@@ -59,7 +59,7 @@ async def test_the_series_follow_the_hub(hub: Hub, client: httpx.AsyncClient) ->
         assert after[("tidings_outbox_bytes", ())] > 0  # nothing consumed yet
         subscription.take()
     assert after[("tidings_published_total", ())] == LATENCY_EVERY * 2
-    assert after[("tidings_delivered_total", ())] == LATENCY_EVERY * 2
+    assert after[("tidings_delivered_total", (("transport", "hub"),))] == LATENCY_EVERY * 2
     assert after[("tidings_dropped_total", (("reason", "overflow"),))] == 0
     assert after[("tidings_slow_consumer_disconnects_total", ())] == 0
     # One event in LATENCY_EVERY is observed, never one per subscriber.
