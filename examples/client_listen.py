@@ -11,7 +11,7 @@ async def main() -> None:
                 # longer than its history): reload from the source of truth.
                 print("gap in", event.channel, "reason:", event.reason)
                 continue
-            print(event.channel, event.offset, event.type, event.json())
+            print(event.channel, event.offset, event.event, event.json())
 
 
 if __name__ == "__main__":

@@ -512,14 +512,14 @@ def _listen(args: argparse.Namespace) -> int:
                         {
                             "channel": item.channel,
                             "offset": item.offset,
-                            "event": item.type,
+                            "event": item.event,
                             "data": item.data,
                             "id": item.id,
                         }
                     )
                 else:
                     console.print(
-                        f"[bold]{item.channel}[/] #{item.offset} [cyan]{item.type}[/] ",
+                        f"[bold]{item.channel}[/] #{item.offset} [cyan]{item.event}[/] ",
                         end="",
                     )
                     console.out(item.data, highlight=False)

@@ -17,12 +17,14 @@
     ├── PublishError                      a publish did not happen; nothing was half-applied
     │   ├── BackendUnavailable            the backend is down or timing out (.backend)
     │   ├── ShuttingDown                  the server is draining (.retry_after)
-    │   └── PublishRejected               client: a publish refused (.status, .code, .retry_after)
+    │   └── PublishRejected               client: a publish refused (also a RequestRejected)
     ├── SubscriptionClosed                the hub ended a subscription (.reason)
     ├── AlreadySubscribed                 a subscription already receives the channel (.channel)
     ├── ConnectionClosed                  client: server closed (.close_code, .reason, .reconnect)
-    ├── StreamRejected                    client: a non-retryable HTTP status (.status)
-    ├── ServerUnavailable                 client: the server cannot be reached (.url)
+    ├── RequestRejected                   client: a request refused (.code, .message, .status)
+    ├── StreamRejected                    client: a non-retryable HTTP status (.status, .message)
+    ├── ServerUnavailable                 client: the server cannot be reached (.url), "unreachable"
+    ├── InvalidURL(…, ValueError)         client: a server URL that cannot be used (.url)
     ├── ReconnectExhausted                client: max attempts reached (.attempts, .last_error)
     ├── RequestTimeout(…, TimeoutError)   client: no reply in time (.op, .timeout)
     ├── QueueFull                         a bounded queue is full (.limit)
@@ -31,7 +33,9 @@
 
 Each class carries ``code``, the stable string that HTTP bodies, WebSocket
 replies and the JavaScript client use for it (the values are the members of
-:class:`tidings.wire.codes.ErrorCode`). This module imports nothing from
+:class:`tidings.wire.codes.ErrorCode`). The client errors that report a
+refusal (``RequestRejected``, ``PublishRejected``, ``StreamRejected``) carry
+the server's own code and message instead. This module imports nothing from
 Tidings so that every layer can use it.
 """
 
@@ -47,6 +51,7 @@ __all__ = [
     "InvalidChatRequest",
     "InvalidCursor",
     "InvalidPublication",
+    "InvalidURL",
     "PermissionDenied",
     "ProtocolError",
     "PublishError",
@@ -54,6 +59,7 @@ __all__ = [
     "QueueFull",
     "RateLimited",
     "ReconnectExhausted",
+    "RequestRejected",
     "RequestTimeout",
     "ServerUnavailable",
     "ShuttingDown",
@@ -263,27 +269,59 @@ class ShuttingDown(PublishError):
         self.retry_after = retry_after
 
 
-class PublishRejected(PublishError):
+class RequestRejected(TidingsError):
+    """Client side: the server answered a request with an error; nothing was done.
+
+    ``code`` is the server's error code (``"permission_denied"``,
+    ``"invalid_channel"``, ``"not_subscribed"`` …, ``"internal"`` when the
+    answer had none), ``message`` its explanation, ``status`` the HTTP
+    status (None for a WebSocket reply) and ``retry_after`` the seconds the
+    server asked to wait, or None.
+    """
+
+    code = "internal"
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        what: str = "request",
+    ) -> None:
+        at = f" with {status}" if status is not None else ""
+        super().__init__(f"{what} refused{at}: {code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+
+
+class PublishRejected(PublishError, RequestRejected):
     """Client side: the server answered a publish with an error; nothing was published.
 
-    ``status`` is the HTTP status and ``code`` the server's error code (for
-    example ``"invalid_channel"``, ``"permission_denied"``,
-    ``"rate_limited"`` or, with Redis down or the server shutting down,
-    ``"unavailable"``); ``message`` is the server's explanation.
-    ``retry_after`` is the seconds the server asked to wait (its
-    ``Retry-After``), or None.
+    ``status`` is the HTTP status (None when the refusal came as a WebSocket
+    reply) and ``code`` the server's error code (for example
+    ``"invalid_channel"``, ``"permission_denied"``, ``"rate_limited"`` or,
+    with Redis down or the server shutting down, ``"unavailable"``);
+    ``message`` is the server's explanation. ``retry_after`` is the seconds
+    the server asked to wait (its ``Retry-After``), or None.
     """
 
     code = "publish_failed"
 
     def __init__(
-        self, status: int, code: str, message: str, *, retry_after: float | None = None
+        self,
+        status: int | None,
+        code: str,
+        message: str,
+        *,
+        retry_after: float | None = None,
     ) -> None:
-        super().__init__(f"publish failed with {status} {code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-        self.retry_after = retry_after
+        RequestRejected.__init__(
+            self, code, message, status=status, retry_after=retry_after, what="publish"
+        )
 
 
 class SubscriptionClosed(TidingsError):
@@ -326,31 +364,54 @@ class ConnectionClosed(TidingsError):
 
 
 class StreamRejected(TidingsError):
-    """Client side: the server answered with a status that retrying cannot fix."""
+    """Client side: the server answered with a status that retrying cannot fix.
+
+    ``code`` and ``message`` are the server's when its answer was a Tidings
+    error body (``{"error": {"code", "message"}}``), else ``"stream_rejected"``
+    and the start of the body.
+    """
 
     code = "stream_rejected"
 
-    def __init__(self, status: int, body: str = "") -> None:
-        super().__init__(f"server answered {status}{': ' + body[:200] if body else ''}")
+    def __init__(
+        self, status: int, body: str = "", *, code: str | None = None, message: str | None = None
+    ) -> None:
+        self.message = message if message is not None else body[:200]
+        shown = f"{code}: {self.message}" if code is not None else self.message
+        super().__init__(f"server answered {status}{': ' + shown if shown else ''}")
         self.status = status
         self.body = body
+        if code is not None:
+            self.code = code
 
 
 class ServerUnavailable(TidingsError):
     """Client side: the server could not be reached, or the connection failed
-    before it answered (refused, reset, timed out).
+    before it answered (refused, reset, the connection timed out).
 
-    The underlying error is the exception's ``__cause__``. A request that
-    was sent may still have been applied: publish with a ``key`` to retry
-    safely.
+    Its code is ``"unreachable"``: no server answered (a server that answers
+    ``"unavailable"`` is a :class:`RequestRejected`). The underlying error
+    is the exception's ``__cause__``. A request that was sent may still have
+    been applied: publish with a ``key`` to retry safely.
     """
 
-    code = "unavailable"
+    code = "unreachable"
 
     def __init__(self, url: str, detail: str = "") -> None:
         message = f"cannot reach {url}"
         super().__init__(f"{message}: {detail}" if detail else message)
         self.url = url
+
+
+class InvalidURL(TidingsError, ValueError):
+    """Client side: a server URL that cannot be used (no http(s) or ws(s) scheme, no host)."""
+
+    code = "invalid_url"
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"invalid server URL {url[:200]!r}: {reason}")
+        self.url = url
+        self.reason = reason
 
 
 class TooManyConnections(TidingsError):

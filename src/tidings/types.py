@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple, TypeAlias
 
-__all__ = ["JSONValue", "Position"]
+__all__ = ["JSONValue", "Position", "deprecated_name"]
 
 JSONValue: TypeAlias = "dict[str, JSONValue] | list[JSONValue] | str | int | float | bool | None"
 
@@ -45,3 +46,15 @@ def parse_scalar(value: object, kind: type) -> Any:
     elif kind is str and isinstance(value, str):
         return value
     raise ValueError(f"not a {kind.__name__}: {value!r}")
+
+
+def deprecated_name(old: str, new: str) -> None:
+    """Warn that ``old`` is the deprecated name of ``new``; the old name goes in Tidings 0.3.
+
+    The warning points at the caller of the function or property that calls this.
+    """
+    warnings.warn(
+        f"{old} is deprecated and will be removed in Tidings 0.3; use {new}",
+        DeprecationWarning,
+        stacklevel=3,
+    )

@@ -84,3 +84,27 @@ async def test_should_reconnect_matches_python(page: Page) -> None:
             codes,
         )
         assert verdicts == [should_reconnect(code) for code in codes]
+
+
+EVENT_NAMES = """async () => {
+  const { TidingsEventSource, TidingsSocket } = await import("/static/tidings.js");
+  const socket = new TidingsSocket("/ws");
+  const source = new TidingsEventSource("/sse", ["names"]);
+  const copy = new Promise((ok) => socket.addEventListener("message", (e) => ok(e.event)));
+  const own = new Promise((ok) => source.addEventListener("note", (e) => ok([e.type, e.event])));
+  await new Promise((ok) => source.addEventListener("statechange", () => source.state === "open" && ok()));
+  await socket.subscribe("names");
+  await socket.publish("names", 1, { event: "note" });
+  const result = { socket: await copy, source: await own };
+  socket.close();
+  source.close();
+  return result;
+}"""
+
+
+async def test_events_carry_their_type_as_event_like_the_python_clients(page: Page) -> None:
+    with ServerProcess() as server:
+        await page.goto(server.url)
+        names = await page.evaluate(EVENT_NAMES)
+        # The "message" copy of a "note" push still says what it was.
+        assert names == {"socket": "note", "source": ["note", "note"]}

@@ -62,8 +62,8 @@ async def test_every_operation_in_both_formats(fmt: Any) -> None:
             assert socket.client_id
             room = await socket.subscribe("chat:room")
             first = await socket.publish("chat:room", {"text": "hi", "n": [1, 2.5, None]})
-            second = await socket.publish("chat:room", text="plain", type="note", key="k-1")
-            again = await socket.publish("chat:room", text="plain", type="note", key="k-1")
+            second = await socket.publish("chat:room", text="plain", event="note", key="k-1")
+            again = await socket.publish("chat:room", text="plain", event="note", key="k-1")
             assert (first.offset, second.offset) == (1, 2)
             assert again == second, "a repeated key publishes nothing and returns the first ack"
 
@@ -77,7 +77,7 @@ async def test_every_operation_in_both_formats(fmt: Any) -> None:
 
             page = await socket.history("chat:room")
             assert page.position == second
-            assert [(e.offset, e.type, e.data) for e in page.events] == [
+            assert [(e.offset, e.event, e.data) for e in page.events] == [
                 (1, "message", {"text": "hi", "n": [1, 2.5, None]}),
                 (2, "note", "plain"),
             ]

@@ -86,7 +86,7 @@ async def test_spec_vectors_end_to_end_at_random_chunk_boundaries(vector: Vector
             collector.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await collector
-    assert [(m.type, m.data, m.id) for m in received] == vector.events
+    assert [(m.event, m.data, m.id) for m in received] == vector.events
     if vector.retry is not None:
         assert listener.backoff.upper(0) == vector.retry / 1000
 

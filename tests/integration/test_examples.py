@@ -110,11 +110,11 @@ async def test_llm_fastapi_example_streams_an_answer_and_resumes() -> None:
         async with open_sse(client, answer["events"]) as reader:
             await reader.until(b"event: end", timeout=TIMEOUT * 2)
             events = await reader.events(len(reader._pending))
-        assert events[-1].type == "end"
+        assert events[-1].event == "end"
         text = "".join(
             choice["delta"].get("content", "")
             for event in events
-            if event.type == "message"
+            if event.event == "message"
             for choice in orjson.loads(event.data)["choices"]
         )
         assert text.startswith('You asked: "why?".')

@@ -100,7 +100,7 @@ async def read_to_end(reader: SSEReader) -> list[SSEEvent]:
 def contents(events: list[SSEEvent]) -> str:
     text = []
     for event in events:
-        if event.type == "message" and event.data.startswith("{"):
+        if event.event == "message" and event.data.startswith("{"):
             for choice in orjson.loads(event.data).get("choices", []):
                 text.append(choice["delta"].get("content") or "")
     return "".join(text)
@@ -219,7 +219,7 @@ async def test_stream_is_only_data_lines_and_comments(http: httpx.AsyncClient) -
         assert chunk["model"] == "fake"
         assert [choice["index"] for choice in chunk["choices"]] == [0]
     assert {event.id for event in events} == {""}  # no id: field
-    assert {event.type for event in events} == {"message"}  # no event: field
+    assert {event.event for event in events} == {"message"}  # no event: field
     assert reader.decoder.retry is None  # no retry: field
 
 
@@ -314,7 +314,7 @@ async def test_a_dropped_request_resumes_through_the_stream_exactly_once(
     async with open_sse(http, f"/v1/streams/{stream_id}?after={len(first)}") as viewer:
         rest = await read_to_end(viewer)
     assert contents(first) + contents(rest) == "".join(scenario.tokens)
-    assert rest[-1].type == "end"
+    assert rest[-1].event == "end"
     assert orjson.loads(rest[-1].data) == {"status": "completed"}
     assert upstream.calls[0].tokens_sent == len(scenario.tokens)
 
@@ -354,7 +354,7 @@ async def test_a_late_viewer_gets_the_whole_answer(
         async with open_sse(http, f"/v1/streams/{stream_id}") as viewer:
             events = await read_to_end(viewer)
         assert contents(events) == "".join(upstream.default.tokens)
-        assert [event.type for event in events[-2:]] == ["usage", "end"]
+        assert [event.event for event in events[-2:]] == ["usage", "end"]
     assert len(upstream.calls) == 1
 
 
@@ -408,7 +408,7 @@ async def test_delete_cancels_and_closes_the_upstream_request(
     async with open_sse(http, f"/v1/streams/{stream_id}") as viewer:
         replay = await read_to_end(viewer)
     end = orjson.loads(replay[-1].data)
-    assert replay[-1].type == "end"
+    assert replay[-1].event == "end"
     assert (end["status"], end["reason"]) == ("cancelled", "deleted")
     again = await http.delete(f"/v1/streams/{stream_id}", headers=JSON)
     assert again.json()["status"] == "cancelled"
@@ -608,7 +608,7 @@ async def test_an_upstream_echoing_the_key_shows_it_to_nobody(
             stream_id = response.headers["x-tidings-stream-id"]
             async with open_sse(client, f"/v1/streams/{stream_id}") as viewer:
                 replay = await read_to_end(viewer)
-            assert replay[-1].type == "end"
+            assert replay[-1].event == "end"
             assert_no_secret(bytes(viewer.raw).decode())
             history = await client.get(f"/api/history/llm:{stream_id}")
             assert_no_secret(history.text)
@@ -778,7 +778,7 @@ async def test_two_servers_on_one_hub_share_viewers_and_deletes(upstream: FakeUp
             await generation.disconnected.wait()
         rest = await read_to_end(viewer)
     end = orjson.loads(rest[-1].data)
-    assert (rest[-1].type, end["status"], end["reason"]) == ("end", "cancelled", "deleted")
+    assert (rest[-1].event, end["status"], end["reason"]) == ("end", "cancelled", "deleted")
 
 
 async def test_a_viewer_resumes_on_another_server_when_its_own_is_lost(

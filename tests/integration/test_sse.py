@@ -53,7 +53,7 @@ async def test_headers_then_retry_and_cursor_first(client: httpx.AsyncClient, ch
         await publish(client, channel, {"hello": "world"})
         (event,) = await reader.events(1)
         assert json.loads(event.data) == {"hello": "world"}
-        assert event.type == "message"
+        assert event.event == "message"
         assert decode_cursor(event.id)[channel].offset == 1
 
 
@@ -63,7 +63,7 @@ async def test_single_channel_route(client: httpx.AsyncClient) -> None:
         await reader.until(b"\n\n")
         await publish(client, channel, 1, event="tick")
         (event,) = await reader.events(1)
-        assert (event.type, event.data) == ("tick", "1")
+        assert (event.event, event.data) == ("tick", "1")
         assert list(decode_cursor(event.id)) == [channel]
 
 
@@ -182,7 +182,7 @@ async def test_unknown_epoch_gets_an_explicit_reset(
         client, f"/sse?channel={channel}", headers={"last-event-id": f"{channel}:zzzzzzzz:9"}
     ) as reader:
         (reset,) = await reader.events(1)
-        assert reset.type == "reset"
+        assert reset.event == "reset"
         assert json.loads(reset.data) == {
             "channel": channel,
             "epoch": current["epoch"],

@@ -77,7 +77,7 @@ async def sse_client(
         ready.set()
         while not received.done.is_set():
             for event in await reader.events(1, timeout=TIMEOUT * 6):
-                assert event.type == "message", event
+                assert event.event == "message", event
                 received.add(orjson.loads(event.data))
 
 
@@ -110,7 +110,7 @@ async def moving_sse_client(
     ) as reader:
         while not received.done.is_set():
             (event,) = await reader.events(1, timeout=TIMEOUT * 6)
-            assert event.type == "message", event
+            assert event.event == "message", event
             received.add(orjson.loads(event.data))
 
 

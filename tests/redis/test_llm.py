@@ -87,7 +87,7 @@ async def test_a_viewer_on_another_node_keeps_a_generation_alive(
         async with open_sse(b, f"/v1/streams/{stream_id}") as replay:
             (*_, last) = await replay.events(5)
     end = orjson.loads(last.data)
-    assert (last.type, end["status"], end["reason"]) == ("end", "cancelled", "unheard")
+    assert (last.event, end["status"], end["reason"]) == ("end", "cancelled", "unheard")
 
 
 async def test_a_delete_on_another_node_closes_the_upstream_request(
@@ -111,7 +111,7 @@ async def test_a_delete_on_another_node_closes_the_upstream_request(
                 await upstream.calls[0].disconnected.wait()
             (last,) = await viewer.events(1)
     end = orjson.loads(last.data)
-    assert (last.type, end["status"], end["reason"]) == ("end", "cancelled", "deleted")
+    assert (last.event, end["status"], end["reason"]) == ("end", "cancelled", "deleted")
 
 
 JWT_SECRET = "a-redis-test-secret-of-32-bytes-or-more"
@@ -166,10 +166,10 @@ async def test_the_owner_of_a_generation_is_known_on_every_node(
         text = "".join(
             orjson.loads(event.data)["choices"][0]["delta"].get("content", "")
             for event in rest
-            if event.type == "message"
+            if event.event == "message"
         )
         assert text == "".join(scenario.tokens[3:])
-        assert last.type == "end"
+        assert last.event == "end"
         assert orjson.loads(last.data) == {"status": "completed"}
         assert b"alice" not in bytes(viewer.raw)
         # After the end, too: bob still sees nothing, a server key sees it.

@@ -125,7 +125,7 @@ async def test_redis_outage_fails_fast_keeps_clients_and_recovers(own_redis: Red
 
             await eventually(publish_succeeds, timeout=TIMEOUT * 2, interval=0.1)
             reset, back = await sse.events(2)
-            assert reset.type == "reset"
+            assert reset.event == "reset"
             assert orjson.loads(reset.data)["reason"] == "epoch"
             assert orjson.loads(back.data) == "back"
             reset_push, back_push = await peer.pushes_of(2)

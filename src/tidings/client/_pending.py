@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tidings.client.subscription import SocketSubscription
-from tidings.errors import QueueFull, RequestTimeout, TidingsError
+from tidings.errors import PublishRejected, QueueFull, RequestRejected, RequestTimeout
 from tidings.wire.codes import ErrorCode
 
 __all__ = [
@@ -27,17 +27,19 @@ __all__ = [
 ]
 
 
-def reply_error(error: Any) -> TidingsError:
-    """The exception for an error reply's ``error`` object; ``code`` is the server's,
-    and ``retry_after`` the seconds it asked to wait (a rate limit, a drain), if any."""
+def reply_error(error: Any, op: str = "") -> RequestRejected:
+    """The exception for an error reply's ``error`` object to command ``op``:
+    a :class:`PublishRejected` for a publish, else a :class:`RequestRejected`.
+    ``code`` is the server's, and ``retry_after`` the seconds it asked to wait
+    (a rate limit, a drain), if any."""
     if isinstance(error, dict):
         code, message = str(error.get("code", ErrorCode.INTERNAL)), str(error.get("message", ""))
     else:
         code, message = ErrorCode.INTERNAL.value, repr(error)
-    exc = TidingsError(f"{code}: {message}")
-    exc.code = code
-    exc.retry_after = retry_after(error)
-    return exc
+    delay = retry_after(error)
+    if op == "publish":
+        return PublishRejected(None, code, message, retry_after=delay)
+    return RequestRejected(code, message, retry_after=delay, what=op or "request")
 
 
 #: Seconds a client waits at most when a server asks it to retry later.
@@ -137,7 +139,7 @@ class Requests:
         if request.future.done():  # the caller stopped waiting
             return
         if "error" in message:
-            request.future.set_exception(reply_error(message["error"]))
+            request.future.set_exception(reply_error(message["error"], request.op))
         else:
             request.future.set_result(message.get("result"))
 

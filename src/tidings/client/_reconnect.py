@@ -55,10 +55,11 @@ from urllib.parse import urlencode, urlsplit
 
 import orjson
 
+from tidings.client._errors import check_url, stream_rejected
 from tidings.client._token import authorization
 from tidings.client.backoff import Backoff
 from tidings.errors import InvalidCursor, ReconnectExhausted, StreamRejected
-from tidings.types import Position
+from tidings.types import Position, deprecated_name
 from tidings.wire.cursor import decode_cursor
 from tidings.wire.reset import Reset
 from tidings.wire.sse import SSEDecoder, SSEEvent
@@ -110,11 +111,13 @@ class RetryableResponse(Exception):
 class Message:
     """One event of the stream.
 
-    ``channel`` and ``position`` come from the first entry of the event's id
-    (Tidings puts the event's own channel first); ``data`` is the raw text.
+    ``event`` is the event type (``"message"`` unless the publisher chose
+    one, the SSE ``event:`` field); ``channel`` and ``position`` come from
+    the first entry of the event's id (Tidings puts the event's own channel
+    first); ``data`` is the raw text.
     """
 
-    type: str
+    event: str
     data: str
     id: str
     channel: str | None
@@ -124,14 +127,24 @@ class Message:
     def offset(self) -> int | None:
         return self.position.offset if self.position is not None else None
 
+    @property
+    def type(self) -> str:
+        """Deprecated name of :attr:`event`."""
+        deprecated_name("Message.type", "Message.event")
+        return self.event
+
     def json(self) -> Any:
         """The data parsed as JSON."""
         return orjson.loads(self.data)
 
 
 def stream_url(url: str, channels: Sequence[str]) -> str:
-    """The URL to request: ``/sse`` added to a bare server URL, one ``channel=`` per channel."""
-    parts = urlsplit(url)
+    """The URL to request: ``/sse`` added to a bare server URL, one ``channel=`` per channel.
+
+    Raises:
+        InvalidURL: ``url`` is not an ``http(s)://host`` URL.
+    """
+    parts = urlsplit(check_url(url))
     if parts.path in ("", "/"):
         url = url.rstrip("/") + "/sse"
     if not channels:
@@ -142,7 +155,7 @@ def stream_url(url: str, channels: Sequence[str]) -> str:
 
 def convert(event: SSEEvent) -> Message | Reset:
     """The item a decoded event stands for: a :class:`Reset` or a :class:`Message`."""
-    if event.type == "reset":
+    if event.event == "reset":
         try:
             body = orjson.loads(event.data)
             return Reset(body["channel"], Position(body["epoch"], body["offset"]), body["reason"])
@@ -157,7 +170,7 @@ def convert(event: SSEEvent) -> Message | Reset:
             first = None
         if first is not None:
             channel, position = first
-    return Message(event.type, event.data, event.id, channel, position)
+    return Message(event.event, event.data, event.id, channel, position)
 
 
 class ReconnectingStream:
@@ -243,9 +256,10 @@ class ReconnectingStream:
         return Verdict.OPEN
 
     def rejected(self, status: int, body: bytes) -> StreamRejected:
-        """The error to raise for a final answer; the listener is closed."""
+        """The error to raise for a final answer, with the server's code and
+        message when the body is a Tidings error; the listener is closed."""
         self._set_state(ConnectionState.CLOSED)
-        return StreamRejected(status, body.decode("utf-8", "replace"))
+        return stream_rejected(status, body)
 
     def connect_failed(self, error: BaseException) -> float:
         """An attempt failed: return the seconds to wait before the next one.
@@ -274,7 +288,7 @@ class ReconnectingStream:
         while self._pending:
             event = self._pending.popleft()
             self.last_event_id = event.id
-            if event.type != "expired":
+            if event.event != "expired":
                 return convert(event)
             logger.info("SSE stream %s: the token expired", self.url)
             self._expired = True

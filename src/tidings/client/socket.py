@@ -72,6 +72,7 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.protocol import State
 from websockets.typing import Subprotocol
 
+from tidings.client._errors import check_url, stream_rejected
 from tidings.client._pending import (
     Dropped,
     OfflineQueue,
@@ -97,10 +98,9 @@ from tidings.errors import (
     ProtocolError,
     ReconnectExhausted,
     RequestTimeout,
-    StreamRejected,
     TidingsError,
 )
-from tidings.types import Position
+from tidings.types import Position, deprecated_name
 from tidings.wire import protocol
 from tidings.wire.codes import CloseCode, should_reconnect
 from tidings.wire.protocol import Format
@@ -121,11 +121,13 @@ REFRESH_BEFORE = 30.0
 
 
 def socket_url(url: str) -> str:
-    """The WebSocket URL for ``url``: ``http(s)`` becomes ``ws(s)``, an empty path ``/ws``."""
-    parts = urlsplit(url)
+    """The WebSocket URL for ``url``: ``http(s)`` becomes ``ws(s)``, an empty path ``/ws``.
+
+    Raises:
+        InvalidURL: ``url`` is not a ``ws(s)://`` or ``http(s)://`` URL with a host.
+    """
+    parts = urlsplit(check_url(url, ("ws", "wss", "http", "https")))
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    if scheme not in ("ws", "wss") or not parts.netloc:
-        raise ValueError(f"not a WebSocket or HTTP URL: {url!r}")
     path = parts.path if parts.path not in ("", "/") else "/ws"
     return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
 
@@ -330,9 +332,9 @@ class Socket:
         disconnected the channel is subscribed on the next connection.
 
         Raises:
-            TidingsError: the server refused (``code``: ``permission_denied``,
-                ``invalid_channel``, …); ``already_subscribed`` for a channel
-                this socket has.
+            RequestRejected: the server refused (``code``: ``permission_denied``,
+                ``invalid_channel``, …).
+            AlreadySubscribed: this socket has the channel already.
         """
         self._check_usable()
         if channel in self._subscriptions:
@@ -381,10 +383,12 @@ class Socket:
         data: Any = _MISSING,
         *,
         text: str | None = None,
-        type: str | None = None,
+        event: str = "message",
         key: str | None = None,
+        type: str | None = None,
     ) -> Position:
-        """Publish JSON ``data`` (or plain ``text``) and wait for the server's ack.
+        """Publish JSON ``data`` (or plain ``text``) as an event of type ``event``
+        and wait for the server's ack. (``type=`` is the deprecated name of ``event=``.)
 
         Each publish carries an idempotency ``key`` (a random one unless
         given). Publishes go out in the order of the calls; while disconnected
@@ -407,8 +411,14 @@ class Socket:
             QueueFull: ``queue_limit`` publishes are waiting to be sent.
             IntegerOutOfRange: ``data`` holds an integer outside
                 [-2**63, 2**64-1], which the server would refuse.
-            TidingsError: the server refused it (``code`` says why).
+            PublishRejected: the server refused it (``code`` says why;
+                ``status`` is None).
+            ConnectionClosed, ReconnectExhausted, StreamRejected: the socket
+                stopped for good before the server had the publish.
         """
+        if type is not None:
+            deprecated_name("Socket.publish(type=...)", "Socket.publish(event=...)")
+            event = type
         self._check_usable()
         if (data is _MISSING) == (text is None):
             raise TypeError("publish() takes data (JSON) or text, exactly one")
@@ -418,7 +428,7 @@ class Socket:
             channel,
             None if text is not None else data,
             text,
-            type or "message",
+            event,
             key or uuid.uuid4().hex,
         )
         payload = protocol.encode_command(command, self.format)  # refuses bad data here
@@ -649,8 +659,7 @@ class Socket:
                 self._needs_token = self._at_once = True
                 return exc
             if status in TERMINAL_STATUSES:
-                body = bytes(exc.response.body or b"").decode("utf-8", "replace")
-                raise StreamRejected(status, body) from exc
+                raise stream_rejected(status, bytes(exc.response.body or b"")) from exc
             logger.info("socket %s: handshake answered %s", self.url, status)
             return exc
         except (OSError, InvalidHandshake, TimeoutError) as exc:

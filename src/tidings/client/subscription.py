@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from tidings.types import Position
+from tidings.types import Position, deprecated_name
 from tidings.wire.reset import Reset
 
 if TYPE_CHECKING:
@@ -36,13 +36,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class SocketEvent:
-    """An event of a channel's stream. ``data`` is the published JSON value, or
-    the published text when ``text`` is true."""
+    """An event of a channel's stream. ``event`` is the event type
+    (``"message"`` unless the publisher chose one); ``data`` is the published
+    JSON value, or the published text when ``text`` is true."""
 
     channel: str
     epoch: str
     offset: int
-    type: str
+    event: str
     data: Any
     text: bool = False
 
@@ -50,16 +51,29 @@ class SocketEvent:
     def position(self) -> Position:
         return Position(self.epoch, self.offset)
 
+    @property
+    def type(self) -> str:
+        """Deprecated name of :attr:`event`."""
+        deprecated_name("SocketEvent.type", "SocketEvent.event")
+        return self.event
+
 
 @dataclass(frozen=True, slots=True)
 class Notice:
-    """A ``join`` or ``leave`` notice (namespaces with ``join_leave = true``)."""
+    """A ``join`` or ``leave`` notice (namespaces with ``join_leave = true``);
+    ``event`` says which."""
 
     channel: str
-    type: str
+    event: str
     client: str | None
     user: Any
     info: Any
+
+    @property
+    def type(self) -> str:
+        """Deprecated name of :attr:`event`."""
+        deprecated_name("Notice.type", "Notice.event")
+        return self.event
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
 import httpx
+import orjson
 
+from tidings.client._errors import check_url, error_body, http_errors
 from tidings.client._reconnect import (
     ConnectionState,
     Listening,
@@ -34,7 +35,7 @@ from tidings.client._reconnect import (
 )
 from tidings.client._token import TokenSource, fetch_token_sync
 from tidings.client.backoff import Backoff
-from tidings.errors import PublishRejected, ServerUnavailable
+from tidings.errors import ProtocolError, PublishRejected
 from tidings.types import Position
 from tidings.wire import protocol
 from tidings.wire.reset import Reset
@@ -69,13 +70,15 @@ def _publish_request(
 
 def _publish_result(response: httpx.Response) -> Position:
     if response.status_code == 200:
-        answer = response.json()
-        return Position(answer["epoch"], answer["offset"])
-    try:
-        error = response.json()["error"]
-        code, message = str(error["code"]), str(error["message"])
-    except (ValueError, KeyError, TypeError):
-        code, message = "internal", response.text[:200]
+        try:
+            answer = orjson.loads(response.content)
+            return Position(str(answer["epoch"]), int(answer["offset"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise ProtocolError(
+                f"{response.url} answered 200 without a publish result: is it a Tidings server?",
+                code="invalid_json",
+            ) from None
+    code, message = error_body(response.content) or ("internal", response.text[:200])
     raise PublishRejected(response.status_code, code, message, retry_after=_retry_after(response))
 
 
@@ -83,15 +86,6 @@ def _retry_after(response: httpx.Response) -> float | None:
     """The ``Retry-After`` of an answer in seconds (the delay form only), or None."""
     value = response.headers.get("retry-after", "").strip()
     return float(value) if value.isascii() and value.isdigit() else None
-
-
-@contextmanager
-def _translate_errors(url: str) -> Iterator[None]:
-    """Turn httpx's transport errors into :class:`ServerUnavailable`, keeping the cause."""
-    try:
-        yield
-    except httpx.TransportError as exc:
-        raise ServerUnavailable(url, repr(exc)) from exc
 
 
 def publish(
@@ -117,13 +111,22 @@ def publish(
             when to try again (its ``Retry-After``). Nothing was published.
         IntegerOutOfRange: ``data`` holds an integer outside
             [-2**63, 2**64-1]; nothing was sent.
-        ServerUnavailable: the server could not be reached or did not answer
-            in ``timeout`` seconds; the httpx error is its ``__cause__``.
+        ServerUnavailable: the server could not be reached (code
+            ``"unreachable"``: refused, reset, no connection within
+            ``timeout`` seconds); the httpx error is its ``__cause__``.
+        RequestTimeout: connected, but no answer within ``timeout`` seconds
+            (code ``"timeout"``); the publish may have happened: publish
+            again with the same ``key`` to make it land once.
+        InvalidURL: ``url`` is not an ``http(s)://host`` URL; nothing was sent.
+        ProtocolError: the answer was not a Tidings publish result.
         TypeError: neither or both of ``data`` and ``text`` were given.
+
+    Every error but ``TypeError`` is a :class:`~tidings.errors.TidingsError`
+    with a ``code``.
     """
     body = _publish_request(channel, data, text, event, key)
-    target = f"{url.rstrip('/')}/api/publish"
-    with _translate_errors(target):
+    target = f"{check_url(url).rstrip('/')}/api/publish"
+    with http_errors(target, "publish", timeout):
         if client is not None:
             response = client.post(target, content=body, headers=_JSON, timeout=timeout)
         else:
@@ -144,8 +147,8 @@ async def apublish(
 ) -> Position:
     """The asyncio twin of :func:`publish`; it raises the same errors."""
     body = _publish_request(channel, data, text, event, key)
-    target = f"{url.rstrip('/')}/api/publish"
-    with _translate_errors(target):
+    target = f"{check_url(url).rstrip('/')}/api/publish"
+    with http_errors(target, "publish", timeout):
         if client is not None:
             response = await client.post(target, content=body, headers=_JSON, timeout=timeout)
         else:

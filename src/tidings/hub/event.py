@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from tidings.types import Position
+from tidings.types import Position, deprecated_name
 from tidings.wire.reset import Reset
 
 __all__ = ["Encoding", "Event", "Item", "Reset"]
@@ -30,18 +30,18 @@ class Event:
         channel: The channel it was published to.
         epoch: The channel's epoch when it was published.
         offset: Its offset in that epoch (1, 2, 3 ...).
-        type: The event type (``"message"`` unless the publisher chose one).
+        event: The event type (``"message"`` unless the publisher chose one).
         raw: The data as published: JSON bytes, or UTF-8 text when ``is_text``.
         is_text: Whether the publisher sent plain text rather than JSON.
         time: When it was published (seconds since the epoch).
 
-    The hub also makes presence notices of this class: type ``join`` or
+    The hub also makes presence notices of this class: event ``join`` or
     ``leave``, offset 0, an empty epoch, and the client's presence document
     as data. They are not part of the channel's stream (no position, no
     history) and reach only subscriptions that carry a client.
     """
 
-    __slots__ = ("_frames", "channel", "epoch", "is_text", "offset", "raw", "time", "type")
+    __slots__ = ("_frames", "channel", "epoch", "event", "is_text", "offset", "raw", "time")
 
     def __init__(
         self,
@@ -50,14 +50,18 @@ class Event:
         offset: int,
         raw: bytes,
         *,
-        type: str = "message",
+        event: str = "message",
         is_text: bool = False,
         time: float = 0.0,
+        type: str | None = None,
     ) -> None:
+        if type is not None:
+            deprecated_name("Event(type=...)", "Event(event=...)")
+            event = type
         self.channel = channel
         self.epoch = epoch
         self.offset = offset
-        self.type = type
+        self.event = event
         self.raw = raw
         self.is_text = is_text
         self.time = time
@@ -67,6 +71,12 @@ class Event:
     def position(self) -> Position:
         """The position of this event in its channel."""
         return Position(self.epoch, self.offset)
+
+    @property
+    def type(self) -> str:
+        """Deprecated name of :attr:`event`."""
+        deprecated_name("Event.type", "Event.event")
+        return self.event
 
     @property
     def data(self) -> Any:
@@ -85,7 +95,7 @@ class Event:
 
     def __repr__(self) -> str:
         return (
-            f"Event({self.channel!r}, {self.epoch!r}, {self.offset}, type={self.type!r}, "
+            f"Event({self.channel!r}, {self.epoch!r}, {self.offset}, event={self.event!r}, "
             f"raw={self.raw[:60]!r}{'...' if len(self.raw) > 60 else ''})"
         )
 
@@ -96,7 +106,7 @@ class Event:
             self.channel == other.channel
             and self.epoch == other.epoch
             and self.offset == other.offset
-            and self.type == other.type
+            and self.event == other.event
             and self.raw == other.raw
             and self.is_text == other.is_text
         )

@@ -334,7 +334,7 @@ class Hub:
         local = self._locals.get(change.channel)
         if local is None or not self._namespaces.options(change.channel).join_leave:
             return
-        notice = Event(change.channel, "", 0, change.payload, type=change.kind, time=time.time())
+        notice = Event(change.channel, "", 0, change.payload, event=change.kind, time=time.time())
         for subscription in local.snapshot:
             if subscription.client is None:
                 continue

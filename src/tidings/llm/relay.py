@@ -409,7 +409,7 @@ class Relay:
         if position.offset == 0:
             return None
         last = (await self.hub.history(channel, limit=1)).events
-        if last and last[-1].type == "end":
+        if last and last[-1].event == "end":
             ended: dict[str, Any] = last[-1].data
             return ended
         async with self.hub.subscribe(channel, since=position) as subscription:
@@ -417,7 +417,7 @@ class Relay:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     async for item in subscription:
-                        if isinstance(item, Event) and item.type == "end":
+                        if isinstance(item, Event) and item.event == "end":
                             end: dict[str, Any] = item.data
                             return end
         return {"status": "cancelling"}

@@ -21,9 +21,9 @@ def _push(item: Item) -> protocol.Push:
         epoch, offset = item.position
         return protocol.Push(item.channel, "reset", {"reason": item.reason}, epoch, offset)
     if not item.offset:  # a join or leave notice: not part of the stream
-        return protocol.Push(item.channel, item.type, protocol.Raw(item.raw))
+        return protocol.Push(item.channel, item.event, protocol.Raw(item.raw))
     return protocol.Push(
-        item.channel, item.type, protocol.Raw(item.raw, item.is_text), item.epoch, item.offset
+        item.channel, item.event, protocol.Raw(item.raw, item.is_text), item.epoch, item.offset
     )
 
 

@@ -354,10 +354,10 @@ class ChatCompletions:
                     if isinstance(item, Reset):
                         end = _history_lost(item)
                         break
-                    if item.type == "end":
+                    if item.event == "end":
                         end = orjson.loads(item.raw)
                         break
-                    if item.type == "message" or (item.type == "usage" and include_usage):
+                    if item.event == "message" or (item.event == "usage" and include_usage):
                         out.append(encode_data(item.raw))
                 if not started:
                     if not out:
@@ -417,7 +417,7 @@ class ChatCompletions:
                             scope, receive, send
                         )
                         return
-                    if item.type == "end":
+                    if item.event == "end":
                         final = _final(orjson.loads(item.raw), completion, headers)
                         await final(scope, receive, send)
                         return
@@ -500,7 +500,7 @@ class StreamView:
         except TidingsError as exc:  # an unreadable cursor, the backend down
             await refusal(exc)(scope, receive, send)
             return
-        if last and last[-1].type == "end" and _at_or_after(since, last[-1]):
+        if last and last[-1].event == "end" and _at_or_after(since, last[-1]):
             # The client has everything: 204 also tells an EventSource not to reconnect.
             await Response(status_code=204)(scope, receive, send)
             return
@@ -545,7 +545,7 @@ class StreamView:
                 finished = False
                 for item in items:
                     frames.append(SSE_FRAME(item))
-                    if isinstance(item, Event) and item.type == "end":
+                    if isinstance(item, Event) and item.event == "end":
                         finished = True
                         break
                 body = b"".join(frames) or PING

@@ -237,7 +237,7 @@ async def history(
 
 def history_reply_cost(event: Event) -> int:
     """About the bytes an event takes in a history answer."""
-    return len(event.raw) + len(event.type) + REPLY_EVENT_OVERHEAD
+    return len(event.raw) + len(event.event) + REPLY_EVENT_OVERHEAD
 
 
 async def presence(
@@ -349,7 +349,7 @@ def _history_result(
             {
                 "epoch": event.epoch,
                 "offset": event.offset,
-                "event": event.type,
+                "event": event.event,
                 "time": event.time,
                 "data": protocol.Raw(event.raw, event.is_text),
                 **({"text": True} if event.is_text else {}),

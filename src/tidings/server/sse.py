@@ -96,7 +96,7 @@ def _body(item: Item) -> bytes:
     """Everything of an item's frame after its ``id:`` line."""
     if isinstance(item, Reset):
         return encode_data(_reset_data(item), event="reset")
-    return encode_data(item.raw, event=item.type)
+    return encode_data(item.raw, event=item.event)
 
 
 def _frame(item: Item) -> bytes:
@@ -106,7 +106,7 @@ def _frame(item: Item) -> bytes:
         cursor = encode_entry(item.channel, epoch, offset)
         return encode_data(_reset_data(item), event="reset", id=cursor)
     cursor = encode_entry(item.channel, item.epoch, item.offset)
-    return encode_data(item.raw, event=item.type, id=cursor)
+    return encode_data(item.raw, event=item.event, id=cursor)
 
 
 #: The frame of an item on a one-channel connection, shared by all of them.

@@ -51,6 +51,9 @@ class ErrorCode(StrEnum):
     INVALID_VALUE = "invalid_value"
     TOO_MANY_GENERATIONS = "too_many_generations"
     HISTORY_LOST = "history_lost"
+    # Client side only: no server sends these.
+    UNREACHABLE = "unreachable"
+    INVALID_URL = "invalid_url"
 
 
 class CloseCode(IntEnum):

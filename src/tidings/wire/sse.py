@@ -16,6 +16,7 @@ import codecs
 from dataclasses import dataclass
 
 from tidings.errors import FrameTooLarge
+from tidings.types import deprecated_name
 
 __all__ = [
     "PING",
@@ -147,13 +148,20 @@ def encode_data(data: bytes, *, event: str = "message", id: bytes | None = None)
 class SSEEvent:
     """One dispatched event.
 
-    ``id`` is the stream's last event id when the event was dispatched, which
-    is what a browser shows as ``MessageEvent.lastEventId``.
+    ``event`` is the event type (the ``event:`` field, ``"message"`` when
+    the block has none). ``id`` is the stream's last event id when the event
+    was dispatched, which is what a browser shows as ``MessageEvent.lastEventId``.
     """
 
     data: str
-    type: str = "message"
+    event: str = "message"
     id: str = ""
+
+    @property
+    def type(self) -> str:
+        """Deprecated name of :attr:`event`."""
+        deprecated_name("SSEEvent.type", "SSEEvent.event")
+        return self.event
 
 
 class SSEDecoder:
@@ -304,4 +312,4 @@ class SSEDecoder:
         # "3. If the data buffer's last character is a U+000A LINE FEED (LF)
         # character, then remove the last character from the data buffer."
         # (Joining with LF is the same as appending LF per line then removing one.)
-        return SSEEvent(data="\n".join(data), type=event_type or "message", id=self.last_event_id)
+        return SSEEvent(data="\n".join(data), event=event_type or "message", id=self.last_event_id)

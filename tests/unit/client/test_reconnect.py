@@ -194,7 +194,7 @@ def test_convert() -> None:
     # A malformed reset is not a Reset; it is passed on as it came.
     broken = convert(SSEEvent("{}", "reset", ""))
     assert isinstance(broken, Message)
-    assert broken.type == "reset"
+    assert broken.event == "reset"
 
 
 # -- tokens ------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from tidings.client.socket import Socket, close_error, socket_url, split_frame
-from tidings.errors import ConnectionClosed, ProtocolError
+from tidings.errors import ConnectionClosed, InvalidURL, ProtocolError
 from tidings.wire.codes import CloseCode
 from tidings.wire.protocol import Format
 
@@ -27,10 +27,19 @@ def test_socket_url(given: str, expected: str) -> None:
     assert socket_url(given) == expected
 
 
-@pytest.mark.parametrize("bad", ["ftp://h/ws", "127.0.0.1:8000", "ws://"])
-def test_socket_url_refuses_what_is_not_a_websocket_url(bad: str) -> None:
-    with pytest.raises(ValueError, match="not a WebSocket"):
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        ("ftp://h/ws", "must start with ws://, wss://, http:// or https://"),
+        ("127.0.0.1:8000", "must start with ws://"),
+        ("ws://", "names no host"),
+    ],
+)
+def test_socket_url_refuses_what_is_not_a_websocket_url(bad: str, reason: str) -> None:
+    with pytest.raises(InvalidURL, match=reason) as caught:
         socket_url(bad)
+    assert (caught.value.code, caught.value.url) == ("invalid_url", bad)
+    assert isinstance(caught.value, ValueError)
 
 
 def test_a_frame_holds_one_message_or_a_batch() -> None:

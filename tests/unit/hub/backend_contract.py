@@ -263,11 +263,11 @@ async def test_text_and_json_events_round_trip(make_hub: MakeHub, channel: str) 
     await hub.publish(channel, text="line 1\nline 2 ☃")
     events = (await hub.history(channel)).events
     assert events[0].data == {"a": [1, 2.5, None, "é"]}
-    assert events[0].type == "update"
+    assert events[0].event == "update"
     assert not events[0].is_text
     assert events[1].data == "line 1\nline 2 ☃"
     assert events[1].is_text
-    assert events[1].type == "message"
+    assert events[1].event == "message"
 
 
 async def test_subscribe_live_receives_in_order(make_hub: MakeHub, channel: str) -> None:
@@ -409,9 +409,9 @@ async def notices(subscription: Subscription, count: int) -> list[tuple[str, str
     async with asyncio.timeout(TIMEOUT):
         while len(found) < count:
             item = await anext(subscription)
-            if isinstance(item, Event) and item.type in ("join", "leave"):
+            if isinstance(item, Event) and item.event in ("join", "leave"):
                 assert item.offset == 0
-                found.append((item.type, item.data["client"]))
+                found.append((item.event, item.data["client"]))
     return found
 
 

@@ -19,12 +19,12 @@ class CountingEncoder:
 
 
 def test_an_event_decodes_json_and_plain_text() -> None:
-    event = Event("c", "e", 3, b'{"a": [1, 2]}', type="update", time=1.5)
+    event = Event("c", "e", 3, b'{"a": [1, 2]}', event="update", time=1.5)
     assert event.position == Position("e", 3)
     assert event.data == {"a": [1, 2]}
     assert event.text == '{"a": [1, 2]}'
     text = Event("c", "e", 4, "héllo".encode(), is_text=True)
-    assert (text.data, text.text, text.type) == ("héllo", "héllo", "message")
+    assert (text.data, text.text, text.event) == ("héllo", "héllo", "message")
 
 
 def test_an_event_is_charged_its_data_plus_a_fixed_overhead() -> None:
@@ -38,7 +38,7 @@ def test_events_are_equal_by_content_not_by_time_or_cached_frames() -> None:
     Encoding("x", CountingEncoder(b"x"))(first)
     assert first == again
     assert hash(first) == hash(again)
-    assert first != Event("c", "e", 1, b"1", type="other")
+    assert first != Event("c", "e", 1, b"1", event="other")
     assert first != Event("c", "e", 1, b"1", is_text=True)
     assert first != Event("c", "f", 1, b"1")
     assert first != Reset("c", Position("e", 1), "epoch")

@@ -31,7 +31,7 @@ def test_commands_are_packed_as_resp_arrays_of_bulk_strings() -> None:
 def test_pubsub_messages_decode_to_events() -> None:
     event = message_event("c:1", b'Eabcdefgh 17 1700000000123 update 0\n{"a":\n1}')
     assert event.position == Position("abcdefgh", 17)
-    assert (event.type, event.is_text, event.time) == ("update", False, 1700000000.123)
+    assert (event.event, event.is_text, event.time) == ("update", False, 1700000000.123)
     assert event.raw == b'{"a":\n1}'  # everything after the header, line breaks included
     text = message_event("c:1", b"Ee 1 5 message 1\nplain")
     assert (text.is_text, text.data) == (True, "plain")

@@ -284,7 +284,7 @@ async def test_dropped_presence_notices_leave_no_gap() -> None:
     async with Hub(outbox_max_bytes=EVENT_OVERHEAD * 4, overflow="drop") as hub:
         subscription = hub.subscription()
         await subscription.add("a")
-        notice = Event("a", "", 0, b'{"client":"c"}', type="join")
+        notice = Event("a", "", 0, b'{"client":"c"}', event="join")
         for _ in range(6):
             subscription._deliver(notice)
         assert not subscription.closed

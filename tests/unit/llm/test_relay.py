@@ -80,7 +80,7 @@ async def relay(hub: Hub, provider: Scripted) -> AsyncIterator[Relay]:
 
 
 async def events(hub: Hub, channel: str) -> list[tuple[str, Any]]:
-    return [(event.type, event.data) for event in (await hub.history(channel)).events]
+    return [(event.event, event.data) for event in (await hub.history(channel)).events]
 
 
 async def wait(relay: Relay, generation_id: str) -> Status:

@@ -54,7 +54,7 @@ async def test_publish_json_and_text(
     )
     assert response.json()["offset"] == 3
     events = (await hub.history("a")).events
-    assert [(e.data, e.type, e.is_text) for e in events] == [
+    assert [(e.data, e.event, e.is_text) for e in events] == [
         ({"x": [1, 2]}, "message", False),
         ("plain", "note", True),
         ("raw\ntext", "log", True),

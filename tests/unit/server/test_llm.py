@@ -94,7 +94,7 @@ async def test_the_stream_view_uses_tidings_sse(client: httpx.AsyncClient) -> No
     assert view.content.startswith(b"retry: 3000\nid: llm:" + stream_id.encode())
     decoder = SSEDecoder()
     events = decoder.feed(view.content) + decoder.feed_eof()
-    assert [event.type for event in events[-2:]] == ["usage", "end"]
+    assert [event.event for event in events[-2:]] == ["usage", "end"]
     assert orjson.loads(events[-1].data) == {"status": "completed"}
     middle = events[len(events) // 2]
     rest = await client.get(f"/v1/streams/{stream_id}", params={"last_event_id": middle.id})
@@ -102,7 +102,7 @@ async def test_the_stream_view_uses_tidings_sse(client: httpx.AsyncClient) -> No
     after = decoder.feed(rest.content)
     assert [event.id for event in after] == [event.id for event in events[len(events) // 2 + 1 :]]
     skipped = await client.get(f"/v1/streams/{stream_id}", params={"after": len(events) - 1})
-    assert [event.type for event in SSEDecoder().feed(skipped.content)] == ["end"]
+    assert [event.event for event in SSEDecoder().feed(skipped.content)] == ["end"]
     done = await client.get(f"/v1/streams/{stream_id}", params={"after": len(events)})
     assert done.status_code == 204
 

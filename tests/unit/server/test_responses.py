@@ -94,9 +94,9 @@ async def test_events_carry_cursor_ids() -> None:
         second = await hub.publish("b", "text", event="note")
         await peer.wait_for(lambda: len(peer.events()[0]) == 2)
         one, two = peer.events()[0]
-        assert (one.type, orjson.loads(one.data)) == ("message", {"n": 1})
+        assert (one.event, orjson.loads(one.data)) == ("message", {"n": 1})
         assert decode_cursor(one.id)["a"] == first
-        assert (two.type, two.data) == ("note", '"text"')
+        assert (two.event, two.data) == ("note", '"text"')
         assert decode_cursor(two.id) == {"b": second, "a": first}  # its own channel first
         assert next(iter(decode_cursor(two.id))) == "b"
         await hang_up(peer, task)

@@ -294,14 +294,14 @@ async def test_keepalive_pings_both_paths() -> None:
 
 
 def test_frames_are_shared_and_spec_correct() -> None:
-    event = Event("c", "ep", 7, b"line 1\nline 2", type="update", is_text=True)
+    event = Event("c", "ep", 7, b"line 1\nline 2", event="update", is_text=True)
     frame = SSE_FRAME(event)
     assert frame == b"id: c:ep:7\nevent: update\ndata: line 1\ndata: line 2\n\n"
     assert SSE_FRAME(event) is frame
     assert unchunk(SSE_CHUNK(event)) == frame
     reset = Reset("c", Position("ep", 9), "window")
     (decoded,) = decode(SSE_FRAME(reset))
-    assert decoded.type == "reset"
+    assert decoded.event == "reset"
     assert decoded.id == "c:ep:9"
 
 

@@ -66,7 +66,7 @@ def test_multiline_data_is_joined_with_lf() -> None:
 @pytest.mark.parametrize("ending", [b"\n", b"\r", b"\r\n"])
 def test_all_three_line_endings(ending: bytes) -> None:
     data = b"event: e" + ending + b"data: x" + ending + b"data: y" + ending + ending
-    assert decode_all_ways(data) == [SSEEvent("x\ny", type="e")]
+    assert decode_all_ways(data) == [SSEEvent("x\ny", event="e")]
 
 
 def test_mixed_line_endings() -> None:
@@ -131,7 +131,7 @@ def test_field_without_colon_has_empty_value() -> None:
     # "data" alone appends an empty line to the data buffer.
     assert decode_all_ways(b"data\ndata\n\n") == [SSEEvent("\n")]
     # "event" alone sets an empty type, which dispatches as "message".
-    assert decode_all_ways(b"event\ndata: x\n\n") == [SSEEvent("x", type="message")]
+    assert decode_all_ways(b"event\ndata: x\n\n") == [SSEEvent("x", event="message")]
 
 
 def test_value_may_contain_colons() -> None:
@@ -181,7 +181,7 @@ def test_empty_data_buffer_does_not_dispatch() -> None:
 
 def test_event_type_resets_after_dispatch() -> None:
     events = decode_all_ways(b"event: a\ndata: 1\n\ndata: 2\n\n")
-    assert [event.type for event in events] == ["a", "message"]
+    assert [event.event for event in events] == ["a", "message"]
 
 
 def test_trailing_event_without_blank_line_is_not_dispatched() -> None:
@@ -293,7 +293,7 @@ def test_encode_data_empty_dispatches_empty_string() -> None:
 def test_encode_id_goes_in_front_of_a_block() -> None:
     frame = encode_id(b"c:e:7") + encode_data(b"x", event="note")
     assert frame == encode_data(b"x", event="note", id=b"c:e:7")
-    assert decode_all_ways(frame) == [SSEEvent("x", type="note", id="c:e:7")]
+    assert decode_all_ways(frame) == [SSEEvent("x", event="note", id="c:e:7")]
 
 
 def test_ping_is_the_ping_comment() -> None:
@@ -333,7 +333,7 @@ def test_round_trip_at_any_split(
     expected = [
         SSEEvent(
             data.replace("\r\n", "\n").replace("\r", "\n"),
-            type=(kind or "message"),
+            event=(kind or "message"),
             id=ident,
         )
         for data, kind, ident in events
@@ -349,7 +349,7 @@ def test_encode_data_is_encode_event_in_bytes(data: str, kind: str, ident: str |
     assert decode_all_ways(frame) == [
         SSEEvent(
             data.replace("\r\n", "\n").replace("\r", "\n"),
-            type=kind or "message",
+            event=kind or "message",
             id=ident or "",
         )
     ]
@@ -370,7 +370,7 @@ def test_decoder_never_crashes_on_arbitrary_bytes(data: bytes, cut: int) -> None
 @pytest.mark.parametrize("vector", VECTORS, ids=[v.name for v in VECTORS])
 def test_spec_vectors(vector: Vector) -> None:
     events = decode_all_ways(vector.stream)
-    assert [(e.type, e.data, e.id) for e in events] == vector.events
+    assert [(e.event, e.data, e.id) for e in events] == vector.events
     _, decoder = decode_whole(vector.stream)
     assert decoder.retry == vector.retry
 

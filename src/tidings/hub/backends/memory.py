@@ -264,7 +264,9 @@ class MemoryBackend:
             if seen is not None and seen[1] > now:
                 return seen[0]
         state.offset += 1
-        event = Event(channel, state.epoch, state.offset, raw, type=type, is_text=is_text, time=now)
+        event = Event(
+            channel, state.epoch, state.offset, raw, event=type, is_text=is_text, time=now
+        )
         state.last_time = now
         self._states.move_to_end(channel)
         self._keep(state, event, now)

@@ -56,11 +56,12 @@ function parseData(text) {
   }
 }
 
-/** An event of a Tidings stream. */
+/** An event of a Tidings stream; `event` is its event type (the name Python and HTTP use). */
 export class TidingsEvent extends Event {
   constructor(type, message) {
     super(type);
     const head = cursorHead(message.lastEventId);
+    this.event = type;
     this.id = message.lastEventId;
     this.raw = message.data;
     this.data = parseData(message.data);
@@ -249,6 +250,8 @@ export function shouldReconnect(code) {
 export class TidingsSocketEvent extends Event {
   constructor(type, push) {
     super(type);
+    // The event type as published, also on the "message" copy of an event of another type.
+    this.event = push.event ?? type;
     this.channel = push.channel;
     this.epoch = push.epoch ?? null;
     this.offset = push.offset ?? null;

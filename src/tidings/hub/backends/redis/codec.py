@@ -52,7 +52,7 @@ def entry_event(channel: str, epoch: str, entry: list[Any]) -> Event:
         epoch,
         int(entry_id.partition(b"-")[0]),
         values[b"d"],
-        type=values[b"y"].decode(),
+        event=values[b"y"].decode(),
         is_text=values[b"x"] == b"1",
         time=int(values[b"t"]) / 1000,
     )
@@ -81,7 +81,7 @@ def message_event(channel: str, message: bytes) -> Event:
         epoch.decode(),
         int(offset),
         raw,
-        type=type.decode(),
+        event=type.decode(),
         is_text=is_text == b"1",
         time=int(time_ms) / 1000,
     )
