@@ -92,7 +92,8 @@ EVENT_NAMES = """async () => {
   const source = new TidingsEventSource("/sse", ["names"]);
   const copy = new Promise((ok) => socket.addEventListener("message", (e) => ok(e.event)));
   const own = new Promise((ok) => source.addEventListener("note", (e) => ok([e.type, e.event])));
-  await new Promise((ok) => source.addEventListener("statechange", () => source.state === "open" && ok()));
+  const opened = () => source.state === "open";
+  await new Promise((ok) => source.addEventListener("statechange", () => opened() && ok()));
   await socket.subscribe("names");
   await socket.publish("names", 1, { event: "note" });
   const result = { socket: await copy, source: await own };

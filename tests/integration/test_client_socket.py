@@ -29,13 +29,15 @@ from tidings.client import (
     SocketEvent,
 )
 from tidings.errors import (
+    AlreadySubscribed,
     ConnectionClosed,
     ProtocolError,
+    PublishRejected,
     QueueFull,
     ReconnectExhausted,
+    RequestRejected,
     RequestTimeout,
     StreamRejected,
-    TidingsError,
 )
 from tidings.hub import Hub, NamespaceOptions, Namespaces
 from tidings.server import create_app
@@ -48,6 +50,24 @@ FORMATS = ["json", "msgpack"]
 
 
 # -- the protocol, end to end ------------------------------------------------------------------
+
+
+async def test_publish_type_is_a_deprecated_name_of_event() -> None:
+    settings = Settings(log_level="warning")
+    async with run_server(settings=settings) as url, no_leaks(), Socket(url) as socket:
+        with pytest.warns(DeprecationWarning, match=r"publish\(type=\.\.\.\) is deprecated"):
+            position = await socket.publish("notes", text="old", type="note")
+        page = await socket.history("notes")
+    assert [(e.offset, e.event, e.data) for e in page.events] == [(position.offset, "note", "old")]
+
+
+async def test_a_server_that_is_down_stops_a_socket_with_a_tidings_error() -> None:
+    url = f"ws://127.0.0.1:{free_port()}/ws"  # nobody listens there
+    socket = Socket(url, backoff=Backoff(base=0.01, cap=0.01, max_attempts=2))
+    with pytest.raises(ReconnectExhausted) as caught:
+        await socket.__aenter__()
+    assert (caught.value.code, caught.value.attempts) == ("reconnect_exhausted", 2)
+    assert isinstance(caught.value.last_error, OSError)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -89,17 +109,18 @@ async def test_every_operation_in_both_formats(fmt: Any) -> None:
             ]
             assert await socket.ping() >= 0
 
-            # Refusals are errors with the server's code; nothing changes.
-            with pytest.raises(TidingsError) as caught:
+            # Refusals are typed errors with the server's code; nothing changes.
+            with pytest.raises(PublishRejected) as refused:
                 await socket.publish("feed:news", 1)
-            assert caught.value.code == "permission_denied"
-            with pytest.raises(TidingsError) as caught:
+            assert (refused.value.code, refused.value.status) == ("permission_denied", None)
+            assert "publish is not allowed" in refused.value.message
+            with pytest.raises(RequestRejected) as caught:
                 await socket.subscribe("bad channel")
             assert caught.value.code == "invalid_channel"
             assert "bad channel" not in socket.subscriptions
-            with pytest.raises(TidingsError) as caught:
+            with pytest.raises(AlreadySubscribed) as already:
                 await socket.subscribe("chat:room")
-            assert caught.value.code == "already_subscribed"
+            assert already.value.code == "already_subscribed"
             with pytest.raises(TypeError):
                 await socket.publish("chat:room")
             with pytest.raises(TypeError):

@@ -21,11 +21,12 @@ from tidings.client import (
     ConnectionState,
     Message,
     Reset,
+    apublish,
     listen,
     listen_sync,
     publish,
 )
-from tidings.errors import ReconnectExhausted, StreamRejected, TidingsError
+from tidings.errors import ReconnectExhausted, ServerUnavailable, StreamRejected, TidingsError
 from tidings.hub import Hub, NamespaceOptions, Namespaces
 from tidings.server import create_app
 from tidings.settings import Settings
@@ -285,3 +286,29 @@ async def test_sync_facade_publishes_and_listens() -> None:
         assert first.json() == {"step": 1}
         assert isinstance(second, Message)
         assert second.data == "plain"
+
+
+async def test_a_server_that_is_down_gives_tidings_errors_never_httpx_ones() -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nobody listens there
+    with pytest.raises(ServerUnavailable) as caught:
+        await asyncio.to_thread(publish, url, "jobs", {"step": 1})
+    assert (caught.value.code, caught.value.url) == ("unreachable", f"{url}/api/publish")
+    assert isinstance(caught.value.__cause__, httpx.ConnectError)
+    with pytest.raises(ServerUnavailable) as again:
+        await apublish(url, "jobs", text="plain", timeout=TIMEOUT)
+    assert again.value.code == "unreachable"
+    backoff = Backoff(base=0.01, cap=0.01, max_attempts=2)
+    with pytest.raises(ReconnectExhausted) as exhausted:
+        async with listen(url, ["jobs"], backoff=backoff):
+            pass
+    assert (exhausted.value.code, exhausted.value.attempts) == ("reconnect_exhausted", 2)
+    assert isinstance(exhausted.value.last_error, httpx.ConnectError)
+
+
+async def test_a_refused_stream_carries_the_servers_code_and_message() -> None:
+    with ServerProcess() as server:
+        with pytest.raises(StreamRejected) as caught:
+            async with listen(server.url, ["bad channel"]):
+                pass
+        assert (caught.value.status, caught.value.code) == (400, "invalid_channel")
+        assert "bad channel" in caught.value.message

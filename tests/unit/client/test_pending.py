@@ -18,16 +18,44 @@ from tidings.client._pending import (
     reply_error,
     retry_after,
 )
-from tidings.errors import ConnectionClosed, QueueFull, RequestTimeout, TidingsError
+from tidings.errors import (
+    ConnectionClosed,
+    PublishError,
+    PublishRejected,
+    QueueFull,
+    RequestRejected,
+    RequestTimeout,
+)
 
 
 def test_error_replies_keep_the_server_code() -> None:
-    error = reply_error({"code": "permission_denied", "message": "publish is not allowed"})
-    assert isinstance(error, TidingsError)
-    assert error.code == "permission_denied"
-    assert "publish is not allowed" in str(error)
+    error = reply_error(
+        {"code": "permission_denied", "message": "history is not allowed"}, "history"
+    )
+    assert type(error) is RequestRejected
+    assert (error.code, error.message, error.status) == (
+        "permission_denied",
+        "history is not allowed",
+        None,
+    )
+    assert str(error) == "history refused: permission_denied: history is not allowed"
     assert reply_error("garbage").code == "internal"
     assert error.retry_after is None
+
+
+def test_a_refused_publish_is_a_publish_rejected() -> None:
+    error = reply_error(
+        {"code": "rate_limited", "message": "slow down", "retry_after": 0.5}, "publish"
+    )
+    assert isinstance(error, PublishRejected)
+    assert isinstance(error, PublishError)
+    assert (error.code, error.message, error.status, error.retry_after) == (
+        "rate_limited",
+        "slow down",
+        None,
+        0.5,
+    )
+    assert str(error) == "publish refused: rate_limited: slow down"
 
 
 @pytest.mark.parametrize(
@@ -68,7 +96,7 @@ async def test_replies_settle_their_own_request_only() -> None:
     settled = requests.settle(error)
     assert settled is a
     Requests.resolve(a, error)
-    with pytest.raises(TidingsError) as caught:
+    with pytest.raises(RequestRejected) as caught:
         a.future.result()
     assert caught.value.code == "not_subscribed"
     assert len(requests) == 0

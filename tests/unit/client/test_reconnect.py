@@ -286,3 +286,10 @@ def test_a_403_is_final_even_with_get_token() -> None:
     core = renewable("t1")
     assert core.response_received(403, "application/json") is Verdict.REJECT
     assert not core.needs_token
+
+
+def test_message_type_is_a_deprecated_name_of_event() -> None:
+    message = convert(SSEEvent("1", event="note", id="c:e:1"))
+    assert isinstance(message, Message)
+    with pytest.warns(DeprecationWarning, match=r"Message\.type is deprecated.*Message\.event"):
+        assert message.type == message.event == "note"

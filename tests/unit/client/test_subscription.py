@@ -211,3 +211,12 @@ async def test_a_handler_runs_apart_from_the_reader_and_stop_cancels_it() -> Non
     assert not subscription.handling
     release.set()
     assert seen == events[:1]
+
+
+def test_type_is_a_deprecated_name_of_event() -> None:
+    event = SocketEvent("c", "e", 1, "note", 1)
+    notice = Notice("c", "join", "client-1", None, None)
+    with pytest.warns(DeprecationWarning, match=r"SocketEvent\.type is deprecated"):
+        assert event.type == event.event == "note"
+    with pytest.warns(DeprecationWarning, match=r"Notice\.type is deprecated"):
+        assert notice.type == notice.event == "join"

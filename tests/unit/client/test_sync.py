@@ -19,11 +19,16 @@ from tidings.client import (
     publish,
 )
 from tidings.errors import (
+    InvalidURL,
+    ProtocolError,
     PublishError,
     PublishRejected,
     ReconnectExhausted,
+    RequestRejected,
+    RequestTimeout,
     ServerUnavailable,
     StreamRejected,
+    TidingsError,
 )
 from tidings.types import Position
 
@@ -102,6 +107,91 @@ async def test_apublish_raises_the_same_errors() -> None:
         with pytest.raises(ServerUnavailable) as unavailable:
             await apublish(URL, "c", 1, client=client)
         assert isinstance(unavailable.value.__cause__, httpx.ConnectError)
+
+
+def raising(error: type[httpx.TransportError]) -> Handler:
+    def handle(request: httpx.Request) -> httpx.Response:
+        raise error("simulated", request=request)
+
+    return handle
+
+
+@pytest.mark.parametrize(
+    ("handler", "expected", "code"),
+    [
+        (raising(httpx.ConnectError), ServerUnavailable, "unreachable"),
+        (raising(httpx.ConnectTimeout), ServerUnavailable, "unreachable"),
+        (raising(httpx.ReadTimeout), RequestTimeout, "timeout"),
+        (raising(httpx.ReadError), ServerUnavailable, "unreachable"),
+        (lambda request: httpx.Response(200, text="<html>not tidings</html>"), ProtocolError, None),
+        (lambda request: httpx.Response(200, json={"epoch": "e"}), ProtocolError, None),
+        (
+            lambda request: httpx.Response(
+                503,
+                headers={"retry-after": "2"},
+                json={"error": {"code": "unavailable", "message": "backend redis is unavailable"}},
+            ),
+            PublishRejected,
+            "unavailable",
+        ),
+    ],
+)
+async def test_every_publish_failure_is_a_tidings_error_with_a_code(
+    handler: Handler, expected: type[TidingsError], code: str | None
+) -> None:
+    with sync_client(handler) as client, pytest.raises(expected) as caught:
+        publish(URL, "c", 1, client=client, timeout=1.5)
+    assert caught.value.code == (code or "invalid_json")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        with pytest.raises(expected) as again:
+            await apublish(URL, "c", 1, client=client, timeout=1.5)
+    assert (type(again.value), again.value.code, str(again.value)) == (
+        type(caught.value),
+        caught.value.code,
+        str(caught.value),
+    )
+
+
+def test_a_refusal_carries_the_servers_code_message_and_retry_after() -> None:
+    def busy(request: httpx.Request) -> httpx.Response:
+        error = {"code": "unavailable", "message": "backend redis is unavailable"}
+        return httpx.Response(503, headers={"retry-after": "2"}, json={"error": error})
+
+    with sync_client(busy) as client, pytest.raises(RequestRejected) as caught:
+        publish(URL, "c", 1, client=client)
+    assert isinstance(caught.value, PublishRejected)
+    assert (caught.value.status, caught.value.code, caught.value.retry_after) == (
+        503,
+        "unavailable",
+        2.0,
+    )
+    assert caught.value.message == "backend redis is unavailable"
+    assert (
+        str(caught.value) == "publish refused with 503: unavailable: backend redis is unavailable"
+    )
+
+
+def test_a_timeout_after_connecting_is_a_request_timeout() -> None:
+    with sync_client(raising(httpx.ReadTimeout)) as client, pytest.raises(RequestTimeout) as caught:
+        publish(URL, "c", 1, client=client, timeout=1.5)
+    assert (caught.value.op, caught.value.timeout) == ("publish", 1.5)
+    assert isinstance(caught.value.__cause__, httpx.ReadTimeout)
+
+
+@pytest.mark.parametrize("url", ["localhost:8000", "127.0.0.1:8000", "ws://h/ws", "http://"])
+async def test_a_url_that_names_no_server_is_refused_before_sending(url: str) -> None:
+    requests: list[httpx.Request] = []
+    with sync_client(publish_server(requests)) as client, pytest.raises(InvalidURL) as caught:
+        publish(url, "c", 1, client=client)
+    assert caught.value.code == "invalid_url"
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(publish_server(requests))
+    ) as aclient:
+        with pytest.raises(InvalidURL):
+            await apublish(url, "c", 1, client=aclient)
+    with pytest.raises(InvalidURL):
+        listen_sync(url, ["c"])
+    assert requests == []
 
 
 def dropping(*chunks: bytes) -> Iterator[bytes]:

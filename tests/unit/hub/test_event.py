@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tidings.hub.event import EVENT_OVERHEAD, Encoding, Event, Item, Reset
 from tidings.types import Position
 
@@ -75,3 +77,11 @@ def test_each_format_is_cached_on_its_own() -> None:
         assert as_msgpack(reset).startswith(b"m")
     assert (json_encode.calls, msgpack_encode.calls) == (1, 1)
     assert repr(as_json) == "Encoding('json')"
+
+
+def test_type_is_a_deprecated_name_of_event() -> None:
+    with pytest.warns(DeprecationWarning, match=r"Event\(type=\.\.\.\) is deprecated"):
+        event = Event("c", "e", 1, b"1", type="note")
+    assert event.event == "note"
+    with pytest.warns(DeprecationWarning, match=r"Event\.type is deprecated.*use Event\.event"):
+        assert event.type == "note"

@@ -381,3 +381,9 @@ def test_a_decoder_resuming_from_an_id_keeps_it_until_the_stream_sends_one() -> 
     assert decoder.last_event_id == "a:e:5"
     assert decoder.feed(b"id: a:e:6\ndata: y\n\n")[0].id == "a:e:6"
     assert decoder.feed(b"id\ndata: z\n\n")[0].id == ""  # an empty id resets it
+
+
+def test_sse_event_type_is_a_deprecated_name_of_event() -> None:
+    (decoded,) = SSEDecoder().feed(b"event: note\ndata: x\n\n")
+    with pytest.warns(DeprecationWarning, match=r"SSEEvent\.type is deprecated"):
+        assert decoded.type == decoded.event == "note"
