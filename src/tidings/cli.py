@@ -455,6 +455,15 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def json_or_text(data: str) -> Any:
+    """An event's data as ``listen --json`` prints it: the JSON value when the
+    data is JSON (as the server sends published JSON), else the text."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return data
+
+
 def _listen(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -513,7 +522,7 @@ def _listen(args: argparse.Namespace) -> int:
                             "channel": item.channel,
                             "offset": item.offset,
                             "event": item.event,
-                            "data": item.data,
+                            "data": json_or_text(item.data),
                             "id": item.id,
                         }
                     )

@@ -112,18 +112,50 @@ async def test_listen_resumes_after_the_server_restarts() -> None:
 
     try:
         await publish_when_subscribed(1)
-        assert (await next_line())["data"] == "1"
+        assert (await next_line())["data"] == 1
         server.kill()  # a crash: the memory backend loses its history
         server.start()
         await publish_when_subscribed(2)
         reset = await next_line()
         assert reset["reset"] == "jobs"
         assert reset["reason"] == "epoch"
-        assert (await next_line())["data"] == "2"
+        assert (await next_line())["data"] == 2
     finally:
         listener.terminate()
         await asyncio.wait_for(listener.wait(), TIMEOUT)
         server.close()
+
+
+async def test_listen_json_prints_data_as_json() -> None:
+    published = [{"data": {"n": [1, 2.5, None]}}, {"text": "plain text"}, {"data": "a string"}]
+    with ServerProcess() as server:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            for body in published:
+                answer = await client.post("/api/publish", json={"channel": "jobs", **body})
+        epoch = answer.json()["epoch"]
+        listener = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *("-m", "tidings", "listen", "--json", "--url", server.url, "jobs"),
+            *("--last-event-id", f"jobs:{epoch}:0"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        assert listener.stdout is not None
+        try:
+            lines = [
+                json.loads(await asyncio.wait_for(listener.stdout.readline(), TIMEOUT))
+                for _ in published
+            ]
+        finally:
+            listener.terminate()
+            await asyncio.wait_for(listener.wait(), TIMEOUT)
+    # The decoded value for JSON data (not a JSON-encoded string), the text for text.
+    assert [line["data"] for line in lines] == [{"n": [1, 2.5, None]}, "plain text", "a string"]
+    assert [(line["offset"], line["event"]) for line in lines] == [
+        (1, "message"),
+        (2, "message"),
+        (3, "message"),
+    ]
 
 
 async def test_bench_counts_every_delivery() -> None:
