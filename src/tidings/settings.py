@@ -41,7 +41,7 @@ from tidings.hub.backends.memory import DEFAULT_HISTORY_TOTAL_BYTES
 from tidings.hub.names import DEFAULT_HISTORY_MAX_BYTES, NamespaceOptions, Namespaces
 from tidings.hub.subscription import OverflowPolicy
 from tidings.llm.config import LLMConfig
-from tidings.types import parse_scalar
+from tidings.types import kind_name, parse_scalar, unknown_setting
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
@@ -313,12 +313,11 @@ class Settings:
         for name, table in self.namespaces.items():
             if not isinstance(table, Mapping):
                 raise SettingsError(f"namespaces.{name} must be a table")
-            unknown = set(table) - allowed
-            if unknown:
-                raise SettingsError(
-                    f"namespaces.{name}: unknown setting(s) {', '.join(sorted(unknown))}; "
-                    f"known: {', '.join(sorted(allowed))}"
-                )
+            for key in sorted(table):
+                if key not in allowed:
+                    prefix = f"namespaces.{name}."
+                    raise SettingsError(unknown_setting(key, allowed, prefix=prefix))
+                _check_kind(f"namespaces.{name}.{key}", table[key], _NAMESPACE_KINDS.get(key))
             try:
                 by_name[name] = dataclasses.replace(default, **table)
             except (TypeError, ValueError) as exc:
@@ -353,7 +352,13 @@ _SCALAR_TYPES: dict[str, type] = {
 }
 
 
-_KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+#: The kinds of the number fields of a ``[namespaces.NAME]`` table (TOML gives
+#: the others' kinds; NamespaceOptions checks their values).
+_NAMESPACE_KINDS: dict[str, type] = {
+    "history_size": int,
+    "history_ttl": float,
+    "history_max_bytes": int,
+}
 
 
 def _convert(name: str, value: Any, source: str) -> Any:
@@ -362,7 +367,15 @@ def _convert(name: str, value: Any, source: str) -> Any:
         return parse_scalar(value, kind)
     except ValueError:
         # Never the value: it may be a secret (jwt_secret, api_keys).
-        raise SettingsError(f"{source}: {name} must be {_KIND_NAMES[kind]}") from None
+        raise SettingsError(f"{source}: {name} must be {kind_name(kind)}") from None
+
+
+def _check_kind(name: str, value: Any, kind: type | None) -> None:
+    """Refuse a namespace number of the wrong kind (a TOML value: never a string to parse)."""
+    if kind is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int if kind is int else int | float):
+        raise SettingsError(f"{name} must be {kind_name(kind)}")
 
 
 def _llm(table: Mapping[str, Any]) -> LLMConfig:
@@ -401,7 +414,7 @@ def load_settings(
             raise SettingsError(f"{source} is not valid TOML: {exc}") from exc
         for name, value in document.items():
             if name not in _FIELDS:
-                raise SettingsError(f"{source}: unknown setting {name!r}")
+                raise SettingsError(f"{source}: {unknown_setting(name, _FIELDS)}")
             if name in ("namespaces", "llm"):
                 if not isinstance(value, dict):
                     raise SettingsError(f"{source}: {name} must be a table")
@@ -421,7 +434,7 @@ def load_settings(
         values["llm"] = {**values.get("llm", {}), **llm_env}
     for name, value in overrides.items():
         if name not in _FIELDS:
-            raise SettingsError(f"unknown setting {name!r}")
+            raise SettingsError(unknown_setting(name, _FIELDS))
         if value is not None:
             values[name] = _convert(name, value, "command line") if name in _SCALAR_TYPES else value
     if isinstance(values.get("llm"), Mapping):

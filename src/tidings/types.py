@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import difflib
 import warnings
+from collections.abc import Iterable
 from typing import Any, NamedTuple, TypeAlias
 
-__all__ = ["JSONValue", "Position", "deprecated_name"]
+__all__ = [
+    "JSONValue",
+    "Position",
+    "deprecated_name",
+    "kind_name",
+    "parse_scalar",
+    "unknown_setting",
+]
 
 JSONValue: TypeAlias = "dict[str, JSONValue] | list[JSONValue] | str | int | float | bool | None"
 
@@ -45,7 +54,25 @@ def parse_scalar(value: object, kind: type) -> Any:
         return int(value)
     elif kind is str and isinstance(value, str):
         return value
-    raise ValueError(f"not a {kind.__name__}: {value!r}")
+    raise ValueError(f"not {kind_name(kind)}: {value!r}")
+
+
+#: How settings errors name the kinds of value (``must be an integer``).
+_KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def kind_name(kind: type) -> str:
+    """``kind`` as a settings error names it: ``"an integer"``, ``"a number"`` …"""
+    return _KIND_NAMES.get(kind, f"of type {kind.__name__}")
+
+
+def unknown_setting(name: str, known: Iterable[str], *, prefix: str = "") -> str:
+    """The message for the unknown setting ``prefix + name``: the closest known
+    name when one is close (difflib), else every known name."""
+    names = sorted(known)
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"did you mean '{prefix}{close[0]}'?" if close else "known: " + ", ".join(names)
+    return f"unknown setting '{prefix}{name}'; {hint}"
 
 
 def deprecated_name(old: str, new: str) -> None:

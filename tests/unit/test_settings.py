@@ -64,7 +64,22 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
         ("publish_rate_clients = 0\n", "publish_rate_clients must be > 0"),
         ("[llm]\nmax_generations_per_client = 0\n", "llm.max_generations_per_client must be > 0"),
         ("presence_ttl = 0\n", "presence_ttl must be > 0 seconds"),
-        ("[namespaces.chat]\nhistory_sise = 1\n", "unknown setting(s) history_sise"),
+        (
+            "[namespaces.chat]\nhistory_sise = 1\n",
+            r"unknown setting 'namespaces\.chat\.history_sise'; "
+            r"did you mean 'namespaces\.chat\.history_size'\?",
+        ),
+        (
+            '[namespaces.chat]\nhistory_size = "9"\n',
+            "namespaces.chat.history_size must be an integer",
+        ),
+        (
+            "[namespaces.chat]\nhistory_size = 1.5\n",
+            "namespaces.chat.history_size must be an integer",
+        ),
+        ('[namespaces.chat]\nhistory_ttl = "9"\n', "namespaces.chat.history_ttl must be a number"),
+        ("[namespaces.chat]\nhistory_ttl = true\n", "namespaces.chat.history_ttl must be a number"),
+        ("[namespaces.chat]\npublish = 1\n", 'publish must be true, false or "token"'),
         ("[namespaces.chat]\nhistory_size = -1\n", "history_size must be >= 0"),
         ("namespaces = 3\n", "namespaces must be a table"),
         ("port = [\n", "not valid TOML"),
@@ -228,8 +243,9 @@ def test_with_authentication_llm_channels_are_closed_to_clients() -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"TIDINGS_LLM_GRACE": "soon"}, "llm.grace must be a float"),
-        ({"TIDINGS_LLM_COLOUR": "red"}, "unknown setting llm.colour"),
+        ({"TIDINGS_LLM_GRACE": "soon"}, "llm.grace must be a number"),
+        ({"TIDINGS_LLM_COLOUR": "red"}, r"unknown setting 'llm\.colour'; known: api_key, "),
+        ({"TIDINGS_LLM_GRCE": "1"}, r"unknown setting 'llm\.grce'; did you mean 'llm\.grace'\?"),
         ({"TIDINGS_LLM_BASE_URL": "ftp://x"}, "base_url must be an http"),
     ],
 )
@@ -256,14 +272,14 @@ def test_llm_table_is_read_once_into_a_typed_field(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[llm]\napi_key = 1234567\n", "llm.api_key must be a str"),
+        ("[llm]\napi_key = 1234567\n", "llm.api_key must be a string"),
         (
             '[llm.providers.p]\nbase_url = "http://h/v1"\nheaders = "Bearer 1234567"\n',
             "headers must be a table of strings",
         ),
         (
             '[llm.providers.p]\nbase_url = "http://h/v1"\napi_key = ["1234567"]\n',
-            "api_key must be a str",
+            "api_key must be a string",
         ),
     ],
 )
@@ -312,3 +328,39 @@ def test_http2_settings_from_file_and_environment(tmp_path: Path) -> None:
 def test_bad_http2_settings_are_refused(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         load_settings(env=env)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # A typo gets the closest name; anything else gets the list of names.
+        ("histroy_size = 1\n", r": unknown setting 'histroy_size'; did you mean 'history_size'\?"),
+        ("zzz = 1\n", r": unknown setting 'zzz'; known: access_log_streams, allow_anonymous, "),
+        # The article and the noun suit every kind.
+        ('port = "x"\n', r": port must be an integer\Z"),
+        ("port = 1.5\n", r": port must be an integer\Z"),
+        ('sse_retry = "soon"\n', r": sse_retry must be a number\Z"),
+        ('demo = "maybe"\n', r": demo must be true or false\Z"),
+        ("host = 1\n", r": host must be a string\Z"),
+        ('[llm]\ngrace = "soon"\n', r"llm\.grace must be a number\Z"),
+        ('[llm]\nmax_tokens = "x"\n', r"llm\.max_tokens must be an integer\Z"),
+        ('[llm]\nenabled = "x"\n', r"llm\.enabled must be true or false\Z"),
+        (
+            '[llm.providers.p]\nbase_url = "http://h/v1"\ntimeuot = 1\n',
+            r"unknown setting 'llm\.providers\.p\.timeuot'; "
+            r"did you mean 'llm\.providers\.p\.timeout'\?",
+        ),
+    ],
+)
+def test_settings_errors_read_the_same_at_every_level(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "tidings.toml"
+    path.write_text(text)
+    with pytest.raises(SettingsError, match=message):
+        load_settings(path, env={})
+
+
+def test_an_unknown_keyword_setting_gets_the_closest_name() -> None:
+    with pytest.raises(SettingsError, match=r"^unknown setting 'prot'; did you mean 'port'\?$"):
+        load_settings(env={}, prot=8001)

@@ -133,7 +133,8 @@ class NamespaceOptions:
             raise ValueError(f"history_max_bytes must be >= 0, not {self.history_max_bytes}")
         if self.history_ttl <= 0:
             raise ValueError(f"history_ttl must be > 0 seconds, not {self.history_ttl}")
-        if self.publish not in (True, False, PUBLISH_WITH_TOKEN):
+        # Not "in (True, False, ...)": 1 == True, and a number is not a permission.
+        if not (isinstance(self.publish, bool) or self.publish == PUBLISH_WITH_TOKEN):
             raise ValueError(f'publish must be true, false or "{PUBLISH_WITH_TOKEN}"')
         for name in ("subscribe", "history", "presence", "join_leave", "private"):
             if not isinstance(getattr(self, name), bool):

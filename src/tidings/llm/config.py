@@ -35,7 +35,7 @@ from tidings.errors import InvalidChatRequest, UpstreamError
 from tidings.llm.providers.base import Provider, display_url
 from tidings.llm.providers.demo import DemoProvider
 from tidings.llm.request import RequestLimits
-from tidings.types import parse_scalar
+from tidings.types import kind_name, parse_scalar, unknown_setting
 
 __all__ = ["LLMConfig", "ProviderConfig", "ProviderRouter"]
 
@@ -85,7 +85,7 @@ def _convert(name: str, value: Any, kind: type) -> Any:
         return parse_scalar(value, kind)
     except ValueError:
         # The value is left out on purpose: it may be an API key or a header.
-        raise ValueError(f"llm.{name} must be a {kind.__name__}") from None
+        raise ValueError(f"llm.{name} must be {kind_name(kind)}") from None
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -223,8 +223,8 @@ class LLMConfig:
             if name in ("providers", "models"):
                 continue
             if name not in _SCALARS:
-                known = ", ".join(sorted([*_SCALARS, "providers", "models"]))
-                raise ValueError(f"unknown setting llm.{name}; known: {known}")
+                known = [*_SCALARS, "providers", "models"]
+                raise ValueError(unknown_setting(name, known, prefix="llm."))
             values[name] = _convert(name, value, _SCALARS[name])
         providers = {
             name: _provider(name, spec) for name, spec in _table(table, "providers").items()
@@ -267,10 +267,8 @@ def _provider(name: str, spec: object) -> ProviderConfig:
     for key, value in spec.items():
         kind = _PROVIDER_FIELDS.get(key)
         if kind is None:
-            raise ValueError(
-                f"unknown setting llm.providers.{name}.{key}; "
-                f"known: {', '.join(sorted(_PROVIDER_FIELDS))}"
-            )
+            prefix = f"llm.providers.{name}."
+            raise ValueError(unknown_setting(key, _PROVIDER_FIELDS, prefix=prefix))
         values[key] = _convert(f"providers.{name}.{key}", value, kind)
     return ProviderConfig(name, **values)
 

@@ -81,9 +81,11 @@ async def test_provider_headers_are_sent_upstream() -> None:
 @pytest.mark.parametrize(
     ("table", "message"),
     [
-        ({"nope": 1}, "unknown setting llm.nope"),
+        ({"nope": 1}, r"unknown setting 'llm\.nope'; known: api_key, base_url, "),
+        ({"grase": 1}, r"unknown setting 'llm\.grase'; did you mean 'llm\.grace'\?"),
         ({"grace": -1}, "grace must be >= 0"),
-        ({"grace": "soon"}, "grace must be a float"),
+        ({"grace": "soon"}, r"llm\.grace must be a number\Z"),
+        ({"history_size": 1.5}, r"llm\.history_size must be an integer\Z"),
         ({"ttl": 0}, "ttl must be > 0"),
         ({"max_generations": 0}, "max_generations must be > 0"),
         ({"default_provider": "ghost"}, "default_provider names no provider"),
