@@ -197,6 +197,16 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--certfile", metavar="FILE", help="TLS certificate chain (PEM)")
     serve.add_argument("--keyfile", metavar="FILE", help="TLS private key (PEM)")
     serve.add_argument(
+        "--sse-compression",
+        choices=("off", "gzip"),
+        help="gzip SSE streams for clients that accept it, flushed per batch (default off)",
+    )
+    serve.add_argument(
+        "--ws-compression",
+        choices=("off", "deflate"),
+        help="permessage-deflate for WebSocket clients that offer it (default off)",
+    )
+    serve.add_argument(
         "--drain-timeout",
         type=float,
         metavar="SECONDS",
@@ -300,6 +310,8 @@ def _serve(args: argparse.Namespace) -> int:
             certfile=args.certfile,
             keyfile=args.keyfile,
             drain_timeout=args.drain_timeout,
+            sse_compression=args.sse_compression,
+            ws_compression=args.ws_compression,
         )
     except SettingsError as exc:
         say(str(exc))

@@ -55,6 +55,9 @@ _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s?#]+\Z")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 LOG_FORMATS = ("text", "json")
 BACKENDS = ("memory", "redis")
+#: Values of ``sse_compression`` and ``ws_compression`` (docs/operations.md, "Compression").
+SSE_COMPRESSIONS = ("off", "gzip")
+WS_COMPRESSIONS = ("off", "deflate")
 #: The byte bound of each ``llm:`` channel's history unless ``[namespaces.llm]`` sets one.
 LLM_HISTORY_MAX_BYTES = 64 * 1024 * 1024
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -87,6 +90,10 @@ class Settings:
     overflow: str = "disconnect"
     sse_retry: float = 3.0
     sse_keepalive: float = 15.0
+    # Compression (docs/operations.md): gzip for SSE when the client accepts it,
+    # permessage-deflate for WebSockets when the client offers it.
+    sse_compression: str = "off"
+    ws_compression: str = "off"
     max_body_bytes: int = 64 * 1024
     max_channels: int = 64
     ws_ping_interval: float = 20.0
@@ -252,6 +259,14 @@ class Settings:
             raise SettingsError(
                 f"log_format must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}"
             )
+        for name, choices in (
+            ("sse_compression", SSE_COMPRESSIONS),
+            ("ws_compression", WS_COMPRESSIONS),
+        ):
+            if getattr(self, name) not in choices:
+                raise SettingsError(
+                    f"{name} must be one of {', '.join(choices)}, not {getattr(self, name)!r}"
+                )
 
     @property
     def authentication(self) -> bool:

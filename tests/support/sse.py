@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,11 +20,18 @@ class SSEReader:
         self.response = response
         self.decoder = SSEDecoder()
         self.raw = bytearray()
+        #: Bytes as they came off the wire (before any content decoding).
+        self.wire_bytes = 0
         self._pending: list[SSEEvent] = []
         self._chunks = response.aiter_raw()
 
+    def _decode(self, chunk: bytes) -> bytes:
+        return chunk
+
     async def _read_more(self) -> None:
         chunk = await anext(self._chunks)
+        self.wire_bytes += len(chunk)
+        chunk = self._decode(chunk)
         self.raw += chunk
         self._pending += self.decoder.feed(chunk)
 
@@ -47,6 +55,24 @@ class SSEReader:
     @property
     def last_event_id(self) -> str:
         return self.decoder.last_event_id
+
+
+class GzipSSEReader(SSEReader):
+    """An SSE reader of a gzip-coded response, decompressing each piece as it arrives
+    (``zlib.decompressobj(16 + MAX_WBITS)``): an event is read only if everything
+    it needs was flushed to the wire."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(response)
+        self.decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    def _decode(self, chunk: bytes) -> bytes:
+        return self.decompressor.decompress(chunk)
+
+    @property
+    def ended(self) -> bool:
+        """Whether the gzip member is complete (its trailer was read and checked)."""
+        return self.decompressor.eof
 
 
 @asynccontextmanager

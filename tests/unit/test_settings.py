@@ -364,3 +364,25 @@ def test_settings_errors_read_the_same_at_every_level(
 def test_an_unknown_keyword_setting_gets_the_closest_name() -> None:
     with pytest.raises(SettingsError, match=r"^unknown setting 'prot'; did you mean 'port'\?$"):
         load_settings(env={}, prot=8001)
+def test_compression_settings(tmp_path: Path) -> None:
+    assert (Settings().sse_compression, Settings().ws_compression) == ("off", "off")
+    path = tmp_path / "tidings.toml"
+    path.write_text('sse_compression = "gzip"\n')
+    settings = load_settings(path, env={"TIDINGS_WS_COMPRESSION": "deflate"})
+    assert (settings.sse_compression, settings.ws_compression) == ("gzip", "deflate")
+    flags = load_settings(env={"TIDINGS_SSE_COMPRESSION": "gzip"}, sse_compression="off")
+    assert flags.sse_compression == "off"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TIDINGS_SSE_COMPRESSION": "br"}, "sse_compression must be one of off, gzip"),
+        ({"TIDINGS_SSE_COMPRESSION": "deflate"}, "sse_compression must be one of off, gzip"),
+        ({"TIDINGS_WS_COMPRESSION": "gzip"}, "ws_compression must be one of off, deflate"),
+        ({"TIDINGS_WS_COMPRESSION": "on"}, "ws_compression must be one of off, deflate"),
+    ],
+)
+def test_bad_compression_settings_are_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        load_settings(env=env)

@@ -180,6 +180,7 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Star
         keepalive=keepalive,
         max_channels=settings.max_channels,
         on_open=state.counter("sse"),
+        compression=settings.sse_compression,
     )
     websocket = WebSocketEndpoint(
         hub,
@@ -227,12 +228,18 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Star
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     if relay is not None:
-        streams = StreamView(relay, retry=settings.sse_retry, keepalive=settings.sse_keepalive)
+        streams = StreamView(
+            relay,
+            retry=settings.sse_retry,
+            keepalive=settings.sse_keepalive,
+            compression=settings.sse_compression,
+        )
         completions = ChatCompletions(
             relay,
             limits=llm.limits,
             max_body_bytes=llm.max_body_bytes,
             keepalive=settings.sse_keepalive,
+            compression=settings.sse_compression,
         )
         routes.append(Route("/v1/chat/completions", completions, methods=["POST"]))
         routes.append(Route("/v1/models", list_models, methods=["GET"]))

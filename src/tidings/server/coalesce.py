@@ -19,12 +19,19 @@ connection (events, replies, pings, the last chunk) goes through its writer.
 A writer holding more than ``FLUSH_AT`` bytes flushes at once, so a publisher
 that never yields cannot grow memory: past that, the transport's own flow
 control and the subscription's bounded outbox take over as before.
+
+A writer may have an encoder (a content coding, ``server/compression.py``):
+then each flush joins what is pending and writes it through the encoder, so
+a burst is compressed in one call and flushed once, and every flush leaves
+the client able to decode everything written so far.
 """
 
 from __future__ import annotations
 
 import asyncio
 import weakref
+
+from tidings.server.writer import BodyEncoder
 
 __all__ = ["FLUSH_AT", "CoalescingWriter"]
 
@@ -75,10 +82,13 @@ def _flusher_of(loop: asyncio.AbstractEventLoop) -> _Flusher:
 class CoalescingWriter:
     """Buffers a connection's writes until its loop's flusher runs (see the module docstring)."""
 
-    __slots__ = ("_flusher", "_pending", "_size", "_transport")
+    __slots__ = ("_encoder", "_flusher", "_pending", "_size", "_transport")
 
-    def __init__(self, transport: asyncio.WriteTransport) -> None:
+    def __init__(
+        self, transport: asyncio.WriteTransport, encoder: BodyEncoder | None = None
+    ) -> None:
         self._transport = transport
+        self._encoder = encoder
         self._flusher = _flusher_of(asyncio.get_running_loop())
         # One list per connection, reused: a new list per flush would be a
         # container allocation per connection per burst, and work for the GC.
@@ -102,11 +112,24 @@ class CoalescingWriter:
             return
         transport = self._transport
         if not transport.is_closing():
-            if len(pending) == 1:
+            if self._encoder is not None:
+                transport.write(self._encoder.encode_batch(b"".join(pending)))
+            elif len(pending) == 1:
                 transport.write(pending[0])
             else:
                 transport.writelines(pending)  # buffers each item; keeps no reference to the list
         pending.clear()
+
+    def finish(self) -> None:
+        """Flush for the last time: through the encoder's ``encode_last`` when there is one."""
+        encoder = self._encoder
+        if encoder is None:
+            self.flush()
+            return
+        data = b"".join(self._pending)
+        self._pending.clear()
+        if not self._transport.is_closing():
+            self._transport.write(encoder.encode_last(data))
 
     def discard(self) -> None:
         """Forget what is pending (the peer left, or must not get more data)."""

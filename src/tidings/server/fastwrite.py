@@ -33,7 +33,7 @@ from websockets.server import ServerProtocol
 
 from tidings.server.coalesce import CoalescingWriter
 from tidings.server.guard import GuardedHttpToolsProtocol, GuardedWebSocketsProtocol
-from tidings.server.writer import FAST_WRITE, WriteListener
+from tidings.server.writer import FAST_WRITE, BodyEncoder, WriteListener
 from tidings.wire.codes import CloseCode
 
 __all__ = ["RELIES_ON", "FastHttpToolsProtocol", "FastWebSocketsProtocol"]
@@ -98,6 +98,7 @@ RELIES_ON: tuple[tuple[type, str, Kind], ...] = (
     (WebSocketsSansIOProtocol, "transport", "attribute"),
     (WebSocketsSansIOProtocol, "writable", "attribute"),
     (ServerProtocol, "current_size", "attribute"),
+    (ServerProtocol, "extensions", "attribute"),
     (ServerProtocol, "recv_frame", "method"),
 )
 
@@ -151,12 +152,14 @@ class _FastWriteProtocol(asyncio.Protocol):
         """Whether a listener may attach now (beyond the transport being open)."""
         return True
 
-    def fast_attach(self, listener: WriteListener) -> Callable[[bytes], object] | None:
+    def fast_attach(
+        self, listener: WriteListener, encoder: BodyEncoder | None = None
+    ) -> Callable[[bytes], object] | None:
         transport = self.transport
         if transport is None or transport.is_closing() or not self.fast_open():
             return None
         self.fast_listener = listener
-        writer = self.writer = CoalescingWriter(transport)
+        writer = self.writer = CoalescingWriter(transport, encoder)
         return writer.write
 
     def fast_write(self, data: bytes) -> None:
@@ -220,6 +223,11 @@ class _FastWrite(Generic[_P]):
 class _HTTPFastWrite(_FastWrite["FastHttpToolsProtocol"]):
     __slots__ = ()
 
+    def attach(
+        self, listener: WriteListener, encoder: BodyEncoder | None = None
+    ) -> Callable[[bytes], object] | None:
+        return self._protocol.fast_attach(listener, encoder)
+
     @property
     def paused(self) -> bool:
         return bool(self._protocol.flow.write_paused)
@@ -227,7 +235,7 @@ class _HTTPFastWrite(_FastWrite["FastHttpToolsProtocol"]):
     def end(self) -> None:
         protocol = self._protocol
         if protocol.writer is not None:
-            protocol.writer.flush()
+            protocol.writer.finish()
         protocol.transport.close()
 
     def hand_off(self) -> None:
@@ -349,7 +357,11 @@ class FastWebSocketsProtocol(_FastWriteProtocol, GuardedWebSocketsProtocol):
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
-        if self.response.status_code == 101:
+        # A connection that negotiated an extension (permessage-deflate, with
+        # ``ws_compression``) codes each message with state of its own, which
+        # shared pre-encoded frames cannot carry: it gets no fast write and is
+        # served on the ASGI path, where websockets compresses every message.
+        if self.response.status_code == 101 and not self.conn.extensions:
             extensions: dict[str, Any] = self.scope["extensions"]
             extensions[FAST_WRITE] = _WebSocketFastWrite(self)
 

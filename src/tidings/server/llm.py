@@ -48,6 +48,7 @@ from tidings.llm import CHANNEL_PREFIX, Completion, Generation, Relay, error_obj
 from tidings.llm.request import RequestLimits, validate_request
 from tidings.server.api import read_body
 from tidings.server.auth import Action, Authority, Kind, Principal
+from tidings.server.compression import VARY, GzipSend, accepts_gzip
 from tidings.server.errors import http_status
 from tidings.server.sse import SSE_FRAME, SSE_HEADERS, watch_disconnect
 from tidings.types import Position
@@ -289,11 +290,13 @@ class ChatCompletions:
         limits: RequestLimits,
         max_body_bytes: int,
         keepalive: float,
+        compression: str = "off",
     ) -> None:
         self.relay = relay
         self.limits = limits
         self.max_body_bytes = max_body_bytes
         self.keepalive = keepalive
+        self.compression = compression
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
@@ -339,6 +342,7 @@ class ChatCompletions:
     ) -> None:
         headers = {STREAM_ID_HEADER: generation.id}
         started = False
+        stream_send, coding = _stream_send(self.compression, scope, send)
         async with _listen(
             self.relay.hub,
             generation.channel,
@@ -366,12 +370,13 @@ class ChatCompletions:
                             return
                         continue  # nothing to say yet: headers wait for the first chunk
                     started = True
-                    await send(
+                    await stream_send(
                         {
                             "type": "http.response.start",
                             "status": 200,
                             "headers": [
                                 *_OPENAI_SSE_HEADERS,
+                                *coding,
                                 (STREAM_ID_HEADER.encode(), generation.id.encode()),
                             ],
                         }
@@ -381,9 +386,9 @@ class ChatCompletions:
                         out.append(_DONE)
                     else:
                         out.append(encode_data(orjson.dumps({"error": end["error"]})))
-                    await send({"type": "http.response.body", "body": b"".join(out)})
+                    await stream_send({"type": "http.response.body", "body": b"".join(out)})
                     return
-                await send(
+                await stream_send(
                     {
                         "type": "http.response.body",
                         "body": b"".join(out) or PING,
@@ -427,10 +432,13 @@ class ChatCompletions:
 class StreamView:
     """``GET /v1/streams/{id}`` (replay and follow over SSE) and ``DELETE`` (cancel)."""
 
-    def __init__(self, relay: Relay, *, retry: float, keepalive: float) -> None:
+    def __init__(
+        self, relay: Relay, *, retry: float, keepalive: float, compression: str = "off"
+    ) -> None:
         self.relay = relay
         self.retry_ms = round(retry * 1000)
         self.keepalive = keepalive
+        self.compression = compression
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream_id = scope["path_params"]["stream_id"]
@@ -533,7 +541,9 @@ class StreamView:
             generation=generation,
         ) as batches:
             head = encode_event(retry=self.retry_ms, id=encode_cursor({channel: since}))
-            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            send, coding = _stream_send(self.compression, scope, send)
+            headers = [*SSE_HEADERS, *coding]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": head, "more_body": True})
             async for items in batches:
                 lost = None if items else _lost_end(generation)
@@ -552,6 +562,19 @@ class StreamView:
                 await send({"type": "http.response.body", "body": body, "more_body": not finished})
                 if finished:
                     return
+
+
+def _stream_send(
+    compression: str, scope: Scope, send: Send
+) -> tuple[Send, list[tuple[bytes, bytes]]]:
+    """The ``send`` of a streamed answer and the headers it adds: gzip-coded and
+    flushed per body (``server/compression.py``) when ``compression`` is
+    ``"gzip"`` and the client accepts it; ``Vary`` whenever it may be."""
+    if compression != "gzip":
+        return send, []
+    if accepts_gzip(scope.get("headers", ())):
+        return GzipSend(send), [VARY]
+    return send, [VARY]
 
 
 def _since(request: Request, channel: str, origin: Position) -> Position:

@@ -43,6 +43,9 @@ class SSEResponse(Response):
         outbox_max_bytes: Bound of the outbox (hub default when None).
         overflow: Slow-consumer policy (hub default when None).
         headers: Extra response headers.
+        compression: ``"gzip"`` to gzip the stream for clients whose
+            ``Accept-Encoding`` accepts it, flushed after every batch of events
+            so none waits in the compressor; ``"off"`` (default) never does.
 
     An invalid channel or cursor is answered with a 400 JSON error when the
     response runs; build-time errors are not raised inside your route. It is
@@ -62,8 +65,10 @@ class SSEResponse(Response):
         outbox_max_bytes: int | None = None,
         overflow: OverflowPolicy | str | None = None,
         headers: Mapping[str, str] | None = None,
+        compression: str = "off",
     ) -> None:
         self.status_code = 200
+        self.compression = compression
         self.background: BackgroundTask | None = None
         self.hub = hub
         self.channels = [channels] if isinstance(channels, str) else list(channels)
@@ -98,6 +103,7 @@ class SSEResponse(Response):
             outbox_max_bytes=self.outbox_max_bytes,
             overflow=self.overflow,
             headers=self.extra_headers,
+            compression=self.compression,
         )
         await stream(scope, receive, send)
         if self.background is not None:

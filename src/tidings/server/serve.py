@@ -124,8 +124,9 @@ def uvicorn_config(
         http=http,
         ws=ws,
         # Pushes are framed once and shared by every connection, which
-        # per-connection compression state would defeat: no permessage-deflate.
-        ws_per_message_deflate=False,
+        # per-connection compression state defeats: permessage-deflate only when
+        # asked for (a connection that takes it is served on the ASGI path).
+        ws_per_message_deflate=settings.ws_compression == "deflate",
         ws_max_size=settings.ws_max_frame_bytes,
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_pong_timeout,

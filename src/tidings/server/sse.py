@@ -22,6 +22,14 @@ ways to get bytes to the client:
   subscription and sends it as one ``http.response.body``; a watcher task
   turns ``http.disconnect`` into closing the subscription.
 
+With compression on (``sse_compression = "gzip"``) and a client whose
+``Accept-Encoding`` takes gzip, the response is gzip-coded and flushed after
+every batch (``server/compression.py``): on the ASGI path each body sent is
+one batch; on the fast path the connection writes its (shared) frames
+unchunked and the transport's coalescing writer compresses each burst.
+Keepalive comments and the last ``retry:`` are flushed the same way, so a
+client decodes every event as soon as it arrives.
+
 A request is authenticated and every channel authorised before the response
 starts (a refusal is a 401 or 403 with a JSON body and no stream byte). When
 the principal's token expires, one timer per connection ends the stream with
@@ -54,6 +62,15 @@ from tidings.hub import Encoding, Hub, Item, OverflowPolicy, Reset, Subscription
 from tidings.hub.subscription import CloseReason
 from tidings.server import ops
 from tidings.server.auth import Authority
+from tidings.server.compression import (
+    CONTENT_ENCODING,
+    LAST_CHUNK,
+    SSE_COMPRESSION,
+    VARY,
+    GzipSend,
+    GzipStream,
+    accepts_gzip,
+)
 from tidings.server.errors import error_response
 from tidings.server.limits import keep_slot
 from tidings.server.logs import log_closed
@@ -162,6 +179,7 @@ class _Connection:
         "expired",
         "expiry",
         "fast",
+        "gzip",
         "id",
         "keepalive",
         "on_open",
@@ -181,8 +199,11 @@ class _Connection:
         keepalive: SSEKeepalive | None,
         on_open: Callable[[int], None] | None,
         retry_ms: tuple[int, int] = (3000, 3000),
+        gzip: GzipStream | None = None,
     ) -> None:
         self.subscription = subscription
+        #: The response's compressor when it is gzip-coded (then writes are unchunked).
+        self.gzip = gzip
         #: The range a shutdown's last ``retry:`` is drawn from, in milliseconds.
         self.retry_ms = retry_ms
         self.positions = positions
@@ -222,7 +243,7 @@ class _Connection:
     def hand_off(self, fast: HTTPFastWrite) -> bool:
         """Give the connection to the transport; False if the peer is gone already."""
         subscription = self.subscription
-        write = fast.attach(self)
+        write = fast.attach(self, self.gzip)
         if write is None:
             return False
         self.fast = fast
@@ -244,14 +265,20 @@ class _Connection:
             fast.abort()  # drop what is buffered: that is the memory we protect
         elif reason is not CloseReason.DISCONNECT:
             if reason is CloseReason.SHUTDOWN:
-                fast.write(_chunk(self.last_retry()))
-            fast.write(b"0\r\n\r\n")  # the last chunk: a clean end of the response
-            fast.end()
+                fast.write(self.framed(self.last_retry()))
+            if self.gzip is None:
+                fast.write(LAST_CHUNK)  # a clean end of the response
+            fast.end()  # gzip: the encoder ends the member and writes the last chunk
 
     def last_retry(self) -> bytes:
         """The ``retry:`` block that ends a stream the server stops: a delay drawn
         at random from ``retry_ms``, so its clients do not all return at once."""
         return encode_event(retry=random.randint(*self.retry_ms))
+
+    def framed(self, frame: bytes) -> bytes:
+        """``frame`` as this connection writes it: in its HTTP/1.1 chunk unless
+        something else frames it (ASGI ``send``, or the fast path's gzip encoder)."""
+        return _chunk(frame) if self.chunked else frame
 
     def encoder(self) -> Callable[[Item], bytes]:
         if len(self.positions) == 1:
@@ -288,7 +315,7 @@ class _Connection:
         fast = self.fast
         if fast is not None:
             if self.subscription._write is not None:
-                fast.write(EXPIRED_CHUNK)
+                fast.write(EXPIRED_CHUNK if self.chunked else EXPIRED)
             self.subscription.close(CloseReason.CLOSED)  # finish() ends the response
         else:
             self.expired = True
@@ -298,7 +325,7 @@ class _Connection:
         fast = self.fast
         if fast is not None:
             if self.subscription._write is not None:
-                fast.write(PING_CHUNK)
+                fast.write(PING_CHUNK if self.chunked else PING)
         else:
             self.ping_due = True
             self.subscription.wakeup()
@@ -322,6 +349,9 @@ class SSEStream:
         on_open: Called with +1 when the stream starts and -1 when it ends.
         expires: When the client's token expires (Unix seconds): the stream
             ends then with an ``expired`` event. None: never.
+        compression: ``"gzip"``: gzip the stream when the request's
+            ``Accept-Encoding`` accepts it, flushed after every batch of
+            events; ``"off"`` (default): never.
     """
 
     def __init__(
@@ -338,24 +368,32 @@ class SSEStream:
         headers: Iterable[tuple[bytes, bytes]] = (),
         on_open: Callable[[int], None] | None = None,
         expires: float | None = None,
+        compression: str = "off",
     ) -> None:
         self.hub = hub
         self.channels = list(channels)
         if not self.channels:
             raise ValueError("an SSE stream needs at least one channel")
+        if compression not in SSE_COMPRESSION:
+            raise ValueError(f"compression must be 'off' or 'gzip', not {compression!r}")
+        self.compressible = compression == "gzip"
         self.cursor = dict(cursor or {})
         self.retry_ms = round(retry * 1000)
         self.retry_spread_ms = round(retry_spread * 1000)
         self.keepalive = keepalive
         self.outbox_max_bytes = outbox_max_bytes
         self.overflow = overflow
-        self.headers = [*SSE_HEADERS, *headers]
+        self.headers = [*SSE_HEADERS, *([VARY] if self.compressible else []), *headers]
         self.on_open = on_open
         self.expires = expires
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gzip = (
+            GzipStream() if self.compressible and accepts_gzip(scope.get("headers", ())) else None
+        )
         if scope.get("method") == "HEAD":
-            await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+            headers = [*self.headers, CONTENT_ENCODING] if gzip is not None else self.headers
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
             return
         subscription = self.hub.subscription(
@@ -378,11 +416,14 @@ class SSEStream:
             connection = _Connection(
                 subscription,
                 positions,
-                chunked=fast is not None,
+                chunked=fast is not None and gzip is None,
                 keepalive=self.keepalive,
                 on_open=self.on_open,
                 retry_ms=(self.retry_ms, self.retry_ms + self.retry_spread_ms),
+                gzip=gzip,
             )
+            if gzip is not None:
+                send = GzipSend(send, gzip)  # every body compressed and flushed
             head = encode_event(retry=self.retry_ms, id=encode_cursor(positions))
             await send({"type": "http.response.start", "status": 200, "headers": self.headers})
             await send({"type": "http.response.body", "body": head, "more_body": True})
@@ -479,7 +520,8 @@ class SSEEndpoint:
 
     Reads the channels and the resume cursor (``Last-Event-ID`` header first,
     then ``?last_event_id=``: a reconnecting browser keeps the original URL
-    and sends the header) and runs an :class:`SSEStream`. Bad input gets a
+    and sends the header) and runs an :class:`SSEStream`, gzip-coded when
+    ``compression`` is ``"gzip"`` and the client accepts it. Bad input gets a
     400, a refused credential a 401 and a forbidden channel a 401 or 403, each
     with a JSON error body before anything is subscribed.
     """
@@ -496,9 +538,13 @@ class SSEEndpoint:
         outbox_max_bytes: int | None = None,
         overflow: OverflowPolicy | str | None = None,
         on_open: Callable[[int], None] | None = None,
+        compression: str = "off",
     ) -> None:
+        if compression not in SSE_COMPRESSION:
+            raise ValueError(f"compression must be 'off' or 'gzip', not {compression!r}")
         self.hub = hub
         self.authority = authority if authority is not None else Authority(hub.namespaces)
+        self.compression = compression
         self.retry = retry
         self.retry_spread = retry_spread
         self.keepalive = keepalive
@@ -546,5 +592,6 @@ class SSEEndpoint:
             overflow=self.overflow,
             on_open=self.on_open,
             expires=caller.principal.expires,
+            compression=self.compression,
         )
         await stream(scope, receive, send)

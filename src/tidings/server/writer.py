@@ -8,7 +8,10 @@ extension is absent and the transports use plain ASGI ``send``.
 
 Bytes written must already be framed for the connection: an HTTP/1.1 chunk
 for a streaming response (after ``http.response.start`` went through ASGI),
-a whole WebSocket frame for a WebSocket (after ``websocket.accept``).
+a whole WebSocket frame for a WebSocket (after ``websocket.accept``). A
+response with a content coding (gzip, ``server/compression.py``) attaches a
+:class:`BodyEncoder` instead: it writes the body unframed, and the encoder
+codes and frames each batch of writes on its way to the transport.
 """
 
 from __future__ import annotations
@@ -16,7 +19,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["FAST_WRITE", "FastWrite", "HTTPFastWrite", "WebSocketFastWrite", "WriteListener"]
+__all__ = [
+    "FAST_WRITE",
+    "BodyEncoder",
+    "FastWrite",
+    "HTTPFastWrite",
+    "WebSocketFastWrite",
+    "WriteListener",
+]
 
 FAST_WRITE = "tidings.write"
 
@@ -35,6 +45,17 @@ class WriteListener(Protocol):
 
     def shutdown(self) -> None:
         """The server is shutting down: finish the response or close the socket."""
+
+
+class BodyEncoder(Protocol):
+    """Codes and frames an HTTP response body on the fast path, one batch of writes at a time."""
+
+    def encode_batch(self, data: bytes) -> bytes:
+        """``data`` (every write of one batch, joined) coded and framed in HTTP/1.1
+        chunks, decodable by the client at once."""
+
+    def encode_last(self, data: bytes) -> bytes:
+        """The last batch, the end of the coding and the last chunk of the body."""
 
 
 class FastWrite(Protocol):
@@ -60,8 +81,21 @@ class FastWrite(Protocol):
 class HTTPFastWrite(FastWrite, Protocol):
     """The extension on an HTTP request: raw chunks, and a response that outlives its call."""
 
+    def attach(
+        self, listener: WriteListener, encoder: BodyEncoder | None = None
+    ) -> Callable[[bytes], object] | None:
+        """Register ``listener`` and return the connection's ``write``; ``None`` if closed.
+
+        With ``encoder``, what is written is the body itself, unframed: each
+        batch of writes goes through ``encoder.encode_batch`` to the transport.
+        """
+
     def end(self) -> None:
-        """Close the connection once what is buffered has been sent."""
+        """Close the connection once what is buffered has been sent.
+
+        With an encoder, what is buffered goes through ``encoder.encode_last``,
+        which ends the body; without one, the caller has written the last chunk.
+        """
 
     def hand_off(self) -> None:
         """The response goes on after the ASGI call returns.

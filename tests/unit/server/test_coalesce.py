@@ -70,3 +70,39 @@ async def test_flush_discard_and_closing_transport() -> None:
     await turns(3)
     assert transport.calls == [[b"now"]]
     assert writer.pending_bytes == 0
+
+
+class Upper:
+    """A BodyEncoder that shows what it was given: each batch in brackets."""
+
+    def encode_batch(self, data: bytes) -> bytes:
+        return b"[" + data.upper() + b"]"
+
+    def encode_last(self, data: bytes) -> bytes:
+        return b"[" + data.upper() + b"]END"
+
+
+async def test_an_encoder_gets_each_burst_joined_and_the_last_one_ends_the_body() -> None:
+    transport = Transport()
+    writer = CoalescingWriter(transport, Upper())  # type: ignore[arg-type]
+    writer.write(b"a")
+    writer.write(b"b")
+    await turns(3)
+    assert transport.calls == [[b"[AB]"]]
+    writer.write(b"c")
+    writer.finish()
+    assert transport.calls == [[b"[AB]"], [b"[C]END"]]
+    assert writer.pending_bytes == 0
+
+
+async def test_finish_without_an_encoder_is_a_flush() -> None:
+    transport = Transport()
+    writer = CoalescingWriter(transport)  # type: ignore[arg-type]
+    writer.write(b"x")
+    writer.finish()
+    assert transport.calls == [[b"x"]]
+    transport.closing = True
+    encoded = CoalescingWriter(transport, Upper())  # type: ignore[arg-type]
+    encoded.write(b"y")
+    encoded.finish()
+    assert transport.calls == [[b"x"]]  # a closing transport gets nothing

@@ -111,3 +111,9 @@ def test_the_range_is_checked_for_the_guarded_classes_too(
     assert (config.http, config.ws) == ("httptools", "websockets-sansio")
     [record] = caplog.records
     assert "no request-head limits" in record.getMessage()
+
+
+@pytest.mark.parametrize(("setting", "deflate"), [("off", False), ("deflate", True)])
+def test_ws_compression_sets_permessage_deflate(setting: str, deflate: bool) -> None:
+    config = uvicorn_config(app, Settings(ws_compression=setting))
+    assert config.ws_per_message_deflate is deflate

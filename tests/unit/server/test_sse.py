@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +13,7 @@ from tests.support.env import TIMEOUT
 from tidings.hub import Hub, Reset
 from tidings.hub.event import Event
 from tidings.server.sse import SSE_CHUNK, SSE_FRAME, SSEKeepalive, SSEStream
-from tidings.server.writer import FAST_WRITE, WriteListener
+from tidings.server.writer import FAST_WRITE, BodyEncoder, WriteListener
 from tidings.types import Position
 from tidings.wire.cursor import decode_cursor
 from tidings.wire.sse import SSEDecoder
@@ -60,19 +61,24 @@ class FakeFastWrite:
         self.paused = False
         self.written: list[bytes] = []
         self.listener: WriteListener | None = None
+        self.encoder: BodyEncoder | None = None
         self.aborted = False
         self.attached = asyncio.Event()
         self.wrote = asyncio.Event()
         self.closed = False
         self.handed_off = False
 
-    def attach(self, listener: WriteListener) -> Callable[[bytes], object]:
+    def attach(
+        self, listener: WriteListener, encoder: BodyEncoder | None = None
+    ) -> Callable[[bytes], object]:
         self.listener = listener
+        self.encoder = encoder
         self.attached.set()
         return self.record
 
     def record(self, data: bytes) -> None:
-        self.written.append(data)
+        # Every write is a batch of its own here (no coalescing writer).
+        self.written.append(data if self.encoder is None else self.encoder.encode_batch(data))
         self.wrote.set()
 
     def detach(self) -> None:
@@ -87,18 +93,22 @@ class FakeFastWrite:
             self.listener.connection_lost()
 
     def end(self) -> None:
+        if self.encoder is not None:
+            self.written.append(self.encoder.encode_last(b""))
         self.closed = True
 
     def hand_off(self) -> None:
         self.handed_off = True
 
 
-def scope(fast: FakeFastWrite | None = None) -> dict[str, Any]:
+def scope(
+    fast: FakeFastWrite | None = None, headers: list[tuple[bytes, bytes]] | None = None
+) -> dict[str, Any]:
     return {
         "type": "http",
         "method": "GET",
         "path": "/sse",
-        "headers": [],
+        "headers": headers or [],
         "extensions": {FAST_WRITE: fast} if fast is not None else {},
     }
 
@@ -315,3 +325,79 @@ async def test_head_gets_headers_only(method: str) -> None:
         assert client.messages[0]["status"] == 200
         assert client.body == b""
         assert hub.stats().subscriptions == 0
+
+
+GZIP = [(b"accept-encoding", b"gzip")]
+
+
+async def test_gzip_asgi_path_flushes_every_body_and_ends_the_member_at_shutdown() -> None:
+    async with Hub() as hub:
+        client = FakeClient()
+        stream = SSEStream(hub, ["a"], compression="gzip")
+        task = asyncio.create_task(stream(scope(headers=GZIP), client.receive, client.send))
+        await client.wait_for(lambda: len(client.messages) == 2)
+        headers = client.messages[0]["headers"]
+        assert (b"content-encoding", b"gzip") in headers
+        assert (b"vary", b"accept-encoding") in headers
+        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        assert decoder.decompress(client.body).startswith(b"retry: 3000\nid: a:")
+        await hub.publish("a", 1)
+        await client.wait_for(lambda: len(client.messages) == 3)
+        # Everything sent so far decodes: the batch was flushed.
+        assert (
+            decode(zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(client.body))[-1].data == "1"
+        )
+    await asyncio.wait_for(task, TIMEOUT)  # the hub closed: shutdown ends the stream
+    whole = zlib.decompress(client.body, 16 + zlib.MAX_WBITS)  # a complete member
+    assert whole.endswith(b"\n\n")
+    assert b"retry: " in whole.rsplit(b"data: 1", 1)[1]
+
+
+async def test_gzip_fast_path_writes_unchunked_frames_through_the_encoder() -> None:
+    async with Hub() as hub:
+        client = FakeClient()
+        fast = FakeFastWrite()
+        stream = SSEStream(hub, ["a"], compression="gzip")
+        await asyncio.wait_for(stream(scope(fast, GZIP), client.receive, client.send), TIMEOUT)
+        assert fast.encoder is not None
+        assert (b"content-encoding", b"gzip") in client.messages[0]["headers"]
+        await hub.publish("a", 1)
+        assert fast.listener is not None
+        fast.listener.shutdown()
+        assert fast.closed
+        assert fast.written[-1].endswith(b"0\r\n\r\n")  # the encoder ended the body
+        # The head went through ASGI send, the rest through the fast path's encoder.
+        body = client.body + unchunk(b"".join(fast.written)[: -len(b"0\r\n\r\n")])
+        whole = zlib.decompress(body, 16 + zlib.MAX_WBITS)
+        assert [event.data for event in decode(whole)] == ["1"]
+        assert b"retry: " in whole.rsplit(b"data: 1", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("compression", "headers", "coded", "vary"),
+    [
+        ("gzip", [(b"accept-encoding", b"identity")], False, True),
+        ("gzip", [], False, True),
+        ("off", GZIP, False, False),
+        ("gzip", GZIP, True, True),
+    ],
+)
+async def test_gzip_only_when_enabled_and_accepted(
+    compression: str, headers: list[tuple[bytes, bytes]], coded: bool, vary: bool
+) -> None:
+    async with Hub() as hub:
+        client = FakeClient()
+        stream = SSEStream(hub, ["a"], compression=compression)
+        task = asyncio.create_task(stream(scope(headers=headers), client.receive, client.send))
+        await client.wait_for(lambda: len(client.messages) == 2)
+        start = client.messages[0]["headers"]
+        assert ((b"content-encoding", b"gzip") in start) is coded
+        assert ((b"vary", b"accept-encoding") in start) is vary
+        assert client.body.startswith(b"retry: ") is not coded
+        client.disconnect()
+        await asyncio.wait_for(task, TIMEOUT)
+
+
+def test_unknown_compression_is_refused() -> None:
+    with pytest.raises(ValueError, match="compression must be 'off' or 'gzip'"):
+        SSEStream(Hub(), ["a"], compression="br")
