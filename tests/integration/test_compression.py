@@ -197,10 +197,10 @@ async def test_llm_streams_are_compressed(client: httpx.AsyncClient) -> None:
         reader = GzipSSEReader(response)
         replayed = []
         async with asyncio.timeout(TIMEOUT):
-            while not replayed or replayed[-1].type != "end":
+            while not replayed or replayed[-1].event != "end":
                 replayed += await reader.events(1)
         await reader.aclose()
-        assert len([e for e in replayed if e.type == "message"]) == len(chunks)
+        assert len([e for e in replayed if e.event == "message"]) == len(chunks)
 
 
 @pytest.mark.parametrize("fast_write", [True, False], ids=["fast", "asgi"])
