@@ -17,6 +17,7 @@ from tidings.errors import (
     InvalidPublication,
     PermissionDenied,
     PublishError,
+    Rejected,
     SubscriptionClosed,
     TidingsError,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "PermissionDenied",
     "Position",
     "PublishError",
+    "Rejected",
     "Reset",
     "Subscription",
     "SubscriptionClosed",

@@ -183,6 +183,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--no-demo", dest="demo", action="store_false", default=None, help="no demo pages"
     )
     serve.add_argument(
+        "--static",
+        dest="static_dir",
+        metavar="DIR",
+        help="serve the files of DIR at / (its index.html at /); the demo stays under /static/",
+    )
+    serve.add_argument(
         "--allow-anonymous",
         action="store_true",
         default=None,
@@ -305,6 +311,7 @@ def _serve(args: argparse.Namespace) -> int:
             redis_prefix=args.redis_prefix,
             fast_write=args.fast_write,
             demo=args.demo,
+            static_dir=args.static_dir,
             allow_anonymous=args.allow_anonymous,
             http2=args.http2,
             certfile=args.certfile,

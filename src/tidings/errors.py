@@ -14,6 +14,9 @@
     ├── InvalidPublication(…, ValueError) bad event type, data or size; nothing was published
     ├── Unauthorized                      no identity, or a refused token or key (.reason)
     ├── PermissionDenied                  (.channel, .action): the namespace forbids the action
+    ├── Rejected                          a hook refused (.code, .message, .status)
+    ├── HookFailed                        a hook raised an unexpected error or timed out (.hook)
+    ├── ProxyUnavailable                  a proxy hook's backend failed to answer (.hook, .reason)
     ├── PublishError                      a publish did not happen; nothing was half-applied
     │   ├── BackendUnavailable            the backend is down or timing out (.backend)
     │   ├── ShuttingDown                  the server is draining (.retry_after)
@@ -41,11 +44,14 @@ Tidings so that every layer can use it.
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "AlreadySubscribed",
     "BackendUnavailable",
     "ConnectionClosed",
     "FrameTooLarge",
+    "HookFailed",
     "IntegerOutOfRange",
     "InvalidChannel",
     "InvalidChatRequest",
@@ -54,11 +60,13 @@ __all__ = [
     "InvalidURL",
     "PermissionDenied",
     "ProtocolError",
+    "ProxyUnavailable",
     "PublishError",
     "PublishRejected",
     "QueueFull",
     "RateLimited",
     "ReconnectExhausted",
+    "Rejected",
     "RequestRejected",
     "RequestTimeout",
     "ServerUnavailable",
@@ -236,6 +244,71 @@ class PermissionDenied(TidingsError):
         super().__init__(f"{action} is not allowed on channel {channel!r}")
         self.channel = channel
         self.action = action
+
+
+#: What a :class:`Rejected` code may be: the characters of Tidings' own codes.
+_REJECTED_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
+#: Longest message of a :class:`Rejected` that reaches a client (longer ones are cut).
+REJECTED_MESSAGE_MAX = 512
+
+
+class Rejected(TidingsError):
+    """A hook refused a connect, subscribe or publish; nothing was changed.
+
+    Raise it from an ``on_connect``, ``on_subscribe`` or ``on_publish`` hook
+    (``docs/howto/hooks.md``); a proxy hook raises it for a 4xx answer of its
+    backend. The client gets ``code`` and ``message`` as they are: an HTTP
+    ``status`` answer with ``{"error": {"code", "message"}}``, or a WebSocket
+    error reply with that code.
+
+    Args:
+        code: The error code the client sees: 1-64 of ``A-Z a-z 0-9 _ . : -``.
+        message: The explanation the client sees (cut to 512 characters).
+        status: The HTTP status of the refusal, 400-499 (default 403).
+
+    Raises:
+        ValueError: ``code`` or ``status`` is not one of those.
+    """
+
+    code = "rejected"
+
+    def __init__(self, code: str = "rejected", message: str = "", *, status: int = 403) -> None:
+        if not isinstance(code, str) or not _REJECTED_CODE.match(code):
+            raise ValueError("a Rejected code must be 1-64 of A-Z a-z 0-9 _ . : -")
+        if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 499:
+            raise ValueError(f"a Rejected status must be 400-499, not {status!r}")
+        message = str(message or "refused")
+        if len(message) > REJECTED_MESSAGE_MAX:
+            message = message[: REJECTED_MESSAGE_MAX - 3] + "..."
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+class HookFailed(TidingsError):
+    """A hook raised something other than a Tidings error, or did not answer in
+    time; the request is refused (HTTP 500) and the cause is logged."""
+
+    code = "hook_failed"
+
+    def __init__(self, hook: str, reason: str) -> None:
+        super().__init__(f"the {hook} hook failed: {reason}")
+        self.hook = hook
+        self.reason = reason
+
+
+class ProxyUnavailable(TidingsError):
+    """A proxy hook's backend is down, timed out, answered 5xx or an unreadable
+    body; the request is refused (fail closed, HTTP 503) and the cause is logged."""
+
+    code = "proxy_unavailable"
+
+    def __init__(self, hook: str, reason: str, *, retry_after: float | None = 1.0) -> None:
+        super().__init__(f"the {hook} proxy is unavailable: {reason}")
+        self.hook = hook
+        self.reason = reason
+        self.retry_after = retry_after
 
 
 class PublishError(TidingsError):

@@ -60,6 +60,22 @@ SSE_COMPRESSIONS = ("off", "gzip")
 WS_COMPRESSIONS = ("off", "deflate")
 #: The byte bound of each ``llm:`` channel's history unless ``[namespaces.llm]`` sets one.
 LLM_HISTORY_MAX_BYTES = 64 * 1024 * 1024
+#: An HTTP header name (RFC 9110 token), as ``proxy_headers`` lists them.
+_HEADER_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+\Z")
+#: Headers of the proxy's own request, which no client may set.
+_NOT_FORWARDED = frozenset(
+    {
+        "host",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "expect",
+    }
+)
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: Default bound of one answer (history, presence, channel list): 1 MiB.
 DEFAULT_MAX_REPLY_BYTES = 1024 * 1024
@@ -150,6 +166,18 @@ class Settings:
     # Drain: how long a stopping server gives its connections and generations
     # (docs/operations.md, "Drain").
     drain_timeout: float = 30.0
+    # Pages of your own at / (docs/howto/hooks.md).
+    static_dir: str = ""
+    # Hooks: how long an on_connect / on_subscribe / on_publish callable may take,
+    # and the proxy hooks that POST to the user's backend (docs/howto/hooks.md).
+    hook_timeout: float = 3.0
+    proxy_connect_url: str = ""
+    proxy_subscribe_url: str = ""
+    proxy_publish_url: str = ""
+    proxy_timeout: float = 3.0
+    proxy_headers: str = ""
+    proxy_max_body_bytes: int = 64 * 1024
+    proxy_max_connections: int = 100
     namespaces: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     llm: LLMConfig = field(default_factory=lambda: LLMConfig.from_table({}))
 
@@ -230,6 +258,7 @@ class Settings:
         self.trusted_networks()
         self._check_http2()
         self._check_operations()
+        self._check_hooks()
         if not isinstance(self.llm, LLMConfig):
             raise SettingsError("llm must be an LLMConfig (LLMConfig.from_table reads a table)")
         self.namespace_options()  # refuse bad namespace tables now, not at first use
@@ -267,6 +296,47 @@ class Settings:
                 raise SettingsError(
                     f"{name} must be one of {', '.join(choices)}, not {getattr(self, name)!r}"
                 )
+
+    def _check_hooks(self) -> None:
+        for name in ("hook_timeout", "proxy_timeout"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be > 0 seconds")
+        for name in ("proxy_max_body_bytes", "proxy_max_connections"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be > 0")
+        for name, url in self.proxy_urls().items():
+            # The URL may hold a password: the message names the setting, never the value.
+            try:
+                parts = urlsplit(url)
+                valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+                _ = parts.port
+            except ValueError:
+                valid = False
+            if not valid:
+                raise SettingsError(f"{name} must be an http:// or https:// URL with a host")
+        self.proxy_header_names()
+
+    def proxy_urls(self) -> dict[str, str]:
+        """The proxy hook URLs that are set, by setting name."""
+        names = ("proxy_connect_url", "proxy_subscribe_url", "proxy_publish_url")
+        return {name: getattr(self, name) for name in names if getattr(self, name)}
+
+    def proxy_header_names(self) -> tuple[str, ...]:
+        """The request headers ``proxy_headers`` passes on to the proxy hooks (lower case)."""
+        names: list[str] = []
+        entries = filter(None, map(str.strip, self.proxy_headers.split(",")))
+        for place, entry in enumerate(entries, 1):
+            name = entry.lower()
+            if not _HEADER_NAME.match(name):
+                raise SettingsError(f"proxy_headers: entry {place} is not a header name")
+            if name in _NOT_FORWARDED:
+                raise SettingsError(
+                    f"proxy_headers: {name} describes the request to the backend itself; "
+                    "it cannot be passed on"
+                )
+            if name not in names:
+                names.append(name)
+        return tuple(names)
 
     @property
     def authentication(self) -> bool:

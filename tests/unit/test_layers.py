@@ -30,7 +30,13 @@ FENCED = {
     "starlette": ("server/", "testing.py"),
     "fastapi": (),
     "redis": ("hub/backends/redis/",),
-    "httpx": ("client/", "llm/providers/openai.py", "cli.py", "bench.py"),
+    "httpx": (
+        "client/",
+        "llm/providers/openai.py",
+        "server/proxy.py",
+        "cli.py",
+        "bench.py",
+    ),
     "websockets": ("client/socket.py", "server/fastwrite.py", "server/guard.py", "bench.py"),
     "uvicorn": (
         "cli.py",

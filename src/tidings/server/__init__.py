@@ -1,8 +1,19 @@
 """ASGI transports on top of the hub: the only package that imports Starlette."""
 
 from tidings.server.app import build_hub, create_app
+from tidings.server.hooks import ConnectContext, Hooks, PublishContext, SubscribeContext
 from tidings.server.responses import SSEResponse
 from tidings.server.sse import SSEStream
 from tidings.server.websocket import WebSocketEndpoint
 
-__all__ = ["SSEResponse", "SSEStream", "WebSocketEndpoint", "build_hub", "create_app"]
+__all__ = [
+    "ConnectContext",
+    "Hooks",
+    "PublishContext",
+    "SSEResponse",
+    "SSEStream",
+    "SubscribeContext",
+    "WebSocketEndpoint",
+    "build_hub",
+    "create_app",
+]

@@ -424,12 +424,14 @@ class Connection:
                 raise ProtocolError("connect must be the first command of a connection")
             principal = caller.principal
             user = principal.sub if principal.kind is Kind.CLIENT else None
-            self.subscription.client = ops.client_info(
-                self.client_id,
-                user,
-                command,
-                max_info_bytes=self.endpoint.presence_info_max_bytes,
-            )
+            if caller.info is None:
+                self.subscription.client = ops.client_info(
+                    self.client_id,
+                    user,
+                    command,
+                    max_info_bytes=self.endpoint.presence_info_max_bytes,
+                )
+            # else the on_connect hook's info stays the presence info: the server's word wins.
             return {"client": self.client_id}
         if isinstance(command, protocol.Unsubscribe):
             return ops.unsubscribe(self.subscription, command)

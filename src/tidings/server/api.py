@@ -66,6 +66,7 @@ def _caller(request: Request) -> ops.Caller:
         authority.principal(request.scope),
         authority.peer(request.scope),
         state.gate,
+        headers=request.scope.get("headers", ()),
     )
 
 

@@ -24,10 +24,12 @@ from tidings.server import api, session
 from tidings.server.auth import Authority, TokenVerifier
 from tidings.server.browser import browser_middleware
 from tidings.server.errors import error_response
+from tidings.server.hooks import Hooks, OnConnect, OnPublish, OnSubscribe
 from tidings.server.limits import ConnectionLimits, ConnectionSlots
 from tidings.server.llm import ChatCompletions, StreamView, list_models
 from tidings.server.metrics import Metrics, metrics
 from tidings.server.peer import Peers
+from tidings.server.proxy import Proxy
 from tidings.server.rates import PublishGate, PublishRates
 from tidings.server.sse import SSEEndpoint, SSEKeepalive
 from tidings.server.state import ServerState
@@ -35,7 +37,7 @@ from tidings.server.websocket import WebSocketEndpoint
 from tidings.settings import Settings, SettingsError
 from tidings.wire.codes import ErrorCode
 
-__all__ = ["build_hub", "create_app"]
+__all__ = ["build_hooks", "build_hub", "create_app", "user_pages"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +77,10 @@ def build_hub(settings: Settings) -> Hub:
     )
 
 
-def build_authority(settings: Settings, namespaces: Namespaces) -> Authority:
-    """Create the one authorisation point that ``settings`` configure.
+def build_authority(
+    settings: Settings, namespaces: Namespaces, *, hooks: Hooks | None = None
+) -> Authority:
+    """Create the one authorisation point that ``settings`` configure, with ``hooks``.
 
     Raises:
         SettingsError: the JWT key file cannot be read or holds no key (the
@@ -100,7 +104,55 @@ def build_authority(settings: Settings, namespaces: Namespaces) -> Authority:
         api_keys=settings.api_key_map(),
         token_cookie=settings.token_cookie or None,
         peers=Peers(settings.trusted_networks()),
+        hooks=hooks,
     )
+
+
+def build_hooks(
+    settings: Settings,
+    *,
+    on_connect: OnConnect | None = None,
+    on_subscribe: OnSubscribe | None = None,
+    on_publish: OnPublish | None = None,
+) -> tuple[Hooks, Proxy | None]:
+    """The app's hooks: the callables given, and the proxy hooks ``settings``
+    configure (with the :class:`Proxy` that the app closes when it stops).
+
+    Raises:
+        SettingsError: a hook is given both as a callable and as a proxy URL.
+    """
+    given = {"connect": on_connect, "subscribe": on_subscribe, "publish": on_publish}
+    for setting in settings.proxy_urls():
+        name = setting.removeprefix("proxy_").removesuffix("_url")
+        if given[name] is not None:
+            raise SettingsError(f"on_{name} is given both as a callable and as {setting}")
+    proxy = Proxy.from_settings(settings)
+    if proxy is None:
+        hooks = Hooks(on_connect, on_subscribe, on_publish, timeout=settings.hook_timeout)
+        return hooks, None
+    hooks = Hooks(
+        on_connect=on_connect or proxy.connect,
+        on_subscribe=on_subscribe or proxy.subscribe,
+        on_publish=on_publish or proxy.publish,
+        timeout=settings.hook_timeout,
+    )
+    return hooks, proxy
+
+
+def user_pages(directory: str) -> StaticFiles:
+    """``static_dir`` served at ``/``: files as they are, ``index.html`` for a directory.
+
+    Starlette's StaticFiles refuses paths out of the directory (``..``, and
+    symbolic links that lead out of it).
+
+    Raises:
+        SettingsError: ``directory`` does not exist or is not a directory.
+    """
+    path = Path(directory).expanduser()
+    if not path.is_dir():
+        what = "is not a directory" if path.exists() else "does not exist"
+        raise SettingsError(f"static_dir: {directory} {what}")
+    return StaticFiles(directory=path, html=True)
 
 
 def publish_rates(settings: Settings) -> PublishRates:
@@ -127,7 +179,14 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
 
 
-def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Starlette:
+def create_app(
+    hub: Hub | None = None,
+    settings: Settings | None = None,
+    *,
+    on_connect: OnConnect | None = None,
+    on_subscribe: OnSubscribe | None = None,
+    on_publish: OnPublish | None = None,
+) -> Starlette:
     """Build the Tidings ASGI app.
 
     Args:
@@ -135,11 +194,24 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Star
             app starts it on startup; it closes it on shutdown only if it
             built it.
         settings: Server settings; the defaults when omitted.
+        on_connect, on_subscribe, on_publish: Async hooks that may refuse
+            (raise :class:`~tidings.errors.Rejected`) or rewrite a client's
+            connect, read or publish (``docs/howto/hooks.md``); each bounded
+            by ``settings.hook_timeout``.
+
+    Raises:
+        SettingsError: ``static_dir`` is not a directory, a JWT key file
+            cannot be used, or a hook is given both as a callable and as a
+            proxy URL.
 
     The app is a Starlette app: mount it in your own app, or run it with any
     ASGI server. ``tidings serve`` runs it on uvicorn with the fast write path.
     """
     settings = settings or Settings()
+    pages = user_pages(settings.static_dir) if settings.static_dir else None
+    hooks, proxy = build_hooks(
+        settings, on_connect=on_connect, on_subscribe=on_subscribe, on_publish=on_publish
+    )
     owns_hub = hub is None
     hub = hub if hub is not None else build_hub(settings)
     keepalive = SSEKeepalive(settings.sse_keepalive)
@@ -157,7 +229,7 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Star
         if llm.enabled
         else None
     )
-    authority = build_authority(settings, hub.namespaces)
+    authority = build_authority(settings, hub.namespaces, hooks=hooks)
     slots = ConnectionSlots(settings.max_connections, settings.max_connections_per_client)
     state = ServerState(
         hub=hub,
@@ -203,7 +275,11 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Star
         try:
             yield
         finally:
-            await state.shutdown(close_hub=owns_hub)
+            try:
+                await state.shutdown(close_hub=owns_hub)
+            finally:
+                if proxy is not None:
+                    await proxy.aclose()
 
     routes: list[BaseRoute] = [
         Route("/sse", sse, methods=["GET"]),
@@ -244,7 +320,10 @@ def create_app(hub: Hub | None = None, settings: Settings | None = None) -> Star
         routes.append(Route("/v1/chat/completions", completions, methods=["POST"]))
         routes.append(Route("/v1/models", list_models, methods=["GET"]))
         routes.append(Route("/v1/streams/{stream_id}", streams, methods=["GET", "DELETE"]))
-    if settings.demo:
+    if pages is not None:
+        # Last: every route above wins, then the user's files (their index.html at /).
+        routes.append(Mount("/", pages, name="pages"))
+    elif settings.demo:
         routes.append(Route("/", lambda request: FileResponse(STATIC / "index.html")))
     app = Starlette(
         routes=routes,

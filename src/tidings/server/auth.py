@@ -34,6 +34,10 @@ channel, in this order:
    may while no authentication is configured (the quick start), and nobody
    may once a JWT key or an API key is.
 
+An authority may carry :class:`~tidings.server.hooks.Hooks`: after
+``authorize()`` allowed a client's connect, read or publish, ``server/ops.py``
+asks them too, so a hook can narrow what these rules allow, never widen it.
+
 Server-wide actions (listing channels, stats, metrics) need the server
 principal once authentication is configured; creating an LLM generation
 needs any identity then. Decisions are made when a subscription or request
@@ -53,7 +57,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import jwt
@@ -62,6 +66,9 @@ from starlette.types import Scope
 from tidings.errors import PermissionDenied, Unauthorized
 from tidings.hub.names import PUBLISH_WITH_TOKEN, NamespaceOptions, Namespaces
 from tidings.server.peer import Peers
+
+if TYPE_CHECKING:
+    from tidings.server.hooks import Hooks
 
 __all__ = [
     "ANONYMOUS",
@@ -358,6 +365,9 @@ class Authority:
         token_cookie: Name of a cookie to read a token from; None reads none.
         peers: Works out client addresses (trusting which proxies); by default
             the socket's peer, with ``X-Forwarded-For`` ignored.
+        hooks: Asked after this authority allowed a client's connect, read
+            or publish (``server/hooks.py``); None, or hooks that are all
+            None, asks nothing.
     """
 
     def __init__(
@@ -368,8 +378,10 @@ class Authority:
         api_keys: Mapping[str, str] | None = None,
         token_cookie: str | None = None,
         peers: Peers | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.namespaces = namespaces
+        self.hooks = hooks if hooks else None
         self.verifier = verifier
         self.api_keys = dict(api_keys or {})
         self.token_cookie = token_cookie or None

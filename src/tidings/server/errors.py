@@ -23,14 +23,17 @@ from tidings.errors import (
     AlreadySubscribed,
     BackendUnavailable,
     FrameTooLarge,
+    HookFailed,
     InvalidChannel,
     InvalidCursor,
     InvalidPublication,
     PermissionDenied,
     ProtocolError,
+    ProxyUnavailable,
     PublishError,
     QueueFull,
     RateLimited,
+    Rejected,
     ShuttingDown,
     StreamRejected,
     SubscriptionClosed,
@@ -72,6 +75,10 @@ ERRORS: tuple[tuple[type[TidingsError], int, CloseCode], ...] = (
     (SubscriptionClosed, 400, CloseCode.BAD_REQUEST),
     (Unauthorized, 401, CloseCode.UNAUTHORIZED),
     (PermissionDenied, 403, CloseCode.BAD_REQUEST),
+    # A hook's refusal carries its own status (400-499); 403 is its default.
+    (Rejected, 403, CloseCode.FORBIDDEN),
+    (HookFailed, 500, CloseCode.INTERNAL_ERROR),
+    (ProxyUnavailable, 503, CloseCode.TRY_AGAIN_LATER),
     (BackendUnavailable, 503, CloseCode.INTERNAL_ERROR),
     (ShuttingDown, 503, CloseCode.SHUTDOWN),
     (TooManyConnections, 503, CloseCode.TRY_AGAIN_LATER),
@@ -98,6 +105,8 @@ def _row(exc: TidingsError) -> tuple[int, CloseCode]:
 
 def http_status(exc: TidingsError) -> int:
     """Return the HTTP status for ``exc`` (500 when no row matches)."""
+    if isinstance(exc, Rejected):
+        return exc.status
     if exc.code in CODE_STATUS:
         return CODE_STATUS[exc.code]
     return _row(exc)[0]

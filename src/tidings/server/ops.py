@@ -6,7 +6,11 @@ functions; no transport talks to the hub about a client's request by itself.
 Every operation runs for a :class:`Caller` (the hub, the authority and the
 request's principal) and asks :meth:`Authority.authorize
 <tidings.server.auth.Authority.authorize>` first, through :func:`permit`:
-the one place that decides whether a client may do it. Decisions are made
+the one place that decides whether a client may do it. When the authority
+carries hooks (``server/hooks.py``), they run right after it allowed the
+operation, here and nowhere else: :func:`connect` for a stream or socket
+that opens, :func:`admit` before a read, and :func:`publish` before the
+data reaches the hub. Decisions are made
 when a request or subscription starts, never per delivered event. Each
 answer is one document, the same for an HTTP body and a WebSocket reply,
 with event data as :class:`protocol.Raw` so that JSON and MessagePack each
@@ -16,12 +20,16 @@ embed it without decoding it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.datastructures import Headers
+
 from tidings.errors import (
     AlreadySubscribed,
+    HookFailed,
     InvalidChannel,
     InvalidCursor,
     ProtocolError,
@@ -36,6 +44,7 @@ from tidings.hub import (
     validate_channel,
 )
 from tidings.server.auth import ANONYMOUS, Action, Authority, Principal
+from tidings.server.hooks import ConnectContext, PublishContext, SubscribeContext
 from tidings.server.rates import PublishGate, TokenBucket
 from tidings.settings import DEFAULT_MAX_REPLY_BYTES
 from tidings.types import Position
@@ -47,8 +56,10 @@ __all__ = [
     "DEFAULT_HISTORY_LIMIT",
     "Action",
     "Caller",
+    "admit",
     "channels",
     "client_info",
+    "connect",
     "history",
     "history_reply_cost",
     "permit",
@@ -59,6 +70,8 @@ __all__ = [
     "subscribed_result",
     "unsubscribe",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Events a history request returns when it names no limit.
 DEFAULT_HISTORY_LIMIT = 100
@@ -76,6 +89,9 @@ class Caller:
     the key of per-client limits; empty when unknown. ``gate`` admits
     publishes (rate limits, draining; None: every publish is admitted) and
     ``bucket`` is the connection's own publish bucket (WebSocket only).
+    ``transport`` (``http``, ``sse``, ``ws``) and ``headers`` (the request's
+    raw ASGI headers) are what hooks are told; ``info`` is what the
+    ``on_connect`` hook returned for the connection.
     """
 
     hub: Hub
@@ -84,6 +100,9 @@ class Caller:
     peer: str = ""
     gate: PublishGate | None = None
     bucket: TokenBucket | None = None
+    transport: str = "http"
+    headers: Sequence[tuple[bytes, bytes]] = ()
+    info: Any = None
 
     @classmethod
     def open(cls, hub: Hub) -> Caller:
@@ -108,6 +127,69 @@ def permit(caller: Caller, action: Action, channel: str) -> str:
     channel = validate_channel(channel)
     caller.authority.authorize(caller.principal, action, channel)
     return channel
+
+
+async def admit(caller: Caller, action: Action, channel: str) -> str:
+    """:func:`permit`, then, for a read (``subscribe``, ``history``, ``presence``),
+    the ``on_subscribe`` hook.
+
+    Returns:
+        The channel name, validated.
+
+    Raises:
+        InvalidChannel, Unauthorized, PermissionDenied: from :func:`permit`.
+        Rejected, HookFailed, ProxyUnavailable: the hook refused.
+    """
+    channel = permit(caller, action, channel)
+    hooks = caller.authority.hooks
+    if hooks is not None and hooks.on_subscribe is not None:
+        await hooks.subscribe(
+            SubscribeContext(
+                caller.principal,
+                caller.peer,
+                caller.transport,
+                Headers(raw=list(caller.headers)),
+                caller.info,
+                channel,
+                action.value,
+            )
+        )
+    return channel
+
+
+async def connect(caller: Caller, channels: Sequence[str]) -> Caller:
+    """Run the hooks of a stream or socket that opens: ``on_connect``, then
+    ``on_subscribe`` for each channel of its URL (authorised already by
+    :func:`request_channels`).
+
+    Returns:
+        The caller, with the info ``on_connect`` returned.
+
+    Raises:
+        Rejected, HookFailed, ProxyUnavailable: a hook refused.
+    """
+    hooks = caller.authority.hooks
+    if hooks is None:
+        return caller
+    if hooks.on_connect is not None:
+        context = ConnectContext(
+            caller.principal,
+            caller.peer,
+            caller.transport,
+            Headers(raw=list(caller.headers)),
+            tuple(channels),
+        )
+        info = await hooks.connect(context)
+        if info is not None:
+            try:
+                dumps_kept(info)
+            except TypeError as exc:
+                logger.error("on_connect hook returned info that is not JSON-serialisable: %s", exc)
+                raise HookFailed("on_connect", "it returned info that is not JSON") from None
+            caller = dataclasses.replace(caller, info=info)
+    for channel in channels:
+        await admit(caller, Action.SUBSCRIBE, channel)
+    return caller
 
 
 def request_channels(caller: Caller, names: Iterable[str], *, max_channels: int) -> list[str]:
@@ -139,10 +221,11 @@ async def subscribe(
 
     Raises:
         InvalidChannel, Unauthorized, PermissionDenied: from :func:`permit`.
+        Rejected, HookFailed, ProxyUnavailable: the ``on_subscribe`` hook refused.
         AlreadySubscribed: the subscription has the channel.
         ProtocolError: the subscription has ``max_channels`` channels.
     """
-    channel = permit(caller, Action.SUBSCRIBE, command.channel)
+    channel = await admit(caller, Action.SUBSCRIBE, command.channel)
     if channel in subscription.channels:
         raise AlreadySubscribed(channel)
     if len(subscription.channels) >= max_channels:
@@ -169,30 +252,70 @@ async def publish(caller: Caller, command: protocol.Publish) -> dict[str, Any]:
     """Publish ``command`` and return ``{"channel", "epoch", "offset"}``.
 
     The caller's gate admits it first (after :func:`permit`, so a refused
-    publish never spends a token).
+    publish never spends a token), then the ``on_publish`` hook may refuse it
+    or replace its data (inside the gate: a drain waits for it, and a rate
+    limit spares the hook's backend).
 
     Raises:
         InvalidChannel, Unauthorized, PermissionDenied: from :func:`permit`.
         RateLimited: a publish rate limit refused it (``retry_after``).
         ShuttingDown: the server is draining.
+        Rejected, HookFailed, ProxyUnavailable: the ``on_publish`` hook refused.
         InvalidPublication: a reserved event type, or data too large.
         PublishError: the backend did not publish it.
     """
     channel = permit(caller, Action.PUBLISH, command.channel)
     gate = caller.gate
-    if gate is None:
+    if gate is not None:
+        gate.admit(caller.principal, caller.peer, caller.bucket)
+    try:
+        hooks = caller.authority.hooks
+        if hooks is not None and hooks.on_publish is not None:
+            command = await _rewrite(caller, channel, command)
         position = await caller.hub.publish(
             channel, command.data, text=command.text, event=command.event, key=command.key
         )
-    else:
-        gate.admit(caller.principal, caller.peer, caller.bucket)
-        try:
-            position = await caller.hub.publish(
-                channel, command.data, text=command.text, event=command.event, key=command.key
-            )
-        finally:
+    finally:
+        if gate is not None:
             gate.settle()
     return {"channel": channel, "epoch": position.epoch, "offset": position.offset}
+
+
+async def _rewrite(caller: Caller, channel: str, command: protocol.Publish) -> protocol.Publish:
+    """The publish the ``on_publish`` hook lets through: ``command``, or its data replaced.
+
+    A text publish stays text when the replacement is a string; any other
+    replacement is JSON data.
+
+    Raises:
+        HookFailed: the replacement is not JSON-serialisable (logged).
+    """
+    hooks = caller.authority.hooks
+    assert hooks is not None
+    text = command.text is not None
+    replacement = await hooks.publish(
+        PublishContext(
+            caller.principal,
+            caller.peer,
+            caller.transport,
+            Headers(raw=list(caller.headers)),
+            caller.info,
+            channel,
+            command.event,
+            command.text if text else command.data,
+            text,
+        )
+    )
+    if replacement is None:
+        return command
+    if text and isinstance(replacement, str):
+        return dataclasses.replace(command, text=replacement)
+    try:
+        dumps_kept(replacement)
+    except TypeError as exc:
+        logger.error("on_publish hook returned data that is not JSON-serialisable: %s", exc)
+        raise HookFailed("on_publish", "it returned data that is not JSON-serialisable") from None
+    return dataclasses.replace(command, data=replacement, text=None)
 
 
 async def history(
@@ -206,8 +329,9 @@ async def history(
 
     Raises:
         InvalidChannel, Unauthorized, PermissionDenied: from :func:`permit`.
+        Rejected, HookFailed, ProxyUnavailable: the ``on_subscribe`` hook refused.
     """
-    channel = permit(caller, Action.HISTORY, command.channel)
+    channel = await admit(caller, Action.HISTORY, command.channel)
     limit = command.limit if command.limit is not None else DEFAULT_HISTORY_LIMIT
     result = await caller.hub.history(channel, since=command.since, limit=limit)
     events: list[Event] = []
@@ -249,8 +373,9 @@ async def presence(
 
     Raises:
         InvalidChannel, Unauthorized, PermissionDenied: from :func:`permit`.
+        Rejected, HookFailed, ProxyUnavailable: the ``on_subscribe`` hook refused.
     """
-    channel = permit(caller, Action.PRESENCE, command.channel)
+    channel = await admit(caller, Action.PRESENCE, command.channel)
     page = await caller.hub.presence_page(
         channel,
         after=command.cursor,

@@ -523,7 +523,8 @@ class SSEEndpoint:
     and sends the header) and runs an :class:`SSEStream`, gzip-coded when
     ``compression`` is ``"gzip"`` and the client accepts it. Bad input gets a
     400, a refused credential a 401 and a forbidden channel a 401 or 403, each
-    with a JSON error body before anything is subscribed.
+    with a JSON error body before anything is subscribed; so does a refusal
+    of the ``on_connect`` or ``on_subscribe`` hook (``server/hooks.py``).
     """
 
     def __init__(
@@ -556,7 +557,12 @@ class SSEEndpoint:
     def parse(self, scope: Scope) -> tuple[ops.Caller, list[str], dict[str, Position]]:
         """Return the caller, channels and cursor of a request, or raise a TidingsError."""
         caller = ops.Caller(
-            self.hub, self.authority, self.authority.principal(scope), self.authority.peer(scope)
+            self.hub,
+            self.authority,
+            self.authority.principal(scope),
+            self.authority.peer(scope),
+            transport="sse",
+            headers=scope.get("headers", ()),
         )
         path_channel = scope.get("path_params", {}).get("channel")
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
@@ -578,6 +584,7 @@ class SSEEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             caller, channels, cursor = self.parse(scope)
+            caller = await ops.connect(caller, channels)
         except TidingsError as exc:
             await error_response(exc)(scope, receive, send)
             return

@@ -11,7 +11,7 @@ The handshake is authenticated (``Authorization`` header, or ``?token=``
 from a browser) and the URL's channels authorised before the upgrade: a
 refusal is an HTTP 401 or 403 with a JSON error body, never an upgrade; so
 is a handshake without credentials when no namespace admits anonymous
-clients. A
+clients, and one the ``on_connect`` or ``on_subscribe`` hook refuses. A
 connection's token is swapped with the ``refresh`` op; one timer per
 connection closes it with 4401 when its token expires unrefreshed.
 
@@ -155,6 +155,8 @@ class WebSocketEndpoint:
             self.authority.peer(scope),
             gate,
             gate.connection_bucket() if gate is not None else None,
+            transport="ws",
+            headers=scope.get("headers", ()),
         )
         if caller.principal.kind is Kind.ANONYMOUS and not self.authority.admits_anonymous():
             raise Unauthorized("missing", "this server needs a token or an API key")
@@ -170,6 +172,7 @@ class WebSocketEndpoint:
             return
         try:
             caller, channels, cursor = self.parse(scope)
+            caller = await ops.connect(caller, channels)
         except TidingsError as exc:
             await reject_handshake(exc, scope, send)
             return
@@ -185,7 +188,7 @@ class WebSocketEndpoint:
         subscription = self.hub.subscription(
             max_bytes=self.outbox_max_bytes,
             policy=self.overflow,
-            client=None if raw else ClientInfo(client_id, user),
+            client=None if raw else ClientInfo(client_id, user, caller.info),
             transport="ws",
         )
         connection = Connection(self, codec, subscription, client_id, caller)

@@ -51,6 +51,11 @@ class ErrorCode(StrEnum):
     INVALID_VALUE = "invalid_value"
     TOO_MANY_GENERATIONS = "too_many_generations"
     HISTORY_LOST = "history_lost"
+    # Hooks (server/hooks.py): a refusal whose own code the hook chose, a hook
+    # that failed, and a proxy hook whose backend could not answer.
+    REJECTED = "rejected"
+    HOOK_FAILED = "hook_failed"
+    PROXY_UNAVAILABLE = "proxy_unavailable"
     # Client side only: no server sends these.
     UNREACHABLE = "unreachable"
     INVALID_URL = "invalid_url"
