@@ -205,6 +205,8 @@ class Proxy:
         forward: Names of request headers to pass on (lower case).
         max_body_bytes: Longest answer read from the backend.
         max_connections: Connections the pool may open to the backend.
+        transport: The client's transport (httpx's default when None; tests
+            pass an ``httpx.MockTransport``).
     """
 
     def __init__(
@@ -217,6 +219,7 @@ class Proxy:
         forward: tuple[str, ...] = (),
         max_body_bytes: int = 64 * 1024,
         max_connections: int = 100,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.timeout = timeout
         self.forward = forward
@@ -229,6 +232,7 @@ class Proxy:
             follow_redirects=False,
             # The backend is named by its URL alone, never by HTTP_PROXY and the like.
             trust_env=False,
+            transport=transport,
         )
         self.connect = ProxyHook(self, "connect", connect_url) if connect_url else None
         self.subscribe = ProxyHook(self, "subscribe", subscribe_url) if subscribe_url else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -13,7 +14,7 @@ from tidings.hub import Hub, MemoryBackend
 from tidings.llm import LLMConfig
 from tidings.server import create_app
 from tidings.server.app import STATIC, build_hub
-from tidings.settings import Settings
+from tidings.settings import Settings, SettingsError
 
 CORE = {
     "/sse",
@@ -100,3 +101,35 @@ async def test_static_files_and_the_demo_page(client: httpx.AsyncClient) -> None
     missing = await client.get("/static/nope.js")
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "not_found"
+
+
+# -- static_dir: pages of your own at / ----------------------------------------------------------
+
+
+def test_static_dir_must_be_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"static_dir: .*/nowhere does not exist"):
+        create_app(Hub(), Settings(static_dir=str(tmp_path / "nowhere")))
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(SettingsError, match=r"static_dir: .*/file.txt is not a directory"):
+        create_app(Hub(), Settings(static_dir=str(tmp_path / "file.txt")))
+
+
+async def test_static_dir_is_served_at_root_after_every_route(tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text("<h1>mine</h1>")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "index.html").write_text("docs")
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / "stats").write_text("shadowed")
+    async with Hub() as hub:
+        app = create_app(hub, Settings(static_dir=str(tmp_path)))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://tidings") as client:
+            root = await client.get("/")
+            assert (root.status_code, root.text) == (200, "<h1>mine</h1>")
+            assert (await client.get("/docs/")).text == "docs"
+            assert (await client.get("/docs")).status_code == 307  # to /docs/
+            assert (await client.get("/api/stats")).json()["backend"] == "memory"
+            assert (await client.get("/static/tidings.js")).status_code == 200  # the demo stays
+            missing = await client.get("/nothing.html")
+            assert missing.status_code == 404
+            assert missing.json()["error"]["code"] == "not_found"
