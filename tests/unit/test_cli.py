@@ -187,6 +187,8 @@ def test_a_server_error_is_its_code_and_message_never_the_json(
         (["--redis-prefix", "app:"],
          "--redis-prefix needs --backend redis (the backend is memory)"),
         (["--port", "70000"], "port must be 0-65535, not 70000"),
+        (["--static", "/nonexistent/site"], "static_dir: /nonexistent/site does not exist"),
+        (["--static", "/etc/hostname"], "static_dir: /etc/hostname is not a directory"),
     ],
 )  # fmt: skip
 def test_serve_refuses_a_bad_setting_in_one_line(
