@@ -183,3 +183,23 @@ async def test_socket_chat_example_shows_history_then_live(
                 await chat
     lines = "".join(out).splitlines()
     assert lines == ["bob: anyone?", "ada: hi bob", "here: ada", "bob: hello ada"]
+
+
+async def test_hooks_example_signs_in_checks_rooms_and_filters_words() -> None:
+    example = load("hooks_app")
+    async with run_server(example.app) as url, httpx.AsyncClient(base_url=url) as client:
+        anonymous = await client.get("/sse?channel=room:lobby")
+        assert (anonymous.status_code, anonymous.json()["error"]["code"]) == (401, "login_required")
+        bob = {"cookie": "user=bob"}
+        outsider = await client.get("/sse?channel=room:dev", headers=bob)
+        assert (outsider.status_code, outsider.json()["error"]["code"]) == (403, "not_a_member")
+        async with open_sse(
+            client, "/sse?channel=room:lobby", headers={"cookie": "user=ada"}
+        ) as reader:
+            await reader.until(b"retry:")
+            said = {"channel": "room:lobby", "data": {"text": "no spam here"}}
+            assert (await client.post("/api/publish", json=said, headers=bob)).status_code == 200
+            (event,) = await reader.events(1)
+            assert orjson.loads(event.data) == {"text": "no **** here", "by": "bob"}
+        stranger = await client.post("/api/publish", json=said)
+        assert (stranger.status_code, stranger.json()["error"]["code"]) == (403, "not_a_member")

@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from starlette.datastructures import Headers
@@ -154,7 +154,7 @@ class Hooks:
     on_connect: OnConnect | None = None
     on_subscribe: OnSubscribe | None = None
     on_publish: OnPublish | None = None
-    timeout: float = DEFAULT_HOOK_TIMEOUT
+    timeout: float = field(default=DEFAULT_HOOK_TIMEOUT, kw_only=True)
 
     def __post_init__(self) -> None:
         if not self.timeout > 0:
