@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -364,6 +365,8 @@ def test_settings_errors_read_the_same_at_every_level(
 def test_an_unknown_keyword_setting_gets_the_closest_name() -> None:
     with pytest.raises(SettingsError, match=r"^unknown setting 'prot'; did you mean 'port'\?$"):
         load_settings(env={}, prot=8001)
+
+
 def test_compression_settings(tmp_path: Path) -> None:
     assert (Settings().sse_compression, Settings().ws_compression) == ("off", "off")
     path = tmp_path / "tidings.toml"
@@ -386,3 +389,28 @@ def test_compression_settings(tmp_path: Path) -> None:
 def test_bad_compression_settings_are_refused(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         load_settings(env=env)
+
+
+def test_every_setting_is_in_the_settings_reference() -> None:
+    reference = (Path(__file__).parents[2] / "docs" / "reference" / "settings.md").read_text()
+    tables = {"namespaces": "## Namespaces", "llm": "## LLM relay"}  # a section each
+    missing = [
+        f.name
+        for f in fields(Settings)
+        if f"| `{f.name}` |" not in reference and tables.get(f.name, "\0") not in reference
+    ]
+    assert not missing, f"docs/reference/settings.md has no row for {missing}"
+
+
+def test_hook_settings_come_from_the_environment() -> None:
+    settings = load_settings(
+        env={
+            "TIDINGS_STATIC_DIR": "site",
+            "TIDINGS_HOOK_TIMEOUT": "1.5",
+            "TIDINGS_PROXY_PUBLISH_URL": "https://backend.example/tidings/publish",
+            "TIDINGS_PROXY_HEADERS": "Cookie",
+        }
+    )
+    assert (settings.static_dir, settings.hook_timeout) == ("site", 1.5)
+    assert settings.proxy_urls() == {"proxy_publish_url": "https://backend.example/tidings/publish"}
+    assert settings.proxy_header_names() == ("cookie",)
