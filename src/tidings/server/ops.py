@@ -187,8 +187,9 @@ async def connect(caller: Caller, channels: Sequence[str]) -> Caller:
                 logger.error("on_connect hook returned info that is not JSON-serialisable: %s", exc)
                 raise HookFailed("on_connect", "it returned info that is not JSON") from None
             caller = dataclasses.replace(caller, info=info)
-    for channel in channels:
-        await admit(caller, Action.SUBSCRIBE, channel)
+    if hooks.on_subscribe is not None:
+        for channel in channels:
+            await admit(caller, Action.SUBSCRIBE, channel)
     return caller
 
 
