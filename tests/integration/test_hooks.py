@@ -27,9 +27,10 @@ from tidings.settings import Settings
 from tidings.testing import free_port, run_server
 from tidings.wire.protocol import Format
 
-#: The proxy_timeout of the servers below: the backend's ``slow`` answers take longer.
-PROXY_TIMEOUT = 0.5
-SLOW = "the {} proxy is unavailable: no answer within 0.5 s"
+#: The proxy_timeout of the servers below: the backend's ``slow`` answers take longer,
+#: its other answers far less, even on a loaded machine (so it scales with TIMEOUT).
+PROXY_TIMEOUT = TIMEOUT / 2
+SLOW = f"the {{}} proxy is unavailable: no answer within {PROXY_TIMEOUT:g} s"
 BOOM = "the {} proxy is unavailable: it answered 500"
 COOKIE = "session=s1"
 

@@ -38,7 +38,7 @@ __all__ = ["KEPT", "BackendProcess", "app"]
 #: Requests the backend remembers for ``/seen``.
 KEPT = 1000
 #: How long a ``slow`` answer takes: longer than the proxy_timeout tests use.
-SLOW = 3.0
+SLOW = TIMEOUT * 2
 
 seen: deque[dict[str, Any]] = deque(maxlen=KEPT)
 
