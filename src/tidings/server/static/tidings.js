@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Tidings browser client: an ES module, no build step.
 //
 //   import { TidingsEventSource } from "/static/tidings.js";
@@ -199,7 +200,7 @@ export class TidingsEventSource extends EventTarget {
   }
 }
 
-/** Publish through the HTTP API; resolves to {channel, epoch, offset}. */
+/** Publish through the HTTP API; resolves to {channel, epoch, offset}, rejects with a TidingsError. */
 export async function publish(channel, data, { event, text = false, baseUrl = "" } = {}) {
   const body = { channel, event: event ?? "message" };
   body[text ? "text" : "data"] = data;
@@ -209,7 +210,7 @@ export async function publish(channel, data, { event, text = false, baseUrl = ""
     body: JSON.stringify(body),
   });
   const result = await response.json();
-  if (!response.ok) throw new Error(`${result.error.code}: ${result.error.message}`);
+  if (!response.ok) throw new TidingsError(result.error.code, result.error.message);
   return result;
 }
 
@@ -323,6 +324,8 @@ export class TidingsSocket extends EventTarget {
     this._token = null;
     this._needsToken = getToken !== null;
     this._fresh = false; // the token came from getToken and no connection opened with it yet
+    this.closeCode = null; // the code and reason of the last close
+    this.closeReason = null;
     this._open();
   }
 
