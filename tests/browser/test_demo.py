@@ -43,3 +43,44 @@ async def test_browser_resumes_exactly_after_the_network_drops(page: Page) -> No
             entries = await page.locator("#log li").all_text_contents()
             assert entries == [f"news #{n} {n}" for n in range(1, 11)]
             assert proxy.accepted >= 2  # it really reconnected
+
+
+PHONE = {"width": 390, "height": 844}
+#: A cursor, a stream id or JSON has nowhere to break: the page must wrap it anyway.
+UNBROKEN = "x" * 200
+
+
+async def fits_a_phone(page: Page, controls: list[str]) -> None:
+    """No horizontal scroll, and every control is shown whole within the width."""
+    assert await page.evaluate("document.scrollingElement.scrollWidth") <= PHONE["width"]
+    for selector in controls:
+        control = page.locator(selector)
+        await expect(control).to_be_visible()
+        box = await control.bounding_box()
+        assert box is not None
+        assert box["x"] >= 0, selector
+        assert box["x"] + box["width"] <= PHONE["width"], selector
+
+
+async def test_the_demo_pages_fit_a_phone_screen(page: Page) -> None:
+    await page.set_viewport_size(PHONE)
+    with ServerProcess() as server:
+        await page.goto(server.url)
+        await expect(page.locator("#state")).to_have_text("open", timeout=MS)
+        await page.fill("#channel", "chat")
+        await page.fill("#data", UNBROKEN)
+        await page.click("#publish button")
+        await expect(page.locator("#log li")).to_have_count(1, timeout=MS)
+        await expect(page.locator("#stats")).not_to_have_text("…", timeout=MS)
+        await fits_a_phone(page, ["#channels", "#connect", "#channel", "#data", "#event",
+                                  "#publish button"])  # fmt: skip
+        log, form = page.locator("section").nth(0), page.locator("section").nth(1)
+        above, below = await log.bounding_box(), await form.bounding_box()
+        assert above is not None
+        assert below is not None
+        assert below["y"] >= above["y"] + above["height"]  # stacked, not side by side
+
+        await page.goto(server.url + "/static/llm.html")
+        await page.click("#ask button[type=submit]")
+        await expect(page.locator("#status")).to_have_text("completed", timeout=MS * 4)
+        await fits_a_phone(page, ["#prompt", "#model", "#ask button[type=submit]", "#stop"])

@@ -17,6 +17,7 @@ import httpx
 
 from tests.support.env import TIMEOUT, eventually
 from tests.support.server import ServerProcess
+from tidings.server.app import DEMO
 from tidings.testing import free_port
 
 
@@ -186,6 +187,14 @@ async def test_publish_and_serve_meet_on_tidings_port() -> None:
         status, _, err = await run("publish", "news", "2", env={"TIDINGS_URL": url})
         assert status == 0, err
         assert [event["data"] for event in await history(url, "news")] == [1, 2]
+
+
+async def test_serve_no_demo_serves_the_client_and_no_demo_file() -> None:
+    demo = ["/", *(f"/static/{path.name}" for path in sorted(DEMO.iterdir()))]
+    with ServerProcess(args=["--no-demo"]) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+            assert (await client.get("/static/tidings.js")).status_code == 200
+            assert [(await client.get(path)).status_code for path in demo] == [404] * len(demo)
 
 
 async def test_serve_on_a_port_in_use_says_so_in_one_line() -> None:

@@ -41,12 +41,21 @@ __all__ = ["build_hooks", "build_hub", "create_app", "user_pages"]
 
 logger = logging.getLogger(__name__)
 
+#: The browser client (tidings.js, its types, its npm package.json): /static/, always.
 STATIC = Path(__file__).parent / "static"
+#: The demo pages and their CSS: / and /static/, only when the ``demo`` setting is on.
+DEMO = Path(__file__).parent / "demo"
 _STATUS_CODES = {
     404: ErrorCode.NOT_FOUND,
     405: ErrorCode.METHOD_NOT_ALLOWED,
     413: ErrorCode.TOO_LARGE,
 }
+
+
+def _static_files(*, demo: bool) -> StaticFiles:
+    """The files under /static/: the client always, the demo pages only with ``demo``."""
+    # One mount over both directories: a second Mount at /static would never be reached.
+    return StaticFiles(directory=STATIC, packages=[("tidings.server", DEMO.name)] if demo else None)
 
 
 def build_backend(settings: Settings) -> Backend:
@@ -301,7 +310,7 @@ def create_app(
             if settings.token_cookie
             else []
         ),
-        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        Mount("/static", _static_files(demo=settings.demo), name="static"),
     ]
     if relay is not None:
         streams = StreamView(
@@ -324,7 +333,7 @@ def create_app(
         # Last: every route above wins, then the user's files (their index.html at /).
         routes.append(Mount("/", pages, name="pages"))
     elif settings.demo:
-        routes.append(Route("/", lambda request: FileResponse(STATIC / "index.html")))
+        routes.append(Route("/", lambda request: FileResponse(DEMO / "index.html")))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

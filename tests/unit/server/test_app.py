@@ -13,7 +13,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from tidings.hub import Hub, MemoryBackend
 from tidings.llm import LLMConfig
 from tidings.server import create_app
-from tidings.server.app import STATIC, build_hub
+from tidings.server.app import DEMO, STATIC, build_hub
 from tidings.settings import Settings, SettingsError
 
 CORE = {
@@ -97,7 +97,7 @@ async def test_static_files_and_the_demo_page(client: httpx.AsyncClient) -> None
     assert script.content == (STATIC / "tidings.js").read_bytes()
     page = await client.get("/")
     assert page.status_code == 200
-    assert page.content == (STATIC / "index.html").read_bytes()
+    assert page.content == (DEMO / "index.html").read_bytes()
     missing = await client.get("/static/nope.js")
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "not_found"
@@ -133,3 +133,32 @@ async def test_static_dir_is_served_at_root_after_every_route(tmp_path: Path) ->
             missing = await client.get("/nothing.html")
             assert missing.status_code == 404
             assert missing.json()["error"]["code"] == "not_found"
+DEMO_FILES = sorted(path.name for path in DEMO.iterdir())
+CLIENT_FILES = sorted(path.name for path in STATIC.iterdir())
+
+
+def test_the_demo_and_the_client_are_apart() -> None:
+    assert {"index.html", "llm.html", "demo.css"} <= set(DEMO_FILES)
+    assert {"tidings.js", "tidings.d.ts", "package.json"} <= set(CLIENT_FILES)
+    assert not set(DEMO_FILES) & set(CLIENT_FILES)
+
+
+@pytest.mark.parametrize("name", DEMO_FILES)
+async def test_each_demo_file_is_served_with_the_demo(client: httpx.AsyncClient, name: str) -> None:
+    response = await client.get(f"/static/{name}")
+    assert response.status_code == 200
+    assert response.content == (DEMO / name).read_bytes()
+
+
+async def test_no_demo_serves_the_client_and_nothing_of_the_demo() -> None:
+    async with Hub() as hub:
+        transport = httpx.ASGITransport(app=create_app(hub, Settings(demo=False)))
+        async with httpx.AsyncClient(transport=transport, base_url="http://tidings") as client:
+            for name in CLIENT_FILES:
+                response = await client.get(f"/static/{name}")
+                assert response.status_code == 200, name
+                assert response.content == (STATIC / name).read_bytes()
+            for url in ["/", "/index.html", *(f"/static/{name}" for name in DEMO_FILES)]:
+                response = await client.get(url)
+                assert response.status_code == 404, url
+                assert response.json()["error"]["code"] == "not_found"
