@@ -40,4 +40,4 @@ bench-quick: $(VENV)/.installed-dev | $(BENCH_PYTHON)
 	$(BIN)/python benchmarks/quick.py --python $(BENCH_PYTHON)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist src/*.egg-info

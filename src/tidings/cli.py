@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from tidings import __version__
 from tidings.client.backoff import Backoff
 
 __all__ = ["main", "server_url"]
@@ -157,6 +158,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="tidings",
         description="Real-time streaming server: SSE, WebSocket and streaming HTTP from one hub.",
     )
+    parser.add_argument("--version", action="version", version=f"tidings {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the server")

@@ -23,7 +23,8 @@ class ServerProcess:
 
     Settings come from ``env`` (``TIDINGS_*`` variables) and ``config`` (TOML
     text written to a temporary file). With ``tls``, it serves HTTP/2 over
-    TLS (``--http2``) at an ``https://`` URL. The process is stopped by its PID.
+    TLS (``--http2``) at an ``https://`` URL. ``python`` is the interpreter
+    (another venv's, to run an installed wheel). The process is stopped by its PID.
     """
 
     def __init__(
@@ -34,8 +35,10 @@ class ServerProcess:
         args: Sequence[str] = (),
         port: int | None = None,
         tls: TLSFiles | None = None,
+        python: str | Path = sys.executable,
     ) -> None:
         self.port = port or free_port()
+        self.python = str(python)
         self.tls = tls
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.env = {**os.environ, "TIDINGS_LOG_LEVEL": "warning", **(env or {})}
@@ -51,7 +54,7 @@ class ServerProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServerProcess:
-        command = [sys.executable, "-m", "tidings", "serve", "--port", str(self.port), *self.args]
+        command = [self.python, "-m", "tidings", "serve", "--port", str(self.port), *self.args]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 command, env=self.env, stdout=log, stderr=subprocess.STDOUT

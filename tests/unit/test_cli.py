@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+import tidings
 from tidings import cli
 from tidings.server.auth import TokenVerifier
 
@@ -81,6 +82,13 @@ def test_token_mints_a_token_the_server_accepts(
     assert principal.grants["history"] == ("chat:a",)
     assert principal.grants["presence"] == ()
     assert principal.expires is not None
+
+
+def test_version_is_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"tidings {tidings.__version__}\n"
 
 
 def test_token_needs_a_secret(capsys: pytest.CaptureFixture[str]) -> None:
