@@ -84,3 +84,20 @@ async def test_the_demo_pages_fit_a_phone_screen(page: Page) -> None:
         await page.click("#ask button[type=submit]")
         await expect(page.locator("#status")).to_have_text("completed", timeout=MS * 4)
         await fits_a_phone(page, ["#prompt", "#model", "#ask button[type=submit]", "#stop"])
+
+
+async def test_publish_rejects_with_a_tidings_error_and_the_servers_code(page: Page) -> None:
+    with ServerProcess() as server:
+        await page.goto(server.url + "/static/tidings.js")  # an origin, no demo page
+        refused = await page.evaluate(
+            """async () => {
+              const { publish, TidingsError } = await import("/static/tidings.js");
+              try {
+                await publish("no spaces allowed", 1);
+                return null;
+              } catch (error) {
+                return [error instanceof TidingsError, error.code];
+              }
+            }"""
+        )
+    assert refused == [True, "invalid_channel"]
