@@ -104,10 +104,15 @@ def declarations(names: dict[str, dict[str, object]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def test_tsc_checks_the_usage_and_the_declared_names(project: Path) -> None:
+@pytest.fixture
+def tsc() -> Path:
     tsc = NPM_PREFIX / "node_modules" / ".bin" / "tsc"
     if not tsc.exists():
         unavailable(f"no {tsc} (npm install --prefix {NPM_PREFIX} typescript)")
+    return tsc
+
+
+def test_tsc_checks_the_usage_and_the_declared_names(tsc: Path, project: Path) -> None:
     script = (project / "node_modules" / "tidings-client" / "tidings.js").as_uri()
     names = json.loads(run(command("node"), HERE / "members.mjs", script, cwd=project))
     assert {"TidingsEventSource", "TidingsSocket", "publish"} <= set(names)
