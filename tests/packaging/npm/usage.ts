@@ -22,7 +22,8 @@ export async function main(): Promise<void> {
   source.addEventListener("message", (event) => {
     const channel: string | null = event.channel;
     const offset: number | null = event.offset;
-    console.log(channel, offset, event.data, event.raw, event.id);
+    const type: string = event.event;
+    console.log(channel, offset, type, event.data, event.raw, event.id);
   });
   source.addEventListener("reset", (event) => console.warn(event.reason));
   source.addEventListener("statechange", () => {
@@ -46,7 +47,7 @@ export async function main(): Promise<void> {
   socket.addEventListener("join", (event: TidingsSocketEvent) => console.log(event.data));
   socket.addEventListener("message", (event) => {
     const epoch: string | null = event.epoch;
-    console.log(epoch, event.text);
+    console.log(epoch, event.event, event.text);
   });
   const subscribed = await socket.subscribe("chat:lobby", { since: { epoch: "e", offset: 3 } });
   if (subscribed !== null && !subscribed.recovered) console.warn(subscribed.reset);

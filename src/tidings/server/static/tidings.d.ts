@@ -80,6 +80,8 @@ declare class Listeners<Events, Default extends Event> extends EventTarget {
 /** An event of a Tidings SSE stream. */
 export class TidingsEvent extends Event {
   constructor(type: string, message: { lastEventId: string; data: string });
+  /** The event type, as published ("message" unless the publisher chose one). */
+  event: string;
   /** The connection's cursor after this event (its SSE `id:`). */
   id: string;
   /** The data as sent. */
@@ -185,6 +187,8 @@ export interface Push {
 /** A push of a channel's stream (or a join, leave or reset notice). */
 export class TidingsSocketEvent extends Event {
   constructor(type: string, push: Push);
+  /** The event type as published, also on the "message" copy of an event of another type. */
+  event: string;
   channel: string;
   /** null for join and leave, which are not part of the stream. */
   epoch: string | null;
