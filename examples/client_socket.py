@@ -9,6 +9,7 @@ async def main() -> None:
     # land exactly once.
     async with Socket("ws://127.0.0.1:8000/ws", info={"name": "packer"}) as socket:
         orders = await socket.subscribe("orders")
+        await socket.publish("orders", {"id": 7, "state": "paid"})  # or any other publisher
         async for event in orders:
             if isinstance(event, Reset):
                 # The server could not fill a gap (it restarted, or we were away
@@ -18,6 +19,7 @@ async def main() -> None:
             print(event.channel, event.offset, event.data)
             position = await socket.publish("packed", {"order": event.data["id"]})
             print("packed at", position.offset)
+            break  # one order here; a packer keeps going
 
 
 if __name__ == "__main__":

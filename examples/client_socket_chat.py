@@ -22,6 +22,11 @@ async def chat(url: str, room: str, name: str, line: str) -> None:
         await socket.wait_closed()  # until interrupted, or closed for good
 
 
+USAGE = """usage: python examples/client_socket_chat.py URL ROOM NAME LINE
+  e.g. python examples/client_socket_chat.py ws://127.0.0.1:8000/ws chat:lobby ada hello"""
+
 if __name__ == "__main__":
-    # python examples/client_socket_chat.py ws://127.0.0.1:8000/ws chat:lobby ada "hello"
+    if len(sys.argv) != 5:
+        print(USAGE, file=sys.stderr)
+        sys.exit(2)
     asyncio.run(chat(*sys.argv[1:5]))

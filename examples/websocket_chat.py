@@ -44,6 +44,11 @@ async def chat(url: str, room: str, name: str, say: str | None = None, stop_afte
             continue
 
 
+USAGE = """usage: python examples/websocket_chat.py URL ROOM NAME [LINE]
+  e.g. python examples/websocket_chat.py ws://127.0.0.1:8000/ws chat:lobby ada hello"""
+
 if __name__ == "__main__":
-    # python examples/websocket_chat.py ws://127.0.0.1:8000/ws chat:lobby ada "hello"
+    if len(sys.argv) not in (4, 5):
+        print(USAGE, file=sys.stderr)
+        sys.exit(2)
     asyncio.run(chat(*sys.argv[1:5]))

@@ -17,6 +17,7 @@ import logging
 import logging.config
 import os
 import re
+import shlex
 import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -493,6 +494,7 @@ def _listen(args: argparse.Namespace) -> int:
 
     console = Console(highlight=False, soft_wrap=True)
     dropped = False
+    cursor = args.last_event_id or ""
 
     def on_state(state: ConnectionState) -> None:
         nonlocal dropped
@@ -521,7 +523,9 @@ def _listen(args: argparse.Namespace) -> int:
             backoff=AnnouncedBackoff(announce),
             on_state=on_state,
         ) as events:
+            nonlocal cursor
             async for item in events:
+                cursor = events.last_event_id
                 if isinstance(item, Reset):
                     if args.json:
                         emit(
@@ -557,7 +561,8 @@ def _listen(args: argparse.Namespace) -> int:
     try:
         asyncio.run(run())
     except KeyboardInterrupt:
-        say("stopped")
+        # The cursor of the last event printed: the same command with it misses nothing.
+        say(f"stopped; resume with --last-event-id {shlex.quote(cursor)}" if cursor else "stopped")
         return INTERRUPTED
     except StreamRejected as exc:
         say(error_line("listen", exc.status, exc.body))

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).parents[2]
-INCLUDE = re.compile(r"<!-- (examples/[\w/.-]+)[^>]*-->\n```\w*\n(.*?)```", re.S)
+INCLUDE = re.compile(r"<!-- include: (examples/[\w/.-]+) -->\n```\w*\n(.*?)```", re.S)
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 
 

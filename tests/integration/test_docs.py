@@ -1,0 +1,42 @@
+"""Every Python and shell block of README.md and docs/ runs as written (tests/support/docs.py).
+
+The tutorial's blocks run in tests/integration/test_tutorial.py, in the order
+and the terminals a reader would use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.docs import ROOT, Page, markdown_files
+
+TUTORIAL = ROOT / "docs" / "tutorial.md"
+PAGES = [path for path in markdown_files() if path != TUTORIAL]
+
+
+@pytest.fixture
+def page(request: pytest.FixtureRequest) -> Iterator[Page]:
+    page = Page(request.param)
+    try:
+        yield page
+    finally:
+        page.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "page", PAGES, ids=[str(path.relative_to(ROOT)) for path in PAGES], indirect=True
+)
+def test_page_runs_as_written(page: Page) -> None:
+    skipped = page.run()
+    if not page.checked:
+        pytest.skip(f"no block runs here: {'; '.join(dict.fromkeys(skipped)) or 'none at all'}")
+
+
+def test_pages_are_found() -> None:
+    assert ROOT / "README.md" in PAGES
+    assert len(PAGES) > 10
+    assert all(isinstance(path, Path) for path in PAGES)
