@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -55,30 +54,50 @@ async def test_fastapi_example_streams_and_resumes() -> None:
         assert response.json()["error"]["code"] == "invalid_cursor"
 
 
-async def test_client_examples_run_against_a_server(tmp_path: Path) -> None:
-    hub = Hub()
-    async with hub, run_server(create_app(hub, Settings(log_level="warning"))) as url:
-        port = url.rsplit(":", 1)[1]
-        for name in ("client_listen", "client_sync"):
-            source = (
-                (EXAMPLES / f"{name}.py").read_text().replace("127.0.0.1:8000", f"127.0.0.1:{port}")
-            )
-            script = tmp_path / f"{name}.py"
-            script.write_text(source)
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                str(script),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            await eventually(lambda: hub.stats().subscriptions == 1, timeout=TIMEOUT * 2)
-            channel = "orders" if name == "client_listen" else "jobs"
-            await hub.publish(channel, {"id": 1, "state": "done"})
-            assert process.stdout is not None
-            line = await asyncio.wait_for(process.stdout.readline(), TIMEOUT)
-            assert b"done" in line
-            process.terminate()
-            await asyncio.wait_for(process.wait(), TIMEOUT)
+#: What each example prints when run with no arguments against a fresh server
+#: (exit status 0), or the start of its usage line (exit status 2).
+NO_ARGUMENTS = {
+    "client_listen": (0, "orders 1 message {'id': 42, 'state': 'paid'}\n"),
+    "client_sync": (
+        0,
+        "jobs 1 {'job': 7, 'state': 'started'}\njobs 2 {'job': 7, 'state': 'done'}\n",
+    ),
+    "client_socket": (0, "orders 1 {'id': 7, 'state': 'paid'}\npacked at 1\n"),
+    "client_socket_chat": (2, "usage: python examples/client_socket_chat.py URL ROOM NAME LINE"),
+    "websocket_chat": (2, "usage: python examples/websocket_chat.py URL ROOM NAME [LINE]"),
+    "fastapi_app": (0, ""),
+    "llm_fastapi": (0, ""),
+}
+
+
+def test_every_example_is_run_with_no_arguments() -> None:
+    assert sorted(NO_ARGUMENTS) == sorted(path.stem for path in EXAMPLES.glob("*.py"))
+
+
+@pytest.mark.parametrize("name", sorted(NO_ARGUMENTS))
+async def test_example_runs_with_no_arguments_and_ends(name: str, tmp_path: Path) -> None:
+    status, expected = NO_ARGUMENTS[name]
+    async with run_server() as url:
+        script = tmp_path / "examples" / f"{name}.py"
+        script.parent.mkdir()
+        source = (EXAMPLES / f"{name}.py").read_text()
+        script.write_text(source.replace("127.0.0.1:8000", url.removeprefix("http://")))
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, f"examples/{name}.py", cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            out, err = await asyncio.wait_for(process.communicate(), TIMEOUT * 4)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert process.returncode == status, err.decode()
+    assert b"Traceback" not in err
+    if status == 0:
+        assert out.decode() == expected
+    else:
+        assert err.decode().startswith(expected + "\n")
 
 
 async def test_websocket_chat_example_talks_and_resumes() -> None:
@@ -128,34 +147,6 @@ async def test_llm_fastapi_example_streams_an_answer_and_resumes() -> None:
             event.id for event in events[len(events) // 2 + 1 :]
         ]
         assert (await client.get("/answers/chatcmpl-none")).status_code == 404
-
-
-async def test_socket_example_consumes_and_publishes(tmp_path: Path) -> None:
-    hub = Hub()
-    async with hub, run_server(create_app(hub, Settings(log_level="warning"))) as url:
-        port = url.rsplit(":", 1)[1]
-        source = (EXAMPLES / "client_socket.py").read_text()
-        script = tmp_path / "client_socket.py"
-        script.write_text(source.replace("127.0.0.1:8000", f"127.0.0.1:{port}"))
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(script),
-            stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        try:
-            await eventually(lambda: hub.subscriber_count("orders") == 1, timeout=TIMEOUT * 2)
-            await hub.publish("orders", {"id": 7, "state": "paid"})
-            assert process.stdout is not None
-            line = await asyncio.wait_for(process.stdout.readline(), TIMEOUT)
-            assert line == b"orders 1 {'id': 7, 'state': 'paid'}\n"
-            line = await asyncio.wait_for(process.stdout.readline(), TIMEOUT)
-            assert line == b"packed at 1\n"
-            history = await hub.history("packed")
-            assert [event.data for event in history.events] == [{"order": 7}]
-        finally:
-            process.terminate()
-            await asyncio.wait_for(process.wait(), TIMEOUT)
 
 
 async def test_socket_chat_example_shows_history_then_live(
