@@ -67,6 +67,7 @@ NO_ARGUMENTS = {
     "websocket_chat": (2, "usage: python examples/websocket_chat.py URL ROOM NAME [LINE]"),
     "fastapi_app": (0, ""),
     "llm_fastapi": (0, ""),
+    "hooks_app": (0, ""),
 }
 
 
