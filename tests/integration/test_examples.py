@@ -195,3 +195,31 @@ async def test_hooks_example_signs_in_checks_rooms_and_filters_words() -> None:
             assert orjson.loads(event.data) == {"text": "no **** here", "by": "bob"}
         stranger = await client.post("/api/publish", json=said)
         assert (stranger.status_code, stranger.json()["error"]["code"]) == (403, "not_a_member")
+
+
+@pytest.mark.parametrize("fast_write", [True, False], ids=["fast", "asgi"])
+async def test_streaming_responses_example(
+    fast_write: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    example = load("streaming_responses")
+    async with (
+        run_server(example.app, fast_write=fast_write) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        async with open_sse(client, "/countdown", headers={"last-event-id": "5"}) as reader:
+            events = await reader.events(2)
+            assert [(event.type, event.id, event.data) for event in events] == [
+                ("tick", "4", '{"n":4}'),
+                ("tick", "3", '{"n":3}'),
+            ]
+        await eventually(lambda: "countdown closed" in capsys.readouterr().out)
+        response = await client.get("/rows", params={"count": 3})
+        assert response.headers["content-type"] == "application/x-ndjson"
+        assert [orjson.loads(line) for line in response.text.splitlines()] == [
+            {"n": 0, "square": 0},
+            {"n": 1, "square": 1},
+            {"n": 2, "square": 4},
+        ]
+        response = await client.get("/zeros", params={"size": 3 * 65536})
+        assert response.headers["content-disposition"] == "attachment"
+        assert response.content == bytes(3 * 65536)

@@ -23,6 +23,7 @@ from tidings.llm import Relay
 from tidings.server import api, session
 from tidings.server.auth import Authority, TokenVerifier
 from tidings.server.browser import browser_middleware
+from tidings.server.channel_stream import ChannelStream
 from tidings.server.errors import error_response
 from tidings.server.hooks import Hooks, OnConnect, OnPublish, OnSubscribe
 from tidings.server.limits import ConnectionLimits, ConnectionSlots
@@ -263,6 +264,7 @@ def create_app(
         on_open=state.counter("sse"),
         compression=settings.sse_compression,
     )
+    channel_stream = ChannelStream(hub, authority=authority, on_open=state.counter("stream"))
     websocket = WebSocketEndpoint(
         hub,
         authority=authority,
@@ -296,6 +298,7 @@ def create_app(
         WebSocketRoute("/ws", websocket),
         Route("/api/publish", api.publish, methods=["POST"]),
         Route("/api/history/{channel:path}", api.history, methods=["GET"]),
+        Route("/api/stream/{channel:path}", channel_stream, methods=["GET"]),
         Route("/api/presence/{channel:path}", api.presence, methods=["GET"]),
         Route("/api/channels", api.channels, methods=["GET"]),
         Route("/api/stats", api.stats, methods=["GET"]),

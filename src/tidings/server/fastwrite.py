@@ -173,6 +173,13 @@ class _FastWriteProtocol(asyncio.Protocol):
             self.writer.discard()
         self.transport.abort()
 
+    def fast_detach(self) -> None:
+        """Give the connection back to uvicorn: flush, then forget the writer and listener."""
+        writer, self.writer = self.writer, None
+        self.fast_listener = None
+        if writer is not None:
+            writer.flush()
+
     def fast_release(self) -> None:
         """Stop fast writes: the connection is closing or gone; nothing pending goes out."""
         if self.writer is not None:
@@ -237,6 +244,9 @@ class _HTTPFastWrite(_FastWrite["FastHttpToolsProtocol"]):
         if protocol.writer is not None:
             protocol.writer.finish()
         protocol.transport.close()
+
+    def release(self) -> None:
+        self._protocol.fast_detach()
 
     def hand_off(self) -> None:
         protocol = self._protocol

@@ -4,9 +4,10 @@ streaming routes, and the line each streaming connection leaves when it ends.
 :func:`logging_config` is the one ``logging.config.dictConfig`` document
 ``tidings serve`` applies, and hands to uvicorn as its ``log_config``: Tidings'
 loggers and uvicorn's are formatted the same way. Access lines of streaming
-routes (``/sse``, ``/ws``, ``/v1/streams/…``, ``/v1/chat/completions``) are
-left out unless ``access_log_streams`` is set: a stream's access line says
-only that it opened, and :func:`log_closed` says more when it ends.
+routes (``/sse``, ``/ws``, ``/api/stream/…``, ``/v1/streams/…``,
+``/v1/chat/completions``) are left out unless ``access_log_streams`` is set:
+a stream's access line says only that it opened, and :func:`log_closed` says
+more when it ends.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from tidings.settings import Settings
 __all__ = ["STREAM_PATHS", "JSONFormatter", "StreamAccessFilter", "log_closed", "logging_config"]
 
 #: Paths (exact, or a prefix when they end with ``/``) of the streaming routes.
-STREAM_PATHS: Final = ("/sse", "/sse/", "/ws", "/v1/streams/", "/v1/chat/completions")
+STREAM_PATHS: Final = (
+    "/sse",
+    "/sse/",
+    "/ws",
+    "/api/stream/",
+    "/v1/streams/",
+    "/v1/chat/completions",
+)
 #: Where connection ends are logged.
 CONNECTIONS: Final = logging.getLogger("tidings.connections")
 #: Reasons for which a connection end is logged at INFO (the server chose to end

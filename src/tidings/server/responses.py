@@ -1,4 +1,4 @@
-"""SSEResponse: stream hub channels from your own FastAPI or Starlette route.
+"""SSEResponse: stream hub channels, or any async iterable, from your own route.
 
 ::
 
@@ -8,13 +8,17 @@
             hub, [f"orders:{order_id}"], last_event_id=request.headers.get("last-event-id")
         )
 
-It is the same transport as ``GET /sse``: cursor ids, resume, ``reset``,
-keepalive comments, slow-consumer policy and prompt cleanup on disconnect.
+With a hub it is the same transport as ``GET /sse``: cursor ids, resume,
+``reset``, keepalive comments, slow-consumer policy and prompt cleanup on
+disconnect. With an async iterable (or a callable that makes one from the
+client's ``Last-Event-ID``) it streams your own events
+(``server/streams.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import overload
 
 from starlette.background import BackgroundTask
 from starlette.responses import Response
@@ -24,6 +28,7 @@ from tidings.errors import TidingsError
 from tidings.hub import Hub, OverflowPolicy, validate_channel
 from tidings.server.errors import error_response
 from tidings.server.sse import SSEKeepalive, SSEStream
+from tidings.server.streams import EventSource, EventStream
 from tidings.types import Position
 from tidings.wire.cursor import decode_cursor
 
@@ -31,7 +36,9 @@ __all__ = ["SSEResponse"]
 
 
 class SSEResponse(Response):
-    """An ASGI response streaming hub channels as Server-Sent Events.
+    """An ASGI response streaming hub channels, or your own events, as Server-Sent Events.
+
+    ``SSEResponse(hub, channels, ...)`` streams hub channels:
 
     Args:
         hub: The hub (started by your app's lifespan).
@@ -50,14 +57,54 @@ class SSEResponse(Response):
     An invalid channel or cursor is answered with a 400 JSON error when the
     response runs; build-time errors are not raised inside your route. It is
     a Starlette ``Response``, so FastAPI returns it as is.
+
+    ``SSEResponse(source, ...)`` streams what ``source`` yields: ``source`` is
+    an async iterable, or a callable taking the client's ``Last-Event-ID``
+    (``None`` on a first connection; ``last_event_id`` instead, when given)
+    and returning one, such as an async generator function. Items are
+    strings, JSON values, :class:`~tidings.server.ServerSentEvent` or hub
+    events (:class:`~tidings.server.streams.EventStream`). ``retry``,
+    ``keepalive`` and ``headers`` apply; ``outbox_max_bytes`` and
+    ``overflow`` do not (the producer waits for the client instead), nor
+    does ``compression`` (an event source is sent uncompressed).
+
+    Raises:
+        TypeError: a hub without channels, channels without a hub, or a
+            source that is neither an async iterable nor a callable.
     """
 
     media_type = "text/event-stream"
 
+    @overload
     def __init__(
         self,
-        hub: Hub,
+        source: Hub,
         channels: str | Iterable[str],
+        *,
+        last_event_id: str | Mapping[str, Position] | None = None,
+        retry: float = 3.0,
+        keepalive: float | None = 15.0,
+        outbox_max_bytes: int | None = None,
+        overflow: OverflowPolicy | str | None = None,
+        headers: Mapping[str, str] | None = None,
+        compression: str = "off",
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        source: EventSource,
+        *,
+        last_event_id: str | None = None,
+        retry: float = 3.0,
+        keepalive: float | None = 15.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        source: Hub | EventSource,
+        channels: str | Iterable[str] | None = None,
         *,
         last_event_id: str | Mapping[str, Position] | None = None,
         retry: float = 3.0,
@@ -70,7 +117,25 @@ class SSEResponse(Response):
         self.status_code = 200
         self.compression = compression
         self.background: BackgroundTask | None = None
-        self.hub = hub
+        self.events: EventStream | None = None
+        if not isinstance(source, Hub):
+            if channels is not None:
+                raise TypeError("channels go with a hub, not with an event source")
+            if last_event_id is not None and not isinstance(last_event_id, str):
+                raise TypeError("the last_event_id of an event source is a string")
+            if compression != "off":
+                raise TypeError("compression applies to hub channels, not to an event source")
+            self.events = EventStream(
+                source,
+                last_event_id=last_event_id,
+                retry=retry,
+                keepalive=keepalive,
+                headers=headers,
+            )
+            return
+        if channels is None:
+            raise TypeError("SSEResponse(hub, channels): name the channels to stream")
+        self.hub = source
         self.channels = [channels] if isinstance(channels, str) else list(channels)
         self.last_event_id = last_event_id
         self.retry = retry
@@ -83,6 +148,14 @@ class SSEResponse(Response):
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.events is not None:
+            await self.events(scope, receive, send)
+        else:
+            await self._stream_channels(scope, receive, send)
+        if self.background is not None:
+            await self.background()
+
+    async def _stream_channels(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             channels = [validate_channel(channel) for channel in self.channels]
             if self.last_event_id is None:
@@ -106,5 +179,3 @@ class SSEResponse(Response):
             compression=self.compression,
         )
         await stream(scope, receive, send)
-        if self.background is not None:
-            await self.background()

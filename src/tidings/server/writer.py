@@ -97,6 +97,15 @@ class HTTPFastWrite(FastWrite, Protocol):
         which ends the body; without one, the caller has written the last chunk.
         """
 
+    def release(self) -> None:
+        """Stop writing through the extension; the response goes on through ASGI ``send``.
+
+        What is buffered goes to the transport first, the listener hears
+        nothing more, and the connection reads requests again, so the app can
+        end the response with ``http.response.body`` and the connection can
+        serve the next one. Not after :meth:`hand_off`.
+        """
+
     def hand_off(self) -> None:
         """The response goes on after the ASGI call returns.
 

@@ -71,6 +71,7 @@ def test_uvicorn_access_arguments_become_fields() -> None:
         ("/sse/chat:a", True),
         ("/ws", True),
         ("/v1/streams/chatcmpl-1", True),
+        ("/api/stream/orders", True),
         ("/v1/chat/completions", True),
         ("/api/stats", False),
         ("/api/publish", False),

@@ -76,7 +76,7 @@ def test_the_extensions_share_the_base_interface() -> None:
     assert base == {"abort", "attach", "detach", "paused", "write"}
     assert base < set(members(HTTPFastWrite))
     assert base < set(members(WebSocketFastWrite))
-    assert set(members(HTTPFastWrite)) - base == {"end", "hand_off"}
+    assert set(members(HTTPFastWrite)) - base == {"end", "hand_off", "release"}
     assert set(members(WebSocketFastWrite)) - base == {
         "close",
         "hand_off",
@@ -87,7 +87,7 @@ def test_the_extensions_share_the_base_interface() -> None:
 
 def test_the_sse_and_websocket_transports_listen() -> None:
     modules = {cls.__module__ for interface, cls in IMPLEMENTATIONS if interface is WriteListener}
-    assert {"tidings.server.sse"} < modules
+    assert {"tidings.server.sse", "tidings.server.pump"} < modules
     assert "tidings.server._ws_connection" in modules  # the WebSocket connection
 
 
