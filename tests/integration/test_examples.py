@@ -208,7 +208,7 @@ async def test_streaming_responses_example(
     ):
         async with open_sse(client, "/countdown", headers={"last-event-id": "5"}) as reader:
             events = await reader.events(2)
-            assert [(event.type, event.id, event.data) for event in events] == [
+            assert [(event.event, event.id, event.data) for event in events] == [
                 ("tick", "4", '{"n":4}'),
                 ("tick", "3", '{"n":3}'),
             ]

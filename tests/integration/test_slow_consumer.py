@@ -1,6 +1,7 @@
 """A client that reads nothing cannot grow the server's memory; it is cut off by policy.
 
-Both transports: an SSE stream and a WebSocket (raw and protocol mode)."""
+Every transport: an SSE stream, a WebSocket (raw and protocol mode) and an NDJSON
+channel stream (``/api/stream``)."""
 
 from __future__ import annotations
 
@@ -30,12 +31,12 @@ def server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
         yield process
 
 
-def open_stalled_client(port: int, channel: str) -> socket.socket:
-    """An SSE client with a tiny receive buffer that never reads."""
+def open_stalled_client(port: int, path: str) -> socket.socket:
+    """An HTTP streaming client (SSE, NDJSON) with a tiny receive buffer that never reads."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", port))
-    sock.sendall(f"GET /sse?channel={channel} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
     return sock
 
 
@@ -64,7 +65,7 @@ async def publish_many(client: httpx.AsyncClient, channel: str, count: int) -> N
     await asyncio.gather(*(worker(count // 8) for _ in range(8)))
 
 
-@pytest.mark.parametrize("kind", ["sse", "ws-raw", "ws-json"])
+@pytest.mark.parametrize("kind", ["sse", "stream", "ws-raw", "ws-json"])
 async def test_stalled_client_is_disconnected_and_memory_stays_flat(
     server: ServerProcess, kind: str
 ) -> None:
@@ -73,7 +74,9 @@ async def test_stalled_client_is_disconnected_and_memory_stays_flat(
         await publish_many(client, "slow:warm-up", 400)  # warm the allocator and code paths
         baseline = server.rss_kib()
         if kind == "sse":
-            sock = open_stalled_client(server.port, "slow:stalled")
+            sock = open_stalled_client(server.port, "/sse?channel=slow:stalled")
+        elif kind == "stream":
+            sock = open_stalled_client(server.port, "/api/stream/slow:stalled")
         else:
             subprotocol = "tidings.v1.json" if kind == "ws-json" else None
             sock = open_stalled_ws_client(server.port, "slow:stalled", subprotocol)

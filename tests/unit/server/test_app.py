@@ -24,6 +24,7 @@ CORE = {
     "/api/history/{channel:path}",
     "/api/presence/{channel:path}",
     "/api/channels",
+    "/api/stream/{channel:path}",
     "/api/stats",
     "/healthz",
     "/readyz",
