@@ -25,9 +25,10 @@ memory grow:
   for the transport to drain before it writes), and the pump calls
   ``__anext__`` only after ``send`` returned.
 
-Either way, after 64 KiB written without the producer ever waiting, the
+Either way, after 1 MiB written without the producer ever waiting, the
 pump lets the event loop run once, so a producer that never awaits cannot
-hold the loop while a fast client keeps up.
+hold the loop while a fast client keeps up (more often costs throughput:
+each turn of the loop is a poll of the sockets).
 
 The producer is closed (``contextlib.aclosing``) the moment the stream ends,
 whatever ends it. The client going away (``http.disconnect``, or the
@@ -61,9 +62,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Bytes written without the producer waiting after which the pump lets the loop run.
-YIELD_EVERY: Final = 64 * 1024
-#: Items larger than this are written as three pieces (no copy) instead of one.
-_COPY_BELOW: Final = 4096
+YIELD_EVERY: Final = 1 << 20
 #: Longest wait, after an abort, for the server to see the connection close.
 _LOST_WAIT: Final = 5.0
 
@@ -252,12 +251,9 @@ class Pump(Generic[T]):
             size = len(data)
             if not size:
                 continue
-            if size < _COPY_BELOW:
-                write(b"%x\r\n%b\r\n" % (size, data))
-            else:
-                write(b"%x\r\n" % size)
-                write(data)
-                write(b"\r\n")
+            # One write of the framed chunk, even for big items: a single
+            # buffer goes to the socket at once, several would be queued.
+            write(b"%x\r\n%b\r\n" % (size, data))
             budget -= size
             if budget <= 0:
                 budget = YIELD_EVERY
