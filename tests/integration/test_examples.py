@@ -68,6 +68,7 @@ NO_ARGUMENTS = {
     "fastapi_app": (0, ""),
     "llm_fastapi": (0, ""),
     "hooks_app": (0, ""),
+    "streaming_responses": (0, ""),
 }
 
 
