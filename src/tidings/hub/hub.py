@@ -608,6 +608,23 @@ class Hub:
         local = self._locals.get(channel)
         return len(local.subscribers) if local is not None else 0
 
+    def subscriber_counts(self) -> dict[str, int]:
+        """Local subscriptions of each channel that has any (one pass over them)."""
+        return {
+            channel: len(local.subscribers)
+            for channel, local in self._locals.items()
+            if local.subscribers
+        }
+
+    def positions(self) -> dict[str, Position]:
+        """The position delivery has reached on each channel with local subscribers,
+        read from what the backend keeps anyway (no I/O; see ``Backend.positions``).
+
+        Two readings a second apart give the channels' publish rates without
+        counting anything per event.
+        """
+        return self._backend.positions()
+
     async def channels(
         self, *, after: str | None = None, limit: int | None = None
     ) -> list[ChannelSummary]:

@@ -38,6 +38,7 @@ __all__ = [
     "test_join_and_leave_reach_members_on_every_node",
     "test_namespace_without_presence_keeps_no_entries",
     "test_position_before_first_publish",
+    "test_positions_follow_delivery_on_watched_channels",
     "test_presence_entries_are_listed_until_removed",
     "test_presence_entries_expire_unless_refreshed",
     "test_presence_is_shared_and_released_when_subscriptions_close",
@@ -483,3 +484,17 @@ async def test_namespace_without_presence_keeps_no_entries(make_hub: MakeHub, ch
     async with hub.subscription(client=ClientInfo("c1")) as subscription:
         await subscription.add(channel)
         assert await hub.presence(channel) == []
+
+
+async def test_positions_follow_delivery_on_watched_channels(
+    make_hub: MakeHub, channel: str
+) -> None:
+    hub = await make_hub()
+    assert channel not in hub.positions()
+    async with hub.subscribe(channel) as subscription:
+        for n in range(3):
+            await hub.publish(channel, n)
+        items = await take(subscription, 3)
+        epoch = items[-1].epoch  # type: ignore[union-attr]
+        assert hub.positions()[channel] == Position(epoch, 3)
+    await eventually(lambda: channel not in hub.positions())

@@ -35,6 +35,9 @@ checks for every implementation:
   that fell off gets a ``Reset`` like any other outside the window.
   ``usage`` reports what this process holds for history, or None when the
   history lives elsewhere (Redis: its own ``maxmemory`` bounds it).
+- ``positions`` tells, for each watched channel, the position delivery to
+  the listener has reached, without I/O: what the admin page reads for
+  publish rates per channel.
 """
 
 from __future__ import annotations
@@ -193,6 +196,11 @@ class Backend(Protocol):
 
     def usage(self) -> HistoryUsage | None:
         """Return what history holds in this process (None: it lives elsewhere)."""
+
+    def positions(self) -> dict[str, Position]:
+        """Return the position each watched channel's delivery has reached, from
+        state the backend keeps anyway (no I/O); a channel whose position is not
+        known yet is left out."""
 
     def set_presence_listener(self, listener: PresenceListener) -> None:
         """Set the callable that receives join and leave changes."""

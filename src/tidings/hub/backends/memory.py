@@ -247,6 +247,15 @@ class MemoryBackend:
         """What history holds now: channels, events and bytes counted."""
         return HistoryUsage(len(self._states), self._events, self._bytes)
 
+    def positions(self) -> dict[str, Position]:
+        """The position of each watched channel (delivery is synchronous here)."""
+        states = self._states
+        return {
+            channel: Position(state.epoch, state.offset)
+            for channel in self._watched
+            if (state := states.get(channel)) is not None
+        }
+
     async def publish(
         self,
         channel: str,

@@ -186,6 +186,9 @@ class RedisBackend:
     ) -> list[ChannelInfo]:
         return await self.scripts.channels(after=after, limit=limit)
 
+    def positions(self) -> dict[str, Position]:
+        return self._fanout.positions()
+
     def usage(self) -> None:
         return None  # history lives in Redis, bounded by its maxmemory
 

@@ -223,6 +223,14 @@ class Fanout:
             self._release(watch)
             raise
 
+    def positions(self) -> dict[str, Position]:
+        """The position delivered last on each watched channel whose position is known."""
+        return {
+            channel: Position(watch.epoch, watch.last)
+            for channel, watch in self._watches.items()
+            if watch.last >= 0
+        }
+
     async def delivered(self, channel: str, position: Position) -> None:
         """Return once every event of ``channel`` up to ``position`` went to the listener.
 
