@@ -178,6 +178,8 @@ class Settings:
     proxy_headers: str = ""
     proxy_max_body_bytes: int = 64 * 1024
     proxy_max_connections: int = 100
+    # The admin page /admin: off (404) unless set (docs/operations.md, "Admin page").
+    admin_key: str = field(default="", repr=False)
     namespaces: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     llm: LLMConfig = field(default_factory=lambda: LLMConfig.from_table({}))
 
@@ -282,6 +284,11 @@ class Settings:
             raise SettingsError(f"max_reply_bytes must be at least {MIN_REPLY_BYTES}")
 
     def _check_operations(self) -> None:
+        if self.admin_key and len(self.admin_key.strip()) < MIN_SECRET_BYTES // 2:
+            # Never the value: it is a secret.
+            raise SettingsError(f"admin_key must be at least {MIN_SECRET_BYTES // 2} characters")
+        if self.admin_key != self.admin_key.strip():
+            raise SettingsError("admin_key must not start or end with white space")
         if self.ready_timeout <= 0:
             raise SettingsError("ready_timeout must be > 0 seconds")
         if self.log_format not in LOG_FORMATS:

@@ -75,6 +75,7 @@ if TYPE_CHECKING:
     from tidings.server.websocket import WebSocketEndpoint
 
 __all__ = [
+    "DISCONNECTED",
     "GONE",
     "MAX_PENDING_COMMANDS",
     "MAX_PENDING_REPLIES",
@@ -94,6 +95,8 @@ MAX_PENDING_REPLY_BYTES = 64 * 1024
 MAX_PENDING_COMMANDS = 32
 #: "Send no close frame": the peer is gone, or the server sends its own.
 GONE = CloseCode.ABNORMAL_CLOSURE
+#: The close reason of a connection closed from ``/admin``.
+DISCONNECTED = "disconnected by the admin"
 
 
 #: Close code and reason for each way a subscription can end.
@@ -127,6 +130,7 @@ class Connection:
         "fast",
         "handed_off",
         "inbox",
+        "opened_at",
         "release",
         "replies",
         "reply_bytes",
@@ -178,6 +182,24 @@ class Connection:
         #: Messages waiting for the worker task, which exists only while some do.
         self.inbox: deque[str | bytes] | None = None
         self.worker: asyncio.Task[None] | None = None
+        #: When it was accepted (Unix seconds), as listed by ``/admin``.
+        self.opened_at = time.time()
+
+    # -- listed by the app's registry (server/connections.py) ---------------------
+
+    transport = "ws"
+
+    @property
+    def id(self) -> str:
+        return self.client_id
+
+    @property
+    def peer(self) -> str:
+        return self.caller.peer
+
+    def disconnect(self) -> None:
+        """Close from the server side (``/admin``) with 1000; the client may reconnect."""
+        self.end(CloseCode.NORMAL, DISCONNECTED)
 
     # -- ending ----------------------------------------------------------------
 
@@ -227,8 +249,7 @@ class Connection:
             worker, self.worker = self.worker, None
             if worker is not None and worker is not asyncio.current_task():
                 worker.cancel()
-            if self.endpoint.on_open is not None:
-                self.endpoint.on_open(-1)
+            self.endpoint.closed(self)
             self.release()
             self.log_end()
 

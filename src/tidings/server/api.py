@@ -218,8 +218,8 @@ async def stats(request: Request) -> Response:
     state.authority.authorize(state.authority.principal(request.scope), Action.STATS)
     hub_stats = state.hub.stats()._asdict()
     body = {
-        "connections": sum(state.connections.values()),
-        "transports": dict(state.connections),
+        "connections": len(state.connections),
+        "transports": state.connections.counts(),
         "open": _open(request, state),
         "backend": state.hub.backend.name,
         **hub_stats,

@@ -115,6 +115,7 @@ def build_authority(
         token_cookie=settings.token_cookie or None,
         peers=Peers(settings.trusted_networks()),
         hooks=hooks,
+        admin_key=settings.admin_key or None,
     )
 
 
@@ -261,8 +262,8 @@ def create_app(
         retry_spread=min(settings.drain_timeout, 5.0),
         keepalive=keepalive,
         max_channels=settings.max_channels,
-        on_open=state.counter("sse"),
         compression=settings.sse_compression,
+        connections=state.connections,
     )
     channel_stream = ChannelStream(hub, authority=authority, on_open=state.counter("stream"))
     websocket = WebSocketEndpoint(
@@ -273,7 +274,7 @@ def create_app(
         max_channels=settings.max_channels,
         ping_interval=settings.ws_ping_interval,
         pong_timeout=settings.ws_pong_timeout,
-        on_open=state.counter("ws"),
+        connections=state.connections,
         gate=state.gate,
         max_reply_bytes=settings.max_reply_bytes,
         presence_info_max_bytes=settings.presence_info_max_bytes,

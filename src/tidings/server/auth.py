@@ -4,11 +4,13 @@ Theory of operation
 -------------------
 
 Every request has a :class:`Principal`: *anonymous*, a *client* identified by
-a JWT (its ``sub`` and the channel permissions it grants), or the *server*
-(an API key). :meth:`Authority.authenticate` reads the request's credentials
-once, when a request or connection starts, from the first of
+a JWT (its ``sub`` and the channel permissions it grants), the *server*
+(an API key), or the *admin* (the ``admin_key``, which opens ``/admin``).
+:meth:`Authority.authenticate` reads the request's credentials once, when a
+request or connection starts, from the first of
 
-1. ``Authorization: Bearer <jwt>`` or ``Authorization: ApiKey <key>``,
+1. ``Authorization: Bearer <jwt>``, ``Authorization: ApiKey <key>`` or
+   ``Authorization: Admin <admin key>``,
 2. ``X-API-Key: <key>``,
 3. ``?token=<jwt>`` (``EventSource`` cannot set headers),
 4. the token cookie, when one is configured.
@@ -19,8 +21,11 @@ key) is an :class:`~tidings.errors.Unauthorized` error: it never falls back to
 anonymous.
 
 :meth:`Authority.authorize` is the one decision for every operation on every
-transport. A server principal may do everything. For anyone else, on a
-channel, in this order:
+transport. The admin actions (:data:`Action.ADMIN`) need the admin principal
+and nothing else opens them, not even an API key; the admin principal may
+also publish (the admin page's test events) where the namespace lets
+clients publish at all, and nothing more. A server principal may do
+everything else. For anyone else, on a channel, in this order:
 
 1. the namespace must allow the action for clients at all (``subscribe``,
    ``publish``, ``history``, ``presence``), else ``permission_denied``;
@@ -71,6 +76,7 @@ if TYPE_CHECKING:
     from tidings.server.hooks import Hooks
 
 __all__ = [
+    "ADMIN",
     "ANONYMOUS",
     "GRANTS",
     "Action",
@@ -105,6 +111,7 @@ class Action(StrEnum):
     LLM_VIEW = "llm.view"
     LLM_CANCEL = "llm.cancel"
     SESSION = "session"
+    ADMIN = "admin"
 
 
 #: The token claims that grant channel actions: each a list of names or patterns.
@@ -123,6 +130,7 @@ class Kind(StrEnum):
     ANONYMOUS = "anonymous"
     CLIENT = "client"
     SERVER = "server"
+    ADMIN = "admin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +138,8 @@ class Principal:
     """Who makes a request.
 
     Attributes:
-        kind: anonymous, a client (a token) or the server (an API key).
+        kind: anonymous, a client (a token), the server (an API key) or the
+            admin (the admin key).
         sub: The token's subject (the user id), or the API key's name.
         grants: For each of :data:`GRANTS`, the channel names and patterns
             the token allows.
@@ -149,6 +158,8 @@ class Principal:
             return f"user:{self.sub}"
         if self.kind is Kind.SERVER:
             return f"key:{self.sub}"
+        if self.kind is Kind.ADMIN:
+            return "admin"
         return "anonymous"
 
     def granted(self, action: Action, channel: str) -> bool:
@@ -157,6 +168,7 @@ class Principal:
 
 
 ANONYMOUS = Principal(Kind.ANONYMOUS)
+ADMIN = Principal(Kind.ADMIN, sub="admin")
 
 
 @lru_cache(maxsize=4096)
@@ -368,6 +380,8 @@ class Authority:
         hooks: Asked after this authority allowed a client's connect, read
             or publish (``server/hooks.py``); None, or hooks that are all
             None, asks nothing.
+        admin_key: The key of the admin principal (``Authorization: Admin
+            <key>``); None: there is no admin principal.
     """
 
     def __init__(
@@ -379,6 +393,7 @@ class Authority:
         token_cookie: str | None = None,
         peers: Peers | None = None,
         hooks: Hooks | None = None,
+        admin_key: str | None = None,
     ) -> None:
         self.namespaces = namespaces
         self.hooks = hooks if hooks else None
@@ -386,6 +401,7 @@ class Authority:
         self.api_keys = dict(api_keys or {})
         self.token_cookie = token_cookie or None
         self.peers = peers or Peers()
+        self._admin_key = admin_key.encode() if admin_key else None
 
     @property
     def configured(self) -> bool:
@@ -418,17 +434,38 @@ class Authority:
         value that is one of the API keys is the server principal, so SDKs that
         only know ``Authorization: Bearer`` can use a key.
 
+        ``Authorization: Admin <key>`` is the admin principal when the key is
+        the admin key, and refused otherwise, whatever else is configured.
+
         Raises:
             Unauthorized: a credential is present and refused.
         """
         if not self.configured:
-            return ANONYMOUS
+            if self._admin_key is None:
+                return ANONYMOUS
+            try:
+                scheme, value = _credential(scope, self.token_cookie)
+            except Unauthorized:
+                return ANONYMOUS  # as above: with no authentication, other credentials are ignored
+            return self.admin_principal(value) if scheme == "admin" else ANONYMOUS
         scheme, value = _credential(scope, self.token_cookie)
         if scheme is None:
             return ANONYMOUS
+        if scheme == "admin":
+            return self.admin_principal(value)
         if scheme == "key" or (self.api_keys and _find_key(self.api_keys, value)):
             return self.server_principal(value)
         return self.client_principal(value)
+
+    def admin_principal(self, key: str) -> Principal:
+        """The admin principal, if ``key`` is the admin key (compared in constant time).
+
+        Raises:
+            Unauthorized: there is no admin key, or ``key`` is not it.
+        """
+        if self._admin_key is None or not hmac.compare_digest(key.encode(), self._admin_key):
+            raise Unauthorized("invalid", "wrong admin key")
+        return ADMIN
 
     def client_principal(self, token: str) -> Principal:
         """The principal a token names (also used by a WebSocket ``refresh``).
@@ -455,8 +492,18 @@ class Authority:
             Unauthorized: the action needs an identity the request does not have.
             PermissionDenied: the identity may not do it.
         """
+        if action is Action.ADMIN:
+            if principal.kind is not Kind.ADMIN:
+                raise Unauthorized("missing", "the admin API needs Authorization: Admin <key>")
+            return
         if principal.kind is Kind.SERVER:
             return
+        if principal.kind is Kind.ADMIN:
+            # Test events from the admin page: wherever clients may publish at all.
+            options = self.namespaces.options(channel) if channel is not None else None
+            if action is Action.PUBLISH and options is not None and options.publish is not False:
+                return
+            raise PermissionDenied(channel or "*", action.value)
         if channel is None:
             self._authorize_server_wide(principal, action)
             return
@@ -513,7 +560,7 @@ class Authority:
 
 
 def _credential(scope: Scope, cookie_name: str | None) -> tuple[str | None, str]:
-    """The first credential of a request: ("key" | "token", value), or (None, "")."""
+    """The first credential of a request: ("key" | "token" | "admin", value), or (None, "")."""
     api_key = None
     cookie = None
     for name, raw in scope.get("headers", ()):
@@ -524,8 +571,10 @@ def _credential(scope: Scope, cookie_name: str | None) -> tuple[str | None, str]
                 return "token", value
             if scheme.lower() == "apikey" and value:
                 return "key", value
+            if scheme.lower() == "admin" and value:
+                return "admin", value
             raise Unauthorized(
-                "invalid", "the Authorization header must be 'Bearer …' or 'ApiKey …'"
+                "invalid", "the Authorization header must be 'Bearer …', 'ApiKey …' or 'Admin …'"
             )
         if name == b"x-api-key":
             api_key = raw.decode("latin-1").strip()

@@ -112,7 +112,7 @@ class StateCollector(Collector):
         connections = GaugeMetricFamily(
             "tidings_connections", "Open streaming connections.", labels=["transport"]
         )
-        for transport, count in sorted(state.connections.items()):
+        for transport, count in sorted(state.connections.counts().items()):
             connections.add_metric([transport], count)
         yield connections
         yield from self._open()

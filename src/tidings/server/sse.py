@@ -71,6 +71,7 @@ from tidings.server.compression import (
     GzipStream,
     accepts_gzip,
 )
+from tidings.server.connections import Connections
 from tidings.server.errors import error_response
 from tidings.server.limits import keep_slot
 from tidings.server.logs import log_closed
@@ -176,6 +177,7 @@ class _Connection:
 
     __slots__ = (
         "chunked",
+        "connections",
         "expired",
         "expiry",
         "fast",
@@ -183,12 +185,16 @@ class _Connection:
         "id",
         "keepalive",
         "on_open",
+        "opened_at",
+        "peer",
         "ping_due",
         "positions",
         "release",
         "retry_ms",
         "subscription",
     )
+
+    transport = "sse"
 
     def __init__(
         self,
@@ -200,10 +206,16 @@ class _Connection:
         on_open: Callable[[int], None] | None,
         retry_ms: tuple[int, int] = (3000, 3000),
         gzip: GzipStream | None = None,
+        connections: Connections | None = None,
+        peer: str = "",
     ) -> None:
         self.subscription = subscription
         #: The response's compressor when it is gzip-coded (then writes are unchunked).
         self.gzip = gzip
+        #: The app's registry (``server/connections.py``), which lists this stream while open.
+        self.connections = connections
+        self.peer = peer
+        self.opened_at = time.time()
         #: The range a shutdown's last ``retry:`` is drawn from, in milliseconds.
         self.retry_ms = retry_ms
         self.positions = positions
@@ -221,6 +233,8 @@ class _Connection:
     def opened(self, expires: float | None) -> None:
         if self.on_open is not None:
             self.on_open(1)
+        if self.connections is not None:
+            self.connections.add(self)
         if self.keepalive is not None:
             self.keepalive.add(self)
         if expires is not None:
@@ -235,6 +249,8 @@ class _Connection:
             self.keepalive.discard(self)
         if self.on_open is not None:
             self.on_open(-1)
+        if self.connections is not None:
+            self.connections.discard(self)
         if self.release is not None:
             self.release()
         reason = self.subscription.close_reason or CloseReason.DISCONNECT
@@ -309,6 +325,11 @@ class _Connection:
     def shutdown(self) -> None:
         self.subscription.close(CloseReason.SHUTDOWN)
 
+    def disconnect(self) -> None:
+        """End the stream from the server side (``/admin``): the response ends
+        cleanly and the client reconnects after its ``retry:`` delay."""
+        self.subscription.close(CloseReason.CLOSED)
+
     def expire(self) -> None:
         """The token expired: end the stream with the ``expired`` event."""
         self.expiry = None
@@ -352,6 +373,8 @@ class SSEStream:
         compression: ``"gzip"``: gzip the stream when the request's
             ``Accept-Encoding`` accepts it, flushed after every batch of
             events; ``"off"`` (default): never.
+        connections: The registry that lists the stream while it is open.
+        peer: The client address, as listed there.
     """
 
     def __init__(
@@ -369,6 +392,8 @@ class SSEStream:
         on_open: Callable[[int], None] | None = None,
         expires: float | None = None,
         compression: str = "off",
+        connections: Connections | None = None,
+        peer: str = "",
     ) -> None:
         self.hub = hub
         self.channels = list(channels)
@@ -386,6 +411,8 @@ class SSEStream:
         self.headers = [*SSE_HEADERS, *([VARY] if self.compressible else []), *headers]
         self.on_open = on_open
         self.expires = expires
+        self.connections = connections
+        self.peer = peer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gzip = (
@@ -421,6 +448,8 @@ class SSEStream:
                 on_open=self.on_open,
                 retry_ms=(self.retry_ms, self.retry_ms + self.retry_spread_ms),
                 gzip=gzip,
+                connections=self.connections,
+                peer=self.peer,
             )
             if gzip is not None:
                 send = GzipSend(send, gzip)  # every body compressed and flushed
@@ -491,9 +520,12 @@ class SSEStream:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-        if subscription.close_reason is CloseReason.SHUTDOWN:
+        reason = subscription.close_reason
+        if reason is CloseReason.SHUTDOWN:
             body = connection.last_retry()
             await send({"type": "http.response.body", "body": body, "more_body": False})
+        elif reason is CloseReason.CLOSED and not blocked.cut:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         # On slow_consumer the response stays incomplete on purpose: the
         # server closes the connection, and the client resumes from its cursor.
 
@@ -540,12 +572,14 @@ class SSEEndpoint:
         overflow: OverflowPolicy | str | None = None,
         on_open: Callable[[int], None] | None = None,
         compression: str = "off",
+        connections: Connections | None = None,
     ) -> None:
         if compression not in SSE_COMPRESSION:
             raise ValueError(f"compression must be 'off' or 'gzip', not {compression!r}")
         self.hub = hub
         self.authority = authority if authority is not None else Authority(hub.namespaces)
         self.compression = compression
+        self.connections = connections
         self.retry = retry
         self.retry_spread = retry_spread
         self.keepalive = keepalive
@@ -600,5 +634,7 @@ class SSEEndpoint:
             on_open=self.on_open,
             expires=caller.principal.expires,
             compression=self.compression,
+            connections=self.connections,
+            peer=caller.peer,
         )
         await stream(scope, receive, send)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tidings.hub import Hub
 from tidings.llm import Relay
 from tidings.server.auth import Authority
+from tidings.server.connections import Connections
 from tidings.server.limits import ConnectionSlots
 from tidings.server.rates import PublishGate
 from tidings.server.sse import SSEKeepalive
@@ -37,7 +37,8 @@ class ServerState:
     keepalive: SSEKeepalive
     authority: Authority
     slots: ConnectionSlots
-    connections: Counter[str] = field(default_factory=Counter)
+    #: The open SSE streams and WebSockets, by id (listed and closed by ``/admin``).
+    connections: Connections = field(default_factory=Connections)
     relay: Relay | None = None
     #: Admits publishes: rate limits, and ``draining`` once the server stops.
     gate: PublishGate = field(default_factory=PublishGate)
@@ -104,19 +105,3 @@ class ServerState:
                     await self.hub.aclose()
             except TimeoutError:
                 logger.warning("the hub's backend did not close within the drain deadline")
-
-    def counter(self, transport: str) -> _Count:
-        """Return a callable that adds to the open-connection count of ``transport``."""
-        return _Count(self.connections, transport)
-
-
-class _Count:
-    __slots__ = ("connections", "transport")
-
-    def __init__(self, connections: Counter[str], transport: str) -> None:
-        self.connections = connections
-        self.transport = transport
-        connections.setdefault(transport, 0)
-
-    def __call__(self, delta: int) -> None:
-        self.connections[self.transport] += delta

@@ -44,6 +44,7 @@ from tidings.server._ws_codec import (
 )
 from tidings.server._ws_connection import GONE, Connection, StallWatch
 from tidings.server.auth import Authority, Kind
+from tidings.server.connections import Connections
 from tidings.server.errors import (
     reject_handshake,
 )
@@ -89,6 +90,7 @@ class WebSocketEndpoint:
         outbox_max_bytes: Bound of each connection's outbox (hub default if None).
         overflow: Slow-consumer policy (hub default if None).
         on_open: Called with +1 when a connection opens and -1 when it ends.
+        connections: The registry that lists each connection while it is open.
         gate: Admits publishes (rate limits, draining); None admits every one.
         max_reply_bytes: About the largest answer to a ``history`` or
             ``presence`` command (longer ones are paged).
@@ -111,6 +113,7 @@ class WebSocketEndpoint:
         gate: PublishGate | None = None,
         max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
         presence_info_max_bytes: int = DEFAULT_PRESENCE_INFO_MAX_BYTES,
+        connections: Connections | None = None,
     ) -> None:
         for name, value in (
             ("max_frame_bytes", max_frame_bytes),
@@ -132,6 +135,7 @@ class WebSocketEndpoint:
         self.outbox_max_bytes = outbox_max_bytes
         self.overflow = overflow
         self.on_open = on_open
+        self.connections = connections
         self.gate = gate
         self.max_reply_bytes = max_reply_bytes
         self.presence_info_max_bytes = presence_info_max_bytes
@@ -195,8 +199,7 @@ class WebSocketEndpoint:
         try:
             await send(accept)
             connection.expire_at(principal.expires)
-            if self.on_open is not None:
-                self.on_open(1)
+            self.opened(connection)
             try:
                 fast: WebSocketFastWrite | None = scope.get("extensions", {}).get(FAST_WRITE)
                 if fast is not None:
@@ -207,13 +210,26 @@ class WebSocketEndpoint:
                     await self._serve_asgi(connection, receive, send, channels, cursor)
             finally:
                 if not connection.handed_off:
-                    if self.on_open is not None:
-                        self.on_open(-1)
+                    self.closed(connection)
                     connection.release()
                     connection.log_end()
         finally:
             if not connection.handed_off:
                 subscription.close()
+
+    def opened(self, connection: Connection) -> None:
+        """Count and list a connection that was accepted."""
+        if self.on_open is not None:
+            self.on_open(1)
+        if self.connections is not None:
+            self.connections.add(connection)
+
+    def closed(self, connection: Connection) -> None:
+        """Uncount and unlist a connection that ended."""
+        if self.on_open is not None:
+            self.on_open(-1)
+        if self.connections is not None:
+            self.connections.discard(connection)
 
     async def _serve_fast(
         self,

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from tidings.errors import PermissionDenied, Unauthorized
 from tidings.hub import NamespaceOptions, Namespaces
 from tidings.server.auth import (
+    ADMIN,
     ANONYMOUS,
     Action,
     Authority,
@@ -316,6 +317,8 @@ def test_with_no_authentication_configured_everyone_may_do_everything() -> None:
     open_server = Authority(Namespaces())
     assert not open_server.configured
     for action in Action:
+        if action is Action.ADMIN:
+            continue  # the admin key only, whatever else is configured (below)
         channel = "chat:room" if action in CHANNEL_ACTIONS else None
         assert outcome(open_server, ANONYMOUS, action, channel) == "ok"
 
@@ -394,3 +397,52 @@ def test_admits_anonymous_follows_the_namespace_rules() -> None:
     assert not Authority(Namespaces(), api_keys=keys).admits_anonymous()
     public = Namespaces(by_name={"news": NamespaceOptions(anonymous=True)})
     assert Authority(public, api_keys=keys).admits_anonymous()
+
+
+# -- the admin key -----------------------------------------------------------------------------
+
+ADMIN_KEY = "a" * 24
+
+
+@pytest.mark.parametrize("configured", [False, True], ids=["open", "configured"])
+def test_the_admin_key_is_the_admin_principal_and_a_wrong_one_is_refused(configured: bool) -> None:
+    auth = Authority(Namespaces(), api_keys=KEYS if configured else None, admin_key=ADMIN_KEY)
+    principal = auth.authenticate(scope(("Authorization", f"Admin {ADMIN_KEY}")))
+    assert principal is ADMIN
+    assert (principal.kind, principal.identity) == (Kind.ADMIN, "admin")
+    for wrong in ("Admin " + "b" * 24, "Admin " + ADMIN_KEY[:-1], "admin " + ADMIN_KEY + "x"):
+        with pytest.raises(Unauthorized, match="wrong admin key"):
+            auth.authenticate(scope(("Authorization", wrong)))
+
+
+def test_without_an_admin_key_there_is_no_admin_principal() -> None:
+    with pytest.raises(Unauthorized, match="wrong admin key"):
+        authority().authenticate(scope(("Authorization", f"Admin {ADMIN_KEY}")))
+    # With nothing configured, credentials are ignored as before.
+    assert Authority(Namespaces()).authenticate(scope(("Authorization", "Admin x"))) is ANONYMOUS
+
+
+def test_an_admin_key_leaves_other_credentials_as_they_were() -> None:
+    open_server = Authority(Namespaces(), admin_key=ADMIN_KEY)
+    assert not open_server.configured  # anonymous clients keep their access
+    for headers in (("Authorization", "Bearer sk-anything"), ("Authorization", "Basic eA==")):
+        assert open_server.authenticate(scope(headers)) is ANONYMOUS
+    auth = Authority(Namespaces(), api_keys=KEYS, admin_key=ADMIN_KEY)
+    assert auth.authenticate(scope(("X-API-Key", KEYS["primary"]))).kind is Kind.SERVER
+
+
+def test_admin_actions_need_the_admin_principal_and_nothing_else_opens_them() -> None:
+    for auth in (Authority(Namespaces(), admin_key=ADMIN_KEY), authority()):
+        assert outcome(auth, ADMIN, Action.ADMIN, None) == "ok"
+        for principal in (ANONYMOUS, client(subscribe=["*"]), SERVER):
+            assert outcome(auth, principal, Action.ADMIN, None) == "401"
+
+
+def test_the_admin_may_publish_test_events_and_nothing_more() -> None:
+    auth = authority(quiet=dict(publish=False))
+    assert outcome(auth, ADMIN, Action.PUBLISH, "chat:room") == "ok"
+    assert outcome(auth, ADMIN, Action.PUBLISH, "quiet:room") == "403"
+    for action in (Action.SUBSCRIBE, Action.HISTORY, Action.PRESENCE):
+        assert outcome(auth, ADMIN, action, "chat:room") == "403"
+    for action in (Action.CHANNELS, Action.STATS, Action.METRICS, Action.LLM_CREATE):
+        assert outcome(auth, ADMIN, action, None) == "403"
