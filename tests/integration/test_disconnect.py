@@ -22,17 +22,16 @@ async def test_disconnect_releases_subscription_at_once(fast_write: bool) -> Non
     app = create_app(hub, Settings(log_level="warning", sse_keepalive=TIMEOUT * 100))
     async with hub, run_server(app, fast_write=fast_write) as url:
         baseline = {task for task in asyncio.all_tasks() if not task.done()}
+        connections = app.state.tidings.connections
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
             for _ in range(3):
                 async with open_sse(client, "/sse?channel=a&channel=b") as reader:
                     await reader.until(b"\n\n")
                     assert hub.stats().subscribers == 2
-                    assert app.state.tidings.connections.count("sse") == 1
+                    assert connections.count("sse") == 1
                 # The client closed its connection: nothing is left.
                 await eventually(
-                    lambda: (
-                        not hub.stats().subscriptions and not app.state.tidings.connections.count("sse")
-                    ),
+                    lambda: not hub.stats().subscriptions and not connections.count("sse"),
                     interval=0.01,
                 )
                 stats = hub.stats()

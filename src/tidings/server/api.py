@@ -160,7 +160,7 @@ def parse_since(channel: str, value: str) -> Position:
     return position
 
 
-def _limit(request: Request, low: int, high: int) -> int | None:
+def query_limit(request: Request, low: int, high: int) -> int | None:
     """The ``?limit=`` of a request, from ``low`` to ``high``; None when absent.
 
     ASCII digits only: ``str.isdigit`` also takes "²", which ``int`` refuses.
@@ -179,7 +179,7 @@ async def history(request: Request) -> Response:
     channel = validate_channel(request.path_params["channel"])
     since_text = request.query_params.get("since")
     since = parse_since(channel, since_text) if since_text else None
-    command = protocol.History(None, channel, since, _limit(request, 0, MAX_HISTORY_LIMIT))
+    command = protocol.History(None, channel, since, query_limit(request, 0, MAX_HISTORY_LIMIT))
     max_reply_bytes = _state(request).settings.max_reply_bytes
     return JSONBody(await ops.history(caller, command, max_reply_bytes=max_reply_bytes))
 
@@ -187,7 +187,7 @@ async def history(request: Request) -> Response:
 def _page(request: Request) -> tuple[str | None, int | None]:
     """A listing's ``?cursor=…&limit=…``."""
     cursor = protocol.page_cursor(request.query_params.get("cursor"))
-    return cursor, _limit(request, 1, MAX_PAGE_LIMIT)
+    return cursor, query_limit(request, 1, MAX_PAGE_LIMIT)
 
 
 async def presence(request: Request) -> Response:

@@ -21,6 +21,7 @@ from tidings.hub import Hub, MemoryBackend, Namespaces
 from tidings.hub.backends.base import Backend
 from tidings.llm import Relay
 from tidings.server import api, session
+from tidings.server.admin import Monitor, admin_routes
 from tidings.server.auth import Authority, TokenVerifier
 from tidings.server.browser import browser_middleware
 from tidings.server.channel_stream import ChannelStream
@@ -253,6 +254,8 @@ def create_app(
         owns_hub=owns_hub,
     )
     state.metrics = Metrics(state)
+    if settings.admin_key:
+        state.admin = Monitor(state)
     sse = SSEEndpoint(
         hub,
         authority=authority,
@@ -284,12 +287,17 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await hub.start()
         logger.info("hub started with the %s backend", hub.backend.name)
+        admin = state.admin
+        if admin is not None:
+            admin.errors.attach()
         try:
             yield
         finally:
             try:
                 await state.shutdown(close_hub=owns_hub)
             finally:
+                if admin is not None:
+                    admin.errors.detach()
                 if proxy is not None:
                     await proxy.aclose()
 
@@ -333,6 +341,8 @@ def create_app(
         routes.append(Route("/v1/chat/completions", completions, methods=["POST"]))
         routes.append(Route("/v1/models", list_models, methods=["GET"]))
         routes.append(Route("/v1/streams/{stream_id}", streams, methods=["GET", "DELETE"]))
+    if state.admin is not None:
+        routes.extend(admin_routes())
     if pages is not None:
         # Last: every route above wins, then the user's files (their index.html at /).
         routes.append(Mount("/", pages, name="pages"))

@@ -18,6 +18,7 @@ from tidings.server.sse import SSEKeepalive
 from tidings.settings import Settings
 
 if TYPE_CHECKING:
+    from tidings.server.admin import Monitor
     from tidings.server.metrics import Metrics
 
 __all__ = ["ServerState"]
@@ -44,6 +45,8 @@ class ServerState:
     gate: PublishGate = field(default_factory=PublishGate)
     #: The app's Prometheus registry and histograms (``GET /metrics``).
     metrics: Metrics | None = None
+    #: What the admin page reads (``server/admin.py``); None without an ``admin_key``.
+    admin: Monitor | None = None
     #: Whether the app built its hub (then a stop closes it).
     owns_hub: bool = True
     _stopping: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
