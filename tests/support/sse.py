@@ -49,6 +49,13 @@ class SSEReader:
             while marker not in self.raw:
                 await self._read_more()
 
+    async def until_end(self, *, timeout: float = TIMEOUT) -> None:
+        """Read to the end of the response; fail if it does not end in time."""
+        async with asyncio.timeout(timeout):
+            async for chunk in self._chunks:
+                self.raw += chunk
+                self._pending += self.decoder.feed(chunk)
+
     async def aclose(self) -> None:
         await self._chunks.aclose()  # type: ignore[attr-defined]
 

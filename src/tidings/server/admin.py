@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import heapq
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -95,10 +95,23 @@ class _Reading:
 
 
 class Monitor:
-    """Snapshots of one app's activity for the admin page (see the module docstring)."""
+    """Snapshots of one app's activity for the admin page (see the module docstring).
 
-    def __init__(self, state: ServerState, errors: RecentErrors | None = None) -> None:
+    Args:
+        state: The app's shared state.
+        errors: The ring of recent errors; a new one when omitted.
+        clock: Monotonic seconds, for the rates (tests pass a fake).
+    """
+
+    def __init__(
+        self,
+        state: ServerState,
+        errors: RecentErrors | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.state = state
+        self.clock = clock
         self.errors = errors if errors is not None else RecentErrors()
         #: Event streams open now.
         self.streams = 0
@@ -107,7 +120,7 @@ class Monitor:
 
     def snapshot(self) -> dict[str, Any]:
         """The activity now, with rates since the previous reading."""
-        now = time.monotonic()
+        now = self.clock()
         last = self._last
         if self._snapshot is not None and last is not None and now - last.time < MIN_INTERVAL:
             return self._snapshot

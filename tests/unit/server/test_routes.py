@@ -26,14 +26,21 @@ from tidings.settings import Settings
 SECRET = "a-route-table-secret-of-32-bytes"
 
 #: The routes anyone may use, authentication or not (docs/reference/http.md).
-PUBLIC = frozenset({"/healthz", "/readyz", "/static", "/"})
+PUBLIC = frozenset({"/healthz", "/readyz", "/static", "/", "/admin", "/admin/static"})
+#: The admin routes exist only with an admin key: the table is built with one.
+ADMIN_KEY = "an-admin-key-of-24-chars"
 
 #: A value for each path parameter, so a refusal is about identity, not input.
-PARAMS = {"channel": "chat:room", "stream_id": "chatcmpl-0123456789abcdef"}
+PARAMS = {
+    "channel": "chat:room",
+    "stream_id": "chatcmpl-0123456789abcdef",
+    "connection_id": "sse-1",
+}
 
 #: A body for the routes that read one, valid but for the missing identity.
 BODIES: dict[str, dict[str, Any]] = {
     "/api/publish": {"channel": "chat:room", "data": 1},
+    "/admin/api/publish": {"channel": "chat:room", "data": 1},
     "/v1/chat/completions": {
         "model": "demo",
         "messages": [{"role": "user", "content": "hi"}],
@@ -66,8 +73,11 @@ def concrete(path: str) -> str:
     return path
 
 
+SETTINGS = Settings(jwt_secret=SECRET, token_cookie="tidings_token", admin_key=ADMIN_KEY)
+
+
 def app() -> Starlette:
-    return create_app(Hub(), Settings(jwt_secret=SECRET, token_cookie="tidings_token"))
+    return create_app(Hub(), SETTINGS)
 
 
 def table() -> list[tuple[str, BaseRoute]]:
@@ -101,6 +111,8 @@ def test_every_route_is_public_or_checked_below() -> None:
         "/api/stats",
         "/metrics",
         "/v1/chat/completions",
+        "/admin/api/events",
+        "/admin/api/connections/{connection_id}",
     } <= checked
 
 
@@ -110,11 +122,11 @@ async def hub() -> AsyncIterator[Hub]:
         yield hub
 
 
-@pytest.mark.parametrize("url", ["/healthz", "/readyz", "/static/tidings.js", "/"])
+@pytest.mark.parametrize(
+    "url", ["/healthz", "/readyz", "/static/tidings.js", "/", "/admin", "/admin/static/admin.js"]
+)
 async def test_the_public_routes_answer_without_credentials(hub: Hub, url: str) -> None:
-    transport = httpx.ASGITransport(
-        app=create_app(hub, Settings(jwt_secret=SECRET, token_cookie="tidings_token"))
-    )
+    transport = httpx.ASGITransport(app=create_app(hub, SETTINGS))
     async with httpx.AsyncClient(transport=transport, base_url="http://tidings") as client:
         response = await client.get(url, timeout=TIMEOUT)
     assert response.status_code == 200
@@ -124,9 +136,7 @@ async def test_the_public_routes_answer_without_credentials(hub: Hub, url: str) 
 async def test_every_non_public_http_route_refuses_no_credentials(
     hub: Hub, method: str, path: str
 ) -> None:
-    transport = httpx.ASGITransport(
-        app=create_app(hub, Settings(jwt_secret=SECRET, token_cookie="tidings_token"))
-    )
+    transport = httpx.ASGITransport(app=create_app(hub, SETTINGS))
     async with httpx.AsyncClient(transport=transport, base_url="http://tidings") as client:
         url = concrete(path) + ("?channel=chat:room" if path == "/sse" else "")
         body = BODIES.get(path)
@@ -142,7 +152,7 @@ async def test_every_non_public_http_route_refuses_no_credentials(
 
 @pytest.mark.parametrize("path", websocket_cases())
 async def test_every_websocket_route_refuses_the_handshake(hub: Hub, path: str) -> None:
-    application = create_app(hub, Settings(jwt_secret=SECRET, token_cookie="tidings_token"))
+    application = create_app(hub, SETTINGS)
     sent: list[Message] = []
     scope = {
         "type": "websocket",
