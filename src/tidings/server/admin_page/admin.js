@@ -235,10 +235,10 @@ function draw() {
     context.stroke();
   }
   const step = width / (POINTS - 1);
-  const line = (series, name) => {
+  const line = (series, name, lineWidth) => {
     if (!series.length) return;
     context.strokeStyle = colour(name);
-    context.lineWidth = 2;
+    context.lineWidth = lineWidth;
     context.beginPath();
     const offset = POINTS - series.length;
     series.forEach((value, index) => {
@@ -249,8 +249,9 @@ function draw() {
     });
     context.stroke();
   };
-  line(history.deliver, "--deliver");
-  line(history.publish, "--publish");
+  // Deliveries wider and underneath: with one subscriber per event the lines coincide.
+  line(history.deliver, "--deliver", 5);
+  line(history.publish, "--publish", 2);
   const publishNow = history.publish[history.publish.length - 1] || 0;
   const deliverNow = history.deliver[history.deliver.length - 1] || 0;
   $("chart-peak").textContent = number.format(peak);
