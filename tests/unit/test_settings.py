@@ -133,6 +133,8 @@ def test_authentication_settings_come_from_the_environment() -> None:
         ({"TIDINGS_CORS_ORIGINS": "*", "TIDINGS_CORS_CREDENTIALS": "1"}, "cors_credentials"),
         ({"TIDINGS_JWT_LEEWAY": "-1"}, "jwt_leeway must be >= 0"),
         ({"TIDINGS_JWT_LEEWAY": SECRET}, "jwt_leeway must be a number"),
+        ({"TIDINGS_ADMIN_KEY": "short-admin-k"}, "admin_key must be at least 16"),
+        ({"TIDINGS_ADMIN_KEY": f" {SECRET}"}, "admin_key must not start or end with white"),
     ],
 )
 def test_bad_authentication_settings_name_the_field_never_the_value(
@@ -336,7 +338,10 @@ def test_bad_http2_settings_are_refused(env: dict[str, str], message: str) -> No
     [
         # A typo gets the closest name; anything else gets the list of names.
         ("histroy_size = 1\n", r": unknown setting 'histroy_size'; did you mean 'history_size'\?"),
-        ("zzz = 1\n", r": unknown setting 'zzz'; known: access_log_streams, allow_anonymous, "),
+        (
+            "zzz = 1\n",
+            r": unknown setting 'zzz'; known: access_log_streams, admin_key, allow_anonymous, ",
+        ),
         # The article and the noun suit every kind.
         ('port = "x"\n', r": port must be an integer\Z"),
         ("port = 1.5\n", r": port must be an integer\Z"),
@@ -414,3 +419,11 @@ def test_hook_settings_come_from_the_environment() -> None:
     assert (settings.static_dir, settings.hook_timeout) == ("site", 1.5)
     assert settings.proxy_urls() == {"proxy_publish_url": "https://backend.example/tidings/publish"}
     assert settings.proxy_header_names() == ("cookie",)
+
+
+def test_the_admin_key_comes_from_the_environment_and_stays_out_of_the_repr() -> None:
+    settings = load_settings(env={"TIDINGS_ADMIN_KEY": SECRET})
+    assert settings.admin_key == SECRET
+    assert SECRET not in repr(settings)
+    assert not settings.authentication  # anonymous clients keep their access
+    assert Settings().admin_key == ""
