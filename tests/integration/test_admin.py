@@ -105,7 +105,7 @@ async def snapshots(client: httpx.AsyncClient) -> AsyncIterator[dict[str, Any]]:
         reader = SSEReader(response)
         while True:
             [event] = await reader.events(1)
-            assert event.type == "snapshot"
+            assert event.event == "snapshot"
             yield json.loads(event.data)
 
 
