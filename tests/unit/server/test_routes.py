@@ -8,6 +8,7 @@ route that forgets to ask ``authorize()`` fails here.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -183,7 +184,7 @@ async def test_every_websocket_route_refuses_the_handshake(hub: Hub, path: str) 
 
 
 def test_static_dir_adds_only_its_public_mount_after_every_route(tmp_path: Path) -> None:
-    settings = Settings(jwt_secret=SECRET, token_cookie="tidings_token", static_dir=str(tmp_path))
+    settings = dataclasses.replace(SETTINGS, static_dir=str(tmp_path))
     with_pages = [route.path for route in create_app(Hub(), settings).routes]
     # Last, so every route above (each checked by the tests above) still answers
     # first; it takes the demo's "/" and is public like it (docs/reference/http.md).
