@@ -62,6 +62,30 @@ async def test_disconnect_ends_an_sse_stream(client: httpx.AsyncClient, channel:
     assert again.status_code == 404
 
 
+async def test_disconnect_ends_a_channel_stream(client: httpx.AsyncClient, channel: str) -> None:
+    published = await client.post("/api/publish", json={"channel": channel, "data": 1})
+    assert published.status_code == 200, published.text
+    position = f"{published.json()['epoch']}:0"
+    async with client.stream("GET", f"/api/stream/{channel}?since={position}") as response:
+        assert response.status_code == 200
+        lines = response.aiter_lines()
+        first = json.loads(await asyncio.wait_for(anext(lines), TIMEOUT))
+        assert first["data"] == 1
+        [entry] = await listed(client, channel)
+        assert (entry["transport"], entry["channels"]) == ("stream", [channel])
+        deleted = await client.delete(f"/admin/api/connections/{entry['id']}", headers=ADMIN)
+        assert deleted.json() == {"disconnected": entry["id"], "transport": "stream"}
+        rest = [line async for line in _bounded(lines)]
+        assert rest == []  # the response ended cleanly, with nothing after the event
+    await eventually(lambda: _gone(client, channel))
+
+
+async def _bounded(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    async with asyncio.timeout(TIMEOUT):
+        async for line in lines:
+            yield line
+
+
 async def _gone(client: httpx.AsyncClient, channel: str) -> bool:
     return not await listed(client, channel)
 

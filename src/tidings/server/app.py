@@ -268,7 +268,7 @@ def create_app(
         compression=settings.sse_compression,
         connections=state.connections,
     )
-    channel_stream = ChannelStream(hub, authority=authority, on_open=state.counter("stream"))
+    channel_stream = ChannelStream(hub, authority=authority, connections=state.connections)
     websocket = WebSocketEndpoint(
         hub,
         authority=authority,

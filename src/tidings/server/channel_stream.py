@@ -25,7 +25,8 @@ whole life, and ends cleanly (last chunk) when the server stops.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator
 from urllib.parse import parse_qsl
 
 from starlette.types import Receive, Scope, Send
@@ -37,6 +38,7 @@ from tidings.server import ops
 from tidings.server._ws_codec import WS_JSON
 from tidings.server.api import parse_since
 from tidings.server.auth import Action, Authority
+from tidings.server.connections import Connections
 from tidings.server.errors import error_response
 from tidings.server.logs import log_closed
 from tidings.server.pump import Pump
@@ -64,6 +66,25 @@ async def _batches(subscription: Subscription) -> AsyncIterator[list[Item]]:
             return
 
 
+class _Listed:
+    """One open stream as the app's registry lists it (``server/connections.py``)."""
+
+    __slots__ = ("id", "opened_at", "peer", "subscription")
+
+    transport = "stream"
+
+    def __init__(self, peer: str, subscription: Subscription) -> None:
+        self.id = f"stream-{next(_connection_ids)}"
+        self.peer = peer
+        self.opened_at = time.time()
+        self.subscription = subscription
+
+    def disconnect(self) -> None:
+        """End the stream from the server side (``/admin``): what is queued goes
+        out and the response ends cleanly."""
+        self.subscription.close(CloseReason.CLOSED)
+
+
 class ChannelStream:
     """``GET /api/stream/{channel}``: the ASGI endpoint (see the module docstring).
 
@@ -72,7 +93,7 @@ class ChannelStream:
         authority: Who may subscribe to what.
         outbox_max_bytes: Bound of each stream's outbox (hub default if None).
         overflow: Slow-consumer policy (hub default if None).
-        on_open: Called with +1 when a stream starts and -1 when it ends.
+        connections: The registry that lists each stream while it is open.
     """
 
     def __init__(
@@ -82,13 +103,13 @@ class ChannelStream:
         authority: Authority,
         outbox_max_bytes: int | None = None,
         overflow: OverflowPolicy | str | None = None,
-        on_open: Callable[[int], None] | None = None,
+        connections: Connections | None = None,
     ) -> None:
         self.hub = hub
         self.authority = authority
         self.outbox_max_bytes = outbox_max_bytes
         self.overflow = overflow
-        self.on_open = on_open
+        self.connections = connections
 
     async def parse(self, scope: Scope) -> tuple[str, Position | None]:
         """The channel and ``since`` of a request, admitted (``authorize()``, then
@@ -122,13 +143,15 @@ class ChannelStream:
                 pump.abort()
 
         subscription.on_close(closed)
-        if self.on_open is not None:
-            self.on_open(1)
+        listed = _Listed(self.authority.peer(scope), subscription)
+        connections = self.connections
+        if connections is not None:
+            connections.add(listed)
         try:
             await pump(scope, receive, send)
         finally:
             reason = subscription.close_reason or pump.reason or "error"
             subscription.close()
-            if self.on_open is not None:
-                self.on_open(-1)
-            log_closed("stream", f"stream-{next(_connection_ids)}", 1, reason)
+            if connections is not None:
+                connections.discard(listed)
+            log_closed("stream", listed.id, 1, reason)

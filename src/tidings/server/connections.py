@@ -55,7 +55,7 @@ class Connections:
 
     __slots__ = ("_by_id", "_counts", "_sequence")
 
-    def __init__(self, transports: tuple[str, ...] = ("sse", "ws")) -> None:
+    def __init__(self, transports: tuple[str, ...] = ("sse", "ws", "stream")) -> None:
         self._by_id: dict[str, tuple[int, Listed]] = {}
         self._counts: dict[str, int] = dict.fromkeys(transports, 0)
         self._sequence = itertools.count(1)

@@ -26,11 +26,11 @@ class Fake:
 async def test_counts_follow_adds_and_discards() -> None:
     hub = Hub()
     registry = Connections()
-    assert registry.counts() == {"sse": 0, "ws": 0}
+    assert registry.counts() == {"sse": 0, "ws": 0, "stream": 0}
     one, two = Fake("sse-1", "sse", hub.subscription()), Fake("w1", "ws", hub.subscription())
     registry.add(one)
     registry.add(two)
-    assert (len(registry), registry.counts()) == (2, {"sse": 1, "ws": 1})
+    assert (len(registry), registry.counts()) == (2, {"sse": 1, "ws": 1, "stream": 0})
     assert registry.get("w1") is two
     assert registry.get("nope") is None
     registry.discard(one)
