@@ -53,13 +53,14 @@ class ServerProcess:
         self.log_path = Path(self._dir.name) / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> ServerProcess:
+    def start(self, *, timeout: float = TIMEOUT * 3) -> ServerProcess:
+        """Start the server; return once it answers ``/healthz``, within ``timeout`` seconds."""
         command = [self.python, "-m", "tidings", "serve", "--port", str(self.port), *self.args]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 command, env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + TIMEOUT * 3
+        deadline = time.monotonic() + timeout
         verify = self.tls.client_context() if self.tls else True
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -71,7 +72,7 @@ class ServerProcess:
                 pass
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"server did not answer within {TIMEOUT * 3} s:\n{self.log()}")
+        raise RuntimeError(f"server did not answer within {timeout} s:\n{self.log()}")
 
     @property
     def pid(self) -> int:
