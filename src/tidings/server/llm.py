@@ -217,7 +217,8 @@ async def _batches(
 
     An empty batch means "nothing new": every ``keepalive`` idle seconds, or
     when the generation ended without its ``end`` event reaching the hub (a
-    backend failure); the caller then reads ``generation.end``.
+    backend failure, or a backend still busy with it when the subscription
+    closes); the caller then reads ``generation.end``.
     """
     unregister = generation.on_done(subscription.wakeup) if generation is not None else lambda: None
     try:
@@ -226,11 +227,14 @@ async def _batches(
             if items:
                 yield items
                 continue
-            if subscription.closed:
-                return
+            # Before a closed subscription ends the stream: a server that stops
+            # closes it while the end of a cancelled generation may still be on
+            # its way to a backend that does not answer.
             if _lost_end(generation) is not None:
                 yield []
                 continue
+            if subscription.closed:
+                return
             try:
                 async with asyncio.timeout(keepalive):
                     await subscription.wait()

@@ -10,7 +10,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.support.env import TIMEOUT
+from tests.support.env import TIMEOUT, eventually
 from tidings.errors import (
     BackendUnavailable,
     FrameTooLarge,
@@ -173,6 +173,63 @@ async def test_a_lost_end_event_still_ends_every_response() -> None:
                 assert view.content.endswith(b'event: end\ndata: {"status":"completed"}\n\n')
         finally:
             await app.state.tidings.relay.aclose()
+
+
+class HangingEndHub(Hub):
+    """A hub whose backend hangs when a generation's ``end`` is published (a Redis
+    that stopped answering), until ``answer`` is set; then the publish fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = asyncio.Event()
+
+    async def publish(self, channel: str, data: Any = None, **options: Any) -> Any:
+        if options.get("event") == "end":
+            await self.answer.wait()
+            raise BackendUnavailable("test", "timed out")
+        return await super().publish(channel, data, **options)
+
+
+async def test_a_stream_cut_by_shutdown_ends_with_its_generations_end_not_yet_published() -> None:
+    held = LLMConfig.from_table(
+        {"providers": {"demo": {"kind": "demo", "first_token_delay": 0, "token_interval": 3600}}}
+    )
+    async with HangingEndHub() as hub:
+        app = create_app(hub, Settings(llm=held))
+        state = app.state.tidings
+        transport = httpx.ASGITransport(app=app)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                streamed = asyncio.create_task(
+                    client.post("/v1/chat/completions", json={**BODY, "stream": True})
+                )
+                generation = await first_token(state.relay)
+                # Cancelled at the deadline; its end cannot reach the backend before
+                # the hub closes the stream's subscription.
+                await state.shutdown(close_hub=True, wait=0.5)
+                async with asyncio.timeout(TIMEOUT):
+                    response = await streamed
+                assert generation.end is not None
+                assert not generation.end_published
+        finally:
+            hub.answer.set()
+            await state.relay.aclose()
+    assert response.status_code == 200
+    last = blocks(response.content)[-1]
+    error = orjson.loads(last[0].removeprefix(b"data: "))["error"]
+    assert error["code"] == "cancelled"
+    assert "shutdown" in error["message"]
+
+
+async def first_token(relay: Any) -> Any:
+    """The relay's one generation, once it has relayed a token."""
+
+    def relayed() -> bool:
+        generations = list(relay._generations.values())
+        return bool(generations) and generations[0].tokens >= 1
+
+    await eventually(relayed)
+    return next(iter(relay._generations.values()))
 
 
 class NoSubscribeHub(Hub):
