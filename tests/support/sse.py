@@ -49,12 +49,14 @@ class SSEReader:
             while marker not in self.raw:
                 await self._read_more()
 
-    async def until_end(self, *, timeout: float = TIMEOUT) -> None:
-        """Read to the end of the response; fail if it does not end in time."""
+    async def until_end(self, *, timeout: float = TIMEOUT) -> bytes:
+        """Read to the end of the response (its last chunk); fail if it does not end
+        in time; return all it read."""
         async with asyncio.timeout(timeout):
             async for chunk in self._chunks:
                 self.raw += chunk
                 self._pending += self.decoder.feed(chunk)
+        return bytes(self.raw)
 
     async def aclose(self) -> None:
         await self._chunks.aclose()  # type: ignore[attr-defined]
