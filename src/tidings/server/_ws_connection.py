@@ -406,6 +406,9 @@ class Connection:
                 raise RateLimited(self.endpoint.rate_limit)
             command = protocol.parse_command(document)
         except TidingsError as exc:
+            gate = self.caller.gate
+            if gate is not None and isinstance(document, dict) and document.get("op") == "publish":
+                gate.refuse(exc)  # ops.publish counts the refusals of a well-formed one
             self.send_error(protocol.request_id(document), exc)
             return
         await self.execute(command)

@@ -26,6 +26,7 @@ from tidings.errors import (
     InvalidCursor,
     InvalidPublication,
     ProtocolError,
+    TidingsError,
 )
 from tidings.hub import validate_channel
 from tidings.server import ops
@@ -130,20 +131,33 @@ async def publish(request: Request) -> Response:
     """``POST /api/publish``: JSON ``{"channel", "data" | "text", "event"?, "key"?}``,
     or a ``text/plain`` body with ``?channel=…&event=…``."""
     state = _state(request)
-    caller = _caller(request)
-    body = await read_body(request, state.settings.max_body_bytes)
+    try:
+        caller = _caller(request)
+        command = await _publish_command(request, state.settings.max_body_bytes)
+    except TidingsError as exc:
+        state.gate.refuse(exc)  # ops.publish counts the refusals that come after
+        raise
+    return JSONBody(await ops.publish(caller, command))
+
+
+async def _publish_command(request: Request, max_body_bytes: int) -> protocol.Publish:
+    """The request's body as a publish command.
+
+    Raises:
+        FrameTooLarge: the body is over ``max_body_bytes``.
+        ProtocolError, InvalidPublication: a body that is not a publish.
+    """
+    body = await read_body(request, max_body_bytes)
     media_type = _media_type(request)
     key = request.headers.get("idempotency-key")
     if media_type in ("", "application/json") or media_type.endswith("+json"):
-        command = _publish_json(body, key)
-    elif media_type == "text/plain":
-        command = _publish_text(request, body, key)
-    else:
-        raise ProtocolError(
-            f"unsupported Content-Type {media_type!r}: use application/json or text/plain",
-            code=ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-        )
-    return JSONBody(await ops.publish(caller, command))
+        return _publish_json(body, key)
+    if media_type == "text/plain":
+        return _publish_text(request, body, key)
+    raise ProtocolError(
+        f"unsupported Content-Type {media_type!r}: use application/json or text/plain",
+        code=ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+    )
 
 
 def parse_since(channel: str, value: str) -> Position:

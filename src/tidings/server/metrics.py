@@ -43,6 +43,7 @@ from starlette.responses import Response
 from tidings.hub import HubStats
 from tidings.server.auth import Action
 from tidings.server.limits import SOCKETS
+from tidings.server.rates import REFUSAL_REASONS
 
 if TYPE_CHECKING:
     from tidings.server.state import ServerState
@@ -151,6 +152,15 @@ class StateCollector(Collector):
             "Subscriptions closed because their outbox overflowed.",
             stats.slow_consumers,
         )
+        refused = CounterMetricFamily(
+            "tidings_publish_refused",
+            "Publishes refused, by reason: "
+            "rate, too_large, forbidden, invalid, hook, backend, draining.",
+            labels=["reason"],
+        )
+        for reason in REFUSAL_REASONS:
+            refused.add_metric([reason], state.gate.refused[reason])
+        yield refused
         errors = CounterMetricFamily(
             "tidings_backend_errors",
             "Operations that failed because the backend was unavailable, by operation.",

@@ -33,6 +33,7 @@ from tidings.errors import (
     InvalidChannel,
     InvalidCursor,
     ProtocolError,
+    TidingsError,
 )
 from tidings.hub import (
     ClientInfo,
@@ -255,7 +256,7 @@ async def publish(caller: Caller, command: protocol.Publish) -> dict[str, Any]:
     The caller's gate admits it first (after :func:`permit`, so a refused
     publish never spends a token), then the ``on_publish`` hook may refuse it
     or replace its data (inside the gate: a drain waits for it, and a rate
-    limit spares the hook's backend).
+    limit spares the hook's backend). The gate counts every refusal.
 
     Raises:
         InvalidChannel, Unauthorized, PermissionDenied: from :func:`permit`.
@@ -265,6 +266,15 @@ async def publish(caller: Caller, command: protocol.Publish) -> dict[str, Any]:
         InvalidPublication: a reserved event type, or data too large.
         PublishError: the backend did not publish it.
     """
+    try:
+        return await _publish(caller, command)
+    except TidingsError as exc:
+        if caller.gate is not None:
+            caller.gate.refuse(exc)
+        raise
+
+
+async def _publish(caller: Caller, command: protocol.Publish) -> dict[str, Any]:
     channel = permit(caller, Action.PUBLISH, command.channel)
     gate = caller.gate
     if gate is not None:

@@ -24,6 +24,12 @@ publish is refused with :class:`~tidings.errors.ShuttingDown`, and
 :meth:`PublishGate.drain` returns once the publishes already admitted have
 reached the hub, so that none of them is delivered to subscribers that are
 being closed.
+
+Every refused publish, whoever decided it (the gate, the authority, the
+hub, the request's parser), is counted by reason on the gate
+(:meth:`PublishGate.refuse`, :data:`REFUSAL_REASONS`): once per publish,
+never on the delivery path. ``GET /metrics`` shows the counts as
+``tidings_publish_refused_total{reason}``.
 """
 
 from __future__ import annotations
@@ -31,14 +37,48 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
-from tidings.errors import RateLimited, ShuttingDown
+from tidings.errors import (
+    HookFailed,
+    PermissionDenied,
+    ProxyUnavailable,
+    PublishError,
+    RateLimited,
+    Rejected,
+    ShuttingDown,
+    TidingsError,
+    Unauthorized,
+)
 from tidings.server.auth import Kind, Principal
+from tidings.wire.codes import ErrorCode
 
-__all__ = ["Buckets", "PublishGate", "PublishRates", "TokenBucket", "retry_seconds"]
+__all__ = [
+    "REFUSAL_REASONS",
+    "Buckets",
+    "PublishGate",
+    "PublishRates",
+    "TokenBucket",
+    "refusal_reason",
+    "retry_seconds",
+]
+
+#: Why a publish is refused: a rate limit, data or a body over its limit, no
+#: right to publish there, a bad request (channel, event type, body, data), the
+#: ``on_publish`` hook (it refused, failed or its proxy is down), a backend that
+#: did not publish it, a server that is stopping.
+REFUSAL_REASONS: Final = (
+    "rate",
+    "too_large",
+    "forbidden",
+    "invalid",
+    "hook",
+    "backend",
+    "draining",
+)
 
 Clock = Callable[[], float]
 
@@ -46,6 +86,23 @@ Clock = Callable[[], float]
 def retry_seconds(retry_after: float) -> int:
     """A ``Retry-After`` value: whole seconds, at least 1."""
     return max(1, math.ceil(retry_after))
+
+
+def refusal_reason(error: TidingsError) -> str:
+    """The :data:`REFUSAL_REASONS` entry for the error that refused a publish."""
+    if isinstance(error, RateLimited):
+        return "rate"
+    if isinstance(error, ShuttingDown):
+        return "draining"
+    if isinstance(error, PublishError):
+        return "backend"
+    if isinstance(error, (Unauthorized, PermissionDenied)):
+        return "forbidden"
+    if isinstance(error, (Rejected, HookFailed, ProxyUnavailable)):
+        return "hook"
+    if error.code == ErrorCode.TOO_LARGE:
+        return "too_large"
+    return "invalid"
 
 
 class TokenBucket:
@@ -166,6 +223,8 @@ class PublishGate:
             if rates.principal
             else None
         )
+        #: Publishes refused, by reason (:data:`REFUSAL_REASONS`).
+        self.refused: Counter[str] = Counter()
         self._admitted = 0
         self._settled: asyncio.Event | None = None
 
@@ -213,6 +272,10 @@ class PublishGate:
                 raise RateLimited(
                     principals.rate, retry_after=wait, what="publishes", scope="per subject"
                 )
+
+    def refuse(self, error: TidingsError) -> None:
+        """Count a publish refused with ``error``, wherever that was decided."""
+        self.refused[refusal_reason(error)] += 1
 
     def settle(self) -> None:
         """An admitted publish has reached the hub (or failed)."""

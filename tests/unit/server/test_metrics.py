@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.env import TIMEOUT
-from tidings.errors import BackendUnavailable
+from tests.support.namespaces import restricted_namespaces
+from tidings.errors import BackendUnavailable, Rejected
 from tidings.hub import Hub, MemoryBackend
-from tidings.server import create_app
+from tidings.server import PublishContext, create_app
 from tidings.server.metrics import LATENCY_EVERY
 from tidings.settings import Settings
 
@@ -129,6 +131,76 @@ async def test_backend_errors_are_counted_by_operation() -> None:
     assert values[("tidings_backend_errors_total", (("op", "publish"),))] == 1
     assert values[("tidings_backend_errors_total", (("op", "ping"),))] == 1
     assert values[("tidings_published_total", ())] == 0
+    assert values[("tidings_publish_refused_total", (("reason", "backend"),))] == 1
+
+
+def refused(values: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> dict[str, float]:
+    return {
+        dict(labels)["reason"]: value
+        for (name, labels), value in values.items()
+        if name == "tidings_publish_refused_total"
+    }
+
+
+async def test_refused_publishes_are_counted_by_reason() -> None:
+    async with Hub(namespaces=restricted_namespaces()) as hub:
+        counts = await refusals(hub)
+    assert counts == {
+        "rate": 1,
+        "too_large": 1,
+        "forbidden": 1,
+        "invalid": 3,
+        "hook": 0,
+        "backend": 0,
+        "draining": 1,
+    }
+    assert hub.stats().published == 1
+
+
+async def test_publishes_the_on_publish_hook_refuses_are_counted_as_hook(hub: Hub) -> None:
+    async def on_publish(context: PublishContext) -> None:
+        if context.channel == "m:refused":
+            raise Rejected("not_here", "no publishing here")
+        if context.channel == "m:broken":
+            raise RuntimeError("a bug in the hook")
+
+    app = create_app(hub, Settings(), on_publish=on_publish)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        for channel, status in (("m:refused", 403), ("m:broken", 500), ("m:fine", 200)):
+            response = await client.post("/api/publish", json={"channel": channel, "data": 1})
+            assert response.status_code == status, response.text
+        counts = refused(samples(await scrape(client)))
+    assert counts["hook"] == 2
+    assert sum(counts.values()) == 2
+
+
+async def refusals(hub: Hub) -> dict[str, float]:
+    """Publish over HTTP in every way the server refuses; return the refusal counts."""
+    settings = Settings(
+        max_body_bytes=1024,
+        publish_rate_per_address=0.01,  # one publish, then the next token in 100 s
+    )
+    app = create_app(hub, settings)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert set(refused(samples(await scrape(client))).values()) == {0}
+        attempts: list[tuple[dict[str, Any], int]] = [
+            ({"json": {"channel": "ro:a", "data": 1}}, 403),
+            ({"json": {"channel": "not a channel", "data": 1}}, 400),
+            ({"json": [{"channel": "m:a", "data": 1}]}, 400),
+            ({"content": b"{", "headers": {"content-type": "application/json"}}, 400),
+            ({"json": {"channel": "m:a", "data": "x" * 2000}}, 413),
+            ({"json": {"channel": "m:a", "data": 1}}, 200),
+            ({"json": {"channel": "m:a", "data": 2}}, 429),
+        ]
+        for request, status in attempts:
+            response = await client.post("/api/publish", **request)
+            assert response.status_code == status, (request, response.text)
+        await app.state.tidings.drain(wait=0)
+        draining = await client.post("/api/publish", json={"channel": "m:a", "data": 3})
+        assert draining.status_code == 503
+        return refused(samples(await scrape(client)))
 
 
 async def test_metrics_need_the_api_key_once_authentication_is_configured(hub: Hub) -> None:
