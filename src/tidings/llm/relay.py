@@ -61,7 +61,14 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from tidings.errors import QueueFull, ShuttingDown, TidingsError, UpstreamError, UpstreamTimeout
+from tidings.errors import (
+    BackendUnavailable,
+    QueueFull,
+    ShuttingDown,
+    TidingsError,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from tidings.hub import Event, Hub
 from tidings.llm.chunks import Delta, build_chunk, error_object
 from tidings.llm.config import ProviderRouter
@@ -78,6 +85,7 @@ __all__ = [
     "LLMStats",
     "Relay",
     "Status",
+    "failure_end",
     "upstream_status",
 ]
 
@@ -115,6 +123,26 @@ def upstream_status(exc: UpstreamError) -> int:
     if exc.status in (400, 404, 413, 422, 429):
         return exc.status
     return 502
+
+
+def failure_end(exc: UpstreamError | BackendUnavailable) -> dict[str, Any]:
+    """The ``end`` of a generation that failed with ``exc``: ``status``, ``http_status``
+    and the OpenAI-shaped ``error`` (the upstream's message; never the backend's address)."""
+    if isinstance(exc, BackendUnavailable):
+        return {
+            "status": "failed",
+            "http_status": 503,
+            **error_object(
+                "the generation stopped: the backend is unavailable",
+                type="server_error",
+                code=exc.code,
+            ),
+        }
+    return {
+        "status": "failed",
+        "http_status": upstream_status(exc),
+        **error_object(str(exc), type="upstream_error", code=exc.code),
+    }
 
 
 class LLMStats(NamedTuple):
@@ -475,14 +503,11 @@ class Relay:
                     code=ErrorCode.CANCELLED,
                 ),
             }
-        except UpstreamError as exc:
+        except (UpstreamError, BackendUnavailable) as exc:
+            # Expected failures: the upstream's, or a chunk the backend did not take.
             status = Status.FAILED
             logger.warning("generation %s failed: %s", generation.id, exc)
-            end = {
-                "status": "failed",
-                "http_status": upstream_status(exc),
-                **error_object(str(exc), type="upstream_error", code=exc.code),
-            }
+            end = failure_end(exc)
         except Exception:
             status = Status.FAILED
             logger.exception("generation %s failed", generation.id)

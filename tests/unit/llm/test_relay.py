@@ -248,6 +248,40 @@ async def test_failures_end_the_stream_with_an_error(
     assert relay.stats().failed == 1
 
 
+class ChunkLosingHub(Hub):
+    """A hub whose backend stops answering after a generation's first chunk."""
+
+    async def publish(self, channel: str, data: Any = None, **options: Any) -> Any:
+        lost = channel.startswith("llm:chatcmpl-") and options.get("event") != "end"
+        if lost and (await self.position(channel)).offset >= 1:
+            raise BackendUnavailable("redis", "Timeout reading from 127.0.0.1:6379")
+        return await super().publish(channel, data, **options)
+
+
+async def test_a_backend_failure_mid_generation_ends_it_as_unavailable(
+    provider: Scripted, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with ChunkLosingHub() as hub:
+        relay = Relay(hub, ProviderRouter({"scripted": provider}, {}, default="scripted"))
+        try:
+            generation = await relay.start(chat())
+            assert await wait(relay, generation.id) is Status.FAILED
+            kind, end = (await events(hub, generation.channel))[-1]
+        finally:
+            await relay.aclose()
+    assert kind == "end"
+    assert (end["status"], end["http_status"], end["error"]["code"]) == (
+        "failed",
+        503,
+        "unavailable",
+    )
+    assert "6379" not in end["error"]["message"]
+    assert provider.closed.is_set()
+    assert relay.stats().failed == 1
+    # An outage is expected: a warning, no traceback.
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]
+
+
 def test_upstream_status_passes_through_what_a_client_can_act_on() -> None:
     assert upstream_status(UpstreamError("x", status=404)) == 404
     assert upstream_status(UpstreamError("x", status=503)) == 502
