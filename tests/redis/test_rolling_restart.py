@@ -188,7 +188,11 @@ async def test_a_rolling_restart_loses_and_repeats_no_event(
 ) -> None:
     args = ["--backend", "redis", "--redis-url", redis_url, "--redis-prefix", redis_prefix]
     env = {"TIDINGS_DRAIN_TIMEOUT": str(DRAIN), "TIDINGS_SSE_RETRY": "0.05"}
-    with ServerProcess(args=args, env=env) as a, ServerProcess(args=args, env=env) as b:
+    with contextlib.ExitStack() as stack:
+        a, b = ServerProcess(args=args, env=env), ServerProcess(args=args, env=env)
+        for node in (a, b):
+            stack.callback(node.close)
+            node.start(timeout=STEP)
         address_a, address_b = ("127.0.0.1", a.port), ("127.0.0.1", b.port)
         crowd = Crowd()
         async with (
