@@ -23,6 +23,26 @@ def test_included_examples_match_their_files() -> None:
     assert found >= 1
 
 
+FENCE = re.compile(r"^\s*```(.*)$")
+
+
+def test_every_code_block_names_its_language() -> None:
+    """The docs runner (tests/support/docs.py) picks blocks by language: a block
+    without one would be neither run nor marked, so every block names one
+    (``text`` for output, diagrams and wire samples)."""
+    unnamed = []
+    for path in markdown_files():
+        inside = False
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            match = FENCE.match(line)
+            if match is None:
+                continue
+            if not inside and not match.group(1).strip():
+                unnamed.append(f"{path.relative_to(ROOT)}:{number}")
+            inside = not inside
+    assert not unnamed, "code blocks without a language: " + ", ".join(unnamed)
+
+
 def test_local_links_resolve() -> None:
     broken = []
     for path in markdown_files():

@@ -134,6 +134,8 @@ async def test_static_dir_is_served_at_root_after_every_route(tmp_path: Path) ->
             missing = await client.get("/nothing.html")
             assert missing.status_code == 404
             assert missing.json()["error"]["code"] == "not_found"
+
+
 DEMO_FILES = sorted(path.name for path in DEMO.iterdir())
 CLIENT_FILES = sorted(path.name for path in STATIC.iterdir())
 
