@@ -27,10 +27,11 @@ import pytest
 
 from tests.support.env import TIMEOUT
 from tests.support.proxy import FaultProxy
+from tests.support.publisher import Publisher
 from tests.support.resuming import (
     Crowd,
     ResumingSocket,
-    Tally,
+    channels_of,
     connection_state,
     follow_socket,
     follow_sse,
@@ -58,78 +59,13 @@ FIRST = 150
 STEPS = ((400, 500), (750, 850))
 
 
-def channels_of(n: int) -> list[str]:
-    first = CHANNELS[n % len(CHANNELS)]
-    return [first] if n % 2 else [first, CHANNELS[(n + 1) % len(CHANNELS)]]
-
-
-class Publisher:
-    """Publishes event ``n`` (data ``n``) to ``CHANNELS[n % 4]``, one at a time, up to
-    what :meth:`allow` allows; see the module's docstring for where it sends them."""
-
-    def __init__(self, http: httpx.AsyncClient, nodes: list[str]) -> None:
-        self.http = http
-        self.nodes = nodes
-        #: Per channel, the acknowledged ``(offset, data)`` in publish order.
-        self.acked: dict[str, list[tuple[int, int]]] = {channel: [] for channel in CHANNELS}
-        self.sent = 0
-        #: Publishes sent again elsewhere: refused by a draining node, or a node down.
-        self.redirected = 0
-        self._allowed = 0
-        self._changed = asyncio.Event()
-
-    def allow(self, count: int) -> None:
-        self._allowed = count
-        self._changed.set()
-
-    def offsets(self) -> dict[str, int]:
-        """The last acknowledged offset of each channel."""
-        return {channel: acked[-1][0] for channel, acked in self.acked.items() if acked}
-
-    async def until(self, count: int) -> None:
-        async with asyncio.timeout(STEP):
-            while self.sent < count:
-                self._changed.clear()
-                await self._changed.wait()
-
-    async def run(self) -> None:
-        while self.sent < TOTAL:
-            while self.sent >= self._allowed:
-                self._changed.clear()
-                await self._changed.wait()
-            await self._publish(self.sent)
-            self.sent += 1
-            self._changed.set()
-
-    async def _publish(self, n: int) -> None:
-        channel = CHANNELS[n % len(CHANNELS)]
-        for attempt in range(1000):
-            node = self.nodes[(n + attempt) % len(self.nodes)]
-            try:
-                response = await self.http.post(
-                    f"{node}/api/publish",
-                    json={"channel": channel, "data": n},
-                    headers={"idempotency-key": f"event-{n}"},
-                )
-            except httpx.TransportError:
-                self.redirected += 1
-                continue
-            if response.status_code == 503:
-                self.redirected += 1
-                continue
-            assert response.status_code == 200, response.text
-            self.acked[channel].append((response.json()["offset"], n))
-            return
-        raise AssertionError(f"event {n} was never published")
-
-
 @contextlib.asynccontextmanager
 async def clients(crowd: Crowd, proxies: list[FaultProxy]) -> AsyncIterator[list[Any]]:
     """Open every client through the proxies in turn; yield the coroutines that record."""
     followers: list[Any] = []
     async with contextlib.AsyncExitStack() as stack:
         for n in range(SSE_CLIENTS):
-            tally = crowd.tally(f"sse-{n}", channels_of(n))
+            tally = crowd.tally(f"sse-{n}", channels_of(n, CHANNELS))
             listener = await stack.enter_async_context(
                 listen(
                     proxies[n % 2].url,
@@ -141,7 +77,9 @@ async def clients(crowd: Crowd, proxies: list[FaultProxy]) -> AsyncIterator[list
             followers.append(follow_sse(listener, tally))
         for n in range(WS_CLIENTS):
             url = proxies[n % 2].url.replace("http://", "ws://") + "/ws"
-            followers.append(ResumingSocket(url, crowd.tally(f"ws-{n}", channels_of(n))).run())
+            followers.append(
+                ResumingSocket(url, crowd.tally(f"ws-{n}", channels_of(n, CHANNELS))).run()
+            )
         for n in range(SOCKET_CLIENTS):
             tally = crowd.tally(f"socket-{n}", [CHANNELS[n]])
             socket = await stack.enter_async_context(
@@ -153,16 +91,6 @@ async def clients(crowd: Crowd, proxies: list[FaultProxy]) -> AsyncIterator[list
             )
             followers.append(follow_socket(await socket.subscribe(CHANNELS[n]), tally))
         yield followers
-
-
-async def caught_up(crowd: Crowd, publisher: Publisher, what: str) -> None:
-    """Wait until every client is connected and has every event acknowledged so far."""
-    offsets = publisher.offsets()
-    await crowd.until(
-        lambda: crowd.all_connected() and crowd.all_have(offsets),
-        timeout=STEP,
-        what=what,
-    )
 
 
 async def restart(node: ServerProcess, publisher: Publisher, steps: tuple[int, int]) -> float:
@@ -201,49 +129,38 @@ async def test_a_rolling_restart_loses_and_repeats_no_event(
             httpx.AsyncClient(timeout=TIMEOUT) as http,
             clients(crowd, [to_a, to_b]) as followers,
         ):
-            publisher = Publisher(http, [a.url, b.url])
+            publisher = Publisher(http, [a.url, b.url], CHANNELS, total=TOTAL, step=STEP)
             async with running(publisher.run(), *followers):
                 await crowd.until(crowd.all_connected, timeout=STEP, what="connections")
                 publisher.allow(FIRST)
                 await publisher.until(FIRST)
-                await caught_up(crowd, publisher, "the events before the restarts")
+                await crowd.caught_up(
+                    publisher.offsets(), timeout=STEP, what="the events before the restarts"
+                )
 
                 to_a.upstream = address_b
                 took_a = await restart(a, publisher, STEPS[0])
-                await caught_up(crowd, publisher, "resuming after A's restart")
+                await crowd.caught_up(
+                    publisher.offsets(), timeout=STEP, what="resuming after A's restart"
+                )
 
                 to_a.upstream = to_b.upstream = address_a
                 took_b = await restart(b, publisher, STEPS[1])
                 to_b.upstream = address_b
-                await caught_up(crowd, publisher, "resuming after B's restart")
+                await crowd.caught_up(
+                    publisher.offsets(), timeout=STEP, what="resuming after B's restart"
+                )
 
                 publisher.allow(TOTAL)
                 await publisher.until(TOTAL)
-                await caught_up(crowd, publisher, "every event")
+                await crowd.caught_up(publisher.offsets(), timeout=STEP, what="every event")
 
     assert took_a < DRAIN + EXIT_SLACK
     assert took_b < DRAIN + EXIT_SLACK
-    # Every event was published exactly once, the retried ones included.
-    for channel, acked in publisher.acked.items():
-        assert [offset for offset, _ in acked] == list(range(1, len(acked) + 1)), channel
-    assert sum(len(acked) for acked in publisher.acked.values()) == TOTAL
+    publisher.check()
     # At least the publishes sent to a node that was down went to the other one.
     assert publisher.redirected >= sum(down - draining for draining, down in STEPS) // 2
-    failures = [
-        f"{tally.name} {channel}: {describe(tally, channel, publisher.acked[channel])}"
-        for tally in crowd.tallies
-        for channel in tally.channels
-        if tally.problems or tally.events[channel] != publisher.acked[channel]
-    ]
+    failures = crowd.failures(publisher.acked)
     assert not failures, "\n".join(failures[:10])
     # Every client was moved: none kept one connection through both restarts.
     assert all(tally.dropped >= 1 for tally in crowd.tallies), crowd.summary()
-
-
-def describe(tally: Tally, channel: str, expected: list[tuple[int, int]]) -> str:
-    """What is wrong with one client's events of ``channel``: problems, gaps, repeats."""
-    offsets = [offset for offset, _ in tally.events[channel]]
-    seen = set(offsets)
-    missing = [offset for offset, _ in expected if offset not in seen]
-    repeated = sorted({offset for offset in offsets if offsets.count(offset) > 1})
-    return f"problems={tally.problems[:3]} missing={missing[:20]} repeated={repeated[:20]}"

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import itertools
 import random
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,7 @@ __all__ = [
     "Crowd",
     "ResumingSocket",
     "Tally",
+    "channels_of",
     "connection_state",
     "follow_socket",
     "follow_sse",
@@ -85,6 +86,14 @@ class Tally:
         events = self.events[channel]
         return events[-1][0] if events else 0
 
+    def describe(self, channel: str, expected: list[tuple[int, Any]]) -> str:
+        """What is wrong with the events of ``channel``: problems, gaps, repeats."""
+        offsets = [offset for offset, _ in self.events[channel]]
+        seen = set(offsets)
+        missing = [offset for offset, _ in expected if offset not in seen]
+        repeated = sorted({offset for offset in offsets if offsets.count(offset) > 1})
+        return f"problems={self.problems[:3]} missing={missing[:20]} repeated={repeated[:20]}"
+
 
 class Crowd:
     """Every client's :class:`Tally`; wait on their progress without polling."""
@@ -110,6 +119,22 @@ class Crowd:
     def all_connected(self) -> bool:
         return all(tally.connected for tally in self.tallies)
 
+    async def caught_up(self, offsets: Mapping[str, int], *, timeout: float, what: str) -> None:
+        """Wait until every client is connected and has the events up to ``offsets``."""
+        await self.until(
+            lambda: self.all_connected() and self.all_have(offsets), timeout=timeout, what=what
+        )
+
+    def failures(self, expected: Mapping[str, list[tuple[int, Any]]]) -> list[str]:
+        """One line per client and channel whose events are not exactly ``expected[channel]``
+        (in order, each once), or whose client saw a problem."""
+        return [
+            f"{tally.name} {channel}: {tally.describe(channel, expected[channel])}"
+            for tally in self.tallies
+            for channel in tally.channels
+            if tally.problems or tally.events[channel] != expected[channel]
+        ]
+
     async def until(self, check: Callable[[], bool], *, timeout: float, what: str) -> None:
         """Wait until ``check()`` holds; it is asked again whenever a client makes progress."""
         try:
@@ -127,6 +152,12 @@ class Crowd:
             for t in self.tallies
         ]
         return "\n".join(lines)
+
+
+def channels_of(n: int, channels: Sequence[str]) -> list[str]:
+    """The channels client ``n`` follows: one for odd ``n``, two for even ``n``, spread."""
+    first = channels[n % len(channels)]
+    return [first] if n % 2 else [first, channels[(n + 1) % len(channels)]]
 
 
 class ResumingSocket:
