@@ -76,7 +76,9 @@ async def streams_on(
     """Wait until ``node`` holds ``expected`` streams by transport (its ``/api/stats``)."""
 
     async def holds() -> bool:
-        transports = (await http.get(f"{node.url}/api/stats")).json()["transports"]
+        response = await http.get(f"{node.url}/api/stats")
+        assert response.status_code == 200, response.text
+        transports = response.json()["transports"]
         return {name: count for name, count in transports.items() if count} == expected
 
     await eventually(holds, timeout=STEP)
@@ -128,6 +130,7 @@ async def test_sigterm_with_500_clients_exits_in_time_and_each_resumes_on_the_ot
                 publisher.allow(DURING)
                 returncode = await asyncio.to_thread(a.process.wait, DRAIN + EXIT_SLACK)
                 took = time.monotonic() - signalled
+                while_draining = publisher.sent - BEFORE
                 assert returncode == 0, a.log()
                 await publisher.until(DURING)
                 publisher.allow(TOTAL)
@@ -138,11 +141,13 @@ async def test_sigterm_with_500_clients_exits_in_time_and_each_resumes_on_the_ot
 
     logger.info(
         "A exited %.2f s after SIGTERM; all 500 clients had every event on B after %.2f s; "
-        "%d of %d SSE streams ended with their last chunk; %d publishes redirected",
+        "%d of %d SSE streams ended with their last chunk; %d events published while A "
+        "drained, %d publishes redirected",
         took,
         back,
         sum(client.ended for client in sse),
         SSE_CLIENTS,
+        while_draining,
         publisher.redirected,
     )
     assert took < DRAIN + EXIT_SLACK
