@@ -47,7 +47,7 @@ function signOut(message) {
 
 async function signIn() {
   try {
-    show(await call("/admin/api/snapshot"));
+    show(await call("admin/api/snapshot"));
   } catch (error) {
     signOut(error instanceof Refused ? "That is not the admin key." : String(error.message));
     return;
@@ -66,7 +66,7 @@ async function follow() {
     const controller = new AbortController();
     stream = controller;
     try {
-      const response = await fetch("/admin/api/events", {
+      const response = await fetch("admin/api/events", {
         headers: { Authorization: `Admin ${key}` },
         signal: controller.signal,
       });
@@ -272,7 +272,7 @@ async function loadConnections(more = false) {
   const query = more && nextPage ? `?cursor=${encodeURIComponent(nextPage)}` : "";
   let page;
   try {
-    page = await call(`/admin/api/connections${query}`);
+    page = await call(`admin/api/connections${query}`);
   } catch (error) {
     if (error instanceof Refused) signOut("The admin key was refused.");
     else $("list-summary").textContent = `Could not list connections: ${error.message}`;
@@ -310,7 +310,7 @@ async function loadConnections(more = false) {
 async function disconnect(id, button) {
   button.disabled = true;
   try {
-    await call(`/admin/api/connections/${encodeURIComponent(id)}`, { method: "DELETE" });
+    await call(`admin/api/connections/${encodeURIComponent(id)}`, { method: "DELETE" });
     status(`Disconnected ${id}.`);
   } catch (error) {
     if (error instanceof Refused) return signOut("The admin key was refused.");
@@ -333,7 +333,7 @@ async function publishTest(event) {
     body = { channel, text, event: type };
   }
   try {
-    const position = await call("/admin/api/publish", {
+    const position = await call("admin/api/publish", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(body),
