@@ -6,13 +6,16 @@ import asyncio
 import contextlib
 import importlib.util
 import sys
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import ModuleType
 
 import httpx
 import orjson
 import pytest
+from starlette.types import ASGIApp
 
+from tests.support.asgi_servers import ASGI_SERVERS, serve_asgi
 from tests.support.env import TIMEOUT, eventually
 from tests.support.sse import open_sse
 from tidings.hub import Hub
@@ -33,9 +36,20 @@ def load(name: str) -> ModuleType:
     return module
 
 
-async def test_fastapi_example_streams_and_resumes() -> None:
+@pytest.fixture(params=["fast", *ASGI_SERVERS])
+def server(request: pytest.FixtureRequest) -> str:
+    """Where an example's app runs: ``tidings serve``'s uvicorn with the fast write path,
+    or a stock ASGI server (uvicorn's own protocol classes, Hypercorn) on the plain path."""
+    return str(request.param)
+
+
+def serving(app: ASGIApp, server: str) -> AbstractAsyncContextManager[str]:
+    return run_server(app) if server == "fast" else serve_asgi(app, server)
+
+
+async def test_fastapi_example_streams_and_resumes(server: str) -> None:
     example = load("fastapi_app")
-    async with run_server(example.app) as url, httpx.AsyncClient(base_url=url) as client:
+    async with serving(example.app, server) as url, httpx.AsyncClient(base_url=url) as client:
         async with open_sse(client, "/orders/42/events") as reader:
             await reader.until(b"\n\n")
             response = await client.post("/orders/42/status", params={"status": "paid"})
@@ -69,6 +83,8 @@ NO_ARGUMENTS = {
     "llm_fastapi": (0, ""),
     "hooks_app": (0, ""),
     "streaming_responses": (0, ""),
+    "starlette_app": (0, ""),
+    "asgi_app": (0, ""),
 }
 
 
@@ -123,9 +139,9 @@ async def test_websocket_chat_example_talks_and_resumes() -> None:
         assert heard == [{"from": "bob", "text": "hi ada"}, {"from": "eve", "text": "hey"}]
 
 
-async def test_llm_fastapi_example_streams_an_answer_and_resumes() -> None:
+async def test_llm_fastapi_example_streams_an_answer_and_resumes(server: str) -> None:
     example = load("llm_fastapi")
-    async with run_server(example.app) as url, httpx.AsyncClient(base_url=url) as client:
+    async with serving(example.app, server) as url, httpx.AsyncClient(base_url=url) as client:
         response = await client.post("/questions", params={"question": "why?"})
         answer = response.json()
         async with open_sse(client, answer["events"]) as reader:
@@ -178,9 +194,9 @@ async def test_socket_chat_example_shows_history_then_live(
     assert lines == ["bob: anyone?", "ada: hi bob", "here: ada", "bob: hello ada"]
 
 
-async def test_hooks_example_signs_in_checks_rooms_and_filters_words() -> None:
+async def test_hooks_example_signs_in_checks_rooms_and_filters_words(server: str) -> None:
     example = load("hooks_app")
-    async with run_server(example.app) as url, httpx.AsyncClient(base_url=url) as client:
+    async with serving(example.app, server) as url, httpx.AsyncClient(base_url=url) as client:
         anonymous = await client.get("/sse?channel=room:lobby")
         assert (anonymous.status_code, anonymous.json()["error"]["code"]) == (401, "login_required")
         bob = {"cookie": "user=bob"}
@@ -194,19 +210,21 @@ async def test_hooks_example_signs_in_checks_rooms_and_filters_words() -> None:
             assert (await client.post("/api/publish", json=said, headers=bob)).status_code == 200
             (event,) = await reader.events(1)
             assert orjson.loads(event.data) == {"text": "no **** here", "by": "bob"}
+        assert (await client.post("/api/publish", json=said, headers=bob)).status_code == 200
+        async with open_sse(
+            client,
+            "/sse?channel=room:lobby",
+            headers={"cookie": "user=ada", "last-event-id": event.id},
+        ) as reader:
+            (missed,) = await reader.events(1)
+            assert decode_cursor(missed.id)["room:lobby"].offset == 2
         stranger = await client.post("/api/publish", json=said)
         assert (stranger.status_code, stranger.json()["error"]["code"]) == (403, "not_a_member")
 
 
-@pytest.mark.parametrize("fast_write", [True, False], ids=["fast", "asgi"])
-async def test_streaming_responses_example(
-    fast_write: bool, capsys: pytest.CaptureFixture[str]
-) -> None:
+async def test_streaming_responses_example(server: str, capsys: pytest.CaptureFixture[str]) -> None:
     example = load("streaming_responses")
-    async with (
-        run_server(example.app, fast_write=fast_write) as url,
-        httpx.AsyncClient(base_url=url) as client,
-    ):
+    async with serving(example.app, server) as url, httpx.AsyncClient(base_url=url) as client:
         async with open_sse(client, "/countdown", headers={"last-event-id": "5"}) as reader:
             events = await reader.events(2)
             assert [(event.event, event.id, event.data) for event in events] == [
@@ -224,3 +242,51 @@ async def test_streaming_responses_example(
         response = await client.get("/zeros", params={"size": 3 * 65536})
         assert response.headers["content-disposition"] == "attachment"
         assert response.content == bytes(3 * 65536)
+
+
+async def test_starlette_example_shares_its_hub_with_the_mounted_server(server: str) -> None:
+    example = load("starlette_app")
+    async with serving(example.app, server) as url, httpx.AsyncClient(base_url=url) as client:
+        async with open_sse(client, "/realtime/sse/builds:7") as reader:
+            await reader.until(b"retry:")
+            response = await client.post("/builds/7/log", content="compiling")
+            assert response.json() == {"channel": "builds:7", "offset": 1}
+            (compiling,) = await reader.events(1)
+            assert orjson.loads(compiling.data) == {"line": "compiling"}
+        await client.post("/builds/7/log", content="linking")
+        async with open_sse(
+            client, "/realtime/sse/builds:7", headers={"last-event-id": compiling.id}
+        ) as reader:
+            (linking,) = await reader.events(1)
+            assert orjson.loads(linking.data) == {"line": "linking"}
+        history = await client.get("/realtime/api/history/builds:7")
+        assert [event["data"]["line"] for event in history.json()["events"]] == [
+            "compiling",
+            "linking",
+        ]
+        assert (await client.get("/realtime/static/tidings.js")).status_code == 200
+
+
+async def test_asgi_example_streams_resumes_and_refuses_bad_input(server: str) -> None:
+    example = load("asgi_app")
+    async with serving(example.app, server) as url, httpx.AsyncClient(base_url=url) as client:
+        async with open_sse(client, "/prices") as reader:
+            await reader.until(b"retry:")
+            assert reader.response.headers["content-type"].startswith("text/event-stream")
+            assert (await client.post("/prices", json={"usd": 101})).json() == {"offset": 1}
+            (first,) = await reader.events(1)
+            assert orjson.loads(first.data) == {"usd": 101}
+        await client.post("/prices", json={"usd": 99})
+        async with open_sse(client, "/prices", headers={"last-event-id": first.id}) as reader:
+            (second,) = await reader.events(1)
+            assert orjson.loads(second.data) == {"usd": 99}
+        bad = await client.post("/prices", content=b"{not json")
+        assert (bad.status_code, bad.json()) == (400, {"error": "the body is not JSON"})
+        cursor = await client.get("/prices", headers={"last-event-id": "garbage"})
+        assert (cursor.status_code, cursor.json()["error"]["code"]) == (400, "invalid_cursor")
+        assert (await client.get("/elsewhere")).status_code == 404
+        assert (await client.delete("/prices")).status_code == 405
+        await client.post("/prices", json={"usd": 100})
+        async with open_sse(client, "/prices", headers={"last-event-id": second.id}) as reader:
+            (third,) = await reader.events(1)  # the refused requests published nothing
+            assert (decode_cursor(third.id)["prices"].offset, third.data) == (3, '{"usd":100}')
