@@ -1,9 +1,11 @@
-"""SSEResponse, NDJSONResponse and StreamResponse of your own producers, under a real
-uvicorn on the fast write path (as ``tidings serve``) and on the plain ASGI path."""
+"""SSEResponse, NDJSONResponse and StreamResponse of your own producers, and SSEResponse
+of hub channels, under a real uvicorn on the fast write path (as ``tidings serve``) and
+on the plain ASGI path."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -19,8 +21,11 @@ from starlette.routing import Route
 from tests.support.env import TIMEOUT, eventually
 from tests.support.sse import open_sse
 from tidings.errors import PermissionDenied
+from tidings.hub import Hub
 from tidings.server import NDJSONResponse, ServerSentEvent, SSEResponse, StreamResponse
 from tidings.testing import run_server
+from tidings.types import Position
+from tidings.wire.cursor import decode_cursor, encode_cursor
 from tidings.wire.sse import SSEDecoder
 
 #: How soon after the client goes its producer must have been closed.
@@ -299,3 +304,93 @@ def test_bad_sources_are_refused_when_built() -> None:
             build()
     with pytest.raises(ValueError, match="keepalive"):
         SSEResponse(idle_free([]), keepalive=0)
+
+
+# -- SSEResponse(hub, channels): hub channels from a route of your own -------------------------
+
+
+def hub_app(hub: Hub) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with hub:
+            yield
+
+    def channels(request: Request) -> Response:
+        names = request.path_params["names"].split(",")
+        last_event_id = request.headers.get("last-event-id")
+        return SSEResponse(hub, names, last_event_id=last_event_id, retry=1.5, keepalive=None)
+
+    return Starlette(routes=[Route("/channels/{names}", channels)], lifespan=lifespan)
+
+
+@pytest.fixture
+def hub() -> Hub:
+    return Hub()
+
+
+@pytest.fixture(params=["fast", "asgi"])
+async def hub_client(request: pytest.FixtureRequest, hub: Hub) -> AsyncIterator[httpx.AsyncClient]:
+    async with (
+        run_server(hub_app(hub), fast_write=request.param == "fast") as url,
+        httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client,
+    ):
+        yield client
+
+
+async def test_hub_channels_stream_live_and_resume_across_channels(
+    hub_client: httpx.AsyncClient, hub: Hub
+) -> None:
+    async with open_sse(hub_client, "/channels/a,b") as reader:
+        await reader.until(b"retry: 1500\n")
+        assert reader.response.headers["content-type"] == "text/event-stream; charset=utf-8"
+        await hub.publish("a", {"n": 1})
+        await hub.publish("b", "plain", event="note")
+        first, note = await reader.events(2)
+        assert (first.data, note.event, note.data) == ('{"n":1}', "note", '"plain"')
+    await hub.publish("a", {"n": 2})
+    await hub.publish("b", {"n": 3})
+    async with open_sse(hub_client, "/channels/a,b", headers={"last-event-id": first.id}) as reader:
+        events = await reader.events(3)
+        # What each channel missed, in its order (no order between channels).
+        assert sorted(event.data for event in events) == ['"plain"', '{"n":2}', '{"n":3}']
+        data = [event.data for event in events]
+        assert data.index('"plain"') < data.index('{"n":3}')  # both on b
+        cursor = decode_cursor(events[-1].id)
+        assert (cursor["a"].offset, cursor["b"].offset) == (2, 2)
+
+
+async def test_hub_channels_outside_the_window_get_a_reset(
+    hub_client: httpx.AsyncClient, hub: Hub
+) -> None:
+    await hub.publish("a", {"n": 1})
+    stale = encode_cursor({"a": Position("an-old-epoch", 7)})
+    async with open_sse(hub_client, "/channels/a", headers={"last-event-id": stale}) as reader:
+        (reset,) = await reader.events(1)
+        assert reset.event == "reset"
+        await hub.publish("a", {"n": 2})
+        (live,) = await reader.events(1)
+        assert (live.data, decode_cursor(live.id)["a"].offset) == ('{"n":2}', 2)
+
+
+async def test_hub_channels_client_leaving_releases_the_subscription(
+    hub_client: httpx.AsyncClient, hub: Hub
+) -> None:
+    async with open_sse(hub_client, "/channels/a") as reader:
+        await reader.until(b"retry:")
+        assert hub.subscriber_counts() == {"a": 1}
+    await eventually(lambda: hub.subscriber_counts() == {}, timeout=CLOSE_WITHIN)
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "code"),
+    [
+        ("/channels/bad channel", {}, "invalid_channel"),
+        ("/channels/a", {"last-event-id": "garbage"}, "invalid_cursor"),
+    ],
+)
+async def test_hub_channels_bad_input_is_a_400_before_any_event(
+    hub_client: httpx.AsyncClient, hub: Hub, path: str, headers: dict[str, str], code: str
+) -> None:
+    response = await hub_client.get(path, headers=headers)
+    assert (response.status_code, response.json()["error"]["code"]) == (400, code)
+    assert hub.subscriber_counts() == {}
