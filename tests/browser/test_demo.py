@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import httpx
 from playwright.async_api import Page, expect
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
+from tests.support.asgi_servers import serve_asgi
 from tests.support.env import TIMEOUT
 from tests.support.proxy import FaultProxy
 from tests.support.server import ServerProcess
+from tidings import Hub
+from tidings.server import create_app
+from tidings.settings import Settings
 
 MS = TIMEOUT * 1000
 
@@ -101,3 +110,34 @@ async def test_publish_rejects_with_a_tidings_error_and_the_servers_code(page: P
             }"""
         )
     assert refused == [True, "invalid_channel"]
+
+
+def mounted_demo() -> Starlette:
+    """An app of your own with Tidings (demo pages on) mounted at /rt."""
+    hub = Hub()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with hub:
+            yield
+
+    tidings_app = create_app(hub, Settings(log_level="warning", demo=True))
+    return Starlette(routes=[Mount("/rt", tidings_app)], lifespan=lifespan)
+
+
+async def test_demo_page_works_mounted_under_a_prefix(page: Page) -> None:
+    failed: list[str] = []
+    page.on("requestfailed", lambda request: failed.append(request.url))
+    page.on("response", lambda response: response.ok or failed.append(response.url))
+    async with serve_asgi(mounted_demo(), "hypercorn") as url:
+        await page.goto(url + "/rt/")
+        await expect(page.locator("#state")).to_have_text("open", timeout=MS)
+        await page.fill("#channel", "chat")
+        await page.fill("#data", '{"text": "under /rt"}')
+        await page.click("#publish button")
+        await expect(page.locator("#log li")).to_have_text(
+            ['chat #1 {"text":"under /rt"}'], timeout=MS
+        )
+        await expect(page.locator("#stats")).to_contain_text('"published": 1', timeout=MS)
+        await page.close()  # its stream ends before the server stops
+    assert failed == []
