@@ -3,12 +3,21 @@ published, and its disconnect button closes a connection."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import httpx
 from playwright.async_api import ConsoleMessage, Page, Request, expect
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
+from tests.support.asgi_servers import serve_asgi
 from tests.support.env import TIMEOUT, eventually
 from tests.support.server import ServerProcess
 from tests.support.sse import open_sse
+from tidings import Hub
+from tidings.server import create_app
+from tidings.settings import Settings
 
 MS = TIMEOUT * 1000
 ADMIN_KEY = "browser-admin-key-0123456"
@@ -93,3 +102,33 @@ async def test_the_admin_page_follows_the_server_and_disconnects(page: Page) -> 
 async def _no_connections(client: httpx.AsyncClient) -> bool:
     stats = (await client.get("/api/stats")).json()
     return stats["connections"] == 0
+
+
+async def test_the_admin_page_works_mounted_under_a_prefix(page: Page) -> None:
+    """Its files and API calls are relative: under /rt they stay under /rt."""
+    hub = Hub()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with hub:
+            yield
+
+    settings = Settings(log_level="warning", admin_key=ADMIN_KEY)
+    app = Starlette(routes=[Mount("/rt", create_app(hub, settings))], lifespan=lifespan)
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.on("response", lambda response: response.ok or requested.append(f"{response.status}"))
+    async with serve_asgi(app, "uvicorn") as url:
+        await page.goto(url + "/rt/admin")
+        await page.fill("#key", ADMIN_KEY)
+        await page.click("#login button[type=submit]")
+        await expect(page.locator("#status")).to_have_text("Live.", timeout=MS)
+        async with (
+            httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client,
+            open_sse(client, "/rt/sse/admin-mounted") as reader,
+        ):
+            await reader.until(b"\n\n")
+            await expect(page.locator("#connections-sse")).to_have_text("1", timeout=MS)
+        await page.close()  # its snapshot stream ends before the server stops
+    assert requested
+    assert all(entry.startswith(url + "/rt/admin") for entry in requested), requested
