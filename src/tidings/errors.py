@@ -31,6 +31,7 @@
     ├── ReconnectExhausted                client: max attempts reached (.attempts, .last_error)
     ├── RequestTimeout(…, TimeoutError)   client: no reply in time (.op, .timeout)
     ├── QueueFull                         a bounded queue is full (.limit)
+    ├── UnknownJob(…, LookupError)        no job of that name or id (.name)
     └── UpstreamError                     an LLM upstream failed (.status, .body)
         └── UpstreamTimeout               the upstream did not answer in time
 
@@ -53,6 +54,7 @@ __all__ = [
     "FrameTooLarge",
     "HookFailed",
     "IntegerOutOfRange",
+    "InvalidArguments",
     "InvalidChannel",
     "InvalidChatRequest",
     "InvalidCursor",
@@ -76,6 +78,7 @@ __all__ = [
     "TidingsError",
     "TooManyConnections",
     "Unauthorized",
+    "UnknownJob",
     "UnknownOp",
     "UpstreamError",
     "UpstreamTimeout",
@@ -200,6 +203,17 @@ class InvalidChatRequest(ProtocolError, ValueError):
         self.param = param
 
 
+class InvalidArguments(ProtocolError, ValueError):
+    """A job's arguments that do not match its function; ``field`` names the argument."""
+
+    code = "invalid_value"
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"argument {field!r}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
 class InvalidChannel(TidingsError, ValueError):
     """A channel name that is not ``[A-Za-z0-9_:.@/-]{1,255}``."""
 
@@ -240,8 +254,8 @@ class PermissionDenied(TidingsError):
 
     code = "permission_denied"
 
-    def __init__(self, channel: str, action: str) -> None:
-        super().__init__(f"{action} is not allowed on channel {channel!r}")
+    def __init__(self, channel: str, action: str, *, what: str = "channel") -> None:
+        super().__init__(f"{action} is not allowed on {what} {channel!r}")
         self.channel = channel
         self.action = action
 
@@ -337,8 +351,8 @@ class ShuttingDown(PublishError):
 
     code = "unavailable"
 
-    def __init__(self, retry_after: float = 1.0) -> None:
-        super().__init__("the server is shutting down and accepts no publishes")
+    def __init__(self, retry_after: float = 1.0, *, what: str = "publishes") -> None:
+        super().__init__(f"the server is shutting down and accepts no {what}")
         self.retry_after = retry_after
 
 
@@ -536,6 +550,16 @@ class QueueFull(TidingsError):
         super().__init__(f"queue is full ({limit} items{' for this client' if per_client else ''})")
         self.limit = limit
         self.per_client = per_client
+
+
+class UnknownJob(TidingsError, LookupError):
+    """No job is registered under ``name``, or no job has that id (for this caller)."""
+
+    code = "not_found"
+
+    def __init__(self, name: str, *, what: str = "job") -> None:
+        super().__init__(f"no {what} {name[:80]!r}")
+        self.name = name
 
 
 class UpstreamError(TidingsError):

@@ -178,6 +178,11 @@ class Settings:
     proxy_headers: str = ""
     proxy_max_body_bytes: int = 64 * 1024
     proxy_max_connections: int = 100
+    # Jobs (docs/jobs.md): workers, waiting jobs, job records kept and for how long.
+    jobs_workers: int = 4
+    jobs_queue: int = 100
+    jobs_max: int = 1000
+    jobs_ttl: float = 3600.0
     # The admin page /admin: off (404) unless set (docs/operations.md, "Admin page").
     admin_key: str = field(default="", repr=False)
     namespaces: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -261,6 +266,7 @@ class Settings:
         self._check_http2()
         self._check_operations()
         self._check_hooks()
+        self._check_jobs()
         if not isinstance(self.llm, LLMConfig):
             raise SettingsError("llm must be an LLMConfig (LLMConfig.from_table reads a table)")
         self.namespace_options()  # refuse bad namespace tables now, not at first use
@@ -322,6 +328,15 @@ class Settings:
             if not valid:
                 raise SettingsError(f"{name} must be an http:// or https:// URL with a host")
         self.proxy_header_names()
+
+    def _check_jobs(self) -> None:
+        for name in ("jobs_workers", "jobs_queue"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be > 0")
+        if self.jobs_max < self.jobs_workers + self.jobs_queue:
+            raise SettingsError("jobs_max must be at least jobs_workers + jobs_queue")
+        if self.jobs_ttl <= 0:
+            raise SettingsError("jobs_ttl must be > 0 seconds")
 
     def proxy_urls(self) -> dict[str, str]:
         """The proxy hook URLs that are set, by setting name."""
@@ -401,7 +416,9 @@ class Settings:
             history_max_bytes=self.history_max_bytes,
         )
         allowed = {f.name for f in fields(NamespaceOptions)}
-        by_name = {}
+        # Job events are published by the server only, and kept as long as the job's record.
+        jobs = dataclasses.replace(default, history_ttl=self.jobs_ttl, publish=False)
+        by_name = {"jobs": jobs}
         for name, table in self.namespaces.items():
             if not isinstance(table, Mapping):
                 raise SettingsError(f"namespaces.{name} must be a table")
@@ -411,7 +428,7 @@ class Settings:
                     raise SettingsError(unknown_setting(key, allowed, prefix=prefix))
                 _check_kind(f"namespaces.{name}.{key}", table[key], _NAMESPACE_KINDS.get(key))
             try:
-                by_name[name] = dataclasses.replace(default, **table)
+                by_name[name] = dataclasses.replace(by_name.get(name, default), **table)
             except (TypeError, ValueError) as exc:
                 raise SettingsError(f"namespaces.{name}: {exc}") from exc
         if "llm" not in by_name:

@@ -19,8 +19,11 @@ from starlette.staticfiles import StaticFiles
 from tidings.errors import TidingsError
 from tidings.hub import Hub, MemoryBackend, Namespaces
 from tidings.hub.backends.base import Backend
+from tidings.jobs import Jobs, Runner
+from tidings.jobs.demo import demo_jobs
 from tidings.llm import Relay
 from tidings.server import api, session
+from tidings.server import jobs as job_routes
 from tidings.server.admin import Monitor, admin_routes
 from tidings.server.auth import Authority, TokenVerifier
 from tidings.server.browser import browser_middleware
@@ -198,6 +201,7 @@ def create_app(
     on_connect: OnConnect | None = None,
     on_subscribe: OnSubscribe | None = None,
     on_publish: OnPublish | None = None,
+    jobs: Jobs | None = None,
 ) -> Starlette:
     """Build the Tidings ASGI app.
 
@@ -210,6 +214,9 @@ def create_app(
             (raise :class:`~tidings.errors.Rejected`) or rewrite a client's
             connect, read or publish (``docs/howto/hooks.md``); each bounded
             by ``settings.hook_timeout``.
+        jobs: The jobs ``POST /api/jobs/{name}`` may start (``docs/jobs.md``);
+            when omitted, the ``demo`` job while ``settings.demo`` is on, and
+            no job routes at all otherwise.
 
     Raises:
         SettingsError: ``static_dir`` is not a directory, a JWT key file
@@ -241,6 +248,20 @@ def create_app(
         if llm.enabled
         else None
     )
+    if jobs is None and settings.demo:
+        jobs = demo_jobs()
+    runner = (
+        Runner(
+            hub,
+            jobs,
+            workers=settings.jobs_workers,
+            queue_size=settings.jobs_queue,
+            max_records=settings.jobs_max,
+            ttl=settings.jobs_ttl,
+        )
+        if jobs is not None
+        else None
+    )
     authority = build_authority(settings, hub.namespaces, hooks=hooks)
     slots = ConnectionSlots(settings.max_connections, settings.max_connections_per_client)
     state = ServerState(
@@ -250,6 +271,7 @@ def create_app(
         authority=authority,
         slots=slots,
         relay=relay,
+        runner=runner,
         gate=PublishGate(publish_rates(settings)),
         owns_hub=owns_hub,
     )
@@ -287,6 +309,8 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await hub.start()
         logger.info("hub started with the %s backend", hub.backend.name)
+        if runner is not None:
+            await runner.start()
         admin = state.admin
         if admin is not None:
             admin.errors.attach()
@@ -341,6 +365,10 @@ def create_app(
         routes.append(Route("/v1/chat/completions", completions, methods=["POST"]))
         routes.append(Route("/v1/models", list_models, methods=["GET"]))
         routes.append(Route("/v1/streams/{stream_id}", streams, methods=["GET", "DELETE"]))
+    if runner is not None:
+        routes.append(Route("/api/jobs", job_routes.jobs, methods=["GET"]))
+        routes.append(Route("/api/jobs/{job}", job_routes.start, methods=["POST"]))
+        routes.append(Route("/api/jobs/{job}", job_routes.job, methods=["GET", "DELETE"]))
     if state.admin is not None:
         routes.extend(admin_routes())
     if pages is not None:

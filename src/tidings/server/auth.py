@@ -45,7 +45,12 @@ asks them too, so a hook can narrow what these rules allow, never widen it.
 
 Server-wide actions (listing channels, stats, metrics) need the server
 principal once authentication is configured; creating an LLM generation
-needs any identity then. Decisions are made when a subscription or request
+needs any identity then. Jobs (``jobs.start``, ``jobs.view``,
+``jobs.cancel``) are open to anyone while no authentication is configured;
+then to API keys, to tokens whose ``jobs`` claim names the job (to start
+it), and to anonymous clients only where ``[namespaces.jobs]`` says
+``anonymous = true``; who may see or cancel a job is its owner's affair
+(``server/jobs.py``). Decisions are made when a subscription or request
 starts, never per delivered event.
 """
 
@@ -79,6 +84,7 @@ __all__ = [
     "ADMIN",
     "ANONYMOUS",
     "GRANTS",
+    "JOBS_CLAIM",
     "Action",
     "Authority",
     "Kind",
@@ -110,12 +116,19 @@ class Action(StrEnum):
     LLM_CREATE = "llm.create"
     LLM_VIEW = "llm.view"
     LLM_CANCEL = "llm.cancel"
+    JOBS_START = "jobs.start"
+    JOBS_VIEW = "jobs.view"
+    JOBS_CANCEL = "jobs.cancel"
     SESSION = "session"
     ADMIN = "admin"
 
 
 #: The token claims that grant channel actions: each a list of names or patterns.
 GRANTS = (Action.SUBSCRIBE, Action.PUBLISH, Action.PRESENCE, Action.HISTORY)
+
+#: The token claim that lists the jobs a client may start: job names or patterns.
+JOBS_CLAIM = "jobs"
+_JOB_ACTIONS = (Action.JOBS_START, Action.JOBS_VIEW, Action.JOBS_CANCEL)
 
 #: Which namespace option lets clients do each channel action at all.
 _NAMESPACE_ALLOWS: dict[Action, Callable[[NamespaceOptions], bool]] = {
@@ -162,8 +175,9 @@ class Principal:
             return "admin"
         return "anonymous"
 
-    def granted(self, action: Action, channel: str) -> bool:
-        """Tell whether the token grants ``action`` on ``channel``."""
+    def granted(self, action: Action | str, channel: str) -> bool:
+        """Tell whether the token grants ``action`` on ``channel`` (or, for the
+        :data:`JOBS_CLAIM`, the job named ``channel``)."""
         return any(_matches(pattern, channel) for pattern in self.grants.get(action, ()))
 
 
@@ -317,13 +331,14 @@ def _principal(claims: Mapping[str, Any]) -> Principal:
     if not isinstance(sub, str) or not sub:
         raise Unauthorized("invalid", "invalid token: 'sub' must be a non-empty string")
     grants: dict[str, tuple[str, ...]] = {}
-    for action in GRANTS:
-        patterns = claims.get(action.value, [])
+    for claim in (*GRANTS, JOBS_CLAIM):
+        patterns = claims.get(claim, [])
         if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+            what = "jobs" if claim == JOBS_CLAIM else "channels"
             raise Unauthorized(
-                "invalid", f"invalid token: {action.value!r} must be a list of channels or patterns"
+                "invalid", f"invalid token: {claim!r} must be a list of {what} or patterns"
             )
-        grants[action.value] = tuple(patterns)
+        grants[claim] = tuple(patterns)
     expires = claims.get("exp")
     return Principal(
         Kind.CLIENT, sub=sub, grants=grants, expires=float(expires) if expires else None
@@ -485,8 +500,16 @@ class Authority:
 
     # -- may they --------------------------------------------------------------------------
 
-    def authorize(self, principal: Principal, action: Action, channel: str | None = None) -> None:
-        """Allow ``action`` (on ``channel``) for ``principal``, or raise.
+    def authorize(
+        self,
+        principal: Principal,
+        action: Action,
+        channel: str | None = None,
+        *,
+        job: str | None = None,
+    ) -> None:
+        """Allow ``action`` (on ``channel``; for ``jobs.start``, on the job named
+        ``job``) for ``principal``, or raise.
 
         Raises:
             Unauthorized: the action needs an identity the request does not have.
@@ -497,6 +520,9 @@ class Authority:
                 raise Unauthorized("missing", "the admin API needs Authorization: Admin <key>")
             return
         if principal.kind is Kind.SERVER:
+            return
+        if action in _JOB_ACTIONS:
+            self._authorize_job(principal, action, job)
             return
         if principal.kind is Kind.ADMIN:
             # Test events from the admin page: wherever clients may publish at all.
@@ -538,6 +564,22 @@ class Authority:
                 raise Unauthorized("missing", f"{action.value} needs a token or an API key")
             return
         self._refuse(principal, action, "*")
+
+    def _authorize_job(self, principal: Principal, action: Action, job: str | None) -> None:
+        """Jobs: anyone while no authentication is configured; then API keys, tokens
+        whose ``jobs`` claim names the job (to start one; to look at or cancel
+        their own, any token), and anonymous clients only where the ``jobs``
+        namespace says ``anonymous = true``. The admin principal runs no jobs."""
+        if principal.kind is Kind.ADMIN:
+            raise PermissionDenied("*", action.value)
+        if not self.configured:
+            return
+        if principal.kind is Kind.ANONYMOUS:
+            if self._anonymous_allowed(self.namespaces.options("jobs:")):
+                return
+            raise Unauthorized("missing", f"{action.value} needs a token or an API key")
+        if action is Action.JOBS_START and not principal.granted(JOBS_CLAIM, job or ""):
+            raise PermissionDenied(job or "", action.value, what="job")
 
     def admits_anonymous(self) -> bool:
         """Whether an anonymous client may do anything at all: a connection

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tidings.hub import Hub
+from tidings.jobs import Runner
 from tidings.llm import Relay
 from tidings.server.auth import Authority
 from tidings.server.connections import Connections
@@ -41,6 +42,8 @@ class ServerState:
     #: The open SSE streams and WebSockets, by id (listed and closed by ``/admin``).
     connections: Connections = field(default_factory=Connections)
     relay: Relay | None = None
+    #: Runs the jobs of ``create_app(jobs=…)``; None when there are none.
+    runner: Runner | None = None
     #: Admits publishes: rate limits, and ``draining`` once the server stops.
     gate: PublishGate = field(default_factory=PublishGate)
     #: The app's Prometheus registry and histograms (``GET /metrics``).
@@ -69,9 +72,9 @@ class ServerState:
         """Stop in order, within ``wait`` seconds (default ``drain_timeout``):
 
         1. drain publishes (503 ``unavailable``; ``/readyz`` says ``draining``);
-        2. let running generations finish, refuse new ones; at the deadline
-           cancel the rest (their end event says ``cancelled``, reason
-           ``shutdown``);
+        2. let running generations and jobs finish, refuse new ones, cancel
+           queued jobs; at the deadline cancel the rest (their end event
+           says ``cancelled``, reason ``shutdown``);
         3. with ``close_hub``, close every subscriber (SSE streams end with a
            jittered ``retry:``, WebSockets close with 4001) and stop the backend.
 
@@ -96,12 +99,19 @@ class ServerState:
             return max(0.0, until - loop.time())
 
         await self.drain(wait=min(_PUBLISH_WAIT, left(deadline - reserve)))
-        relay = self.relay
+        relay, runner = self.relay, self.runner
+        jobs = (
+            asyncio.ensure_future(runner.aclose(wait=left(deadline - reserve)))
+            if runner is not None
+            else None
+        )
         if relay is not None:
             running = await relay.finish(wait=left(deadline - reserve))
             if running:
                 logger.warning("drain deadline: cancelling %d running generations", running)
             await relay.aclose(wait=left(deadline - reserve / 2))  # their end goes out first
+        if jobs is not None:
+            await jobs
         if close_hub:
             try:
                 async with asyncio.timeout(left()):

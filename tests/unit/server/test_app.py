@@ -11,6 +11,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, Route, WebSocketRoute
 
 from tidings.hub import Hub, MemoryBackend
+from tidings.jobs import Jobs, Progress
 from tidings.llm import LLMConfig
 from tidings.server import create_app
 from tidings.server.app import DEMO, STATIC, build_hub
@@ -32,6 +33,7 @@ CORE = {
     "/static",
 }
 LLM = {"/v1/chat/completions", "/v1/models", "/v1/streams/{stream_id}"}
+JOBS = {"/api/jobs", "/api/jobs/{job}"}
 
 
 def paths(app: Starlette) -> set[str]:
@@ -48,14 +50,31 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 def test_default_settings_mount_everything() -> None:
     app = create_app(Hub(), Settings())
-    assert paths(app) == CORE | LLM | {"/"}
+    assert paths(app) == CORE | LLM | JOBS | {"/"}
     assert app.state.tidings.relay is not None
+    assert app.state.tidings.runner.jobs.names() == ["demo"]
 
 
 def test_llm_and_demo_routes_follow_their_settings() -> None:
     app = create_app(Hub(), Settings(demo=False, llm=LLMConfig(enabled=False)))
     assert paths(app) == CORE
     assert app.state.tidings.relay is None
+    assert app.state.tidings.runner is None
+
+
+def test_jobs_given_are_mounted_without_the_demo() -> None:
+    jobs = Jobs()
+
+    @jobs.task("mine")
+    async def mine() -> AsyncIterator[Progress]:
+        yield Progress(100)
+
+    for demo in (True, False):
+        app = create_app(Hub(), Settings(demo=demo, llm=LLMConfig(enabled=False), jobs_workers=2))
+        assert paths(app) >= JOBS if demo else JOBS.isdisjoint(paths(app))
+        app = create_app(Hub(), Settings(demo=demo, jobs_workers=2), jobs=jobs)
+        runner = app.state.tidings.runner
+        assert (runner.jobs.names(), runner.workers) == (["mine"], 2)
 
 
 def test_build_hub_uses_the_settings() -> None:
@@ -64,6 +83,11 @@ def test_build_hub_uses_the_settings() -> None:
     assert hub.options("plain").history_size == 7
     assert hub.options("chat:1").history_size == 3
     assert hub.options("llm:x").publish is False
+    assert hub.options("jobs:x").publish is False
+    assert hub.options("jobs:x").history_ttl == Settings().jobs_ttl
+    custom = build_hub(Settings(jobs_ttl=60, namespaces={"jobs": {"history_size": 5}}))
+    assert (custom.options("jobs:x").history_size, custom.options("jobs:x").publish) == (5, False)
+    assert custom.options("jobs:x").history_ttl == 60
 
 
 async def test_unknown_path_is_a_json_404(client: httpx.AsyncClient) -> None:

@@ -36,12 +36,14 @@ PARAMS = {
     "channel": "chat:room",
     "stream_id": "chatcmpl-0123456789abcdef",
     "connection_id": "sse-1",
+    "job": "demo",
 }
 
 #: A body for the routes that read one, valid but for the missing identity.
 BODIES: dict[str, dict[str, Any]] = {
     "/api/publish": {"channel": "chat:room", "data": 1},
     "/admin/api/publish": {"channel": "chat:room", "data": 1},
+    "/api/jobs/{job}": {"steps": 1},
     "/v1/chat/completions": {
         "model": "demo",
         "messages": [{"role": "user", "content": "hi"}],
