@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 
 :meth:`Runner.submit` checks a job's arguments, refuses when ``queue_size``
-jobs wait already (:class:`~tidings.errors.QueueFull`), keeps a
+jobs wait already for a busy worker (:class:`~tidings.errors.QueueFull`), keeps a
 :class:`Job` record, puts the job at the end of the queue and publishes
 ``queued`` on ``jobs:{id}``. ``workers`` worker tasks take jobs from the
 queue in the order they were submitted; each runs one job at a time, in a
@@ -128,7 +128,8 @@ class Runner:
         hub: Where the jobs' events are published.
         jobs: The registered jobs.
         workers: How many jobs run at once.
-        queue_size: How many jobs may wait; one more is refused (``QueueFull``).
+        queue_size: How many jobs may wait while every worker is busy; one
+            more is refused (``QueueFull``).
         max_records: How many job records are kept, finished ones included.
         ttl: Seconds a finished job's record is kept.
         clock: Wall-clock time for the records' timestamps.
@@ -167,6 +168,8 @@ class Runner:
         self._queue: collections.deque[Job] = collections.deque()
         self._ready = asyncio.Condition()
         self._running: set[Job] = set()
+        #: Workers holding a job (taken from the queue, maybe not started yet).
+        self._busy = 0
         self._workers: list[asyncio.Task[None]] = []
         self._closing = False
 
@@ -227,7 +230,8 @@ class Runner:
         values = spec.arguments(arguments)
         if self._closing:
             raise ShuttingDown(what="jobs")
-        if len(self._queue) >= self.queue_size:
+        # Jobs an idle worker is about to take do not count as waiting.
+        if len(self._queue) - (self.workers - self._busy) >= self.queue_size:
             raise QueueFull(self.queue_size)
         self._expire()
         job = Job(uuid.uuid4().hex, name, owner, values, created=self._clock())
@@ -314,16 +318,23 @@ class Runner:
             async with self._ready:
                 await self._ready.wait_for(lambda: bool(self._queue))
                 job = self._queue.popleft()
-            await job._announced.wait()
-            if job.state is not State.QUEUED:
-                continue
-            task = asyncio.get_running_loop().create_task(self._run(job), name=f"job-{job.id}")
-            job._task = task
-            self._running.add(job)
+            self._busy += 1
             try:
-                await task
+                await self._take(job)
             finally:
-                self._running.discard(job)
+                self._busy -= 1
+
+    async def _take(self, job: Job) -> None:
+        await job._announced.wait()
+        if job.state is not State.QUEUED:
+            return  # cancelled, or its queued event failed
+        task = asyncio.get_running_loop().create_task(self._run(job), name=f"job-{job.id}")
+        job._task = task
+        self._running.add(job)
+        try:
+            await task
+        finally:
+            self._running.discard(job)
 
     async def _run(self, job: Job) -> None:
         job.state = State.RUNNING
