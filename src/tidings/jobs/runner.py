@@ -51,7 +51,8 @@ from tidings.errors import (
 )
 from tidings.hub import Hub
 from tidings.jobs.registry import Jobs, Log, Progress, as_update
-from tidings.types import JSONValue
+from tidings.types import JSONValue, Position
+from tidings.wire.cursor import encode_cursor
 
 __all__ = ["CHANNEL_PREFIX", "Job", "Runner", "State"]
 
@@ -91,6 +92,8 @@ class Job:
     error: dict[str, str] | None = None
     started: float | None = None
     ended: float | None = None
+    #: The position of the job's ``queued`` event: its stream starts after the one before.
+    origin: Position | None = None
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
     _announced: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -99,6 +102,12 @@ class Job:
     @property
     def channel(self) -> str:
         return CHANNEL_PREFIX + self.id
+
+    @property
+    def cursor(self) -> str:
+        """The resume cursor just before the job's first event (``last_event_id``)."""
+        epoch, offset = self.origin or Position("", 1)
+        return encode_cursor({self.channel: Position(epoch, max(0, offset - 1))})
 
     def record(self) -> dict[str, Any]:
         """The job as ``GET /api/jobs/{id}`` answers it."""
@@ -239,7 +248,7 @@ class Runner:
         self._records[job.id] = job
         self._queue.append(job)
         try:
-            await self.hub.publish(job.channel, self._event(job), event="queued")
+            job.origin = await self.hub.publish(job.channel, self._event(job), event="queued")
         except BaseException:
             self._forget(job)
             raise

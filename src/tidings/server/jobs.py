@@ -2,7 +2,8 @@
 
 - ``POST /api/jobs/{name}``, the JSON body being the arguments: 202
   ``{"id", "stream", "state"}``; ``stream`` is the SSE URL of the job's
-  events (``/sse?channel=jobs:{id}``, under the app's mount path).
+  events from the first (``/sse?channel=jobs:{id}&last_event_id=…``, under
+  the app's mount path), so a client that connects late misses nothing.
 - ``GET /api/jobs/{id}``: the job's record (state, progress, result, error).
 - ``DELETE /api/jobs/{id}``: cancel it; the answer is its record.
 - ``GET /api/jobs?cursor=…&limit=…``: a page of records, oldest first, and
@@ -16,6 +17,8 @@ exist. Refusals are the JSON errors of ``server/errors.py``: an unknown job
 """
 
 from __future__ import annotations
+
+from urllib.parse import quote
 
 import orjson
 from starlette.requests import Request
@@ -58,6 +61,12 @@ def _owner(principal: Principal) -> str | None:
     return None if principal.kind is Kind.SERVER else principal.identity
 
 
+def stream_url(root: str, job: Job) -> str:
+    """The job's SSE stream from its first event, whenever the client connects
+    (``Last-Event-ID``, sent by a reconnecting client, takes precedence)."""
+    return f"{root}/sse?channel={job.channel}&last_event_id={quote(job.cursor, safe=':')}"
+
+
 def _arguments(body: bytes) -> object:
     if not body.strip():
         return {}
@@ -83,7 +92,7 @@ async def start(request: Request) -> Response:
     job = await runner.submit(name, _arguments(body), owner=principal.identity)
     root = request.scope.get("root_path", "")
     return JSONBody(
-        {"id": job.id, "stream": f"{root}/sse?channel={job.channel}", "state": job.state.value},
+        {"id": job.id, "stream": stream_url(root, job), "state": job.state.value},
         status_code=202,
         headers={"location": f"{root}/api/jobs/{job.id}"},
     )
@@ -98,7 +107,8 @@ async def job(request: Request) -> Response:
     else:
         principal = _authorized(request, Action.JOBS_VIEW)
         found = _runner(request).get(job_id, owner=_owner(principal))
-    return JSONBody(found.record())
+    root = request.scope.get("root_path", "")
+    return JSONBody({**found.record(), "stream": stream_url(root, found)})
 
 
 async def jobs(request: Request) -> Response:
