@@ -248,6 +248,13 @@ def _build_parser() -> argparse.ArgumentParser:
             help=f"a channel or pattern ('chat:*') the token may {grant}; repeatable",
         )
     token.add_argument(
+        "--jobs",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a job name or pattern ('report.*') the token may start; repeatable",
+    )
+    token.add_argument(
         "--ttl", type=parse_ttl, default=3600.0, help="lifetime: 90, 30m, 1h, 7d (default 1h)"
     )
     token.add_argument("--config", metavar="FILE", help="TOML settings file (or TIDINGS_CONFIG)")
@@ -462,7 +469,7 @@ def _token(args: argparse.Namespace) -> int:
         return 2
     grants = {
         grant: patterns
-        for grant in ("subscribe", "publish", "presence", "history")
+        for grant in ("subscribe", "publish", "presence", "history", "jobs")
         if (patterns := getattr(args, grant))
     }
     token = mint_token(

@@ -75,12 +75,14 @@ def test_token_mints_a_token_the_server_accepts(
 ) -> None:
     monkeypatch.setenv("TIDINGS_JWT_SECRET", SECRET)
     argv = ["token", "--sub", "alice", "--subscribe", "chat:*", "--publish", "chat:*"]
-    assert cli.main([*argv, "--history", "chat:a", "--ttl", "1h"]) == 0
+    jobs = ["--jobs", "report.*", "--jobs", "demo"]
+    assert cli.main([*argv, "--history", "chat:a", *jobs, "--ttl", "1h"]) == 0
     principal = TokenVerifier(secret=SECRET).verify(capsys.readouterr().out.strip())
     assert principal.sub == "alice"
     assert principal.grants["subscribe"] == ("chat:*",)
     assert principal.grants["history"] == ("chat:a",)
     assert principal.grants["presence"] == ()
+    assert principal.grants["jobs"] == ("report.*", "demo")
     assert principal.expires is not None
 
 
