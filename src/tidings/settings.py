@@ -419,6 +419,14 @@ class Settings:
         # Job events are published by the server only, and kept as long as the job's record.
         jobs = dataclasses.replace(default, history_ttl=self.jobs_ttl, publish=False)
         by_name = {"jobs": jobs}
+        # Job records with their owners, and cancels, between the servers of one
+        # backend: for the servers only, the latest record of each job.
+        jobstate = dataclasses.replace(
+            default,
+            history_size=1,
+            history_ttl=self.jobs_ttl,
+            **dict.fromkeys(("publish", "subscribe", "history", "presence"), False),
+        )
         for name, table in self.namespaces.items():
             if not isinstance(table, Mapping):
                 raise SettingsError(f"namespaces.{name} must be a table")
@@ -447,6 +455,7 @@ class Settings:
                 history=not closed,
                 presence=not closed,
             )
+        by_name["jobstate"] = jobstate  # not configurable: it holds who owns each job
         try:
             return Namespaces(default=default, by_name=by_name)
         except ValueError as exc:

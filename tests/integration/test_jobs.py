@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 from tests.support.env import TIMEOUT
+from tests.support.jobs import Lab, start
 from tests.support.sse import open_sse
-from tidings.jobs import Jobs, Log, Progress
 from tidings.server import create_app
 from tidings.server.auth import mint_token
 from tidings.settings import Settings
@@ -21,53 +21,6 @@ from tidings.testing import run_server
 JSON = {"content-type": "application/json"}
 SECRET = "a-jobs-test-secret-of-32-bytes!!"
 API_KEY = "a-jobs-test-api-key"
-
-
-class Lab:
-    """The server's jobs, steered by the test: each waits at its gate and records its life."""
-
-    def __init__(self) -> None:
-        self.jobs = Jobs()
-        self.gates: dict[int, asyncio.Event] = {}
-        self.waits: dict[int, asyncio.Event] = {}
-        self.everyone = asyncio.Event()
-        self.started: list[int] = []
-        self.cleaned: list[int] = []
-        self.running = 0
-        self.most_running = 0
-        self.jobs.add("gated", self.gated)
-        self.jobs.add("crowd", self.crowd)
-
-    def _event(self, table: dict[int, asyncio.Event], number: int) -> asyncio.Event:
-        return table.setdefault(number, asyncio.Event())
-
-    async def waiting(self, *numbers: int) -> None:
-        async with asyncio.timeout(TIMEOUT):
-            for number in numbers:
-                await self._event(self.waits, number).wait()
-
-    async def gated(self, number: int, steps: int = 1) -> AsyncIterator[Progress | Log]:
-        self.started.append(number)
-        try:
-            yield Log(f"job {number}")
-            for step in range(1, steps + 1):
-                yield Progress(100 * step / (steps + 1), f"step {step}", result={"step": step})
-            self._event(self.waits, number).set()
-            await self._event(self.gates, number).wait()
-            yield Progress(100, "done", result={"number": number})
-        finally:
-            self.cleaned.append(number)
-
-    async def crowd(self, number: int) -> AsyncIterator[Progress]:
-        self.started.append(number)
-        self.running += 1
-        self.most_running = max(self.most_running, self.running)
-        try:
-            self._event(self.waits, number).set()
-            await self.everyone.wait()
-            yield Progress(100, result=number)
-        finally:
-            self.running -= 1
 
 
 @pytest.fixture
@@ -91,14 +44,6 @@ async def url(lab: Lab, request: pytest.FixtureRequest) -> AsyncIterator[str]:
 async def http(url: str) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
         yield client
-
-
-async def start(http: httpx.AsyncClient, name: str, **arguments: Any) -> dict[str, Any]:
-    response = await http.post(f"/api/jobs/{name}", json=arguments)
-    assert response.status_code == 202, response.text
-    started: dict[str, Any] = response.json()
-    assert response.headers["location"] == f"/api/jobs/{started['id']}"
-    return started
 
 
 async def test_a_job_streams_its_progress_and_answers_its_state(

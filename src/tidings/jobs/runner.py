@@ -23,6 +23,14 @@ stream like any channel's. A worker publishes ``started`` only after
 task: the generator sees ``CancelledError`` where it waits, its
 ``finally`` runs, and the record says ``cancelled``.
 
+Several servers on one shared backend (Redis; ``shared=True``) see every
+job: its events are on the hub anyway, and each change of a record is also
+published, with its owner, as the one kept event of ``jobstate:{id}`` (a
+namespace closed to clients), which :meth:`Runner.find` reads for a job that
+runs elsewhere. A cancel for such a job is a message on
+``jobstate:_control``, which every runner listens to; the one that runs the
+job cancels it, and the asking runner waits for the job's final event.
+
 Records are kept in memory, at most ``max_records`` of them: a finished
 job's record goes ``ttl`` seconds after it ended, or earlier, oldest
 first, when a new job needs room. Waiting and running jobs always keep
@@ -35,6 +43,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Iterator
@@ -46,6 +55,7 @@ from tidings.errors import (
     BackendUnavailable,
     QueueFull,
     ShuttingDown,
+    SubscriptionClosed,
     TidingsError,
     UnknownJob,
 )
@@ -54,12 +64,20 @@ from tidings.jobs.registry import Jobs, Log, Progress, as_update
 from tidings.types import JSONValue, Position
 from tidings.wire.cursor import encode_cursor
 
-__all__ = ["CHANNEL_PREFIX", "Job", "Runner", "State"]
+__all__ = ["CHANNEL_PREFIX", "CONTROL_CHANNEL", "STATE_PREFIX", "Job", "Runner", "State"]
 
 logger = logging.getLogger(__name__)
 
 #: Every job's events are on channel ``jobs:{id}``.
 CHANNEL_PREFIX = "jobs:"
+#: With ``shared``: a job's record, with its owner, on ``jobstate:{id}`` (closed to clients).
+STATE_PREFIX = "jobstate:"
+#: With ``shared``: cancel messages between the runners of one backend.
+CONTROL_CHANNEL = STATE_PREFIX + "_control"
+#: A job id: 32 hex digits (``uuid4().hex``).
+_ID = re.compile(r"[0-9a-f]{32}\Z")
+#: The events that end a job.
+FINAL_EVENTS = frozenset({"completed", "failed", "cancelled"})
 
 
 class State(StrEnum):
@@ -110,7 +128,7 @@ class Job:
         return encode_cursor({self.channel: Position(epoch, max(0, offset - 1))})
 
     def record(self) -> dict[str, Any]:
-        """The job as ``GET /api/jobs/{id}`` answers it."""
+        """The job as ``GET /api/jobs/{id}`` answers it (``stream`` aside)."""
         return {
             "id": self.id,
             "name": self.name,
@@ -123,6 +141,7 @@ class Job:
             "started": self.started,
             "ended": self.ended,
             "channel": self.channel,
+            "cursor": self.cursor,
         }
 
     async def wait(self) -> None:
@@ -143,6 +162,8 @@ class Runner:
         ttl: Seconds a finished job's record is kept.
         clock: Wall-clock time for the records' timestamps.
         cancel_wait: Seconds a cancel waits for a running job to end.
+        shared: Whether other runners share the hub's backend (Redis): then
+            records are published for them and cancels reach them.
 
     Raises:
         ValueError: a bound is not positive, or ``max_records`` is below
@@ -160,6 +181,7 @@ class Runner:
         ttl: float = 3600.0,
         clock: Callable[[], float] = time.time,
         cancel_wait: float = 5.0,
+        shared: bool = False,
     ) -> None:
         if workers <= 0 or queue_size <= 0 or ttl <= 0:
             raise ValueError("workers, queue_size and ttl must be > 0")
@@ -173,6 +195,9 @@ class Runner:
         self.ttl = ttl
         self._clock = clock
         self.cancel_wait = cancel_wait
+        self.shared = shared
+        self._control: asyncio.Task[None] | None = None
+        self._cancels: set[asyncio.Task[Job]] = set()
         self._records: collections.OrderedDict[str, Job] = collections.OrderedDict()
         self._queue: collections.deque[Job] = collections.deque()
         self._ready = asyncio.Condition()
@@ -193,6 +218,12 @@ class Runner:
             loop.create_task(self._work(), name=f"tidings-job-worker-{number}")
             for number in range(self.workers)
         ]
+        if self.shared:
+            listening = asyncio.Event()
+            self._control = loop.create_task(self._listen(listening), name="tidings-job-control")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.cancel_wait):
+                    await listening.wait()  # a cancel sent now reaches this runner
 
     async def aclose(self, *, wait: float = 0.0) -> None:
         """Refuse new jobs, cancel the queued ones, give the running ones ``wait``
@@ -208,12 +239,13 @@ class Runner:
             if job._task is not None:
                 job._task.cancel()
         await self._wait_running(self.cancel_wait)
-        for worker in self._workers:
-            worker.cancel()
-        for worker in self._workers:
+        tasks = [*self._workers, *self._cancels, *([self._control] if self._control else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await worker
-        self._workers = []
+                await task
+        self._workers, self._control = [], None
 
     async def _wait_running(self, seconds: float) -> None:
         if self._running and seconds > 0:
@@ -249,6 +281,7 @@ class Runner:
         self._queue.append(job)
         try:
             job.origin = await self.hub.publish(job.channel, self._event(job), event="queued")
+            await self._save(job)
         except BaseException:
             self._forget(job)
             raise
@@ -288,6 +321,79 @@ class Runner:
                 if len(page) == limit:
                     break
         return page
+
+    async def find(self, job_id: str, *, owner: str | None = None) -> dict[str, Any]:
+        """The record of job ``job_id``, wherever it runs (with ``shared``).
+
+        Raises:
+            UnknownJob: no runner knows it (or it is someone else's).
+            BackendUnavailable: the backend cannot be reached.
+        """
+        try:
+            return self.get(job_id, owner=owner).record()
+        except UnknownJob:
+            if not self.shared:
+                raise
+        return await self._remote(job_id, owner)
+
+    async def _remote(self, job_id: str, owner: str | None) -> dict[str, Any]:
+        if not _ID.match(job_id):
+            raise UnknownJob(job_id)
+        events = (await self.hub.history(STATE_PREFIX + job_id, limit=1)).events
+        saved = events[-1].data if events else None
+        if not isinstance(saved, dict) or (owner is not None and saved.get("owner") != owner):
+            raise UnknownJob(job_id)
+        return {key: value for key, value in saved.items() if key != "owner"}
+
+    async def cancel_anywhere(self, job_id: str, *, owner: str | None = None) -> dict[str, Any]:
+        """Cancel job ``job_id`` here or on the runner that has it (with ``shared``);
+        return its record once it has ended, or after ``cancel_wait`` seconds.
+
+        Raises:
+            UnknownJob: no runner knows it (or it is someone else's).
+            BackendUnavailable: the backend cannot be reached.
+        """
+        if job_id in self._records or not self.shared:
+            return (await self.cancel(job_id, owner=owner)).record()
+        record = await self._remote(job_id, owner)
+        if State(record["state"]).finished:
+            return record
+        channel = CHANNEL_PREFIX + job_id
+        async with self.hub.subscribe(channel, since=await self.hub.position(channel)) as events:
+            await self.hub.publish(CONTROL_CHANNEL, {"op": "cancel", "id": job_id})
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.cancel_wait):
+                    async for item in events:
+                        if getattr(item, "event", None) in FINAL_EVENTS:
+                            break
+        return await self._remote(job_id, owner)
+
+    async def _listen(self, listening: asyncio.Event) -> None:
+        """Cancel the jobs that ``jobs:_control`` messages name, if they run here."""
+        while not self._closing:
+            try:
+                async with self.hub.subscribe(CONTROL_CHANNEL) as messages:
+                    listening.set()
+                    async for item in messages:
+                        message = getattr(item, "data", None)
+                        if isinstance(message, dict) and message.get("op") == "cancel":
+                            self._cancel_soon(str(message.get("id")))
+                return
+            except SubscriptionClosed as exc:
+                if exc.reason == "shutdown":
+                    return
+                logger.warning("the jobs control subscription closed (%s); resubscribing", exc)
+            except TidingsError as exc:
+                logger.warning("the jobs control subscription failed (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+
+    def _cancel_soon(self, job_id: str) -> None:
+        job = self._records.get(job_id)
+        if job is None or job.state.finished:
+            return  # another runner's, or over already
+        task = asyncio.get_running_loop().create_task(self.cancel(job_id))
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
 
     async def cancel(self, job_id: str, *, owner: str | None = None) -> Job:
         """Cancel a queued or running job; a finished one stays as it is.
@@ -395,12 +501,20 @@ class Runner:
             job._ended.set()
 
     async def _publish(self, job: Job, event: str, data: dict[str, Any]) -> None:
-        """Publish one of a job's events. A backend that is down loses the event (the
-        record keeps the state); data the hub refuses (``InvalidPublication``) raises."""
+        """Publish one of a job's events (and, with ``shared``, its record). A backend
+        that is down loses them (the local record keeps the state); data the hub
+        refuses (``InvalidPublication``) raises."""
         try:
             await self.hub.publish(job.channel, data, event=event)
+            if event != "log":
+                await self._save(job)
         except BackendUnavailable:
             logger.warning("job %s: %s event lost, the backend is unavailable", job.id, event)
+
+    async def _save(self, job: Job) -> None:
+        if self.shared:
+            record = {**job.record(), "owner": job.owner}
+            await self.hub.publish(STATE_PREFIX + job.id, record, event="state")
 
     @staticmethod
     def _event(job: Job) -> dict[str, Any]:

@@ -258,6 +258,7 @@ def create_app(
             queue_size=settings.jobs_queue,
             max_records=settings.jobs_max,
             ttl=settings.jobs_ttl,
+            shared=hub.backend.name != "memory",
         )
         if jobs is not None
         else None

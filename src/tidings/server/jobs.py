@@ -18,6 +18,7 @@ exist. Refusals are the JSON errors of ``server/errors.py``: an unknown job
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
 
 import orjson
@@ -61,10 +62,11 @@ def _owner(principal: Principal) -> str | None:
     return None if principal.kind is Kind.SERVER else principal.identity
 
 
-def stream_url(root: str, job: Job) -> str:
-    """The job's SSE stream from its first event, whenever the client connects
+def stream_url(root: str, record: dict[str, Any]) -> str:
+    """A job's SSE stream from its first event, whenever the client connects
     (``Last-Event-ID``, sent by a reconnecting client, takes precedence)."""
-    return f"{root}/sse?channel={job.channel}&last_event_id={quote(job.cursor, safe=':')}"
+    cursor = quote(record["cursor"], safe=":")
+    return f"{root}/sse?channel={record['channel']}&last_event_id={cursor}"
 
 
 def _arguments(body: bytes) -> object:
@@ -92,7 +94,7 @@ async def start(request: Request) -> Response:
     job = await runner.submit(name, _arguments(body), owner=principal.identity)
     root = request.scope.get("root_path", "")
     return JSONBody(
-        {"id": job.id, "stream": stream_url(root, job), "state": job.state.value},
+        {"id": job.id, "stream": stream_url(root, job.record()), "state": job.state.value},
         status_code=202,
         headers={"location": f"{root}/api/jobs/{job.id}"},
     )
@@ -103,12 +105,12 @@ async def job(request: Request) -> Response:
     job_id = request.path_params["job"]
     if request.method == "DELETE":
         principal = _authorized(request, Action.JOBS_CANCEL)
-        found = await _runner(request).cancel(job_id, owner=_owner(principal))
+        record = await _runner(request).cancel_anywhere(job_id, owner=_owner(principal))
     else:
         principal = _authorized(request, Action.JOBS_VIEW)
-        found = _runner(request).get(job_id, owner=_owner(principal))
+        record = await _runner(request).find(job_id, owner=_owner(principal))
     root = request.scope.get("root_path", "")
-    return JSONBody({**found.record(), "stream": stream_url(root, found)})
+    return JSONBody({**record, "stream": stream_url(root, record)})
 
 
 async def jobs(request: Request) -> Response:
