@@ -1,9 +1,9 @@
-"""The ``tidings`` command: serve, publish, listen, token, bench.
+"""The ``tidings`` command: serve, publish, listen, token, jobs, bench.
 
 ``tidings serve`` runs the ASGI app on uvicorn (uvloop, httptools) with the
 fast write path, or with ``--http2`` on Hypercorn over TLS; it refuses to
 listen beyond loopback with no authentication configured unless anonymous
-access is asked for. ``publish`` and ``listen``
+access is asked for. ``publish``, ``listen`` and ``jobs``
 talk to a running server; ``token`` mints a development token.
 """
 
@@ -259,6 +259,28 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--config", metavar="FILE", help="TOML settings file (or TIDINGS_CONFIG)")
 
+    jobs = commands.add_parser("jobs", help="list, start, cancel and watch jobs")
+    actions = jobs.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (
+        ("list", "list the jobs this server keeps"),
+        ("start", "start a job; print its id, or watch it with --watch"),
+        ("cancel", "cancel a job; print its record"),
+        ("watch", "draw a job's progress until it ends"),
+    ):
+        command = actions.add_parser(action, help=text)
+        if action == "start":
+            command.add_argument("name", help="the job's name")
+            command.add_argument("arguments", nargs="?", default="{}", help="a JSON object")
+            command.add_argument("--watch", action="store_true", help="then watch it")
+        elif action != "list":
+            command.add_argument("id", help="the job's id")
+        command.add_argument("--url", help=URL_HELP)
+        command.add_argument(
+            "--api-key",
+            default=os.environ.get("TIDINGS_API_KEY"),
+            help="server API key, sent as X-API-Key (default: $TIDINGS_API_KEY)",
+        )
+
     listen = commands.add_parser("listen", help="print events as they arrive; resume after drops")
     listen.add_argument("channels", nargs="+", metavar="CHANNEL")
     listen.add_argument("--url", help=URL_HELP)
@@ -286,7 +308,7 @@ def _build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit status."""
     args = _build_parser().parse_args(argv)
-    if args.command in ("publish", "listen", "bench"):
+    if args.command in ("publish", "listen", "bench", "jobs"):
         try:
             args.url = server_url(args.url)
         except UsageError as exc:
@@ -300,6 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _bench(args)
     if args.command == "token":
         return _token(args)
+    if args.command == "jobs":
+        return _jobs(args)
     return _listen(args)
 
 
@@ -578,6 +602,111 @@ def _listen(args: argparse.Namespace) -> int:
         say(str(exc))
         return 1
     return 0
+
+
+#: How ``jobs watch`` ends: completed 0, anything else 1.
+_JOB_ENDS = {"completed": 0, "failed": 1, "cancelled": 1}
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    import httpx
+
+    headers = {"X-API-Key": args.api_key} if args.api_key else {}
+    try:
+        with httpx.Client(base_url=args.url, headers=headers, timeout=10) as http:
+            if args.action == "start":
+                return _start_job(args, http)
+            if args.action == "list":
+                response = http.get("/api/jobs")
+            elif args.action == "cancel":
+                response = http.delete(
+                    f"/api/jobs/{args.id}", headers={"content-type": "application/json"}
+                )
+            else:
+                response = http.get(f"/api/jobs/{args.id}")
+    except httpx.HTTPError:
+        say(f"cannot reach {args.url}")
+        return 1
+    if response.status_code != 200:
+        say(error_line(f"jobs {args.action}", response.status_code, response.text))
+        return 1
+    if args.action == "watch":
+        return _watch_job(args, response.json())
+    print(response.text)
+    return 0
+
+
+def _start_job(args: argparse.Namespace, http: Any) -> int:
+    try:
+        arguments = orjson.loads(args.arguments)
+    except orjson.JSONDecodeError:
+        say(f"ARGUMENTS is not valid JSON: {args.arguments[:80]!r}")
+        return 2
+    response = http.post(f"/api/jobs/{args.name}", json=arguments)
+    if response.status_code != 202:
+        say(error_line("jobs start", response.status_code, response.text))
+        return 1
+    started = response.json()
+    if not args.watch:
+        print(response.text)
+        return 0
+    return _watch_job(args, {**started, "name": args.name, "progress": {}})
+
+
+def _watch_job(args: argparse.Namespace, job: dict[str, Any]) -> int:
+    """Draw a job's progress bar from its stream; the exit status says how it ended."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    from tidings.client.sse import Reset, listen
+    from tidings.errors import ReconnectExhausted, StreamRejected
+
+    state = job.get("state", "queued")
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn())
+    with Progress(*columns, TimeElapsedColumn(), transient=False) as bar:
+        task = bar.add_task(f"{job.get('name', 'job')} {state}", total=100)
+        progress = job.get("progress") or {}
+        bar.update(task, completed=progress.get("percent") or 0)
+
+        async def follow() -> str:
+            headers = {"X-API-Key": args.api_key} if args.api_key else None
+            async with listen(args.url.rstrip("/") + job["stream"], headers=headers) as events:
+                async for item in events:
+                    if isinstance(item, Reset):
+                        continue
+                    data = json_or_text(item.data)
+                    data = data if isinstance(data, dict) else {}
+                    if item.event == "log":
+                        bar.console.print(
+                            f"[dim]{data.get('level', 'info')}[/] {data.get('message')}"
+                        )
+                    elif item.event == "progress":
+                        message = data.get("message") or ""
+                        bar.update(task, completed=data.get("percent") or 0, description=message)
+                    elif item.event in _JOB_ENDS:
+                        bar.update(task, description=item.event)
+                        if item.event == "completed":
+                            bar.update(task, completed=100)
+                            bar.console.print_json(data=data.get("result"))
+                        elif item.event == "failed":
+                            error = data.get("error") or {}
+                            bar.console.print(
+                                f"failed: {error.get('type')}: {error.get('message')}"
+                            )
+                        return str(item.event)
+            return "cancelled"
+
+        if state in _JOB_ENDS:
+            bar.update(task, description=state)
+            if state == "completed":
+                bar.console.print_json(data=job.get("result"))
+            return _JOB_ENDS[state]
+        try:
+            return _JOB_ENDS[asyncio.run(follow())]
+        except KeyboardInterrupt:
+            return INTERRUPTED
+        except (StreamRejected, ReconnectExhausted) as exc:
+            say(f"jobs watch: {exc}")
+            return 1
 
 
 def _bench(args: argparse.Namespace) -> int:

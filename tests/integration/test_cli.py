@@ -266,3 +266,44 @@ async def test_listen_to_an_unreachable_server_keeps_saying_so() -> None:
     assert status == 130
     assert err.endswith("tidings: stopped\n")
     assert "Traceback" not in err
+
+
+async def test_jobs_start_watch_list_and_cancel() -> None:
+    with ServerProcess() as server:  # the demo job is on by default
+        url = ["--url", server.url]
+        status, out, _ = await run(
+            "jobs", "start", "demo", '{"steps": 3, "interval": 0.01}', "--watch", *url
+        )
+        assert status == 0
+        assert '"count": 3' in out
+        assert "completed" in out
+        status, out, _ = await run("jobs", "start", "demo", '{"steps": 100, "interval": 1}', *url)
+        assert status == 0
+        job_id = json.loads(out)["id"]
+        status, out, _ = await run("jobs", "cancel", job_id, *url)
+        assert status == 0
+        assert json.loads(out)["state"] == "cancelled"
+        status, out, _ = await run("jobs", "watch", job_id, *url)
+        assert status == 1  # it did not complete
+        assert "cancelled" in out
+        status, out, _ = await run("jobs", "list", *url)
+        assert status == 0
+        assert [job["state"] for job in json.loads(out)["jobs"]] == ["completed", "cancelled"]
+
+
+async def test_jobs_refusals_are_one_line() -> None:
+    with ServerProcess() as server:
+        url = ["--url", server.url]
+        status, _, err = await run("jobs", "start", "demo", '{"steps": "x"}', *url)
+        assert (status, err) == (
+            1,
+            "tidings: jobs start: 422 invalid_value: argument 'steps': "
+            "must be an integer, not a string\n",
+        )
+        status, _, err = await run("jobs", "start", "demo", "{", *url)
+        assert (status, err) == (2, "tidings: ARGUMENTS is not valid JSON: '{'\n")
+        status, _, err = await run("jobs", "watch", "nope", *url)
+        assert (status, err) == (1, "tidings: jobs watch: 404 not_found: no job 'nope'\n")
+        status, _, err = await run("jobs", "list", "--url", f"http://127.0.0.1:{free_port()}")
+        assert status == 1
+        assert err.startswith("tidings: cannot reach")
