@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from tests.support.env import TIMEOUT
-from tests.support.jobs import Lab, start
+from tests.support.jobs import GATED_TWO_STEPS, Lab, start
 from tests.support.sse import open_sse
 from tidings.server import create_app
 from tidings.server.auth import mint_token
@@ -55,13 +55,7 @@ async def test_a_job_streams_its_progress_and_answers_its_state(
     assert started["state"] == "queued"
     async with open_sse(http, started["stream"]) as reader:
         first = await reader.events(5)
-        assert [event.event for event in first] == [
-            "queued",
-            "started",
-            "log",
-            "progress",
-            "progress",
-        ]
+        assert [event.event for event in first] == GATED_TWO_STEPS
         assert orjson.loads(first[4].data)["result"] == {"step": 2}
         await lab.waiting(1)
         record = (await http.get(f"/api/jobs/{started['id']}")).json()

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from tests.support.env import TIMEOUT
-from tests.support.jobs import Lab, start
+from tests.support.jobs import GATED_TWO_STEPS, Lab, start
 from tests.support.sse import open_sse
 from tidings.server import create_app
 from tidings.settings import Settings
@@ -52,13 +52,7 @@ async def test_a_job_is_seen_and_cancelled_from_the_other_server(
     assert "owner" not in seen
     async with open_sse(b, seen["stream"]) as reader:
         events = await reader.events(5)
-        assert [event.event for event in events] == [
-            "queued",
-            "started",
-            "log",
-            "progress",
-            "progress",
-        ]
+        assert [event.event for event in events] == GATED_TWO_STEPS
         cancelled = await b.delete(f"/api/jobs/{started['id']}", headers=JSON)
         assert cancelled.status_code == 200
         assert cancelled.json()["state"] == "cancelled"

@@ -11,6 +11,9 @@ import httpx
 from tests.support.env import TIMEOUT
 from tidings.jobs import Jobs, Log, Progress
 
+#: The first events of ``gated`` with ``steps=2``, up to where it waits at its gate.
+GATED_TWO_STEPS = ["queued", "started", "log", "progress", "progress"]
+
 
 class Lab:
     """The server's jobs, steered by the test: each waits at its gate and records its life."""

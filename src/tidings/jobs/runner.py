@@ -24,12 +24,11 @@ task: the generator sees ``CancelledError`` where it waits, its
 ``finally`` runs, and the record says ``cancelled``.
 
 Several servers on one shared backend (Redis; ``shared=True``) see every
-job: its events are on the hub anyway, and each change of a record is also
-published, with its owner, as the one kept event of ``jobstate:{id}`` (a
-namespace closed to clients), which :meth:`Runner.find` reads for a job that
-runs elsewhere. A cancel for such a job is a message on
-``jobstate:_control``, which every runner listens to; the one that runs the
-job cancels it, and the asking runner waits for the job's final event.
+job: its events are on the hub anyway, and :class:`~tidings.jobs.control.JobControl`
+publishes each change of a record for the others, which :meth:`Runner.find`
+reads for a job that runs elsewhere, and carries a cancel to the runner
+that has the job; :meth:`Runner.cancel_anywhere` then waits for the job's
+final event.
 
 Records are kept in memory, at most ``max_records`` of them: a finished
 job's record goes ``ttl`` seconds after it ended, or earlier, oldest
@@ -43,7 +42,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Iterator
@@ -55,27 +53,21 @@ from tidings.errors import (
     BackendUnavailable,
     QueueFull,
     ShuttingDown,
-    SubscriptionClosed,
     TidingsError,
     UnknownJob,
 )
 from tidings.hub import Hub
+from tidings.jobs.control import JobControl
 from tidings.jobs.registry import Jobs, Log, Progress, as_update
 from tidings.types import JSONValue, Position
 from tidings.wire.cursor import encode_cursor
 
-__all__ = ["CHANNEL_PREFIX", "CONTROL_CHANNEL", "STATE_PREFIX", "Job", "Runner", "State"]
+__all__ = ["CHANNEL_PREFIX", "Job", "Runner", "State"]
 
 logger = logging.getLogger(__name__)
 
 #: Every job's events are on channel ``jobs:{id}``.
 CHANNEL_PREFIX = "jobs:"
-#: With ``shared``: a job's record, with its owner, on ``jobstate:{id}`` (closed to clients).
-STATE_PREFIX = "jobstate:"
-#: With ``shared``: cancel messages between the runners of one backend.
-CONTROL_CHANNEL = STATE_PREFIX + "_control"
-#: A job id: 32 hex digits (``uuid4().hex``).
-_ID = re.compile(r"[0-9a-f]{32}\Z")
 #: The events that end a job.
 FINAL_EVENTS = frozenset({"completed", "failed", "cancelled"})
 
@@ -196,7 +188,7 @@ class Runner:
         self._clock = clock
         self.cancel_wait = cancel_wait
         self.shared = shared
-        self._control: asyncio.Task[None] | None = None
+        self._control = JobControl(hub, on_cancel=self._cancel_soon) if shared else None
         self._cancels: set[asyncio.Task[Job]] = set()
         self._records: collections.OrderedDict[str, Job] = collections.OrderedDict()
         self._queue: collections.deque[Job] = collections.deque()
@@ -218,12 +210,8 @@ class Runner:
             loop.create_task(self._work(), name=f"tidings-job-worker-{number}")
             for number in range(self.workers)
         ]
-        if self.shared:
-            listening = asyncio.Event()
-            self._control = loop.create_task(self._listen(listening), name="tidings-job-control")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.cancel_wait):
-                    await listening.wait()  # a cancel sent now reaches this runner
+        if self._control is not None:
+            await self._control.start(wait=self.cancel_wait)
 
     async def aclose(self, *, wait: float = 0.0) -> None:
         """Refuse new jobs, cancel the queued ones, give the running ones ``wait``
@@ -239,13 +227,15 @@ class Runner:
             if job._task is not None:
                 job._task.cancel()
         await self._wait_running(self.cancel_wait)
-        tasks = [*self._workers, *self._cancels, *([self._control] if self._control else [])]
+        tasks = [*self._workers, *self._cancels]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._workers, self._control = [], None
+        self._workers = []
+        if self._control is not None:
+            await self._control.aclose()
 
     async def _wait_running(self, seconds: float) -> None:
         if self._running and seconds > 0:
@@ -332,18 +322,15 @@ class Runner:
         try:
             return self.get(job_id, owner=owner).record()
         except UnknownJob:
-            if not self.shared:
+            if self._control is None:
                 raise
         return await self._remote(job_id, owner)
 
     async def _remote(self, job_id: str, owner: str | None) -> dict[str, Any]:
-        if not _ID.match(job_id):
+        loaded = await self._control.load(job_id) if self._control is not None else None
+        if loaded is None or (owner is not None and loaded[1] != owner):
             raise UnknownJob(job_id)
-        events = (await self.hub.history(STATE_PREFIX + job_id, limit=1)).events
-        saved = events[-1].data if events else None
-        if not isinstance(saved, dict) or (owner is not None and saved.get("owner") != owner):
-            raise UnknownJob(job_id)
-        return {key: value for key, value in saved.items() if key != "owner"}
+        return loaded[0]
 
     async def cancel_anywhere(self, job_id: str, *, owner: str | None = None) -> dict[str, Any]:
         """Cancel job ``job_id`` here or on the runner that has it (with ``shared``);
@@ -353,39 +340,20 @@ class Runner:
             UnknownJob: no runner knows it (or it is someone else's).
             BackendUnavailable: the backend cannot be reached.
         """
-        if job_id in self._records or not self.shared:
+        if job_id in self._records or self._control is None:
             return (await self.cancel(job_id, owner=owner)).record()
         record = await self._remote(job_id, owner)
         if State(record["state"]).finished:
             return record
         channel = CHANNEL_PREFIX + job_id
         async with self.hub.subscribe(channel, since=await self.hub.position(channel)) as events:
-            await self.hub.publish(CONTROL_CHANNEL, {"op": "cancel", "id": job_id})
+            await self._control.send_cancel(job_id)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.cancel_wait):
                     async for item in events:
                         if getattr(item, "event", None) in FINAL_EVENTS:
                             break
         return await self._remote(job_id, owner)
-
-    async def _listen(self, listening: asyncio.Event) -> None:
-        """Cancel the jobs that ``jobs:_control`` messages name, if they run here."""
-        while not self._closing:
-            try:
-                async with self.hub.subscribe(CONTROL_CHANNEL) as messages:
-                    listening.set()
-                    async for item in messages:
-                        message = getattr(item, "data", None)
-                        if isinstance(message, dict) and message.get("op") == "cancel":
-                            self._cancel_soon(str(message.get("id")))
-                return
-            except SubscriptionClosed as exc:
-                if exc.reason == "shutdown":
-                    return
-                logger.warning("the jobs control subscription closed (%s); resubscribing", exc)
-            except TidingsError as exc:
-                logger.warning("the jobs control subscription failed (%s); retrying", exc)
-                await asyncio.sleep(1.0)
 
     def _cancel_soon(self, job_id: str) -> None:
         job = self._records.get(job_id)
@@ -512,9 +480,8 @@ class Runner:
             logger.warning("job %s: %s event lost, the backend is unavailable", job.id, event)
 
     async def _save(self, job: Job) -> None:
-        if self.shared:
-            record = {**job.record(), "owner": job.owner}
-            await self.hub.publish(STATE_PREFIX + job.id, record, event="state")
+        if self._control is not None:
+            await self._control.save(job.record(), owner=job.owner)
 
     @staticmethod
     def _event(job: Job) -> dict[str, Any]:
