@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from tests.support.env import TIMEOUT
 from tests.support.jobs import GATED_TWO_STEPS, Lab, start
 from tests.support.sse import open_sse
+from tidings.hub import Hub
 from tidings.server import create_app
 from tidings.server.auth import mint_token
 from tidings.settings import Settings
@@ -271,3 +275,34 @@ async def test_a_server_that_stops_cancels_its_jobs(lab: Lab) -> None:
     records = app.state.tidings.runner.page()
     assert records[0].id == running["id"]
     assert [record.state for record in records] == ["cancelled"] * 5
+
+
+async def test_jobs_of_a_server_mounted_under_a_prefix(lab: Lab) -> None:
+    hub = Hub()
+    config = settings()
+    tidings_app = create_app(hub, config, jobs=lab.jobs)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # A mounted app gets no lifespan: the hub is started here and the server's
+        # jobs are stopped here; the first job starts the worker pool.
+        async with hub:
+            yield
+            await tidings_app.state.tidings.shutdown(close_hub=False)
+
+    outer = Starlette(lifespan=lifespan, routes=[Mount("/rt", tidings_app)])
+    async with (
+        run_server(outer, settings=config) as base,
+        httpx.AsyncClient(base_url=base, timeout=TIMEOUT) as http,
+    ):
+        response = await http.post("/rt/api/jobs/crowd", json={"number": 1})
+        assert response.status_code == 202
+        started = response.json()
+        assert response.headers["location"] == f"/rt/api/jobs/{started['id']}"
+        assert started["stream"].startswith(f"/rt/sse?channel=jobs:{started['id']}&")
+        lab.everyone.set()
+        async with open_sse(http, started["stream"]) as reader:
+            events = await reader.events(4)
+        assert [event.event for event in events] == ["queued", "started", "progress", "completed"]
+        record = (await http.get(f"/rt/api/jobs/{started['id']}")).json()
+        assert (record["state"], record["stream"]) == ("completed", started["stream"])

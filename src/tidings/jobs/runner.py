@@ -261,6 +261,9 @@ class Runner:
         values = spec.arguments(arguments)
         if self._closing:
             raise ShuttingDown(what="jobs")
+        if not self._workers:
+            # An app mounted in another one gets no lifespan: the first job starts the pool.
+            await self.start()
         # Jobs an idle worker is about to take do not count as waiting.
         if len(self._queue) - (self.workers - self._busy) >= self.queue_size:
             raise QueueFull(self.queue_size)

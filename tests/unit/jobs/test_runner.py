@@ -259,3 +259,14 @@ def test_bounds_must_hold(hub: Hub, lab: Lab) -> None:
     for bad in ({"workers": 0}, {"queue_size": 0}, {"ttl": 0}, {"max_records": 3}):
         with pytest.raises(ValueError, match="must be"):
             Runner(hub, lab.jobs, **{"workers": 2, "queue_size": 2, **bad})  # type: ignore[arg-type]
+
+
+async def test_the_first_job_starts_a_pool_nobody_started(hub: Hub, lab: Lab) -> None:
+    runner = Runner(hub, lab.jobs, workers=1, queue_size=1)
+    try:
+        job = await runner.submit("boom", {})
+        async with asyncio.timeout(TIMEOUT):
+            await job.wait()
+        assert job.state is State.FAILED
+    finally:
+        await runner.aclose()
