@@ -103,6 +103,8 @@ async def test_a_hundred_jobs_on_four_workers_run_in_order_and_a_full_queue_refu
     await lab.waiting(0, 1, 2, 3)
     listing = (await http.get("/api/jobs")).json()
     assert (listing["running"], listing["queued"]) == (4, 96)
+    stats = (await http.get("/api/stats")).json()["jobs"]
+    assert (stats["running"], stats["queued"], stats["started"]) == (4, 96, 4)
     lab.everyone.set()
     for job_id in ids:
         stream = (await http.get(f"/api/jobs/{job_id}")).json()["stream"]

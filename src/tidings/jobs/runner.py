@@ -83,7 +83,11 @@ class State(StrEnum):
 
     @property
     def finished(self) -> bool:
-        return self in (State.COMPLETED, State.FAILED, State.CANCELLED)
+        return self in FINISHED
+
+
+#: The states a job ends in.
+FINISHED = (State.COMPLETED, State.FAILED, State.CANCELLED)
 
 
 @dataclass(eq=False, slots=True)
@@ -198,6 +202,8 @@ class Runner:
         self._busy = 0
         self._workers: list[asyncio.Task[None]] = []
         self._closing = False
+        #: Jobs started and ended, by their final state, since the runner was made.
+        self._counts = dict.fromkeys(("started", *(state.value for state in FINISHED)), 0)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -389,6 +395,16 @@ class Runner:
                     await job.wait()
         return job
 
+    def stats(self) -> dict[str, int]:
+        """``queued`` and ``running`` now, ``records`` kept, and jobs ``started``,
+        ``completed``, ``failed`` and ``cancelled`` since the runner was made."""
+        return {
+            "queued": len(self._queue),
+            "running": len(self._running),
+            "records": len(self._records),
+            **self._counts,
+        }
+
     @property
     def queued(self) -> int:
         return len(self._queue)
@@ -423,6 +439,7 @@ class Runner:
             self._running.discard(job)
 
     async def _run(self, job: Job) -> None:
+        self._counts["started"] += 1
         job.state = State.RUNNING
         job.started = self._clock()
         spec = self.jobs.spec(job.name)
@@ -457,6 +474,7 @@ class Runner:
         await self._publish(job, "progress", data)
 
     async def _finish(self, job: Job, state: State) -> None:
+        self._counts[state.value] += 1
         job.state = state
         job.ended = self._clock()
         if state is State.COMPLETED:

@@ -240,6 +240,8 @@ async def stats(request: Request) -> Response:
     }
     if state.relay is not None:
         body["llm"] = state.relay.stats()._asdict()
+    if state.runner is not None:
+        body["jobs"] = state.runner.stats()
     return JSONBody(body)
 
 

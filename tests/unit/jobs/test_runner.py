@@ -175,6 +175,15 @@ async def test_the_pool_and_the_queue_are_bounded(runner: Runner, lab: Lab) -> N
         await asyncio.gather(*(job.wait() for job in jobs))
     assert lab.started == [1, 2, 3, 4, 5]
     assert all(job.state is State.COMPLETED for job in jobs)
+    assert runner.stats() == {
+        "queued": 0,
+        "running": 0,
+        "records": 5,
+        "started": 5,
+        "completed": 5,
+        "failed": 0,
+        "cancelled": 0,
+    }
 
 
 async def test_records_are_bounded_in_count_and_time(hub: Hub, lab: Lab) -> None:
