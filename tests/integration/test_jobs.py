@@ -308,3 +308,19 @@ async def test_jobs_of_a_server_mounted_under_a_prefix(lab: Lab) -> None:
         assert [event.event for event in events] == ["queued", "started", "progress", "completed"]
         record = (await http.get(f"/rt/api/jobs/{started['id']}")).json()
         assert (record["state"], record["stream"]) == ("completed", started["stream"])
+
+
+async def test_a_draining_server_refuses_new_jobs(lab: Lab) -> None:
+    config = settings()
+    app = create_app(settings=config, jobs=lab.jobs)
+    async with (
+        run_server(app, settings=config) as base,
+        httpx.AsyncClient(base_url=base, timeout=TIMEOUT) as http,
+    ):
+        await app.state.tidings.drain(wait=0.1)
+        refused = await http.post("/api/jobs/crowd", json={"number": 1})
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "unavailable"
+        assert refused.headers["retry-after"] == "1"
+        assert "accepts no jobs" in refused.json()["error"]["message"]
+        assert lab.started == []

@@ -25,7 +25,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tidings.errors import InvalidCursor, ProtocolError, UnknownJob
+from tidings.errors import InvalidCursor, ProtocolError, ShuttingDown, UnknownJob
 from tidings.jobs import Job, Runner
 from tidings.server.api import JSONBody, query_limit, read_body
 from tidings.server.auth import Action, Kind, Principal
@@ -84,6 +84,8 @@ async def start(request: Request) -> Response:
     principal = _authorized(request, Action.JOBS_START, job=name)
     runner = _runner(request)
     runner.jobs.spec(name)  # an unknown name is a 404 before the body is read
+    if _state(request).draining:
+        raise ShuttingDown(what="jobs")
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type not in ("", "application/json"):
         raise ProtocolError(
