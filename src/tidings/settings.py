@@ -181,6 +181,7 @@ class Settings:
     # Jobs (docs/jobs.md): workers, waiting jobs, job records kept and for how long.
     jobs_workers: int = 4
     jobs_queue: int = 100
+    jobs_per_client: int = 16
     jobs_max: int = 1000
     jobs_ttl: float = 3600.0
     # The admin page /admin: off (404) unless set (docs/operations.md, "Admin page").
@@ -330,7 +331,7 @@ class Settings:
         self.proxy_header_names()
 
     def _check_jobs(self) -> None:
-        for name in ("jobs_workers", "jobs_queue"):
+        for name in ("jobs_workers", "jobs_queue", "jobs_per_client"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be > 0")
         if self.jobs_max < self.jobs_workers + self.jobs_queue:

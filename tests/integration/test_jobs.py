@@ -33,6 +33,9 @@ def lab() -> Lab:
 
 
 def settings(**values: Any) -> Settings:
+    # The tests' client is one anonymous address: its share is the whole queue
+    # unless a test asks for less.
+    values.setdefault("jobs_per_client", 200)
     return Settings(log_level="warning", jobs_workers=4, jobs_queue=96, jobs_max=200, **values)
 
 
@@ -260,6 +263,33 @@ async def test_the_jobs_namespace_may_let_anonymous_clients_in(lab: Lab) -> None
             "/api/publish", json={"channel": f"jobs:{started['id']}", "data": 1}
         )
         assert forged.status_code == 403
+
+
+async def test_one_client_cannot_fill_the_queue_for_everyone(lab: Lab) -> None:
+    config = settings(jobs_per_client=2)
+    app = create_app(settings=config, jobs=lab.jobs)
+    async with (
+        run_server(app, settings=config) as base,
+        httpx.AsyncClient(base_url=base, timeout=TIMEOUT) as http,
+    ):
+        first = await start(http, "gated", number=1)
+        await start(http, "gated", number=2)
+        refused = await http.post("/api/jobs/gated", json={"number": 3})
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"] == {
+            "code": "queue_full",
+            "message": "queue is full (2 items for this client)",
+        }
+        assert len((await http.get("/api/jobs")).json()["jobs"]) == 2  # nothing kept of it
+        await lab.waiting(1)
+        lab.open(1)
+        async with open_sse(http, first["stream"]) as reader, asyncio.timeout(TIMEOUT):
+            while (await reader.events(1))[0].event != "completed":
+                pass
+        again = await http.post("/api/jobs/gated", json={"number": 4})
+        assert again.status_code == 202, again.text  # a finished job gave its share back
+        lab.open(2)
+        lab.open(4)
 
 
 async def test_a_server_that_stops_cancels_its_jobs(lab: Lab) -> None:

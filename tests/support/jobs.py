@@ -33,6 +33,10 @@ class Lab:
     def _event(self, table: dict[int, asyncio.Event], number: int) -> asyncio.Event:
         return table.setdefault(number, asyncio.Event())
 
+    def open(self, number: int) -> None:
+        """Let job ``number`` past its gate."""
+        self._event(self.gates, number).set()
+
     async def waiting(self, *numbers: int) -> None:
         async with asyncio.timeout(TIMEOUT):
             for number in numbers:

@@ -99,6 +99,8 @@ class Job:
     owner: str
     arguments: dict[str, Any]
     created: float
+    #: Whose share of ``per_client`` the job takes while it is unfinished.
+    client: str = ""
     state: State = State.QUEUED
     percent: float | None = None
     message: str | None = None
@@ -112,6 +114,7 @@ class Job:
     _announced: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _cancel_reason: str = field(default="requested", repr=False)
+    _counted: bool = field(default=False, repr=False)
 
     @property
     def channel(self) -> str:
@@ -154,6 +157,8 @@ class Runner:
         workers: How many jobs run at once.
         queue_size: How many jobs may wait while every worker is busy; one
             more is refused (``QueueFull``).
+        per_client: How many unfinished (waiting or running) jobs one client
+            may have; one more is refused (``QueueFull`` with ``per_client``).
         max_records: How many job records are kept, finished ones included.
         ttl: Seconds a finished job's record is kept.
         clock: Wall-clock time for the records' timestamps.
@@ -173,20 +178,24 @@ class Runner:
         *,
         workers: int = 4,
         queue_size: int = 100,
+        per_client: int = 16,
         max_records: int = 1000,
         ttl: float = 3600.0,
         clock: Callable[[], float] = time.time,
         cancel_wait: float = 5.0,
         shared: bool = False,
     ) -> None:
-        if workers <= 0 or queue_size <= 0 or ttl <= 0:
-            raise ValueError("workers, queue_size and ttl must be > 0")
+        if workers <= 0 or queue_size <= 0 or per_client <= 0 or ttl <= 0:
+            raise ValueError("workers, queue_size, per_client and ttl must be > 0")
         if max_records < workers + queue_size:
             raise ValueError("max_records must be at least workers + queue_size")
         self.hub = hub
         self.jobs = jobs
         self.workers = workers
         self.queue_size = queue_size
+        self.per_client = per_client
+        #: Unfinished jobs by client (``submit(client=)``), for ``per_client``.
+        self._unfinished: collections.Counter[str] = collections.Counter()
         self.max_records = max_records
         self.ttl = ttl
         self._clock = clock
@@ -252,13 +261,20 @@ class Runner:
 
     # -- requests -----------------------------------------------------------------------------
 
-    async def submit(self, name: str, arguments: object, *, owner: str = "anonymous") -> Job:
+    async def submit(
+        self, name: str, arguments: object, *, owner: str = "anonymous", client: str | None = None
+    ) -> Job:
         """Queue job ``name`` with ``arguments`` (a decoded JSON object).
+
+        ``client`` names whose share of ``per_client`` it takes; ``None`` (code
+        of your own, the server's API keys) is not bounded per client. The
+        server passes a client's identity, or an anonymous client's address.
 
         Raises:
             UnknownJob: no job is registered as ``name``.
             InvalidArguments: the arguments do not fit the job's function.
-            QueueFull: ``queue_size`` jobs wait already.
+            QueueFull: ``queue_size`` jobs wait already, or the client has
+                ``per_client`` unfinished jobs.
             ShuttingDown: the runner is closing.
             BackendUnavailable: the ``queued`` event could not be published;
                 the job was not queued.
@@ -273,8 +289,13 @@ class Runner:
         # Jobs an idle worker is about to take do not count as waiting.
         if len(self._queue) - (self.workers - self._busy) >= self.queue_size:
             raise QueueFull(self.queue_size)
+        if client is not None and self._unfinished[client] >= self.per_client:
+            raise QueueFull(self.per_client, per_client=True)
         self._expire()
-        job = Job(uuid.uuid4().hex, name, owner, values, created=self._clock())
+        job = Job(uuid.uuid4().hex, name, owner, values, created=self._clock(), client=client or "")
+        if client is not None:
+            self._unfinished[client] += 1
+            job._counted = True
         self._make_room()
         self._records[job.id] = job
         self._queue.append(job)
@@ -487,7 +508,18 @@ class Runner:
         except TidingsError:
             logger.warning("job %s: its %s event could not be published", job.id, state.value)
         finally:
+            self._release(job)
             job._ended.set()
+
+    def _release(self, job: Job) -> None:
+        """Give back the job's share of ``per_client`` (once)."""
+        if job._counted:
+            job._counted = False
+            left = self._unfinished[job.client] - 1
+            if left:
+                self._unfinished[job.client] = left
+            else:
+                del self._unfinished[job.client]
 
     async def _publish(self, job: Job, event: str, data: dict[str, Any]) -> None:
         """Publish one of a job's events (and, with ``shared``, its record). A backend
@@ -537,4 +569,5 @@ class Runner:
         with contextlib.suppress(ValueError):
             self._queue.remove(job)
         job.state = State.CANCELLED
+        self._release(job)
         job._ended.set()

@@ -256,6 +256,7 @@ def create_app(
             jobs,
             workers=settings.jobs_workers,
             queue_size=settings.jobs_queue,
+            per_client=settings.jobs_per_client,
             max_records=settings.jobs_max,
             ttl=settings.jobs_ttl,
             shared=hub.backend.name != "memory",

@@ -62,6 +62,16 @@ def _owner(principal: Principal) -> str | None:
     return None if principal.kind is Kind.SERVER else principal.identity
 
 
+def _client(request: Request, principal: Principal) -> str | None:
+    """Whose share of ``jobs_per_client`` a job takes: a token's subject, an
+    anonymous client's address; API keys (your own backend) are not bounded."""
+    if principal.kind is Kind.SERVER:
+        return None
+    if principal.kind is Kind.ANONYMOUS:
+        return "address:" + _state(request).authority.peer(request.scope)
+    return principal.identity
+
+
 def stream_url(root: str, record: dict[str, Any]) -> str:
     """A job's SSE stream from its first event, whenever the client connects
     (``Last-Event-ID``, sent by a reconnecting client, takes precedence)."""
@@ -93,7 +103,12 @@ async def start(request: Request) -> Response:
             code=ErrorCode.UNSUPPORTED_MEDIA_TYPE,
         )
     body = await read_body(request, _state(request).settings.max_body_bytes)
-    job = await runner.submit(name, _arguments(body), owner=principal.identity)
+    job = await runner.submit(
+        name,
+        _arguments(body),
+        owner=principal.identity,
+        client=_client(request, principal),
+    )
     root = request.scope.get("root_path", "")
     return JSONBody(
         {"id": job.id, "stream": stream_url(root, job.record()), "state": job.state.value},

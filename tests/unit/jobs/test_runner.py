@@ -186,6 +186,31 @@ async def test_the_pool_and_the_queue_are_bounded(runner: Runner, lab: Lab) -> N
     }
 
 
+async def test_one_client_has_at_most_per_client_unfinished_jobs(hub: Hub, lab: Lab) -> None:
+    runner = Runner(hub, lab.jobs, workers=1, queue_size=10, per_client=2, max_records=20)
+    try:
+        ada = [await runner.submit("gated", {"number": n}, client="ada") for n in (1, 2)]
+        with pytest.raises(QueueFull, match="for this client") as caught:
+            await runner.submit("gated", {"number": 3}, client="ada")
+        assert (caught.value.limit, caught.value.per_client) == (2, True)
+        bob = await runner.submit("gated", {"number": 4}, client="bob")  # a share of his own
+        mine = await runner.submit("gated", {"number": 5})  # no client: not bounded
+        await lab.waiting(1)
+        lab.gate(1).set()  # one of ada's jobs ends: her share comes back
+        async with asyncio.timeout(TIMEOUT):
+            await ada[0].wait()
+        again = await runner.submit("gated", {"number": 6}, client="ada")
+        await runner.cancel(again.id)  # a cancelled job gives its share back too
+        await runner.submit("boom", {}, client="ada")
+        for number in (2, 4, 5):
+            lab.gate(number).set()
+        async with asyncio.timeout(TIMEOUT):
+            await asyncio.gather(ada[1].wait(), bob.wait(), mine.wait())
+    finally:
+        await runner.aclose()
+    assert runner._unfinished == {}
+
+
 async def test_records_are_bounded_in_count_and_time(hub: Hub, lab: Lab) -> None:
     now = [1000.0]
     runner = Runner(
@@ -265,7 +290,13 @@ async def test_close_lets_running_jobs_finish_within_wait(hub: Hub, lab: Lab) ->
 
 
 def test_bounds_must_hold(hub: Hub, lab: Lab) -> None:
-    for bad in ({"workers": 0}, {"queue_size": 0}, {"ttl": 0}, {"max_records": 3}):
+    for bad in (
+        {"workers": 0},
+        {"queue_size": 0},
+        {"per_client": 0},
+        {"ttl": 0},
+        {"max_records": 3},
+    ):
         with pytest.raises(ValueError, match="must be"):
             Runner(hub, lab.jobs, **{"workers": 2, "queue_size": 2, **bad})  # type: ignore[arg-type]
 
