@@ -478,7 +478,8 @@ class Hub:
                 on_live(subscribed)
         finally:
             subscription._deliver_many(items)
-            self._stats.delivered[subscription.transport] += len(items)
+            if items:  # no series for a transport that has delivered nothing
+                self._stats.delivered[subscription.transport] += len(items)
         client = subscription.client
         if client is not None and (options.presence or options.join_leave):
             await self._presence.add(channel, client)
