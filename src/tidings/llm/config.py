@@ -329,9 +329,16 @@ class ProviderRouter:
             providers, await asyncio.gather(*(listed(p) for p in providers)), strict=True
         ):
             for name in found:
-                if self.provider_for(name) is provider:
+                if self._routes(name, provider):
                     names.setdefault(name, provider.name)
         return dict(sorted(names.items()))
+
+    def _routes(self, model: str, provider: Provider) -> bool:
+        """Whether ``model`` goes to ``provider`` (a model that goes nowhere does not)."""
+        try:
+            return self.provider_for(model) is provider
+        except InvalidChatRequest:
+            return False
 
     async def aclose(self) -> None:
         for provider in self.providers.values():

@@ -149,6 +149,11 @@ async def test_list_models_keeps_what_routes_to_each_provider() -> None:
     }
 
 
+async def test_list_models_leaves_out_what_routes_nowhere() -> None:
+    router = ProviderRouter({"a": Listing("a", ["gpt-1", "unrouted"])}, {"gpt-*": "a"}, default="")
+    assert await router.list_models() == {"gpt-1": "a"}
+
+
 async def test_list_models_does_not_wait_for_a_silent_provider() -> None:
     router = ProviderRouter(
         {"a": Listing("a", ["m"]), "silent": Listing("silent", ["hang"])}, {}, default="a"
