@@ -32,6 +32,7 @@ FENCED = {
     "redis": ("hub/backends/redis/",),
     "httpx": (
         "client/",
+        "llm/providers/anthropic.py",
         "llm/providers/openai.py",
         "server/proxy.py",
         "cli.py",

@@ -7,7 +7,7 @@
     default_provider = "local"
 
     [llm.providers.local]
-    kind = "openai"                    # or "demo"
+    kind = "openai"                    # or "anthropic", "demo"
     base_url = "http://127.0.0.1:11434/v1"
     api_key_env = "OLLAMA_API_KEY"     # or api_key = "..."
 
@@ -41,7 +41,7 @@ __all__ = ["LLMConfig", "ProviderConfig", "ProviderRouter"]
 
 logger = logging.getLogger(__name__)
 
-PROVIDER_KINDS = ("demo", "openai")
+PROVIDER_KINDS = ("anthropic", "demo", "openai")
 #: RFC 9110 field names (tokens) and values (visible ASCII, spaces and tabs).
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*\Z")
@@ -54,6 +54,8 @@ _PROVIDER_FIELDS = {
     "connect_timeout": float,
     "model": str,
     "headers": dict,
+    "models": list,
+    "max_tokens": int,
     "first_token_delay": float,
     "token_interval": float,
 }
@@ -81,6 +83,10 @@ def _convert(name: str, value: Any, kind: type) -> Any:
         ):
             raise ValueError(f"llm.{name} must be a table of strings")
         return dict(value)
+    if kind is list:
+        if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+            raise ValueError(f"llm.{name} must be a list of strings")
+        return tuple(value)
     try:
         return parse_scalar(value, kind)
     except ValueError:
@@ -105,6 +111,8 @@ class ProviderConfig:
     connect_timeout: float = 10.0
     model: str = ""
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    models: tuple[str, ...] | None = None
+    max_tokens: int = 4096
     first_token_delay: float = 0.3
     token_interval: float = 0.04
 
@@ -115,6 +123,13 @@ class ProviderConfig:
             )
         if self.kind == "openai" and not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"llm.providers.{self.name}.base_url must be an http(s) URL")
+        anthropic = self.kind == "anthropic"
+        if anthropic and self.base_url and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"llm.providers.{self.name}.base_url must be an http(s) URL")
+        if self.models is not None and not anthropic:
+            raise ValueError(f"llm.providers.{self.name}.models is only for kind anthropic")
+        if self.max_tokens <= 0:
+            raise ValueError(f"llm.providers.{self.name}.max_tokens must be > 0")
         # Checked now, naming the field: httpx would fail later, quoting the value.
         if not _HEADER_VALUE.match(self.api_key):
             raise ValueError(
@@ -145,9 +160,6 @@ class ProviderConfig:
                 first_token_delay=self.first_token_delay,
                 token_interval=self.token_interval,
             )
-        # Imported on demand: only this provider needs httpx.
-        from tidings.llm.providers.openai import OpenAIProvider
-
         env = os.environ if env is None else env
         api_key = self.api_key or (env.get(self.api_key_env, "") if self.api_key_env else "")
         if not _HEADER_VALUE.match(api_key):
@@ -155,6 +167,23 @@ class ProviderConfig:
                 f"llm.providers.{self.name}.api_key_env names a variable that is not "
                 "printable ASCII on one line"
             )
+        if self.kind == "anthropic":
+            # Imported on demand, like the OpenAI provider: they need httpx.
+            from tidings.llm.providers.anthropic import DEFAULT_BASE_URL, AnthropicProvider
+
+            return AnthropicProvider(
+                self.base_url or DEFAULT_BASE_URL,
+                name=self.name,
+                api_key=api_key,
+                max_tokens=self.max_tokens,
+                timeout=self.timeout,
+                connect_timeout=self.connect_timeout,
+                headers=self.headers,
+                model=self.model or None,
+                models=self.models,
+            )
+        from tidings.llm.providers.openai import OpenAIProvider
+
         return OpenAIProvider(
             self.base_url,
             name=self.name,

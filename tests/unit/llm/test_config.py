@@ -96,6 +96,11 @@ async def test_provider_headers_are_sent_upstream() -> None:
         ({"providers": {"p": {"base_url": "http://x", "colour": 1}}}, "unknown setting"),
         ({"providers": {"p": {"base_url": "http://x", "timeout": 0}}}, "timeouts must be > 0"),
         ({"providers": {"p": 3}}, "must be a table"),
+        ({"providers": {"a": {"kind": "anthropic", "base_url": "x"}}}, "a.base_url must be an"),
+        ({"providers": {"a": {"kind": "anthropic", "max_tokens": 0}}}, "a.max_tokens must be > 0"),
+        ({"providers": {"a": {"kind": "anthropic", "models": "m"}}}, "a.models must be a list"),
+        ({"providers": {"a": {"kind": "anthropic", "models": [1]}}}, "a.models must be a list"),
+        ({"providers": {"o": {"base_url": "http://x", "models": []}}}, "only for kind anthropic"),
         ({"providers": 3}, "llm.providers must be a table"),
     ],
 )
@@ -215,3 +220,33 @@ def test_without_a_default_provider_an_unrouted_model_is_refused() -> None:
     with pytest.raises(InvalidChatRequest) as caught:
         router.provider_for("gpt-4o")
     assert caught.value.param == "model"
+
+
+async def test_anthropic_providers_are_built_with_their_settings() -> None:
+    from tidings.llm.providers.anthropic import AnthropicProvider
+
+    config = LLMConfig.from_table(
+        {
+            "providers": {
+                "claude": {"kind": "anthropic", "api_key_env": "KEY", "max_tokens": 1000},
+                "proxy": {
+                    "kind": "anthropic",
+                    "base_url": "http://127.0.0.1:9/v1",
+                    "models": ["claude-a"],
+                },
+            },
+            "models": {"claude-*": "claude"},
+        }
+    )
+    router = config.router(env={"KEY": "sk-ant-key"})
+    try:
+        claude = router.provider_for("claude-sonnet-4-5")
+        assert isinstance(claude, AnthropicProvider)
+        assert claude.url == "https://api.anthropic.com/v1/messages"
+        assert claude.max_tokens == 1000
+        proxy = router.providers["proxy"]
+        assert isinstance(proxy, AnthropicProvider)
+        assert proxy.url == "http://127.0.0.1:9/v1/messages"
+        assert await proxy.models() == ["claude-a"]
+    finally:
+        await router.aclose()

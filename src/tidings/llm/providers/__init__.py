@@ -1,6 +1,7 @@
-"""LLM providers: the interface, the built-in demo, and OpenAI-compatible upstreams.
+"""LLM providers: the interface, the built-in demo, OpenAI-compatible and Anthropic upstreams.
 
-``OpenAIProvider`` lives in ``tidings.llm.providers.openai`` (it needs httpx).
+``OpenAIProvider`` lives in ``tidings.llm.providers.openai`` and
+``AnthropicProvider`` in ``tidings.llm.providers.anthropic`` (they need httpx).
 """
 
 from tidings.llm.providers.base import Provider, display_url
