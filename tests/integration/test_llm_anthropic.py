@@ -195,6 +195,20 @@ async def test_a_failure_mid_stream_ends_with_an_error_chunk(
         await call.finished.wait()
 
 
+async def test_malformed_data_closes_the_upstream_request(
+    sdk: openai.AsyncOpenAI, upstream: FakeAnthropic
+) -> None:
+    # The fake would go on for a while; the relay stops reading at the bad event.
+    upstream.scenario("claude-junk", Scenario(malformed_after=2, interval=0.05))
+    text, error = await stream_text(sdk, "claude-junk")
+    assert text == "tok0 tok1 "
+    assert error is not None
+    assert "not JSON" in str(error)
+    async with asyncio.timeout(TIMEOUT):
+        await upstream.calls[0].disconnected.wait()
+    assert upstream.calls[0].tokens_sent < len(Scenario().tokens)
+
+
 async def test_a_stalled_upstream_times_out(
     sdk: openai.AsyncOpenAI, upstream: FakeAnthropic
 ) -> None:
