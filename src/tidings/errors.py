@@ -10,6 +10,7 @@
     │   ├── IntegerOutOfRange(…, ValueError)  an integer JSON/MessagePack data cannot keep (.text)
     │   ├── InvalidCursor(…, ValueError)  a resume cursor that cannot be read (.cursor, .reason)
     │   └── InvalidChatRequest(…, ValueError)  a chat completion request refused (.param)
+    │       └── ModelNotFound                  no route serves the requested model
     ├── InvalidChannel(…, ValueError)     (.channel, .reason)
     ├── InvalidPublication(…, ValueError) bad event type, data or size; nothing was published
     ├── Unauthorized                      no identity, or a refused token or key (.reason)
@@ -60,6 +61,7 @@ __all__ = [
     "InvalidCursor",
     "InvalidPublication",
     "InvalidURL",
+    "ModelNotFound",
     "PermissionDenied",
     "ProtocolError",
     "ProxyUnavailable",
@@ -201,6 +203,12 @@ class InvalidChatRequest(ProtocolError, ValueError):
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+class ModelNotFound(InvalidChatRequest):
+    """A chat completion request for a model that no route serves (HTTP 404, as OpenAI's)."""
+
+    code = "model_not_found"
 
 
 class InvalidArguments(ProtocolError, ValueError):

@@ -571,9 +571,13 @@ async def test_a_model_no_route_matches_is_refused(upstream: FakeUpstream) -> No
         served = await client.post(
             "/v1/chat/completions", json={"model": "quick-1", "messages": MESSAGES}
         )
-    assert refused.status_code == 400
+    assert refused.status_code == 404  # as OpenAI answers a model it does not have
     error = refused.json()["error"]
-    assert (error["type"], error["param"]) == ("invalid_request_error", "model")
+    assert (error["type"], error["param"], error["code"]) == (
+        "invalid_request_error",
+        "model",
+        "model_not_found",
+    )
     assert served.status_code == 200
     assert [call.body["model"] for call in upstream.calls] == ["quick-1"]
 

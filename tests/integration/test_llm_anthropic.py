@@ -263,11 +263,12 @@ async def test_models_are_listed_page_by_page(
 async def test_an_unrouted_model_is_refused_and_nothing_is_sent(
     sdk: openai.AsyncOpenAI, upstream: FakeAnthropic
 ) -> None:
-    with pytest.raises(openai.APIStatusError) as caught:
+    with pytest.raises(openai.NotFoundError) as caught:  # as OpenAI answers an unknown model
         await sdk.chat.completions.create(model="gpt-4o", messages=MESSAGES)
-    assert caught.value.status_code in (400, 404)  # OpenAI's model_not_found is a 404
     assert isinstance(caught.value.body, dict)
     assert caught.value.body["param"] == "model"
+    assert caught.value.body["code"] == "model_not_found"
+    assert caught.value.body["type"] == "invalid_request_error"
     bad: Any = [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]
     with pytest.raises(openai.BadRequestError, match="content part"):
         await sdk.chat.completions.create(model="claude-x", messages=bad, stream=True)

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tidings.errors import InvalidChatRequest, UpstreamError
+from tidings.errors import ModelNotFound, UpstreamError
 from tidings.llm.providers.base import Provider, display_url
 from tidings.llm.providers.demo import DemoProvider
 from tidings.llm.request import RequestLimits
@@ -320,7 +320,7 @@ class ProviderRouter:
         """The provider that serves ``model``.
 
         Raises:
-            InvalidChatRequest: no route matches ``model`` (``param`` is ``model``).
+            ModelNotFound: no route matches ``model`` (``param`` is ``model``).
         """
         name = self.models.get(model)
         if name is None:
@@ -332,7 +332,7 @@ class ProviderRouter:
             name = next(matches, self.default)
         provider = self.providers.get(name)
         if provider is None:
-            raise InvalidChatRequest(f"model {model[:80]!r} is not served here", param="model")
+            raise ModelNotFound(f"the model {model[:80]!r} does not exist here", param="model")
         return provider
 
     async def list_models(self, *, wait: float = 5.0) -> dict[str, str]:
@@ -366,7 +366,7 @@ class ProviderRouter:
         """Whether ``model`` goes to ``provider`` (a model that goes nowhere does not)."""
         try:
             return self.provider_for(model) is provider
-        except InvalidChatRequest:
+        except ModelNotFound:
             return False
 
     async def aclose(self) -> None:

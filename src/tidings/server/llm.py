@@ -38,6 +38,7 @@ from tidings.errors import (
     BackendUnavailable,
     InvalidChatRequest,
     InvalidCursor,
+    ModelNotFound,
     ProtocolError,
     QueueFull,
     TidingsError,
@@ -103,7 +104,7 @@ def refusal(exc: TidingsError) -> Response:
     status = http_status(exc)
     code, message = exc.code, str(exc)
     headers = None
-    if isinstance(exc, InvalidChatRequest):
+    if isinstance(exc, InvalidChatRequest) and not isinstance(exc, ModelNotFound):
         code = ErrorCode.INVALID_VALUE
     elif isinstance(exc, QueueFull):
         code = ErrorCode.TOO_MANY_GENERATIONS

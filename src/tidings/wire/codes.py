@@ -50,6 +50,7 @@ class ErrorCode(StrEnum):
     # The OpenAI-compatible endpoints (/v1/…) also use OpenAI's own names.
     INVALID_VALUE = "invalid_value"
     TOO_MANY_GENERATIONS = "too_many_generations"
+    MODEL_NOT_FOUND = "model_not_found"
     HISTORY_LOST = "history_lost"
     # Hooks (server/hooks.py): a refusal whose own code the hook chose, a hook
     # that failed, and a proxy hook whose backend could not answer.

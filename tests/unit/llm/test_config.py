@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tidings.errors import InvalidChatRequest, UpstreamError
+from tidings.errors import ModelNotFound, UpstreamError
 from tidings.llm.config import LLMConfig, ProviderRouter
 from tidings.llm.providers.demo import DemoProvider
 from tidings.llm.providers.openai import OpenAIProvider
@@ -217,9 +217,10 @@ def test_without_a_default_provider_an_unrouted_model_is_refused() -> None:
     config = LLMConfig.from_table({"default_provider": "", "models": {"demo-*": "demo"}})
     router = config.router()
     assert router.provider_for("demo-1").name == "demo"
-    with pytest.raises(InvalidChatRequest) as caught:
+    with pytest.raises(ModelNotFound) as caught:
         router.provider_for("gpt-4o")
     assert caught.value.param == "model"
+    assert caught.value.code == "model_not_found"
 
 
 async def test_anthropic_providers_are_built_with_their_settings() -> None:
