@@ -174,6 +174,7 @@ class Settings:
     proxy_connect_url: str = ""
     proxy_subscribe_url: str = ""
     proxy_publish_url: str = ""
+    proxy_complete_url: str = ""
     proxy_timeout: float = 3.0
     proxy_headers: str = ""
     proxy_max_body_bytes: int = 64 * 1024
@@ -341,7 +342,12 @@ class Settings:
 
     def proxy_urls(self) -> dict[str, str]:
         """The proxy hook URLs that are set, by setting name."""
-        names = ("proxy_connect_url", "proxy_subscribe_url", "proxy_publish_url")
+        names = (
+            "proxy_connect_url",
+            "proxy_subscribe_url",
+            "proxy_publish_url",
+            "proxy_complete_url",
+        )
         return {name: getattr(self, name) for name in names if getattr(self, name)}
 
     def proxy_header_names(self) -> tuple[str, ...]:

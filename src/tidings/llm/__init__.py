@@ -8,7 +8,8 @@ from tidings.llm.chunks import Completion, Delta, build_chunk, error_object
 from tidings.llm.config import LLMConfig, ProviderConfig, ProviderRouter
 from tidings.llm.providers.base import Provider
 from tidings.llm.providers.demo import DemoProvider
-from tidings.llm.relay import CHANNEL_PREFIX, Generation, LLMStats, Relay, Status
+from tidings.llm.record import GenerationRecord
+from tidings.llm.relay import CHANNEL_PREFIX, Generation, LLMStats, OnComplete, Relay, Status
 from tidings.llm.request import ChatRequest, RequestLimits, validate_request
 
 __all__ = [
@@ -18,8 +19,10 @@ __all__ = [
     "Delta",
     "DemoProvider",
     "Generation",
+    "GenerationRecord",
     "LLMConfig",
     "LLMStats",
+    "OnComplete",
     "Provider",
     "ProviderConfig",
     "ProviderRouter",

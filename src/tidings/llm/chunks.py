@@ -173,6 +173,11 @@ class Completion:
         if chunk.get("usage") is not None:
             self.usage = dict(chunk["usage"])
 
+    def first(self) -> tuple[dict[str, Any], str | None]:
+        """The first choice's message so far, and its ``finish_reason`` (None: none yet)."""
+        choice = self._choices.get(0) or _Choice()
+        return choice.message(), choice.finish_reason
+
     def result(self) -> dict[str, Any]:
         """The ``chat.completion`` object of everything added so far."""
         choices = self._choices or {0: _Choice()}

@@ -4,6 +4,7 @@
 
     [llm]
     grace = 10.0                       # seconds a generation may go unheard
+    lease = 10.0                       # seconds before a dead server's generation is lost
     default_provider = "local"
 
     [llm.providers.local]
@@ -42,6 +43,9 @@ __all__ = ["LLMConfig", "ProviderConfig", "ProviderRouter"]
 logger = logging.getLogger(__name__)
 
 PROVIDER_KINDS = ("anthropic", "demo", "openai")
+#: Bounds of ``lease``: renewed every third of it, it must leave the backend time to answer.
+MIN_LEASE = 0.1
+MAX_LEASE = 3600.0
 #: RFC 9110 field names (tokens) and values (visible ASCII, spaces and tabs).
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*\Z")
@@ -63,6 +67,7 @@ _SCALARS: dict[str, type] = {
     "enabled": bool,
     "default_provider": str,
     "grace": float,
+    "lease": float,
     "cancel_unheard": bool,
     "ttl": float,
     "history_size": int,
@@ -202,6 +207,7 @@ class LLMConfig:
     enabled: bool = True
     default_provider: str = "demo"
     grace: float = 10.0
+    lease: float = 10.0
     cancel_unheard: bool = True
     ttl: float = 600.0
     history_size: int = 100_000
@@ -218,6 +224,10 @@ class LLMConfig:
             raise ValueError("llm.grace must be >= 0 seconds")
         if self.ttl <= 0:
             raise ValueError("llm.ttl must be > 0 seconds")
+        if not MIN_LEASE <= self.lease <= MAX_LEASE:
+            raise ValueError(
+                f"llm.lease must be {MIN_LEASE:g} to {MAX_LEASE:g} seconds, not {self.lease!r}"
+            )
         for name in (
             "history_size",
             "max_generations",

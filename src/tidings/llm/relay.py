@@ -43,6 +43,41 @@ place; the server compares it with the requester's identity. That channel
 is in the ``llm`` namespace, which clients cannot read once authentication
 is configured; the owner is never part of a chunk or an ``end`` event.
 
+Leases
+------
+
+A running generation holds a lease: a presence entry of this relay's
+``node`` on ``llm:_owner/{id}`` that lives ``lease`` seconds, added before
+the owner is recorded and renewed every third of ``lease`` by one task for
+all the generations the relay runs (the memory backend keeps it like any
+other presence entry, so it is never lost while the process lives). The
+lease is removed after the ``end`` event and the final record are published.
+
+A server that watches a generation running elsewhere (a viewer of
+``/v1/streams/{id}``, or a request for its record) checks the lease every
+quarter of ``lease``. When it is gone and the channel has no ``end``, the
+server that ran it died: the watcher declares it lost. Several watchers
+may do so at once, so the declaration rests on the backend's idempotent
+publish: each publishes the lost record to ``llm:_owner/{id}`` with the key
+``lost:{id}`` and a random claim; the backend keeps the first, and the
+watcher whose claim it kept runs ``on_complete``. Each then publishes the
+``end`` (``status: lost``, code ``generation_lost``) with the key
+``lost-end:{id}``, so that it is published once even if the winner dies
+in between. A renewal that fails (the backend down) is logged and tried
+again on the next round; the generation goes on (its chunks fail to
+publish too while the backend is down, which ends it as failed).
+
+After the end
+-------------
+
+Each generation folds its chunks into a
+:class:`~tidings.llm.record.GenerationRecord` (:meth:`Generation.record`).
+Once its ``end`` is published, the record is published with the owner and
+``on_complete`` is awaited with it, within ``hook_timeout`` seconds, in the
+generation's task on the server that ran it: what it raises and a timeout
+are logged, never passed on. :meth:`Relay.record` answers for a generation
+wherever it runs.
+
 A finished generation stays known for ``ttl`` seconds (its events stay in the
 channel's history as long, through the ``llm`` namespace options), then it is
 forgotten.
@@ -57,7 +92,8 @@ import secrets
 import statistics
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -70,9 +106,10 @@ from tidings.errors import (
     UpstreamTimeout,
 )
 from tidings.hub import Event, Hub
-from tidings.llm.chunks import Delta, build_chunk, error_object
+from tidings.llm.chunks import Completion, Delta, build_chunk, error_object
 from tidings.llm.config import ProviderRouter
 from tidings.llm.control import RelayControl
+from tidings.llm.record import GenerationRecord
 from tidings.llm.request import ChatRequest
 from tidings.types import Position
 from tidings.wire.codes import ErrorCode
@@ -83,9 +120,11 @@ __all__ = [
     "OWNER_PREFIX",
     "Generation",
     "LLMStats",
+    "OnComplete",
     "Relay",
     "Status",
     "failure_end",
+    "lost_end",
     "upstream_status",
 ]
 
@@ -102,14 +141,32 @@ ID_BYTES = 16
 #: Finished generations whose TTFT and rate make the recent figures.
 RECENT = 100
 
+#: The ``on_complete`` hook: awaited once with each generation's final record.
+OnComplete = Callable[[GenerationRecord], Awaitable[None]]
+
 
 class Status(StrEnum):
-    """Where a generation is; the last three are final."""
+    """Where a generation is; all but the first are final."""
 
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    #: The server running it died (its lease expired); never a local generation's.
+    LOST = "lost"
+
+
+def lost_end() -> dict[str, Any]:
+    """The ``end`` of a generation whose server stopped holding its lease."""
+    return {
+        "status": "lost",
+        "http_status": 502,
+        **error_object(
+            "the generation was lost: the server running it stopped",
+            type="server_error",
+            code=ErrorCode.GENERATION_LOST,
+        ),
+    }
 
 
 def upstream_status(exc: UpstreamError) -> int:
@@ -202,6 +259,9 @@ class Generation:
         self.started_at = time.monotonic()
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
+        self.ended_at: float | None = None
+        #: The chunks folded into one answer, for :meth:`record`.
+        self.completion = Completion(generation_id, self.created, model)
         self.task: asyncio.Task[None] | None = None
         #: The data of the ``end`` event, once the generation has ended.
         self.end: dict[str, Any] | None = None
@@ -287,7 +347,30 @@ class Generation:
 
     def _finish(self, status: Status) -> None:
         self.status = status
+        self.ended_at = time.monotonic()
         self._stop_grace()
+
+    def record(self) -> GenerationRecord:
+        """What the generation is now: ``running``, or how it ended with everything."""
+        end = self.end if self.done and self.end is not None else {}
+        message, finish_reason = self.completion.first()
+        first, ended = self.first_token_at, self.ended_at
+        return GenerationRecord(
+            id=self.id,
+            model=self.model,
+            provider=self.provider,
+            created=self.created,
+            status=self.status.value,
+            reason=end.get("reason") if self.status is Status.CANCELLED else None,
+            error=end.get("error"),
+            text=message.get("content") or "",
+            tool_calls=tuple(message.get("tool_calls") or ()),
+            finish_reason=finish_reason,
+            usage=self.completion.usage,
+            tokens=self.tokens,
+            time_to_first_token=round(first - self.started_at, 6) if first is not None else None,
+            duration=round(ended - self.started_at, 6) if ended is not None else None,
+        )
 
     def __repr__(self) -> str:
         return f"<Generation {self.id} {self.status} listeners={self.listeners}>"
@@ -306,6 +389,13 @@ class Relay:
         max_per_client: Generations one client (the ``client`` given to
             :meth:`start`) may run at once; more raise QueueFull with
             ``per_client``. None: no bound per client.
+        lease: Seconds a generation's lease lives unless renewed (see *Leases*).
+        on_complete: Awaited with each generation's final record (see *After the end*).
+        hook_timeout: Seconds ``on_complete`` may take (a hook with a
+            ``timeout`` attribute sets its own).
+
+    Raises:
+        ValueError: ``lease`` or ``hook_timeout`` is not a number > 0.
     """
 
     def __init__(
@@ -318,8 +408,20 @@ class Relay:
         ttl: float = 600.0,
         max_generations: int = 256,
         max_per_client: int | None = None,
+        lease: float = 10.0,
+        on_complete: OnComplete | None = None,
+        hook_timeout: float = 3.0,
     ) -> None:
+        for name, value in (("lease", lease), ("hook_timeout", hook_timeout)):
+            if not 0 < value < float("inf"):
+                raise ValueError(f"{name} must be a number of seconds > 0, not {value!r}")
         self.hub = hub
+        self.lease = lease
+        self.on_complete = on_complete
+        self.hook_timeout = hook_timeout
+        #: Who holds the leases of the generations this relay runs.
+        self.node = secrets.token_hex(8)
+        self._renewing: asyncio.Task[None] | None = None
         self.router = router
         self.grace = grace
         self.cancel_unheard = cancel_unheard
@@ -371,20 +473,24 @@ class Relay:
         provider = self.router.provider_for(request.model)
         await self._control.start()  # before any DELETE from elsewhere can name it
         generation_id = "chatcmpl-" + secrets.token_hex(ID_BYTES)
-        await self._record_owner(generation_id, owner)
+        await self._take_lease(generation_id)  # before anything names the generation
         origin = await self.hub.position(CHANNEL_PREFIX + generation_id)
         generation = Generation(
             self, generation_id, request.model, provider.name, origin, owner=owner
         )
+        await self._record_owner(generation_id, owner, generation.record())
         self._generations[generation_id] = generation
         self._running.add(generation)
         if client is not None:
             self._clients[generation] = client
             self._by_client[client] = self._by_client.get(client, 0) + 1
         self._counts[Status.RUNNING] += 1
-        generation.task = asyncio.get_running_loop().create_task(
+        loop = asyncio.get_running_loop()
+        generation.task = loop.create_task(
             self._run(generation, request), name=f"tidings-llm-{generation_id}"
         )
+        if self._renewing is None or self._renewing.done():
+            self._renewing = loop.create_task(self._renew_leases(), name="tidings-llm-leases")
         generation._start_grace()  # until the first listener arrives
         return generation
 
@@ -403,8 +509,142 @@ class Relay:
         owner = events[-1].data.get("owner")
         return owner if isinstance(owner, str) else None
 
-    async def _record_owner(self, generation_id: str, owner: str) -> None:
-        await self.hub.publish(OWNER_PREFIX + generation_id, {"owner": owner}, event="owner")
+    async def _record_owner(self, generation_id: str, owner: str, record: GenerationRecord) -> None:
+        await self.hub.publish(
+            OWNER_PREFIX + generation_id,
+            {"owner": owner, "record": record.to_json()},
+            event="owner",
+        )
+
+    async def record(self, generation_id: str) -> GenerationRecord | None:
+        """The record of a generation, wherever it runs; None when it is unknown.
+
+        A generation running elsewhere whose lease has expired is declared
+        lost first (see *Leases*).
+
+        Raises:
+            BackendUnavailable: the backend cannot be reached.
+        """
+        generation = self._generations.get(generation_id)
+        if generation is not None:
+            return generation.record()
+        record = await self._stored_record(generation_id)
+        if record is not None and not record.ended and await self.check_lease(generation_id):
+            record = await self._stored_record(generation_id)
+        return record
+
+    async def _stored_record(self, generation_id: str) -> GenerationRecord | None:
+        events = (await self.hub.history(OWNER_PREFIX + generation_id, limit=1)).events
+        data = events[-1].data if events else None
+        if not isinstance(data, dict) or not isinstance(data.get("record"), dict):
+            return None
+        try:
+            return GenerationRecord.from_json(data["record"])
+        except ValueError:
+            logger.warning("ignoring the unreadable record of generation %s", generation_id)
+            return None
+
+    async def _take_lease(self, generation_id: str) -> None:
+        await self.hub.backend.presence_add(
+            OWNER_PREFIX + generation_id, self.node, b"{}", ttl=self.lease
+        )
+
+    async def _renew_leases(self) -> None:
+        failing = False
+        while self._running:
+            await asyncio.sleep(self.lease / 3)
+            try:
+                for generation in list(self._running):
+                    await self._take_lease(generation.id)
+            except TidingsError as exc:
+                if not failing:
+                    logger.warning("could not renew the leases of running generations: %s", exc)
+                failing = True
+            else:
+                if failing:
+                    logger.info("leases of running generations renewed again")
+                failing = False
+
+    async def check_lease(self, generation_id: str) -> bool:
+        """Whether a generation running elsewhere has ended; declare it lost when
+        its lease has expired with no ``end`` (see *Leases*).
+
+        Raises:
+            BackendUnavailable: the backend cannot be reached.
+        """
+        if generation_id in self._generations:
+            return self._generations[generation_id].done
+        owner_channel = OWNER_PREFIX + generation_id
+        if await self.hub.backend.presence(owner_channel):
+            return False
+        channel = CHANNEL_PREFIX + generation_id
+        last = (await self.hub.history(channel, limit=1)).events
+        if last and last[-1].event == "end":
+            return True
+        stored = await self._stored_record(generation_id)
+        owner = (await self.owner(generation_id)) or ANONYMOUS_OWNER
+        if stored is None or stored.ended:
+            return True
+        lost = await self._lost_record(stored)
+        claim = secrets.token_hex(8)
+        position = await self.hub.publish(
+            owner_channel,
+            {"owner": owner, "record": lost.to_json(), "claim": claim},
+            event="owner",
+            key=f"lost:{generation_id}",
+        )
+        kept = await self.hub.history(
+            owner_channel, since=Position(position.epoch, position.offset - 1), limit=1
+        )
+        won = bool(kept.events) and isinstance(kept.events[0].data, dict)
+        won = won and kept.events[0].data.get("claim") == claim
+        await self.hub.publish(channel, lost_end(), event="end", key=f"lost-end:{generation_id}")
+        if won:
+            logger.warning("generation %s was lost: the server running it stopped", generation_id)
+            self._counts[Status.LOST] += 1
+            await self._complete(lost)
+        return True
+
+    async def _lost_record(self, stored: GenerationRecord) -> GenerationRecord:
+        """``stored`` as lost, with what its channel's history still holds."""
+        completion = Completion(stored.id, stored.created, stored.model)
+        tokens = 0
+        history = await self.hub.history(CHANNEL_PREFIX + stored.id)
+        for event in history.events:
+            if isinstance(event.data, dict) and event.event in ("message", "usage"):
+                completion.add(event.data)
+                tokens += event.event == "message"
+        message, finish_reason = completion.first()
+        return replace(
+            stored,
+            status=Status.LOST.value,
+            error=lost_end()["error"],
+            text=message.get("content") or "",
+            tool_calls=tuple(message.get("tool_calls") or ()),
+            finish_reason=finish_reason,
+            usage=completion.usage,
+            tokens=tokens,
+        )
+
+    async def _complete(self, record: GenerationRecord) -> None:
+        """Await ``on_complete(record)`` within its timeout; log what goes wrong."""
+        hook = self.on_complete
+        if hook is None:
+            return
+        timeout = getattr(hook, "timeout", None) or self.hook_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await hook(record)
+        except TimeoutError:
+            logger.warning(
+                "on_complete hook did not return within %g s (generation %s)", timeout, record.id
+            )
+        except TidingsError as exc:
+            logger.warning("on_complete hook failed (generation %s): %s", record.id, exc)
+        except Exception as exc:
+            logger.exception(
+                "on_complete hook raised %s (generation %s)", type(exc).__name__, record.id
+            )
 
     def get(self, generation_id: str) -> Generation | None:
         """The generation with this id, while it runs or within the TTL after."""
@@ -462,9 +702,23 @@ class Relay:
                 await task
 
     async def _keep_heard(self, generation_id: str) -> None:
+        watch = asyncio.get_running_loop().create_task(self._watch_lease(generation_id))
+        try:
+            while True:
+                await self._control.send_heard(generation_id)
+                await asyncio.sleep(max(self.grace / 3, 0.01))
+        finally:
+            watch.cancel()
+
+    async def _watch_lease(self, generation_id: str) -> None:
+        """Check the lease of a generation running elsewhere until it has ended."""
         while True:
-            await self._control.send_heard(generation_id)
-            await asyncio.sleep(max(self.grace / 3, 0.01))
+            try:
+                if await self.check_lease(generation_id):
+                    return
+            except TidingsError as exc:
+                logger.warning("could not check the lease of generation %s: %s", generation_id, exc)
+            await asyncio.sleep(self.lease / 4)
 
     def _remote_cancel(self, generation_id: str, reason: str) -> None:
         generation = self._generations.get(generation_id)
@@ -521,11 +775,14 @@ class Relay:
         generation._finish(status)
         generation.end = end
         self._finished(generation)
+        record = generation.record()
         try:
             await self.hub.publish(generation.channel, end, event="end")
             generation.end_published = True
-            # Again, so that the record lives as long as the events (the history TTL).
-            await self._record_owner(generation.id, generation.owner)
+            # Again, with the final record, so that it lives as long as the
+            # events (the history TTL); then the lease is no longer needed.
+            await self._record_owner(generation.id, generation.owner, record)
+            await self.hub.backend.presence_remove(OWNER_PREFIX + generation.id, self.node)
         except TidingsError as exc:
             # Local listeners still learn the end from ``generation.end``.
             logger.warning("could not publish the end of generation %s: %s", generation.id, exc)
@@ -534,12 +791,14 @@ class Relay:
             callbacks, generation._on_done = generation._on_done, []
             for callback in callbacks:
                 callback()
+        await self._complete(record)
 
     async def _publish(self, generation: Generation, delta: Delta) -> None:
         if delta.is_token:
             generation._token(time.monotonic())
             self._tokens += 1
         chunk = build_chunk(generation.id, generation.created, generation.model, delta)
+        generation.completion.add(chunk)
         event = "message" if delta.has_choice else "usage"
         await self.hub.publish(generation.channel, chunk, event=event)
 
@@ -616,5 +875,10 @@ class Relay:
             handle.cancel()
         self._expiry.clear()
         self._generations.clear()
+        if self._renewing is not None:
+            self._renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewing
+            self._renewing = None
         await self._control.aclose()
         await self.router.aclose()

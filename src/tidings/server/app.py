@@ -29,7 +29,7 @@ from tidings.server.auth import Authority, TokenVerifier
 from tidings.server.browser import browser_middleware
 from tidings.server.channel_stream import ChannelStream
 from tidings.server.errors import error_response
-from tidings.server.hooks import Hooks, OnConnect, OnPublish, OnSubscribe
+from tidings.server.hooks import Hooks, OnComplete, OnConnect, OnPublish, OnSubscribe
 from tidings.server.limits import ConnectionLimits, ConnectionSlots
 from tidings.server.llm import ChatCompletions, StreamView, list_models
 from tidings.server.metrics import Metrics, metrics
@@ -129,6 +129,7 @@ def build_hooks(
     on_connect: OnConnect | None = None,
     on_subscribe: OnSubscribe | None = None,
     on_publish: OnPublish | None = None,
+    on_complete: OnComplete | None = None,
 ) -> tuple[Hooks, Proxy | None]:
     """The app's hooks: the callables given, and the proxy hooks ``settings``
     configure (with the :class:`Proxy` that the app closes when it stops).
@@ -136,19 +137,27 @@ def build_hooks(
     Raises:
         SettingsError: a hook is given both as a callable and as a proxy URL.
     """
-    given = {"connect": on_connect, "subscribe": on_subscribe, "publish": on_publish}
+    given = {
+        "connect": on_connect,
+        "subscribe": on_subscribe,
+        "publish": on_publish,
+        "complete": on_complete,
+    }
     for setting in settings.proxy_urls():
         name = setting.removeprefix("proxy_").removesuffix("_url")
         if given[name] is not None:
             raise SettingsError(f"on_{name} is given both as a callable and as {setting}")
     proxy = Proxy.from_settings(settings)
     if proxy is None:
-        hooks = Hooks(on_connect, on_subscribe, on_publish, timeout=settings.hook_timeout)
+        hooks = Hooks(
+            on_connect, on_subscribe, on_publish, on_complete, timeout=settings.hook_timeout
+        )
         return hooks, None
     hooks = Hooks(
         on_connect=on_connect or proxy.connect,
         on_subscribe=on_subscribe or proxy.subscribe,
         on_publish=on_publish or proxy.publish,
+        on_complete=on_complete or proxy.complete,
         timeout=settings.hook_timeout,
     )
     return hooks, proxy
@@ -201,6 +210,7 @@ def create_app(
     on_connect: OnConnect | None = None,
     on_subscribe: OnSubscribe | None = None,
     on_publish: OnPublish | None = None,
+    on_complete: OnComplete | None = None,
     jobs: Jobs | None = None,
 ) -> Starlette:
     """Build the Tidings ASGI app.
@@ -214,6 +224,9 @@ def create_app(
             (raise :class:`~tidings.errors.Rejected`) or rewrite a client's
             connect, read or publish (``docs/howto/hooks.md``); each bounded
             by ``settings.hook_timeout``.
+        on_complete: Awaited with each LLM generation's final
+            :class:`~tidings.llm.GenerationRecord` once it has ended
+            (``docs/llm-streaming.md``); what it raises is logged.
         jobs: The jobs ``POST /api/jobs/{name}`` may start (``docs/jobs.md``);
             when omitted, the ``demo`` job while ``settings.demo`` is on, and
             no job routes at all otherwise.
@@ -229,7 +242,11 @@ def create_app(
     settings = settings or Settings()
     pages = user_pages(settings.static_dir) if settings.static_dir else None
     hooks, proxy = build_hooks(
-        settings, on_connect=on_connect, on_subscribe=on_subscribe, on_publish=on_publish
+        settings,
+        on_connect=on_connect,
+        on_subscribe=on_subscribe,
+        on_publish=on_publish,
+        on_complete=on_complete,
     )
     owns_hub = hub is None
     hub = hub if hub is not None else build_hub(settings)
@@ -244,6 +261,9 @@ def create_app(
             ttl=llm.ttl,
             max_generations=llm.max_generations,
             max_per_client=llm.max_generations_per_client,
+            lease=llm.lease,
+            on_complete=hooks.on_complete,
+            hook_timeout=hooks.timeout,
         )
         if llm.enabled
         else None

@@ -18,6 +18,11 @@ frozen context object:
   (HTTP ``POST /api/publish`` and the WebSocket ``publish`` command). It
   returns None to keep the data, or the data to publish instead.
 
+A fourth, ``on_complete(GenerationRecord)``, refuses nothing: it is told
+each LLM generation's final record once the generation has ended, on the
+server that ran it (``llm/relay.py``, *After the end*), for logging and
+billing. What it raises and a timeout are logged, never passed on.
+
 A hook refuses by raising :class:`~tidings.errors.Rejected` (its code,
 message and 4xx status reach the client as they are) or any other
 :class:`~tidings.errors.TidingsError`. Anything else it raises is a
@@ -45,12 +50,14 @@ from typing import Any, TypeVar
 from starlette.datastructures import Headers
 
 from tidings.errors import HookFailed, TidingsError
+from tidings.llm.relay import OnComplete
 from tidings.server.auth import Principal
 
 __all__ = [
     "DEFAULT_HOOK_TIMEOUT",
     "ConnectContext",
     "Hooks",
+    "OnComplete",
     "OnConnect",
     "OnPublish",
     "OnSubscribe",
@@ -143,6 +150,8 @@ class Hooks:
         on_subscribe: Returns to allow; raises to refuse.
         on_publish: Returns None to keep the data, or the data to publish
             instead; raises to refuse.
+        on_complete: Awaited with each LLM generation's final
+            :class:`~tidings.llm.GenerationRecord`; refuses nothing.
         timeout: Seconds each hook may take (a hook object with a ``timeout``
             attribute sets its own).
 
@@ -154,12 +163,13 @@ class Hooks:
     on_connect: OnConnect | None = None
     on_subscribe: OnSubscribe | None = None
     on_publish: OnPublish | None = None
+    on_complete: OnComplete | None = None
     timeout: float = field(default=DEFAULT_HOOK_TIMEOUT, kw_only=True)
 
     def __post_init__(self) -> None:
         if not self.timeout > 0:
             raise ValueError(f"the hook timeout must be > 0 seconds, not {self.timeout!r}")
-        for name in ("on_connect", "on_subscribe", "on_publish"):
+        for name in ("on_connect", "on_subscribe", "on_publish", "on_complete"):
             hook = getattr(self, name)
             if hook is not None and not callable(hook):
                 raise TypeError(f"{name} must be an async callable, not {type(hook).__name__}")

@@ -18,6 +18,10 @@ created it: anyone else but a server key gets the same 404 as for an id that
 does not exist, so an id names nothing to a stranger. With no authentication
 configured every caller is anonymous (the ``Authorization`` header the
 OpenAI SDKs always send is not read) and owns every generation.
+
+``GET /v1/streams/{id}`` with an ``Accept`` that asks for
+``application/json`` and not ``text/event-stream`` answers the generation's
+record (``llm/record.py``) instead of the stream, with the same owner rules.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import orjson
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -462,6 +467,8 @@ class StreamView:
             response = _not_found(stream_id)
         elif delete:
             response = await self._delete(stream_id)
+        elif _wants_json(scope):
+            response = await self._record(stream_id)
         else:
             await self._get(stream_id, scope, receive, send)
             return
@@ -489,6 +496,15 @@ class StreamView:
             {"id": stream_id, "object": "tidings.stream", "status": status},
             status_code=202 if status == "cancelling" else 200,
         )
+
+    async def _record(self, stream_id: str) -> Response:
+        try:
+            record = await self.relay.record(stream_id)
+        except BackendUnavailable as exc:
+            return refusal(exc)
+        if record is None:
+            return _not_found(stream_id)
+        return _JSON(record.to_json(), headers={"cache-control": "no-store"})
 
     async def _origin(self, channel: str, generation: Generation | None) -> Position | None:
         if generation is not None:
@@ -580,6 +596,14 @@ def _stream_send(
     if accepts_gzip(scope.get("headers", ())):
         return GzipSend(send), [VARY]
     return send, [VARY]
+
+
+def _wants_json(scope: Scope) -> bool:
+    """Whether the request's ``Accept`` asks for ``application/json`` and not
+    ``text/event-stream`` (an EventSource always asks for the latter)."""
+    accept = Headers(scope=scope).get("accept", "")
+    types = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    return "application/json" in types and "text/event-stream" not in types
 
 
 def _since(request: Request, channel: str, origin: Position) -> Position:

@@ -1,6 +1,7 @@
-"""Proxy hooks: the ``on_connect``, ``on_subscribe`` and ``on_publish`` hooks as HTTP
-calls to the user's backend (``proxy_connect_url``, ``proxy_subscribe_url``,
-``proxy_publish_url``), for ``tidings serve``.
+"""Proxy hooks: the ``on_connect``, ``on_subscribe``, ``on_publish`` and
+``on_complete`` hooks as HTTP calls to the user's backend (``proxy_connect_url``,
+``proxy_subscribe_url``, ``proxy_publish_url``, ``proxy_complete_url``), for
+``tidings serve``.
 
 Theory of operation
 -------------------
@@ -24,6 +25,11 @@ and reads the answer, at most ``proxy_max_body_bytes`` of it, within
   fail closed, with a warning in the log naming the setting, never its URL
   (it may hold a password).
 
+``proxy_complete_url`` is told, not asked: it is POSTed each generation's
+record (:meth:`GenerationRecord.to_json <tidings.llm.GenerationRecord.to_json>`)
+once the generation has ended; any 2xx is fine, and anything else is logged
+(the generation has ended already; nothing is refused).
+
 All the hooks of an app share one pooled ``httpx.AsyncClient`` of
 :class:`Proxy`, which the app closes when it stops.
 """
@@ -36,14 +42,16 @@ from typing import Any
 
 import httpx
 import orjson
+from starlette.datastructures import Headers
 
 from tidings.errors import InvalidPublication, ProtocolError, ProxyUnavailable, Rejected
+from tidings.llm.record import GenerationRecord
 from tidings.server.auth import Kind
 from tidings.server.hooks import ConnectContext, PublishContext, SubscribeContext
 from tidings.settings import Settings
 from tidings.wire import json
 
-__all__ = ["PROXY_GRACE", "Proxy", "ProxyHook", "describe"]
+__all__ = ["PROXY_GRACE", "Proxy", "ProxyCompleteHook", "ProxyHook", "describe"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +62,7 @@ PROXY_GRACE = 1.0
 Context = ConnectContext | SubscribeContext | PublishContext
 
 #: Which field of a 2xx answer each hook returns.
-_RESULT_FIELD = {"connect": "info", "subscribe": None, "publish": "data"}
+_RESULT_FIELD = {"connect": "info", "subscribe": None, "publish": "data", "complete": None}
 
 
 def describe(context: Context) -> dict[str, Any]:
@@ -111,7 +119,7 @@ class ProxyHook:
             body = orjson.dumps(describe(context))
         except TypeError as exc:
             raise InvalidPublication(f"data the {self.setting} cannot be sent as JSON") from exc
-        status, answer = await self._post(body, context)
+        status, answer = await self._post(body, context.headers)
         if 200 <= status < 300:
             document = self._document(answer)
             field = _RESULT_FIELD[self.name]
@@ -120,11 +128,12 @@ class ProxyHook:
             raise _rejection(status, answer, self.setting)
         raise self._unavailable(f"it answered {status}")
 
-    async def _post(self, body: bytes, context: Context) -> tuple[int, bytes]:
+    async def _post(self, body: bytes, forwarded: Headers | None) -> tuple[int, bytes]:
         proxy = self.proxy
         headers = [("content-type", "application/json")]
-        for name in proxy.forward:
-            headers += [(name, value) for value in context.headers.getlist(name)]
+        if forwarded is not None:
+            for name in proxy.forward:
+                headers += [(name, value) for value in forwarded.getlist(name)]
         try:
             async with asyncio.timeout(proxy.timeout):
                 client = proxy.client
@@ -159,6 +168,27 @@ class ProxyHook:
 
     def _unavailable(self, reason: str) -> ProxyUnavailable:
         logger.warning("%s: %s; refusing (fail closed)", self.setting, reason)
+        return ProxyUnavailable(self.name, reason)
+
+
+class ProxyCompleteHook(ProxyHook):
+    """The ``on_complete`` hook that POSTs each generation's record to ``url``."""
+
+    def __init__(self, proxy: Proxy, url: str) -> None:
+        super().__init__(proxy, "complete", url)
+
+    async def __call__(self, record: GenerationRecord) -> None:  # type: ignore[override]
+        """POST the record; any 2xx answer is fine.
+
+        Raises:
+            ProxyUnavailable: no 2xx answer came (logged).
+        """
+        status, _ = await self._post(orjson.dumps(record.to_json()), None)
+        if not 200 <= status < 300:
+            raise self._unavailable(f"it answered {status}")
+
+    def _unavailable(self, reason: str) -> ProxyUnavailable:
+        logger.warning("%s: %s; the record was not delivered", self.setting, reason)
         return ProxyUnavailable(self.name, reason)
 
 
@@ -200,7 +230,8 @@ class Proxy:
     """The proxy hooks of one app and the pooled HTTP client they share.
 
     Args:
-        connect_url, subscribe_url, publish_url: The backend's URLs ("" for none).
+        connect_url, subscribe_url, publish_url, complete_url: The backend's
+            URLs ("" for none).
         timeout: Seconds for a whole exchange (connect, send, answer).
         forward: Names of request headers to pass on (lower case).
         max_body_bytes: Longest answer read from the backend.
@@ -215,6 +246,7 @@ class Proxy:
         connect_url: str = "",
         subscribe_url: str = "",
         publish_url: str = "",
+        complete_url: str = "",
         timeout: float = 3.0,
         forward: tuple[str, ...] = (),
         max_body_bytes: int = 64 * 1024,
@@ -237,6 +269,7 @@ class Proxy:
         self.connect = ProxyHook(self, "connect", connect_url) if connect_url else None
         self.subscribe = ProxyHook(self, "subscribe", subscribe_url) if subscribe_url else None
         self.publish = ProxyHook(self, "publish", publish_url) if publish_url else None
+        self.complete = ProxyCompleteHook(self, complete_url) if complete_url else None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Proxy | None:
@@ -247,6 +280,7 @@ class Proxy:
             connect_url=settings.proxy_connect_url,
             subscribe_url=settings.proxy_subscribe_url,
             publish_url=settings.proxy_publish_url,
+            complete_url=settings.proxy_complete_url,
             timeout=settings.proxy_timeout,
             forward=settings.proxy_header_names(),
             max_body_bytes=settings.proxy_max_body_bytes,

@@ -52,6 +52,7 @@ class ErrorCode(StrEnum):
     TOO_MANY_GENERATIONS = "too_many_generations"
     MODEL_NOT_FOUND = "model_not_found"
     HISTORY_LOST = "history_lost"
+    GENERATION_LOST = "generation_lost"
     # Hooks (server/hooks.py): a refusal whose own code the hook chose, a hook
     # that failed, and a proxy hook whose backend could not answer.
     REJECTED = "rejected"
