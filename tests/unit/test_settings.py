@@ -247,6 +247,10 @@ def test_with_authentication_llm_channels_are_closed_to_clients() -> None:
     ("env", "message"),
     [
         ({"TIDINGS_LLM_GRACE": "soon"}, "llm.grace must be a number"),
+        ({"TIDINGS_LLM_LEASE": "0"}, r"llm\.lease must be 0\.1 to 3600 seconds, not 0\.0"),
+        ({"TIDINGS_LLM_LEASE": "nan"}, r"llm\.lease must be 0\.1 to 3600 seconds"),
+        ({"TIDINGS_LLM_LEASE": "soon"}, "llm.lease must be a number"),
+        ({"TIDINGS_PROXY_COMPLETE_URL": "ftp://x"}, "proxy_complete_url must be an http"),
         ({"TIDINGS_LLM_COLOUR": "red"}, r"unknown setting 'llm\.colour'; known: api_key, "),
         ({"TIDINGS_LLM_GRCE": "1"}, r"unknown setting 'llm\.grce'; did you mean 'llm\.grace'\?"),
         ({"TIDINGS_LLM_BASE_URL": "ftp://x"}, "base_url must be an http"),

@@ -14,6 +14,7 @@ from starlette.datastructures import Headers
 
 from tests.support.env import TIMEOUT
 from tidings.errors import InvalidPublication, ProxyUnavailable, Rejected
+from tidings.llm import GenerationRecord
 from tidings.server.app import build_hooks, create_app
 from tidings.server.auth import ANONYMOUS, Kind, Principal
 from tidings.server.errors import http_status
@@ -308,3 +309,66 @@ def test_create_app_puts_the_hooks_on_the_one_authority() -> None:
     hooks = app.state.tidings.authority.hooks
     assert (hooks.on_subscribe, hooks.timeout) == (mine, 2.0)
     assert create_app().state.tidings.authority.hooks is None
+
+
+# -- proxy_complete_url ----------------------------------------------------------------------
+
+
+def a_record() -> GenerationRecord:
+    return GenerationRecord(
+        id="chatcmpl-1", model="m", provider="p", created=1, status="completed", text="hi"
+    )
+
+
+async def test_the_complete_hook_posts_the_record(proxy_of: Callable[..., Proxy]) -> None:
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(204)
+
+    proxy = Proxy(complete_url=f"{BACKEND}/complete", transport=httpx.MockTransport(handler))
+    try:
+        assert proxy.complete is not None
+        assert proxy.connect is None
+        assert await proxy.complete(a_record()) is None
+    finally:
+        await proxy.aclose()
+    [request] = sent
+    assert request.url == f"{BACKEND}/complete"
+    assert request.headers["content-type"] == "application/json"
+    assert "cookie" not in request.headers
+    assert orjson.loads(request.content) == a_record().to_json()
+
+
+@pytest.mark.parametrize("status", [302, 400, 500])
+async def test_a_complete_hook_not_answered_2xx_is_logged(
+    status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = Proxy(complete_url=f"{BACKEND}/complete", transport=httpx.MockTransport(answer(status)))
+    try:
+        assert proxy.complete is not None
+        with (
+            caplog.at_level(logging.WARNING, logger="tidings.server.proxy"),
+            pytest.raises(ProxyUnavailable),
+        ):
+            await proxy.complete(a_record())
+    finally:
+        await proxy.aclose()
+    assert f"proxy_complete_url: it answered {status}; the record was not delivered" in caplog.text
+    assert BACKEND not in caplog.text
+
+
+async def test_a_complete_hook_given_twice_is_refused() -> None:
+    async def hook(record: GenerationRecord) -> None:
+        pass
+
+    settings = Settings(proxy_complete_url=f"{BACKEND}/complete")
+    with pytest.raises(SettingsError, match="on_complete is given both"):
+        build_hooks(settings, on_complete=hook)
+    hooks, proxy = build_hooks(settings)
+    assert proxy is not None
+    try:
+        assert hooks.on_complete is proxy.complete
+    finally:
+        await proxy.aclose()
