@@ -60,7 +60,8 @@ server that ran it died: the watcher declares it lost. Several watchers
 may do so at once, so the declaration rests on the backend's idempotent
 publish: each publishes the lost record to ``llm:_owner/{id}`` with the key
 ``lost:{id}`` and a random claim; the backend keeps the first, and the
-watcher whose claim it kept runs ``on_complete``. Each then publishes the
+watcher whose claim it kept runs ``on_complete`` (in a task of the relay,
+not of the viewer that may leave). Each then publishes the
 ``end`` (``status: lost``, code ``generation_lost``) with the key
 ``lost-end:{id}``, so that it is published once even if the winner dies
 in between. A renewal that fails (the backend down) is logged and tried
@@ -422,6 +423,8 @@ class Relay:
         #: Who holds the leases of the generations this relay runs.
         self.node = secrets.token_hex(8)
         self._renewing: asyncio.Task[None] | None = None
+        #: ``on_complete`` calls for lost generations (see *Leases*).
+        self._hooks: set[asyncio.Task[None]] = set()
         self.router = router
         self.grace = grace
         self.cancel_unheard = cancel_unheard
@@ -602,7 +605,10 @@ class Relay:
         if won:
             logger.warning("generation %s was lost: the server running it stopped", generation_id)
             self._counts[Status.LOST] += 1
-            await self._complete(lost)
+            # Not in the caller's task: a viewer that goes away must not cancel the hook.
+            task = asyncio.get_running_loop().create_task(self._complete(lost))
+            self._hooks.add(task)
+            task.add_done_callback(self._hooks.discard)
         return True
 
     async def _lost_record(self, stored: GenerationRecord) -> GenerationRecord:
@@ -875,6 +881,8 @@ class Relay:
             handle.cancel()
         self._expiry.clear()
         self._generations.clear()
+        if self._hooks:
+            await asyncio.wait(set(self._hooks), timeout=wait)
         if self._renewing is not None:
             self._renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -211,8 +211,8 @@ async def test_the_running_relay_renews_its_lease(hub: Hub, provider: Scripted) 
 async def test_an_expired_lease_is_declared_lost_once(hub: Hub, provider: Scripted) -> None:
     provider.block_at = 2
     relay = make_relay(hub, provider, lease=0.2)
-    hooks = [Recorder(), Recorder()]
-    watchers = [make_relay(hub, provider, lease=0.2, on_complete=hook) for hook in hooks]
+    hook = Recorder()
+    watchers = [make_relay(hub, provider, lease=0.2, on_complete=hook) for _ in range(2)]
     try:
         generation = await relay.start(chat())
         async with asyncio.timeout(TIMEOUT):
@@ -228,13 +228,19 @@ async def test_an_expired_lease_is_declared_lost_once(hub: Hub, provider: Script
         assert len(ends) == 1
         assert ends[0]["status"] == "lost"
         assert ends[0]["error"]["code"] == "generation_lost"
-        records = [record for hook in hooks for record in hook.records]
-        assert len(records) == 1  # one watcher won the claim
-        assert records[0].status == "lost"
-        assert records[0].text == "a"
-        assert (await watchers[0].record(generation.id)) == records[0]
-        assert await watchers[1].check_lease(generation.id)  # ended: nothing more
-        assert len([r for hook in hooks for r in hook.records]) == 1
+        async with asyncio.timeout(TIMEOUT):
+            await hook.called.wait()
+        for watcher in watchers:
+            assert await watcher.check_lease(generation.id)  # ended: nothing more
+            await watcher.aclose()  # waits for its hook calls
+        [record] = hook.records  # one watcher won the claim
+        assert record.status == "lost"
+        assert record.text == "a"
+        other = make_relay(hub, provider)
+        try:
+            assert await other.record(generation.id) == record
+        finally:
+            await other.aclose()
     finally:
         generation.cancel("shutdown")
         for one in (relay, *watchers):
