@@ -3,7 +3,8 @@
 Two ``tidings serve --backend redis`` processes with a 1 s lease: node A runs
 a paused generation, node B has a viewer; A dies; within the lease, B's
 viewer gets the ``end`` with ``generation_lost``, once, and so does any
-later viewer; the record on B says ``lost``.
+later viewer; the record on B says ``lost``, and B's ``proxy_complete_url``
+receives it once.
 """
 
 from __future__ import annotations
@@ -14,12 +15,17 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import orjson
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from tests.redis.test_llm import start
 from tests.support.env import TIMEOUT
 from tests.support.fake_openai import FakeUpstream, Scenario
 from tests.support.server import ServerProcess
 from tests.support.sse import open_sse
+from tidings.testing import run_server
 
 LEASE = 1.0
 ACCEPT_JSON = {"accept": "application/json"}
@@ -31,9 +37,30 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
         yield fake
 
 
+class Billing:
+    """The user's backend for ``proxy_complete_url``: keeps the records it is POSTed."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, object]] = []
+        self.received = asyncio.Event()
+        self.app = Starlette(routes=[Route("/complete", self.complete, methods=["POST"])])
+
+    async def complete(self, request: Request) -> Response:
+        self.records.append(orjson.loads(await request.body()))
+        self.received.set()
+        return Response(status_code=204)
+
+
+@pytest.fixture
+async def billing() -> AsyncIterator[tuple[Billing, str]]:
+    backend = Billing()
+    async with run_server(backend.app) as base:
+        yield backend, base + "/complete"
+
+
 @pytest.fixture
 def nodes(
-    redis_url: str, redis_prefix: str, upstream: FakeUpstream
+    redis_url: str, redis_prefix: str, upstream: FakeUpstream, billing: tuple[Billing, str]
 ) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     env = {
         "TIDINGS_BACKEND": "redis",
@@ -42,13 +69,16 @@ def nodes(
         "TIDINGS_LLM_BASE_URL": upstream.base_url,
         "TIDINGS_LLM_GRACE": str(TIMEOUT),
         "TIDINGS_LLM_LEASE": str(LEASE),
+        "TIDINGS_PROXY_COMPLETE_URL": billing[1],
     }
     with ServerProcess(env=env) as node_a, ServerProcess(env=env) as node_b:
         yield node_a, node_b
 
 
 async def test_a_killed_nodes_generation_ends_lost_for_viewers_elsewhere(
-    nodes: tuple[ServerProcess, ServerProcess], upstream: FakeUpstream
+    nodes: tuple[ServerProcess, ServerProcess],
+    upstream: FakeUpstream,
+    billing: tuple[Billing, str],
 ) -> None:
     upstream.scenario("paused", Scenario(pause_after=3))
     node_a, node_b = nodes
@@ -78,3 +108,8 @@ async def test_a_killed_nodes_generation_ends_lost_for_viewers_elsewhere(
         history = await b.get(f"/api/history/llm:{stream_id}")
         ends = [event for event in history.json()["events"] if event.get("event") == "end"]
         assert len(ends) == 1
+    # The hook of the lost generation ran on B, once: the server that declared it.
+    async with asyncio.timeout(TIMEOUT):
+        await billing[0].received.wait()
+    [billed] = billing[0].records
+    assert billed == record.json()
