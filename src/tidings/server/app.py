@@ -25,6 +25,7 @@ from tidings.llm import Relay
 from tidings.server import api, session
 from tidings.server import jobs as job_routes
 from tidings.server.admin import Monitor, admin_routes
+from tidings.server.ai_sdk import ai_sdk_routes
 from tidings.server.auth import Authority, TokenVerifier
 from tidings.server.browser import browser_middleware
 from tidings.server.channel_stream import ChannelStream
@@ -387,6 +388,7 @@ def create_app(
         routes.append(Route("/v1/chat/completions", completions, methods=["POST"]))
         routes.append(Route("/v1/models", list_models, methods=["GET"]))
         routes.append(Route("/v1/streams/{stream_id}", streams, methods=["GET", "DELETE"]))
+        routes += ai_sdk_routes(relay, settings)
     if runner is not None:
         routes.append(Route("/api/jobs", job_routes.jobs, methods=["GET"]))
         routes.append(Route("/api/jobs/{job}", job_routes.start, methods=["POST"]))
