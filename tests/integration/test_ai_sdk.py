@@ -19,7 +19,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.support.env import TIMEOUT, unavailable
+from tests.support.env import TIMEOUT, eventually, unavailable
 from tests.support.fake_openai import FakeUpstream, Scenario
 from tidings.llm import LLMConfig
 from tidings.server.auth import mint_token
@@ -114,8 +114,10 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
 
 
 @pytest.fixture
-async def base(upstream: FakeUpstream) -> AsyncIterator[str]:
-    async with run_server(settings=settings_for(upstream)) as url:
+async def base(upstream: FakeUpstream, request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """A server with the fast write path, or (``indirect`` param "asgi") the plain ASGI one."""
+    fast_write = getattr(request, "param", "fast") == "fast"
+    async with run_server(settings=settings_for(upstream), fast_write=fast_write) as url:
         yield url
 
 
@@ -127,6 +129,7 @@ def types(chunks: list[dict[str, Any]]) -> list[str]:
     return [chunk["type"] for chunk in chunks]
 
 
+@pytest.mark.parametrize("base", ["fast", "asgi"], indirect=True)
 async def test_the_sdk_reads_every_delta_in_order_then_finish(
     base: str, upstream: FakeUpstream
 ) -> None:
@@ -323,3 +326,51 @@ async def test_a_chat_is_its_owners_and_delete_stops_it(upstream: FakeUpstream) 
                 rest = [line async for line in lines if line.startswith("data: ")]
         assert rest[-2:] == ['data: {"type":"abort","reason":"deleted"}', "data: [DONE]"]
         assert not scenario.release.is_set()
+
+
+async def test_a_chat_nobody_reads_is_cancelled_after_grace(upstream: FakeUpstream) -> None:
+    """The AI SDK's stop() aborts the request: the generation goes once unheard for grace."""
+    upstream.scenario("paused", Scenario(pause_after=2))
+    settings = settings_for(upstream)
+    settings = dataclasses.replace(
+        settings, llm=dataclasses.replace(settings.llm, grace=0.2 * TIMEOUT)
+    )
+    body = {"id": "chat-gone", "messages": [ui_message()], "model": "paused"}
+    async with (
+        run_server(settings=settings) as base,
+        httpx.AsyncClient(base_url=base, timeout=TIMEOUT) as http,
+    ):
+        async with http.stream("POST", "/v1/ai-sdk/chat", json=body) as response:
+            assert response.status_code == 200
+            call = await upstream.next_call(1, TIMEOUT)
+            async with asyncio.timeout(TIMEOUT):
+                await call.paused.wait()
+        async with asyncio.timeout(TIMEOUT):
+            await call.disconnected.wait()  # the upstream request was closed
+
+        async def cancelled() -> bool:
+            return bool((await http.get("/api/stats")).json()["llm"]["cancelled"] == 1)
+
+        await eventually(cancelled)
+
+
+async def test_limits_hold_as_on_chat_completions(upstream: FakeUpstream) -> None:
+    upstream.scenario("paused", Scenario(pause_after=1))
+    settings = settings_for(upstream)
+    settings = dataclasses.replace(
+        settings,
+        llm=dataclasses.replace(settings.llm, max_generations_per_client=1, max_body_bytes=2000),
+    )
+    body = {"id": "chat-limits", "messages": [ui_message()], "model": "paused"}
+    async with (
+        run_server(settings=settings) as base,
+        httpx.AsyncClient(base_url=base, timeout=TIMEOUT) as http,
+    ):
+        large = await http.post("/v1/ai-sdk/chat", json={**body, "pad": "x" * 2000})
+        assert large.status_code == 413
+        async with http.stream("POST", "/v1/ai-sdk/chat", json=body) as response:
+            assert response.status_code == 200
+            refused = await http.post("/v1/ai-sdk/chat", json={**body, "id": "chat-2"})
+            assert refused.status_code == 429
+            assert refused.json()["error"]["code"] == "too_many_generations"
+            upstream.scenarios["paused"].release.set()
