@@ -32,7 +32,13 @@ CORE = {
     "/metrics",
     "/static",
 }
-LLM = {"/v1/chat/completions", "/v1/models", "/v1/streams/{stream_id}"}
+LLM = {
+    "/v1/chat/completions",
+    "/v1/models",
+    "/v1/streams/{stream_id}",
+    "/v1/ai-sdk/chat",
+    "/v1/ai-sdk/chat/{chat_id}/stream",
+}
 JOBS = {"/api/jobs", "/api/jobs/{job}"}
 
 
