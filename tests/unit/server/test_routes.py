@@ -35,6 +35,7 @@ ADMIN_KEY = "an-admin-key-of-24-chars"
 PARAMS = {
     "channel": "chat:room",
     "stream_id": "chatcmpl-0123456789abcdef",
+    "chat_id": "chat-1",
     "connection_id": "sse-1",
     "job": "demo",
 }
