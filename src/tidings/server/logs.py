@@ -5,7 +5,7 @@ streaming routes, and the line each streaming connection leaves when it ends.
 ``tidings serve`` applies, and hands to uvicorn as its ``log_config``: Tidings'
 loggers and uvicorn's are formatted the same way. Access lines of streaming
 routes (``/sse``, ``/ws``, ``/api/stream/…``, ``/v1/streams/…``,
-``/v1/chat/completions``) are left out unless ``access_log_streams`` is set:
+``/v1/chat/completions``, ``/v1/ai-sdk/chat…``) are left out unless ``access_log_streams`` is set:
 a stream's access line says only that it opened, and :func:`log_closed` says
 more when it ends.
 """
@@ -30,6 +30,8 @@ STREAM_PATHS: Final = (
     "/api/stream/",
     "/v1/streams/",
     "/v1/chat/completions",
+    "/v1/ai-sdk/chat",
+    "/v1/ai-sdk/chat/",
 )
 #: Where connection ends are logged.
 CONNECTIONS: Final = logging.getLogger("tidings.connections")
