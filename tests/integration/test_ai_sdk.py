@@ -184,6 +184,40 @@ async def test_a_tool_call_is_streamed_as_tool_input_parts(
     assert tool["input"] == {"city": "Paris"}
 
 
+async def test_a_tool_output_goes_back_and_the_answer_continues_the_message(
+    base: str, upstream: FakeUpstream
+) -> None:
+    upstream.scenario("tools", Scenario(tool_call=("get_weather", ['{"city": "Paris"}'])))
+    result = await run_client(
+        base, "tools", "chat-tools-2", "tools", nextModel="fake", output={"celsius": 21}
+    )
+    assert result["error"] is None
+    user, assistant = result["messages"]  # one assistant message, continued
+    assert user["role"] == "user"
+    tool, text = [part for part in assistant["parts"] if part["type"] != "step-start"]
+    assert tool["type"] == "tool-get_weather"
+    assert tool["state"] == "output-available"
+    assert tool["output"] == {"celsius": 21}
+    assert text == {"type": "text", "text": "".join(TOKENS), "state": "done"}
+    second = await upstream.next_call(2, TIMEOUT)
+    assert second.body["model"] == "fake"
+    assert second.body["messages"] == [
+        {"role": "user", "content": "Weather?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"celsius":21}'},
+    ]
+
+
 async def test_an_upstream_failure_is_an_error_part(base: str, upstream: FakeUpstream) -> None:
     upstream.scenario("failing", Scenario(fail_after=3))
     result = await run_client(base, "send", "chat-error", "failing")

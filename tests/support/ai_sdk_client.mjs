@@ -11,6 +11,8 @@
 //           text deltas, prints {"event": "cut"}, then resumeStream(); once the transport's
 //           reconnectToStream answered it prints {"event": "resumed"}; last, the chunks of
 //           both streams and the chat's messages.
+//   tools   a Chat's answer calls a tool; the script adds the tool's output and sends the
+//           chat again with `nextModel`: the chat's messages.
 //   resume  DefaultChatTransport.reconnectToStream alone: null (204) or its chunks.
 import { pathToFileURL } from "node:url";
 
@@ -107,12 +109,23 @@ async function cut() {
   return { first, resumed, messages: chat.messages, status: chat.status, errors };
 }
 
+async function tools() {
+  // The page runs the tool the answer calls, adds its output, and sends the chat again
+  // (with another model, so that the answer is text this time).
+  const chat = new Chat({ id: plan.chatId, transport: transport() });
+  await chat.sendMessage({ text: plan.text ?? "Weather?" });
+  const call = chat.messages.at(-1).parts.find((part) => part.type.startsWith("tool-"));
+  await chat.addToolOutput({ tool: call.type.slice(5), toolCallId: call.toolCallId, output: plan.output });
+  await chat.sendMessage(undefined, { body: { model: plan.nextModel } });
+  return { messages: chat.messages, status: chat.status, error: chat.error?.message ?? null };
+}
+
 async function resume() {
   const stream = await transport().reconnectToStream({ chatId: plan.chatId });
   return { resumed: stream === null ? null : await collect(stream) };
 }
 
-const modes = { send, cut, resume };
+const modes = { send, cut, tools, resume };
 try {
   say({ result: await modes[plan.mode]() });
 } catch (error) {

@@ -15,8 +15,9 @@ Chat ids are chosen by clients, so they are scoped by identity: two users
 with the same chat id have two chats, and one user's chat id names nothing
 for another (no squatting, and nothing to learn by trying ids).
 
-Two events: ``chat`` (``{"generation": id}``) when a generation starts for
-the chat, and ``delivered`` (the same data) once a response has sent the
+Two events: ``chat`` (``{"generation": id, "message": id}``, the latter the
+UI message it answers with) when a generation starts for the chat, and
+``delivered`` (``{"generation": id}``) once a response has sent the
 generation's whole stream to a client. :meth:`ChatIndex.active` answers the
 latest generation unless it was delivered: a stream cut before its end stays
 resumable even if the generation ended meanwhile, and a chat whose answer
@@ -27,10 +28,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from typing import NamedTuple
 
 from tidings.hub import Hub
+from tidings.types import JSONValue
 
-__all__ = ["CHAT_PREFIX", "ChatIndex"]
+__all__ = ["CHAT_PREFIX", "ChatIndex", "ChatRecord"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +41,20 @@ logger = logging.getLogger(__name__)
 CHAT_PREFIX = "llm:_chat/"
 #: Events read back to find a chat's latest generation and whether it was delivered.
 _LOOKBACK = 32
+
+
+class ChatRecord(NamedTuple):
+    """A chat's latest generation.
+
+    Attributes:
+        generation: The generation's id.
+        message: The id of the UI message it answers with.
+        delivered: Whether a client received its whole stream.
+    """
+
+    generation: str
+    message: str
+    delivered: bool
 
 
 class ChatIndex:
@@ -52,15 +69,20 @@ class ChatIndex:
         digest = hashlib.sha256(f"{owner}\0{chat_id}".encode()).hexdigest()
         return CHAT_PREFIX + digest[:40]
 
-    async def record(self, owner: str, chat_id: str, generation_id: str) -> None:
-        """Note that ``generation_id`` now answers the chat.
+    async def record(
+        self, owner: str, chat_id: str, generation_id: str, message_id: str | None = None
+    ) -> None:
+        """Note that ``generation_id`` now answers the chat, as UI message ``message_id``
+        (by default the generation id).
 
         Raises:
             BackendUnavailable: the backend cannot be reached.
         """
-        await self.hub.publish(
-            self.channel(owner, chat_id), {"generation": generation_id}, event="chat"
-        )
+        data: dict[str, JSONValue] = {
+            "generation": generation_id,
+            "message": message_id or generation_id,
+        }
+        await self.hub.publish(self.channel(owner, chat_id), data, event="chat")
 
     async def delivered(self, owner: str, chat_id: str, generation_id: str) -> None:
         """Note that a client received the generation's whole stream.
@@ -72,8 +94,8 @@ class ChatIndex:
             self.channel(owner, chat_id), {"generation": generation_id}, event="delivered"
         )
 
-    async def latest(self, owner: str, chat_id: str) -> tuple[str, bool] | None:
-        """The chat's latest generation and whether it was delivered; None for no record.
+    async def latest(self, owner: str, chat_id: str) -> ChatRecord | None:
+        """The chat's latest generation; None for no record.
 
         Raises:
             BackendUnavailable: the backend cannot be reached.
@@ -88,16 +110,16 @@ class ChatIndex:
             if event.event == "delivered":
                 delivered.add(generation)
             elif event.event == "chat":
-                return generation, generation in delivered
+                message = data.get("message")
+                message = message if isinstance(message, str) else generation
+                return ChatRecord(generation, message, generation in delivered)
         return None
 
-    async def active(self, owner: str, chat_id: str) -> str | None:
+    async def active(self, owner: str, chat_id: str) -> ChatRecord | None:
         """The generation to resume for the chat: its latest, unless delivered.
 
         Raises:
             BackendUnavailable: the backend cannot be reached.
         """
         latest = await self.latest(owner, chat_id)
-        if latest is None or latest[1]:
-            return None
-        return latest[0]
+        return None if latest is None or latest.delivered else latest

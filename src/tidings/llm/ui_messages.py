@@ -26,6 +26,11 @@ does with the parts a chat holds:
   out: the upstream would refuse a call that has no answer.
 - ``reasoning``, ``source-*``, ``data-*`` and ``step-start`` parts are for
   the page, not the model, and are dropped.
+
+When the last message is an assistant's (the page ran a tool and sends its
+output back), the answer continues that message: :attr:`UIChat.continues`
+is its id, which the answer's ``start`` chunk must carry, as the AI SDK's
+own server does, or the page would show the message twice.
 """
 
 from __future__ import annotations
@@ -76,11 +81,15 @@ class UIChat:
         chat_id: The chat's id, as the client named it.
         request: The Chat Completions request it stands for (``stream`` is true).
         trigger: ``submit-message`` or ``regenerate-message``.
+        continues: The id of the assistant message the answer continues (the
+            last message is an assistant's, after the page added a tool's
+            output to it), or None: the answer is a new message.
     """
 
     chat_id: str
     request: ChatRequest
     trigger: str
+    continues: str | None = None
 
 
 def _fail(message: str, param: str) -> InvalidChatRequest:
@@ -110,7 +119,14 @@ def parse_chat(body: object, limits: RequestLimits | None = None) -> UIChat:
     document = {key: value for key, value in body.items() if key in FORWARDED}
     document["messages"] = to_openai_messages(messages)
     document["stream"] = True
-    return UIChat(chat_id, validate_request(document, limits), trigger)
+    last = messages[-1]
+    continues = last.get("id") if last.get("role") == "assistant" else None
+    return UIChat(
+        chat_id,
+        validate_request(document, limits),
+        trigger,
+        continues if isinstance(continues, str) and continues else None,
+    )
 
 
 def to_openai_messages(messages: list[Any]) -> list[dict[str, Any]]:

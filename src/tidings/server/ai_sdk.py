@@ -14,8 +14,9 @@ SDK's ``stop()`` aborts the request). ``llm.chats`` remembers which
 generation answers each of an identity's chats, in the hub, so a resume may
 reach any server on the same backend. The answer is ``llm.ui_stream``'s
 chunks as ``data:`` lines: ``start`` (whose ``messageId`` is the generation
-id) goes out as soon as the generation is subscribed, then the chunks as the
-generation publishes them, ``data: [DONE]`` last. A resume replays the
+id, or the id of the assistant message the answer continues) goes out as
+soon as the generation is subscribed, then the chunks as the generation
+publishes them, ``data: [DONE]`` last. A resume replays the
 generation from its start, as ``DefaultChatTransport`` expects.
 
 Refusals before the stream (authorisation, body, limits, backend) are the
@@ -83,6 +84,7 @@ def _frames(chunks: Iterable[dict[str, Any]]) -> bytes:
 async def _stream(
     relay: Relay,
     generation_id: str,
+    message_id: str,
     since: Position,
     generation: Generation | None,
     keepalive: float,
@@ -95,7 +97,7 @@ async def _stream(
     Raises:
         BackendUnavailable: subscribing failed (before anything is sent).
     """
-    ui = UIMessageStream(generation_id)
+    ui = UIMessageStream(message_id)
     channel = CHANNEL_PREFIX + generation_id
     async with _listen(
         relay.hub, channel, since, receive, keepalive=keepalive, generation=generation
@@ -165,11 +167,13 @@ class AISDKChat:
             await refusal(exc)(scope, receive, send)
             return
         try:
-            await self.chats.record(principal.identity, chat.chat_id, generation.id)
+            message_id = chat.continues or generation.id
+            await self.chats.record(principal.identity, chat.chat_id, generation.id, message_id)
             with generation.listening():
                 sent = await _stream(
                     self.relay,
                     generation.id,
+                    message_id,
                     generation.origin,
                     generation,
                     self.keepalive,
@@ -212,12 +216,18 @@ class AISDKChatStream:
 
     async def _delete(self, principal: Principal, chat_id: str) -> Response:
         latest = await self.chats.latest(principal.identity, chat_id)
-        end = None if latest is None else await self.relay.cancel_anywhere(latest[0], "deleted")
-        if latest is None or end is None:
+        generation_id = None if latest is None else latest.generation
+        end = None if generation_id is None else await self.relay.cancel_anywhere(generation_id)
+        if generation_id is None or end is None:
             return _no_chat(chat_id)
         status = end.get("status", "cancelling")
         return _JSON(
-            {"id": chat_id, "object": "tidings.chat.stream", "stream": latest[0], "status": status},
+            {
+                "id": chat_id,
+                "object": "tidings.chat.stream",
+                "stream": generation_id,
+                "status": status,
+            },
             status_code=202 if status == "cancelling" else 200,
         )
 
@@ -229,13 +239,14 @@ class AISDKChatStream:
         Raises:
             BackendUnavailable: the backend cannot be reached (before anything is sent).
         """
-        generation_id = await self.chats.active(principal.identity, chat_id)
-        origin = None if generation_id is None else await self._origin(generation_id)
-        if generation_id is None or origin is None:
+        record = await self.chats.active(principal.identity, chat_id)
+        origin = None if record is None else await self._origin(record.generation)
+        if record is None or origin is None:
             await Response(status_code=204)(scope, receive, send)
             return
+        generation_id = record.generation
         generation = self.relay.get(generation_id)
-        args = (self.relay, generation_id, origin, generation, self.keepalive)
+        args = (self.relay, generation_id, record.message, origin, generation, self.keepalive)
         if generation is not None:
             with generation.listening():
                 sent = await _stream(*args, scope, receive, send)

@@ -25,6 +25,7 @@ def test_a_chat_request_becomes_a_streamed_completion_request() -> None:
     )
     assert chat.chat_id == "chat-1"
     assert chat.trigger == "submit-message"
+    assert chat.continues is None
     assert chat.request.stream
     assert chat.request.model == "m"
     assert chat.request.messages == ({"role": "user", "content": "hi"},)
@@ -159,3 +160,11 @@ def test_routing_fields_are_not_forwarded() -> None:
     assert chat.request.body is not None
     assert "base_url" not in chat.request.body
     assert "api_key" not in chat.request.body
+
+
+def test_an_answer_after_an_assistant_message_continues_it() -> None:
+    tool = {"type": "tool-t", "toolCallId": "c1", "state": "output-available", "output": "ok"}
+    last = {"id": "m-assistant", "role": "assistant", "parts": [tool]}
+    chat = parse_chat(body(messages=[text("user", "hi"), last]))
+    assert chat.continues == "m-assistant"
+    assert [message["role"] for message in chat.request.messages] == ["user", "assistant", "tool"]
