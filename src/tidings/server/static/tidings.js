@@ -7,10 +7,14 @@
 //   source.addEventListener("reset", (e) => console.warn("gap in", e.channel, e.reason));
 //   source.addEventListener("statechange", () => console.log(source.state));
 //
-// It wraps the browser's EventSource, which reconnects by itself and sends the
-// last `id:` (the connection's cursor) as Last-Event-ID, so the server replays
-// exactly what was missed. Each event carries the channel and offset read from
-// its cursor, and `data` parsed as JSON when it is JSON.
+// TidingsEventSource reads the stream with fetch and reconnects by itself
+// (exponential backoff, full jitter, never sooner than the server's retry:
+// or Retry-After), resuming from the last `id:` (the connection's cursor), so
+// the server replays exactly what was missed. Each event carries the channel
+// and offset read from its cursor, and `data` parsed as JSON when it is JSON.
+// TidingsSocket speaks the WebSocket protocol (JSON, or MessagePack with a
+// codec given), with a heartbeat; streamFetch iterates over an SSE or NDJSON
+// response, read only as fast as the loop asks.
 //
 // Tokens: give `getToken` (a function returning a token or a Promise of one)
 // and the token travels as `?token=` (EventSource and browser WebSockets
@@ -78,6 +82,93 @@ export class TidingsEvent extends Event {
   }
 }
 
+/** Parse an `application/json` error body ({"error": {code, message, retry_after}}) into a TidingsError. */
+async function responseError(response) {
+  let detail = {};
+  try {
+    detail = (await response.json()).error ?? {};
+  } catch {
+    // not JSON: a proxy's page, say
+  }
+  const fallback = { 401: "unauthorized", 403: "permission_denied", 404: "not_found" }[response.status];
+  const error = new TidingsError(
+    typeof detail.code === "string" ? detail.code : fallback ?? `http_${response.status}`,
+    typeof detail.message === "string" ? detail.message : `HTTP ${response.status}`,
+  );
+  error.status = response.status;
+  const header = Number(response.headers.get("retry-after"));
+  const seconds = Number.isFinite(header) && header > 0 ? header : Number(detail.retry_after);
+  error.retryAfter = Number.isFinite(seconds) && seconds > 0 ? seconds : null;
+  return error;
+}
+
+/**
+ * An incremental parser of `text/event-stream` (the WHATWG rules): give it
+ * decoded text as it arrives; it returns the blocks completed so far, each
+ * `{type, data, id}` (an event; `data` null for a block with no data line,
+ * which only moves the cursor) or `{retry}`. A block longer than `maxBytes`
+ * characters throws a TidingsError `malformed_event`.
+ */
+function eventStreamParser(maxBytes) {
+  let buffer = "";
+  let carriageReturn = false; // the last chunk ended in \r: a \n first in the next is the same line end
+  let data = [];
+  let size = 0;
+  let type = "";
+  let id = null;
+  let idSeen = false;
+  return (text) => {
+    if (carriageReturn && text.startsWith("\n")) text = text.slice(1);
+    carriageReturn = text.endsWith("\r");
+    const lines = (buffer + text).split(/\r\n|\r|\n/);
+    buffer = lines.pop();
+    if (buffer.length + size > maxBytes) {
+      throw new TidingsError("malformed_event", `an event longer than ${maxBytes} characters`);
+    }
+    const blocks = [];
+    for (const line of lines) {
+      if (line === "") {
+        if (data.length) blocks.push({ type: type || "message", data: data.join("\n"), id });
+        else if (idSeen) blocks.push({ type: "", data: null, id });
+        data = [];
+        size = 0;
+        type = "";
+        idSeen = false;
+        continue;
+      }
+      if (line.startsWith(":")) continue; // a comment: keepalive
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      let value = colon < 0 ? "" : line.slice(colon + 1);
+      if (value.startsWith(" ")) value = value.slice(1);
+      if (field === "data") {
+        data.push(value);
+        size += value.length + 1;
+        if (size > maxBytes) {
+          throw new TidingsError("malformed_event", `an event longer than ${maxBytes} characters`);
+        }
+      } else if (field === "event") type = value;
+      else if (field === "id" && !value.includes("\0")) {
+        id = value;
+        idSeen = true;
+      } else if (field === "retry" && /^\d+$/.test(value)) blocks.push({ retry: Number(value) });
+    }
+    return blocks;
+  };
+}
+
+/** What is wrong with an event a Tidings server would not send; null when nothing is. */
+function malformed(type, id, data) {
+  if (id && cursorHead(id).channel === null) return `event id ${JSON.stringify(id.slice(0, 80))} is not a cursor`;
+  if (type === "reset") {
+    const reset = parseData(data);
+    if (!reset || typeof reset !== "object" || typeof reset.channel !== "string") {
+      return "a reset event without a channel";
+    }
+  }
+  return null;
+}
+
 /**
  * Server-Sent Events from a Tidings server, with channel-aware events.
  *
@@ -86,6 +177,13 @@ export class TidingsEvent extends Event {
  * for the default type, "reset" for gaps the server could not fill,
  * "statechange", "error", or your own event types.
  *
+ * It reads the stream with `fetch` and runs its own reconnect loop:
+ * exponential backoff with full jitter, never sooner than the server's
+ * `retry:` or `Retry-After`, resuming with `?last_event_id=` set to the last
+ * cursor (`id:`) received. A network error, a stream that ends, 408, 429 and
+ * 5xx are retried; 204 closes the source; 401 (unless getToken gives a new
+ * token), 403, 404 and every other 4xx close it with a typed error event.
+ *
  * @param {string} url The SSE endpoint ("/sse").
  * @param {string[]} channels Channel names.
  * @param {object} [options]
@@ -93,27 +191,54 @@ export class TidingsEvent extends Event {
  * @param {boolean} [options.withCredentials] Send cookies cross-origin.
  * @param {(() => string|Promise<string>)|null} [options.getToken] Returns a fresh
  *   token, sent as `?token=`. Called for the first connection, after the
- *   server's `expired` event (the token reached its exp) and after a refused
- *   connection once the stream had opened; the new connection resumes from
- *   the last event. A connection refused right after a fresh token closes the
- *   source for good ("closed"), as does an error thrown by getToken.
+ *   server's `expired` event (the token reached its exp) and after a 401 once
+ *   the stream had opened; the new connection resumes from the last event. A
+ *   401 right after a fresh token closes the source for good ("closed"), as
+ *   does an error thrown by getToken.
+ * @param {number} [options.base] Backoff: seconds of the first delay before jitter (0.5).
+ * @param {number} [options.cap] Backoff: the longest delay in seconds (30).
+ * @param {number} [options.maxAttempts] Failed connections in a row before giving up (Infinity).
+ * @param {boolean|string|null} [options.sessionStorage] Keep the cursor in
+ *   sessionStorage (under this key, or one made of the URL for `true`), so
+ *   a source made after a page reload resumes where the last one stopped.
+ * @param {boolean|string|null} [options.shared] Share one connection among the
+ *   tabs of this origin that make the same source (a BroadcastChannel of this
+ *   name, or one made of the URL for `true`): one tab holds the connection
+ *   and passes every event on; when it goes, another takes over from the last
+ *   cursor it saw.
+ * @param {number} [options.maxEventBytes] The longest event accepted (1 MiB of text).
  */
 export class TidingsEventSource extends EventTarget {
-  constructor(url, channels = [], { lastEventId = null, withCredentials = false, getToken = null } = {}) {
+  constructor(url, channels = [], {
+    lastEventId = null, withCredentials = false, getToken = null, base = 0.5, cap = 30,
+    maxAttempts = Infinity, sessionStorage = null, shared = null, maxEventBytes = 1 << 20,
+  } = {}) {
     super();
     const target = new URL(url, window.location.href);
     for (const channel of channels) target.searchParams.append("channel", channel);
     this.url = target.toString();
     this.state = "connecting";
-    this._resumeFrom = lastEventId;
+    this.backoff = { base, cap, maxAttempts, attempt: 0 };
+    /** The sessionStorage key of the cursor, or null. */
+    this.storageKey = sessionStorage === true ? `tidings:${this.url}` : sessionStorage || null;
+    /** The BroadcastChannel name shared by the tabs, or null. */
+    this.shared = shared === true ? `tidings:${this.url}` : shared || null;
+    /** Whether this source holds the connection (false while another tab does). */
+    this.leader = this.shared === null;
     this._withCredentials = withCredentials;
     this._getToken = getToken;
-    this._fresh = false; // the token came from getToken and no stream opened with it yet
+    this._maxEventBytes = maxEventBytes;
+    this._lastEventId = lastEventId ?? this._load();
+    this._retryMs = 0; // the server's retry:, the least delay before reconnecting
     this._closed = false;
-    this._forwarded = new Set(["message", "reset"]);
-    this._source = null;
-    if (getToken) this._renew();
-    else this._connect(null);
+    this._controller = null; // aborts the fetch of the connection in use
+    this._lifetime = new AbortController(); // aborts everything at close()
+    this._wake = null;
+    queueMicrotask(() => {
+      if (this._closed) return;
+      if (this.shared) this._share();
+      else this._run();
+    });
   }
 
   /** The cursor of the last event received: pass it as lastEventId to resume later. */
@@ -121,83 +246,310 @@ export class TidingsEventSource extends EventTarget {
     return this._lastEventId ?? null;
   }
 
-  addEventListener(type, listener, options) {
-    if (!["statechange", "error", "open", "expired"].includes(type) && !this._forwarded.has(type)) {
-      this._forwarded.add(type);
-      if (this._source) this._forward(this._source, type);
-    }
-    super.addEventListener(type, listener, options);
-  }
-
+  /** Stop for good: the connection (or this tab's share of it) is released at once. */
   close() {
+    if (this._closed) return;
     this._closed = true;
-    this._source?.close();
+    this._controller?.abort();
+    this._lifetime.abort();
+    this._wake?.();
     this._setState("closed");
+    this._channel?.close();
   }
 
-  _connect(token) {
+  // -- the connection loop ------------------------------------------------------------
+
+  async _run() {
+    let needsToken = this._getToken !== null;
+    let token = null;
+    let fresh = false; // the token came from getToken and no stream opened with it yet
+    while (!this._closed) {
+      if (needsToken) {
+        try {
+          token = await this._getToken();
+        } catch (error) {
+          const failure = new TidingsError("unauthorized", `getToken failed: ${error}`);
+          failure.cause = error;
+          return this._final(failure);
+        }
+        if (this._closed) return;
+        needsToken = false;
+        fresh = true;
+      }
+      const outcome = await this._connect(token);
+      if (this._closed || outcome.final) return;
+      if (outcome.opened) {
+        fresh = false;
+        this.backoff.attempt = 0;
+      }
+      const refused = outcome.error?.status === 401;
+      if ((outcome.renew || refused) && this._getToken && !fresh) {
+        needsToken = true; // at once, with a new token and the same cursor
+        this._setState("reconnecting");
+        continue;
+      }
+      if (outcome.renew || refused) {
+        return this._final(outcome.error ?? new TidingsError("token_expired", "the token expired"));
+      }
+      const { base, cap, maxAttempts } = this.backoff;
+      if (this.backoff.attempt >= maxAttempts) {
+        return this._final(new TidingsError("connection_closed", `gave up after ${maxAttempts} attempts`));
+      }
+      this._setState("reconnecting");
+      const jitter = Math.random() * Math.min(cap, base * 2 ** this.backoff.attempt++) * 1000;
+      const minimum = Math.max(this._retryMs, (outcome.error?.retryAfter ?? 0) * 1000);
+      await this._sleep(Math.max(minimum, jitter));
+    }
+  }
+
+  /** One connection, read to its end: {opened, final, renew, error}. */
+  async _connect(token) {
     const target = new URL(withToken(this.url, token));
-    const cursor = this._lastEventId ?? this._resumeFrom;
-    if (cursor) target.searchParams.set("last_event_id", cursor);
-    const source = (this._source = new EventSource(target.toString(), {
-      withCredentials: this._withCredentials,
-    }));
-    source.addEventListener("open", () => {
-      this._fresh = false;
-      this._setState("open");
-    });
-    source.addEventListener("error", () => {
-      if (source !== this._source || this._closed) return;
-      if (source.readyState !== EventSource.CLOSED) {
-        this._setState("reconnecting"); // the browser retries by itself
-      } else if (this._getToken && !this._fresh) {
-        this._renew(); // refused (most likely the token): once more with a new one
-      } else {
-        this._setState("closed");
+    if (this._lastEventId) target.searchParams.set("last_event_id", this._lastEventId);
+    const controller = (this._controller = new AbortController());
+    let response;
+    try {
+      response = await fetch(target.toString(), {
+        headers: { accept: "text/event-stream" },
+        credentials: this._withCredentials ? "include" : "same-origin",
+        cache: "no-store",
+        signal: controller.signal,
+      });
+    } catch (cause) {
+      return this._failed(new TidingsError("network", `cannot connect: ${cause}`), false);
+    }
+    if (response.status === 204) {
+      this._final(null); // the server has nothing more for this cursor
+      return { final: true };
+    }
+    if (!response.ok) {
+      const error = await responseError(response);
+      const retried = [408, 429].includes(response.status) || response.status >= 500;
+      if (retried || (response.status === 401 && this._getToken)) return this._failed(error, false);
+      this._final(error);
+      return { final: true };
+    }
+    const type = response.headers.get("content-type") ?? "";
+    if (!type.startsWith("text/event-stream") || !response.body) {
+      controller.abort();
+      return this._failed(new TidingsError("malformed_event", `not an event stream: ${type || "no type"}`), false);
+    }
+    this._setState("open");
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    const parse = eventStreamParser(this._maxEventBytes);
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return this._failed(new TidingsError("network", "the stream ended"), true);
+        for (const block of parse(decoder.decode(value, { stream: true }))) {
+          if (this._closed) return { final: true };
+          if (block.retry !== undefined) this._retryMs = block.retry;
+          else if (block.type === "expired") {
+            controller.abort();
+            return { opened: true, renew: true };
+          } else this._deliver(block.type, block.id, block.data);
+        }
       }
-      this.dispatchEvent(new Event("error"));
-    });
-    // The server ends the stream at the token's exp; the event has no id, so
-    // the cursor stays at the last event delivered.
-    source.addEventListener("expired", () => {
-      if (source !== this._source || this._closed) return;
-      source.close();
-      if (this._getToken) this._renew();
-      else this._setState("closed");
-    });
-    for (const type of this._forwarded) this._forward(source, type);
+    } catch (cause) {
+      controller.abort();
+      if (this._closed) return { final: true };
+      const error = cause instanceof TidingsError ? cause : new TidingsError("network", `the stream broke: ${cause}`);
+      return this._failed(error, true);
+    }
   }
 
-  async _renew() {
-    this._source?.close();
-    if (this.state !== "connecting") this._setState("reconnecting");
-    let token;
-    try {
-      token = await this._getToken();
-    } catch (error) {
-      if (!this._closed) {
-        this._setState("closed");
-        this.dispatchEvent(Object.assign(new Event("error"), { error }));
-      }
+  _failed(error, opened) {
+    if (!this._closed) this._error(error, false);
+    return { opened, error };
+  }
+
+  _final(error) {
+    if (this._closed) return;
+    this._closed = true;
+    this._lifetime.abort();
+    this._setState("closed");
+    if (error) this._error(error, true);
+    this._channel?.close();
+  }
+
+  _deliver(type, id, data) {
+    const problem = malformed(type, id, data);
+    if (problem) {
+      this._error(new TidingsError("malformed_event", problem), false);
       return;
     }
-    if (this._closed) return;
-    this._fresh = true;
-    this._connect(token);
+    this._moveTo(id);
+    if (data === null) return; // a cursor without an event (the stream's first block)
+    this._post({ kind: "event", type, id, data });
+    this.dispatchEvent(new TidingsEvent(type, { lastEventId: id ?? "", data }));
   }
 
-  _forward(source, type) {
-    source.addEventListener(type, (message) => {
-      this._lastEventId = message.lastEventId;
-      this.dispatchEvent(new TidingsEvent(type, message));
+  _moveTo(id) {
+    if (id === null || id === this._lastEventId) return;
+    this._lastEventId = id;
+    if (this.storageKey) {
+      try {
+        window.sessionStorage.setItem(this.storageKey, id);
+      } catch {
+        // storage full or denied: the cursor still lives in memory
+      }
+    }
+  }
+
+  _load() {
+    if (!this.storageKey) return null;
+    try {
+      return window.sessionStorage.getItem(this.storageKey);
+    } catch {
+      return null;
+    }
+  }
+
+  _sleep(ms) {
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this._wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
     });
+  }
+
+  _error(error, final) {
+    this._post({ kind: "error", code: error.code, message: error.message, status: error.status, final });
+    this.dispatchEvent(Object.assign(new Event("error"), { error, final }));
   }
 
   _setState(state) {
     if (state === this.state) return;
     this.state = state;
+    this._post({ kind: "state", state });
     this.dispatchEvent(new Event("statechange"));
   }
+
+  // -- one connection for the tabs of an origin ---------------------------------------
+
+  _share() {
+    const channel = (this._channel = new BroadcastChannel(this.shared));
+    channel.onmessage = (message) => this._onShared(message.data);
+    channel.postMessage({ kind: "hello" });
+    // The tab holding the lock holds the connection; the lock goes with the
+    // tab (closed, reloaded, crashed) or with close().
+    navigator.locks.request(this.shared, { signal: this._lifetime.signal }, async () => {
+      if (this._closed) return;
+      this.leader = true;
+      await this._run();
+    }).catch(() => {}); // aborted by close() while waiting
+  }
+
+  _post(message) {
+    if (!this.leader || !this._channel) return;
+    try {
+      this._channel.postMessage(message);
+    } catch {
+      // closed with the source
+    }
+  }
+
+  _onShared(message) {
+    if (this._closed || !message || typeof message !== "object") return;
+    if (this.leader) {
+      if (message.kind === "hello") this._channel.postMessage({ kind: "state", state: this.state });
+      return;
+    }
+    if (message.kind === "event") {
+      this._moveTo(message.id);
+      this.dispatchEvent(new TidingsEvent(message.type, { lastEventId: message.id ?? "", data: message.data }));
+    } else if (message.kind === "state") {
+      // The holder closing is not this source closing: it takes over.
+      this._setState(message.state === "closed" ? "reconnecting" : message.state);
+    } else if (message.kind === "error") {
+      const error = Object.assign(new TidingsError(message.code, message.message), { status: message.status ?? null });
+      this.dispatchEvent(Object.assign(new Event("error"), { error, final: false }));
+    }
+  }
+}
+
+// -- streamFetch ------------------------------------------------------------------
+
+/**
+ * Stream the response of a request as it arrives: an async iterator over the
+ * events of an SSE response (`{event, id, data, raw}`) or the lines of an
+ * NDJSON one (`{event: "message", id: null, data, raw}`), `data` parsed as
+ * JSON when it is JSON. It reads the next chunk only when the loop asks for
+ * the next item, so a slow consumer slows the stream down. With `body` it
+ * POSTs it (JSON unless a string), without it GETs. `response` resolves with
+ * the Response once its headers arrived; a status other than 2xx rejects
+ * (and the loop throws) a TidingsError with the server's code and `status`;
+ * a 204 ends the loop at once. Aborting `signal` ends the loop with the
+ * AbortError; leaving the loop (`break`) cancels the response.
+ *
+ * @param {string|URL} url
+ * @param {unknown} [body]
+ * @param {object} [options]
+ * @param {AbortSignal} [options.signal]
+ * @param {Record<string,string>} [options.headers]
+ * @param {string} [options.method] Default POST with a body, GET without.
+ * @param {"sse"|"ndjson"} [options.format] Default: from the response's content type.
+ * @param {number} [options.maxEventBytes] The longest event or line accepted (1 MiB of text).
+ */
+export function streamFetch(url, body = null, { signal, headers = {}, method, format, maxEventBytes = 1 << 20 } = {}) {
+  const init = { method: method ?? (body === null || body === undefined ? "GET" : "POST"), headers: { ...headers }, signal };
+  if (body !== null && body !== undefined) {
+    if (typeof body === "string") init.body = body;
+    else {
+      init.body = JSON.stringify(body);
+      init.headers["content-type"] ??= "application/json";
+    }
+  }
+  const response = fetch(url, init).then(async (answer) => {
+    if (!answer.ok) throw await responseError(answer);
+    return answer;
+  });
+  response.catch(() => {}); // the loop throws it; a caller that only iterates has it there
+  async function* items() {
+    const answer = await response;
+    if (answer.status === 204 || !answer.body) return;
+    const type = answer.headers.get("content-type") ?? "";
+    const sse = format ? format === "sse" : type.startsWith("text/event-stream");
+    const reader = answer.body.getReader();
+    const decoder = new TextDecoder();
+    const parse = sse ? eventStreamParser(maxEventBytes) : null;
+    let rest = "";
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        const text = done ? decoder.decode() : decoder.decode(value, { stream: true });
+        if (parse) {
+          for (const block of parse(text)) {
+            if (block.data === null || block.data === undefined) continue;
+            yield { event: block.type, id: block.id, data: parseData(block.data), raw: block.data };
+          }
+        } else {
+          const lines = (rest + text).split("\n");
+          rest = done ? "" : lines.pop();
+          if (rest.length > maxEventBytes) {
+            throw new TidingsError("malformed_event", `a line longer than ${maxEventBytes} characters`);
+          }
+          for (const line of lines) {
+            if (!line.trim()) continue;
+            let data;
+            try {
+              data = JSON.parse(line);
+            } catch {
+              throw new TidingsError("malformed_event", `a line is not JSON: ${line.slice(0, 80)}`);
+            }
+            yield { event: "message", id: null, data, raw: line };
+          }
+        }
+        if (done) return;
+      }
+    } finally {
+      reader.cancel().catch(() => {}); // a loop left early: close the response
+    }
+  }
+  return Object.assign(items(), { response });
 }
 
 /** Publish through the HTTP API; resolves to {channel, epoch, offset}, rejects with a TidingsError. */
@@ -261,11 +613,15 @@ export class TidingsSocketEvent extends Event {
   }
 }
 
-/** A command the server answered with an error. */
+/** A command the server answered with an error, a refused request, or a failure of the client's own. */
 export class TidingsError extends Error {
   constructor(code, message) {
     super(`${code}: ${message}`);
     this.code = code;
+    /** The HTTP status of a refused request; null otherwise. */
+    this.status = null;
+    /** Seconds the server asked to wait (Retry-After, retry_after); null if it did not. */
+    this.retryAfter = null;
   }
 }
 
@@ -299,13 +655,29 @@ function randomKey() {
  * so the connection does not have to close. An error thrown by getToken
  * stops the socket.
  *
+ * Heartbeat: every `pingInterval` ms of an open connection it sends the
+ * `ping` op; with no answer within `pongTimeout` ms the connection is taken
+ * for dead (a half-open TCP connection says nothing), dropped, and the socket
+ * reconnects and resumes as after any drop.
+ *
+ * MessagePack: give `msgpack`, an object with `encode(value) → Uint8Array`
+ * and `decode(bytes) → value` (such as the @msgpack/msgpack module), and it
+ * speaks `tidings.v1.msgpack` in binary frames instead of JSON.
+ *
+ * A frame it cannot read is reported as an "error" event (TidingsError
+ * `malformed_message`) and skipped; nothing is thrown into the page.
+ *
  * @param {string} [url] The WebSocket endpoint ("/ws").
  * @param {object} [options]
  * @param {(() => string|Promise<string>)|null} [options.getToken] Returns a fresh token.
+ * @param {number} [options.pingInterval] Milliseconds between pings (20000; 0: none).
+ * @param {number} [options.pongTimeout] Milliseconds to wait for a pong (10000).
+ * @param {{encode(value: unknown): Uint8Array, decode(bytes: Uint8Array): unknown}|null} [options.msgpack]
  */
 export class TidingsSocket extends EventTarget {
   constructor(url = "/ws", { info = null, base = 0.5, cap = 30, maxAttempts = Infinity,
-                             requestTimeout = 10000, queueLimit = 1000, getToken = null } = {}) {
+                             requestTimeout = 10000, queueLimit = 1000, getToken = null,
+                             pingInterval = 20000, pongTimeout = 10000, msgpack = null } = {}) {
     super();
     const target = new URL(url, window.location.href);
     target.protocol = target.protocol.replace("http", "ws");
@@ -315,6 +687,11 @@ export class TidingsSocket extends EventTarget {
     this.backoff = { base, cap, maxAttempts, attempt: 0 };
     this.requestTimeout = requestTimeout;
     this.queueLimit = queueLimit;
+    this.pingInterval = pingInterval;
+    this.pongTimeout = pongTimeout;
+    /** The subprotocol spoken: tidings.v1.msgpack with a msgpack codec, else tidings.v1.json. */
+    this.protocol = msgpack ? "tidings.v1.msgpack" : "tidings.v1.json";
+    this._msgpack = msgpack;
     this._nextId = 1;
     this._pending = new Map(); // id -> {resolve, reject, timer, command}
     this._queue = []; // publishes waiting for a connection
@@ -377,6 +754,7 @@ export class TidingsSocket extends EventTarget {
     this._closedByUser = true;
     clearTimeout(this._timer);
     clearTimeout(this._refreshTimer);
+    clearTimeout(this._pingTimer);
     this._ws?.close(1000);
     this._fail(new TidingsError("connection_closed", "closed by the client"));
     this._setState("closed");
@@ -398,10 +776,48 @@ export class TidingsSocket extends EventTarget {
       this._needsToken = false;
       this._fresh = true;
     }
-    const ws = (this._ws = new WebSocket(withToken(this.url, this._token), ["tidings.v1.json"]));
-    ws.onopen = () => this._onOpen();
-    ws.onmessage = (message) => this._onMessage(message.data);
-    ws.onclose = (close) => this._onClose(close.code, close.reason);
+    const ws = (this._ws = new WebSocket(withToken(this.url, this._token), [this.protocol]));
+    ws.binaryType = "arraybuffer";
+    // A connection given up for a late pong may still report: only the current one counts.
+    ws.onopen = () => ws === this._ws && this._onOpen();
+    ws.onmessage = (message) => ws === this._ws && this._onMessage(message.data);
+    ws.onclose = (close) => ws === this._ws && this._onClose(close.code, close.reason);
+  }
+
+  _heartbeat(ws) {
+    clearTimeout(this._pingTimer);
+    if (!(this.pingInterval > 0)) return;
+    this._pingTimer = setTimeout(async () => {
+      if (ws !== this._ws || ws.readyState !== WebSocket.OPEN) return;
+      const id = this._nextId++;
+      const late = setTimeout(() => {
+        this._pending.delete(id);
+        if (ws !== this._ws) return;
+        // No pong: the peer or the path is gone. Drop this connection without
+        // waiting for a closing handshake that would never complete.
+        this._ws = null;
+        ws.close(CLOSE_CODES.HEARTBEAT_TIMEOUT, "pong timeout");
+        this._onClose(CLOSE_CODES.HEARTBEAT_TIMEOUT, "pong timeout");
+      }, this.pongTimeout);
+      this._pending.set(id, {
+        resolve: () => ws === this._ws && this._heartbeat(ws),
+        reject: () => {},
+        timer: late,
+        command: { op: "ping" },
+        retry: false,
+      });
+      this._send({ id, op: "ping" });
+    }, this.pingInterval);
+  }
+
+  _send(command) {
+    this._ws.send(this._msgpack ? this._msgpack.encode(command) : JSON.stringify(command));
+  }
+
+  _decode(data) {
+    if (typeof data === "string") return JSON.parse(data);
+    if (!this._msgpack) throw new TypeError("a binary frame on a JSON connection");
+    return this._msgpack.decode(new Uint8Array(data));
   }
 
   _scheduleRefresh(ws) {
@@ -432,6 +848,7 @@ export class TidingsSocket extends EventTarget {
     this._fresh = false;
     this._opened = true;
     this._scheduleRefresh(this._ws);
+    this._heartbeat(this._ws);
     try {
       if (this.info !== null) await this._request({ op: "connect", info: this.info });
       this._setState("open");
@@ -461,7 +878,7 @@ export class TidingsSocket extends EventTarget {
   }
 
   _request(command, { retry = false } = {}) {
-    if (this._ws.readyState !== WebSocket.OPEN) {
+    if (this._ws?.readyState !== WebSocket.OPEN) {
       return Promise.reject(new TidingsError("connection_closed", `not connected (${this.state})`));
     }
     const id = this._nextId++;
@@ -471,13 +888,23 @@ export class TidingsSocket extends EventTarget {
         reject(new TidingsError("timeout", `no reply to ${command.op} in ${this.requestTimeout} ms`));
       }, this.requestTimeout);
       this._pending.set(id, { resolve, reject, timer, command, retry });
-      this._ws.send(JSON.stringify({ id, ...command }));
+      this._send({ id, ...command });
     });
   }
 
-  _onMessage(text) {
-    const parsed = JSON.parse(text);
+  _onMessage(frame) {
+    let parsed;
+    try {
+      parsed = this._decode(frame);
+    } catch (cause) {
+      this._malformed(`cannot decode a frame: ${cause}`);
+      return;
+    }
     for (const message of Array.isArray(parsed) ? parsed : [parsed]) {
+      if (!message || typeof message !== "object") {
+        this._malformed(`not a message: ${String(message).slice(0, 80)}`);
+        continue;
+      }
       if ("ok" in message || "error" in message) {
         const waiter = this._pending.get(message.id);
         if (!waiter) continue;
@@ -498,10 +925,16 @@ export class TidingsSocket extends EventTarget {
     }
   }
 
+  _malformed(message) {
+    const error = new TidingsError("malformed_message", message);
+    this.dispatchEvent(Object.assign(new Event("error"), { error }));
+  }
+
   _onClose(code, reason) {
     this.closeCode = code;
     this.closeReason = reason;
     clearTimeout(this._refreshTimer);
+    clearTimeout(this._pingTimer);
     const opened = this._opened;
     this._opened = false;
     // Publishes in flight are kept and re-sent with the same key: they land once.
