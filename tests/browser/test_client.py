@@ -5,7 +5,6 @@ not cause on purpose. One browser and one server for the module."""
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -20,6 +19,7 @@ from playwright.async_api import Browser, BrowserContext, Page, Route, WebSocket
 from tests.browser.conftest import CHROMIUM, FLAGS
 from tests.packaging.test_npm import NPM_PREFIX
 from tests.support.env import TIMEOUT, eventually, unavailable
+from tests.support.page_watch import Watch
 from tests.support.proxy import FaultProxy
 from tests.support.server import ServerProcess
 from tidings.llm import DemoProvider, validate_request
@@ -50,39 +50,6 @@ window.errorsOf = (target) => {
   return errors;
 };
 """
-
-
-class Watch:
-    """A page's console errors, uncaught exceptions and failed requests; the test
-    allows (by pattern) those it causes on purpose."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-        self.allowed: list[str] = []
-
-    def attach(self, page: Page) -> None:
-        def console(message: Any) -> None:
-            url = message.location.get("url", "")
-            # A page without an icon: the browser's own request for one.
-            if message.type == "error" and not url.endswith("/favicon.ico"):
-                self.problems.append(f"{message.text} ({url})")
-
-        page.on("console", console)
-        page.on("pageerror", lambda error: self.problems.append(f"uncaught: {error}"))
-
-        def failed(request: Any) -> None:
-            # close(), break and abort cancel their request on purpose.
-            if request.failure != "net::ERR_ABORTED":
-                self.problems.append(f"failed: {request.url} {request.failure}")
-
-        page.on("requestfailed", failed)
-
-    def allow(self, *patterns: str) -> None:
-        self.allowed += patterns
-
-    def check(self) -> None:
-        unexpected = [p for p in self.problems if not any(re.search(a, p) for a in self.allowed)]
-        assert not unexpected, unexpected
 
 
 @pytest.fixture(scope="module")
@@ -123,9 +90,7 @@ async def open_page(context: BrowserContext, watch: Watch, origin: str) -> Page:
     page = await context.new_page()
     watch.attach(page)
     await page.goto(origin + "/static/tidings.js")  # an origin, no demo page
-    await page.evaluate(
-        "async () => { window.tidings = await import('/static/tidings.js'); }"
-    )
+    await page.evaluate("async () => { window.tidings = await import('/static/tidings.js'); }")
     await page.evaluate(f"() => {{ {HELPERS} }}")
     return page
 
@@ -145,7 +110,9 @@ async def http(server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
 
 async def publish(http: httpx.AsyncClient, channel: str, *values: Any) -> None:
     for value in values:
-        (await http.post("/api/publish", json={"channel": channel, "data": value})).raise_for_status()
+        (
+            await http.post("/api/publish", json={"channel": channel, "data": value})
+        ).raise_for_status()
 
 
 async def transports(http: httpx.AsyncClient) -> dict[str, int]:
@@ -213,7 +180,9 @@ async def test_a_503_is_retried_after_retry_after_and_resumes_exactly(
         await page.route("**/sse?*", answer)
         await page.evaluate("""async () => {
           window.received = [];
-          const source = (window.source = new tidings.TidingsEventSource("/sse", ["drain"], { base: 0.05 }));
+          const options = { base: 0.05 };
+          const source = new tidings.TidingsEventSource("/sse", ["drain"], options);
+          window.source = source;
           source.addEventListener("message", (e) => received.push(e.data));
           window.errors = errorsOf(source);
           await until(source, "open");
@@ -266,12 +235,17 @@ async def test_401_403_404_close_the_source_with_a_typed_error(page: Page, watch
       }));
     }""")
     assert outcomes == [
-        {"state": "closed", "errors": [{"code": code, "status": status, "final": True, "typed": True}]}
+        {
+            "state": "closed",
+            "errors": [{"code": code, "status": status, "final": True, "typed": True}],
+        }
         for code, status in [("unauthorized", 401), ("permission_denied", 403), ("not_found", 404)]
     ]
     # Asked once each: a refusal is final.
     assert sorted(path for path in requested if path != "/static/tidings.js") == [
-        "/no-such-endpoint", "/refused/401", "/refused/403"
+        "/no-such-endpoint",
+        "/refused/401",
+        "/refused/403",
     ]
 
 
@@ -309,9 +283,7 @@ async def test_the_heartbeat_notices_a_half_open_connection_and_reconnects(
     watch.check()
 
 
-async def test_msgpack_round_trip_with_the_server(
-    page: Page, http: httpx.AsyncClient
-) -> None:
+async def test_msgpack_round_trip_with_the_server(page: Page, http: httpx.AsyncClient) -> None:
     if not (MSGPACK / "index.mjs").exists():
         unavailable(f"no {MSGPACK} (npm install --prefix {NPM_PREFIX} @msgpack/msgpack)")
 
@@ -344,7 +316,8 @@ async def test_msgpack_round_trip_with_the_server(
     assert result["ack"]["offset"] == 1
     assert result["data"] == value
     # The server's frames are binary MessagePack, read here by the Python library.
-    assert frames and all(isinstance(frame, bytes) for frame in frames)
+    assert frames
+    assert all(isinstance(frame, bytes) for frame in frames)
     decoded = [msgpack.unpackb(frame) for frame in frames]
     pushes = [m for d in decoded for m in (d if isinstance(d, list) else [d]) if "offset" in m]
     assert [push["data"] for push in pushes] == [value]
@@ -361,7 +334,8 @@ async def test_stream_fetch_reads_an_llm_answer_over_sse(page: Page) -> None:
     expected = "".join(DemoProvider().tokens(request))
     result = await page.evaluate(
         """async (prompt) => {
-          const body = { model: "demo", messages: [{ role: "user", content: prompt }], stream: true };
+          const messages = [{ role: "user", content: prompt }];
+          const body = { model: "demo", messages, stream: true };
           const stream = tidings.streamFetch("/v1/chat/completions", body);
           let text = "";
           const kinds = new Set();
@@ -441,7 +415,8 @@ async def test_stream_fetch_abort_ends_the_loop_and_the_request(
       window.items = [];
       window.outcome = (async () => {
         try {
-          const stream = tidings.streamFetch("/api/stream/abort", null, { signal: controller.signal });
+          const { signal } = controller;
+          const stream = tidings.streamFetch("/api/stream/abort", null, { signal });
           for await (const item of stream) items.push(item.data.data);
           return null;
         } catch (error) {
@@ -464,7 +439,8 @@ async def test_stream_fetch_refusal_is_a_typed_error(page: Page, watch: Watch) -
         for await (const item of tidings.streamFetch("/v1/chat/completions", { model: "demo" })) {}
         return null;
       } catch (error) {
-        return { typed: error instanceof tidings.TidingsError, status: error.status, code: error.code };
+        const typed = error instanceof tidings.TidingsError;
+        return { typed, status: error.status, code: error.code };
       }
     }""")
     assert error == {"typed": True, "status": 400, "code": error["code"]}
@@ -478,7 +454,7 @@ MISBEHAVING = (
     "id: not a cursor\ndata: 1\n\n"
     "id: bad:e:1\nevent: reset\ndata: [1, 2]\n\n"
     ": a comment\n\n"
-    "id: bad:e:2\ndata: {\"fine\": true}\n\n"
+    'id: bad:e:2\ndata: {"fine": true}\n\n'
     "id: bad:e:3\ndata: not json is text\n\n"
 )
 
@@ -538,14 +514,18 @@ async def test_malformed_frames_are_error_events_on_the_socket(page: Page) -> No
 
 SHARED = """async () => {
   window.received = [];
-  const source = (window.source = new tidings.TidingsEventSource("/sse", ["tabs"], { shared: true }));
+  const options = { shared: true };
+  const source = (window.source = new tidings.TidingsEventSource("/sse", ["tabs"], options));
   source.addEventListener("message", (e) => received.push(e.data));
   await until(source, "open");
 }"""
 
 
 async def test_tabs_share_one_connection_and_hand_it_over(
-    context: BrowserContext, page: Page, watch: Watch, server: ServerProcess,
+    context: BrowserContext,
+    page: Page,
+    watch: Watch,
+    server: ServerProcess,
     http: httpx.AsyncClient,
 ) -> None:
     second = await open_page(context, watch, server.url)
@@ -598,4 +578,3 @@ async def test_close_releases_every_connection(page: Page, http: httpx.AsyncClie
     }""")
     assert states == ["closed", "closed", "closed"]
     await eventually(lambda: transports_are(http, sse=0, ws=0))
-

@@ -8,6 +8,7 @@ class Connection extends EventTarget {
 }
 globalThis.EventSource = Connection;
 globalThis.WebSocket = Connection;
+globalThis.fetch = () => new Promise(() => {}); // never answers: the samples are closed at once
 
 const api = await import(process.argv[2]);
 const samples = {

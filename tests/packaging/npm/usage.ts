@@ -12,7 +12,9 @@ import {
   TidingsEventSource,
   TidingsSocket,
   TidingsSocketEvent,
+  streamFetch,
   type ConnectionState,
+  type StreamItem,
   type Position,
   type Published,
 } from "tidings-client";
@@ -88,4 +90,31 @@ export async function main(): Promise<void> {
   const made = new TidingsEvent("message", { lastEventId: "c:e:1", data: "1" });
   const pushed = new TidingsSocketEvent("message", { channel: "c", epoch: "e", offset: 1, data: 1 });
   console.log(made.offset, pushed.offset, new TidingsError("timeout", "no reply").code);
+
+  const shared = new TidingsEventSource("/sse", ["chat"], {
+    sessionStorage: "chat-cursor", shared: true, base: 0.2, cap: 10, maxAttempts: 20,
+  });
+  shared.addEventListener("error", (event) => {
+    const status: number | null = event.error.status;
+    const final: boolean = event.final;
+    console.log(event.error.code, status, final, event.error.retryAfter, shared.leader);
+  });
+  // @ts-expect-error sessionStorage is a key or a boolean
+  new TidingsEventSource("/sse", ["chat"], { sessionStorage: 1 });
+
+  const codec = { encode: (value: unknown) => new Uint8Array([value ? 1 : 0]), decode: (bytes: Uint8Array) => bytes[0] };
+  const packed = new TidingsSocket("/ws", { msgpack: codec, pingInterval: 5000, pongTimeout: 2000 });
+  const protocol: "tidings.v1.json" | "tidings.v1.msgpack" = packed.protocol;
+  // @ts-expect-error a codec has encode and decode
+  new TidingsSocket("/ws", { msgpack: { encode: () => new Uint8Array() } });
+
+  const controller = new AbortController();
+  const stream = streamFetch("/v1/chat/completions", { model: "demo" }, { signal: controller.signal });
+  const id: string | null = (await stream.response).headers.get("x-tidings-stream-id");
+  for await (const item of stream) {
+    const current: StreamItem = item;
+    console.log(current.event, current.id, current.data, current.raw, id, protocol);
+  }
+  // @ts-expect-error the format is sse or ndjson
+  streamFetch("/api/stream/a", null, { format: "xml" });
 }

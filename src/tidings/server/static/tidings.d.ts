@@ -19,9 +19,23 @@ export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
 /** Returns a fresh token (or a Promise of one), sent as `?token=`. */
 export type GetToken = () => string | Promise<string>;
 
-/** An `error` event; `error` is set when getToken threw or a `connect` failed. */
+/**
+ * An `error` event. On a TidingsEventSource `error` is always a TidingsError
+ * (`network`, `unavailable`, `malformed_event`, `unauthorized`, … with the
+ * HTTP `status` of a refusal) and `final` says whether the source closed for
+ * good. On a TidingsSocket `error` is the getToken or `connect` failure, or a
+ * TidingsError `malformed_message`.
+ */
 export interface TidingsErrorEvent extends Event {
   error?: unknown;
+  final?: boolean;
+}
+
+/** The error event of a TidingsEventSource. */
+export interface TidingsSourceErrorEvent extends Event {
+  error: TidingsError;
+  /** true when the source closed for good (a refusal, getToken failed, maxAttempts reached). */
+  final: boolean;
 }
 
 /** The first entry of a cursor ("channel:epoch:offset,…"); all null for no cursor. */
@@ -101,11 +115,23 @@ export interface TidingsEventSourceOptions {
   /** Send cookies cross-origin. */
   withCredentials?: boolean;
   getToken?: GetToken | null;
+  /** Backoff: seconds of the first delay before full jitter (default 0.5). */
+  base?: number;
+  /** Backoff: the longest delay in seconds (default 30). */
+  cap?: number;
+  /** Failed connections in a row before giving up (default Infinity). */
+  maxAttempts?: number;
+  /** Keep the cursor in sessionStorage under this key (`true`: a key made of the URL). */
+  sessionStorage?: boolean | string | null;
+  /** Share one connection among the tabs of the origin (a BroadcastChannel of this name; `true`: made of the URL). */
+  shared?: boolean | string | null;
+  /** The longest event accepted, in characters (default 1 MiB). */
+  maxEventBytes?: number;
 }
 
 export interface TidingsEventSourceEventMap {
   statechange: Event;
-  error: TidingsErrorEvent;
+  error: TidingsSourceErrorEvent;
 }
 
 /**
@@ -118,10 +144,55 @@ export class TidingsEventSource extends Listeners<TidingsEventSourceEventMap, Ti
   /** The stream's URL, with its channels. */
   readonly url: string;
   readonly state: ConnectionState;
+  /** The backoff settings and the failed attempts since the last open stream. */
+  readonly backoff: { base: number; cap: number; maxAttempts: number; attempt: number };
+  /** The sessionStorage key of the cursor, or null. */
+  readonly storageKey: string | null;
+  /** The BroadcastChannel name shared by the tabs, or null. */
+  readonly shared: string | null;
+  /** Whether this source holds the connection (false while another tab holds it for it). */
+  readonly leader: boolean;
   /** The cursor of the last event received: pass it as lastEventId to resume later. */
   get lastEventId(): string | null;
+  /** Stop for good and release the connection (or this tab's share of it). */
   close(): void;
 }
+
+// -- streamFetch ----------------------------------------------------------------------
+
+/** One item of a streamFetch: an SSE event, or a line of NDJSON (event "message", id null). */
+export interface StreamItem {
+  event: string;
+  /** The SSE `id:` in force (the cursor), null for NDJSON. */
+  id: string | null;
+  /** Parsed as JSON when it is JSON, else the text. */
+  data: any;
+  raw: string;
+}
+
+export interface StreamFetchOptions {
+  signal?: AbortSignal;
+  headers?: Record<string, string>;
+  /** Default: POST with a body, GET without. */
+  method?: string;
+  /** Default: from the response's content type (text/event-stream or not). */
+  format?: "sse" | "ndjson";
+  /** The longest event or line accepted, in characters (default 1 MiB). */
+  maxEventBytes?: number;
+}
+
+/** What streamFetch returns: iterate it with `for await`; `response` has the headers. */
+export interface StreamFetch extends AsyncGenerator<StreamItem, void, undefined> {
+  /** The Response once its headers arrived; rejects with a TidingsError for a status other than 2xx. */
+  response: Promise<Response>;
+}
+
+/**
+ * Stream an SSE or NDJSON response as it arrives, one item per `next()`,
+ * reading the next chunk only when asked. With `body` (JSON unless a string)
+ * it POSTs, without it GETs. Aborting `signal` ends the loop with the AbortError.
+ */
+export function streamFetch(url: string | URL, body?: unknown, options?: StreamFetchOptions): StreamFetch;
 
 // -- HTTP publish ---------------------------------------------------------------------
 
@@ -198,11 +269,24 @@ export class TidingsSocketEvent extends Event {
   text: boolean;
 }
 
-/** A command the server answered with an error, or one the client could not send. */
+/** A command the server answered with an error, a refused request, or a failure of the client's own. */
 export class TidingsError extends Error {
   constructor(code: string, message: string);
-  /** The server's error code, or connection_closed, queue_full, timeout, unauthorized. */
+  /**
+   * The server's error code, or the client's: connection_closed, queue_full,
+   * timeout, unauthorized, network, malformed_event, malformed_message, http_NNN.
+   */
   code: string;
+  /** The HTTP status of a refused request; null otherwise. */
+  status: number | null;
+  /** Seconds the server asked to wait (Retry-After, retry_after); null if it did not. */
+  retryAfter: number | null;
+}
+
+/** A MessagePack codec, such as the @msgpack/msgpack module. */
+export interface MsgpackCodec {
+  encode(value: unknown): Uint8Array;
+  decode(bytes: Uint8Array): unknown;
 }
 
 export interface TidingsSocketOptions {
@@ -219,6 +303,12 @@ export interface TidingsSocketOptions {
   /** Publishes kept while offline (default 1000). */
   queueLimit?: number;
   getToken?: GetToken | null;
+  /** Milliseconds between heartbeat pings on an open connection (default 20000; 0: none). */
+  pingInterval?: number;
+  /** Milliseconds to wait for the pong before the connection is taken for dead (default 10000). */
+  pongTimeout?: number;
+  /** Speak tidings.v1.msgpack (binary frames) with this codec instead of JSON. */
+  msgpack?: MsgpackCodec | null;
 }
 
 export interface Subscribed extends Position {
@@ -286,6 +376,10 @@ export class TidingsSocket extends Listeners<TidingsSocketEventMap, TidingsSocke
   readonly backoff: { base: number; cap: number; maxAttempts: number; attempt: number };
   requestTimeout: number;
   queueLimit: number;
+  pingInterval: number;
+  pongTimeout: number;
+  /** The subprotocol spoken: "tidings.v1.msgpack" with a codec, else "tidings.v1.json". */
+  readonly protocol: "tidings.v1.json" | "tidings.v1.msgpack";
   /** The code and reason of the last close; null until a connection closed. */
   readonly closeCode: number | null;
   readonly closeReason: string | null;
