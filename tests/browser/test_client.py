@@ -90,9 +90,14 @@ async def open_page(context: BrowserContext, watch: Watch, origin: str) -> Page:
     page = await context.new_page()
     watch.attach(page)
     await page.goto(origin + "/static/tidings.js")  # an origin, no demo page
+    await load_client(page)
+    return page
+
+
+async def load_client(page: Page) -> None:
+    """``window.tidings``, the module, and the helpers."""
     await page.evaluate("async () => { window.tidings = await import('/static/tidings.js'); }")
     await page.evaluate(f"() => {{ {HELPERS} }}")
-    return page
 
 
 @pytest_asyncio.fixture(loop_scope="module")
@@ -578,3 +583,30 @@ async def test_close_releases_every_connection(page: Page, http: httpx.AsyncClie
     }""")
     assert states == ["closed", "closed", "closed"]
     await eventually(lambda: transports_are(http, sse=0, ws=0))
+
+
+STORED = """async () => {
+  window.received = [];
+  const options = { sessionStorage: "stored-cursor" };
+  const source = (window.source = new tidings.TidingsEventSource("/sse", ["stored"], options));
+  source.addEventListener("message", (e) => received.push(e.data));
+  await until(source, "open");
+}"""
+
+
+async def test_the_cursor_survives_a_reload_in_session_storage(
+    page: Page, http: httpx.AsyncClient
+) -> None:
+    await page.evaluate(STORED)
+    await publish(http, "stored", 1, 2)
+    await wait_js(page, "received.length === 2")
+    cursor = await page.evaluate("source.lastEventId")
+    await page.reload()
+    await publish(http, "stored", 3)  # while no page listens
+    await load_client(page)
+    assert await page.evaluate("sessionStorage.getItem('stored-cursor')") == cursor
+    await page.evaluate(STORED)
+    await publish(http, "stored", 4)
+    await wait_js(page, "received.length === 2")
+    assert await page.evaluate("received") == [3, 4]  # from the stored cursor, exactly
+    await page.evaluate("source.close()")
