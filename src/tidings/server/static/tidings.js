@@ -658,7 +658,8 @@ function randomKey() {
  * Heartbeat: every `pingInterval` ms of an open connection it sends the
  * `ping` op; with no answer within `pongTimeout` ms the connection is taken
  * for dead (a half-open TCP connection says nothing), dropped, and the socket
- * reconnects and resumes as after any drop.
+ * reconnects and resumes as after any drop. A handshake that does not
+ * complete within `requestTimeout` ms is given up the same way.
  *
  * MessagePack: give `msgpack`, an object with `encode(value) → Uint8Array`
  * and `decode(bytes) → value` (such as the @msgpack/msgpack module), and it
@@ -782,6 +783,18 @@ export class TidingsSocket extends EventTarget {
     ws.onopen = () => ws === this._ws && this._onOpen();
     ws.onmessage = (message) => ws === this._ws && this._onMessage(message.data);
     ws.onclose = (close) => ws === this._ws && this._onClose(close.code, close.reason);
+    // A handshake that never completes (a dead path) is given up like a late pong.
+    clearTimeout(this._pingTimer);
+    this._pingTimer = setTimeout(() => {
+      if (ws === this._ws && ws.readyState === WebSocket.CONNECTING) this._drop(ws, "handshake timeout");
+    }, this.requestTimeout);
+  }
+
+  /** Give up a connection that does not answer, without waiting for a closing handshake. */
+  _drop(ws, reason) {
+    this._ws = null;
+    ws.close(CLOSE_CODES.HEARTBEAT_TIMEOUT, reason);
+    this._onClose(CLOSE_CODES.HEARTBEAT_TIMEOUT, reason);
   }
 
   _heartbeat(ws) {
@@ -792,12 +805,7 @@ export class TidingsSocket extends EventTarget {
       const id = this._nextId++;
       const late = setTimeout(() => {
         this._pending.delete(id);
-        if (ws !== this._ws) return;
-        // No pong: the peer or the path is gone. Drop this connection without
-        // waiting for a closing handshake that would never complete.
-        this._ws = null;
-        ws.close(CLOSE_CODES.HEARTBEAT_TIMEOUT, "pong timeout");
-        this._onClose(CLOSE_CODES.HEARTBEAT_TIMEOUT, "pong timeout");
+        if (ws === this._ws) this._drop(ws, "pong timeout"); // the peer or the path is gone
       }, this.pongTimeout);
       this._pending.set(id, {
         resolve: () => ws === this._ws && this._heartbeat(ws),
