@@ -5,6 +5,8 @@ not cause on purpose. One browser and one server for the module."""
 
 from __future__ import annotations
 
+import itertools
+import random
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -22,6 +24,7 @@ from tests.support.env import TIMEOUT, eventually, unavailable
 from tests.support.page_watch import Watch
 from tests.support.proxy import FaultProxy
 from tests.support.server import ServerProcess
+from tests.support.sse_vectors import VECTORS
 from tidings.llm import DemoProvider, validate_request
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -610,3 +613,68 @@ async def test_the_cursor_survives_a_reload_in_session_storage(
     await wait_js(page, "received.length === 2")
     assert await page.evaluate("received") == [3, 4]  # from the stored cursor, exactly
     await page.evaluate("source.close()")
+
+
+SPLIT = """async (vectors) => {
+  // Each vector's stream as a response cut into the given chunks.
+  const real = window.fetch;
+  const results = {};
+  try {
+    for (const [name, chunks] of vectors) {
+      window.fetch = async () => new Response(new ReadableStream({
+        start(controller) {
+          for (const chunk of chunks) controller.enqueue(new Uint8Array(chunk));
+          controller.close();
+        },
+      }), { headers: { "content-type": "text/event-stream" } });
+      const events = [];
+      for await (const item of tidings.streamFetch("/vector")) {
+        events.push([item.event, item.raw, item.id]);
+      }
+      results[name] = events;
+    }
+  } finally {
+    window.fetch = real;
+  }
+  return results;
+}"""
+
+
+async def test_the_event_stream_parser_meets_the_spec_vectors(page: Page) -> None:
+    """The WHATWG vectors the Python parser is held to, each split at random points."""
+    chooser = random.Random(17)
+    vectors = []
+    for vector in VECTORS:
+        cuts = sorted(chooser.sample(range(1, len(vector.stream)), min(3, len(vector.stream) - 1)))
+        edges = [0, *cuts, len(vector.stream)]
+        chunks = [list(vector.stream[a:b]) for a, b in itertools.pairwise(edges)]
+        vectors.append([vector.name, chunks])
+    results = await page.evaluate(SPLIT, vectors)
+    for vector in VECTORS:
+        assert [tuple(event) for event in results[vector.name]] == vector.events, vector.name
+
+
+async def test_the_servers_retry_is_the_least_delay(page: Page) -> None:
+    bodies = ["retry: 700\nid: r:e:1\ndata: 1\n\n", "id: r:e:2\ndata: 2\n\n"]
+    asked: list[tuple[float, str | None]] = []
+
+    async def answer(route: Route) -> None:
+        cursor = parse_qs(urlsplit(route.request.url).query).get("last_event_id", [None])[0]
+        asked.append((time.monotonic(), cursor))
+        body = bodies[len(asked) - 1] if len(asked) <= len(bodies) else ""
+        await route.fulfill(status=200, headers={"content-type": "text/event-stream"}, body=body)
+
+    await page.route("**/retrying?*", answer)
+    received = await page.evaluate("""async () => {
+      const source = new tidings.TidingsEventSource("/retrying", ["r"], { base: 0.001 });
+      const received = [];
+      await new Promise((ok) => source.addEventListener("message", (e) => {
+        received.push(e.data);
+        if (received.length === 2) ok();
+      }));
+      source.close();
+      return received;
+    }""")
+    assert received == [1, 2]
+    assert asked[1][1] == "r:e:1"  # resumed from the cursor
+    assert asked[1][0] - asked[0][0] >= 0.65  # retry: 700, though the backoff is 1 ms

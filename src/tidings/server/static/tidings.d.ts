@@ -163,7 +163,7 @@ export class TidingsEventSource extends Listeners<TidingsEventSourceEventMap, Ti
 /** One item of a streamFetch: an SSE event, or a line of NDJSON (event "message", id null). */
 export interface StreamItem {
   event: string;
-  /** The SSE `id:` in force (the cursor), null for NDJSON. */
+  /** The SSE `id:` in force (the cursor; "" before any), null for NDJSON. */
   id: string | null;
   /** Parsed as JSON when it is JSON, else the text. */
   data: any;

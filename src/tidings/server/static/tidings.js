@@ -115,7 +115,7 @@ function eventStreamParser(maxBytes) {
   let data = [];
   let size = 0;
   let type = "";
-  let id = null;
+  let id = ""; // the last event ID buffer: it persists from block to block
   let idSeen = false;
   return (text) => {
     if (carriageReturn && text.startsWith("\n")) text = text.slice(1);
@@ -386,7 +386,7 @@ export class TidingsEventSource extends EventTarget {
   }
 
   _moveTo(id) {
-    if (id === null || id === this._lastEventId) return;
+    if (!id || id === this._lastEventId) return; // a Tidings stream never clears its cursor
     this._lastEventId = id;
     if (this.storageKey) {
       try {
