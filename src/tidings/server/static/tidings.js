@@ -236,8 +236,12 @@ export class TidingsEventSource extends EventTarget {
     this._wake = null;
     queueMicrotask(() => {
       if (this._closed) return;
-      if (this.shared) this._share();
-      else this._run();
+      // Without BroadcastChannel and Web Locks (an old browser), each tab connects on its own.
+      if (this.shared && globalThis.BroadcastChannel && globalThis.navigator?.locks) this._share();
+      else {
+        this.leader = true;
+        this._run();
+      }
     });
   }
 
