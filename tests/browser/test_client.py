@@ -506,8 +506,11 @@ async def test_malformed_frames_are_error_events_on_the_socket(page: Page) -> No
       const received = [];
       socket.addEventListener("message", (e) => received.push(e.data));
       await until(socket, "open");
+      // The good frame comes after the three bad ones: wait for all four (5 s at most).
+      const deadline = Date.now() + 5000;
       await new Promise((ok) => {
-        const check = () => (errors.length === 3 ? ok() : setTimeout(check, 10));
+        const done = () => (errors.length === 3 && received.length === 1) || Date.now() > deadline;
+        const check = () => (done() ? ok() : setTimeout(check, 10));
         check();
       });
       socket.close();
