@@ -11,10 +11,12 @@ from tidings.llm.providers.demo import DemoProvider
 from tidings.llm.record import GenerationRecord
 from tidings.llm.relay import CHANNEL_PREFIX, Generation, LLMStats, OnComplete, Relay, Status
 from tidings.llm.request import ChatRequest, RequestLimits, validate_request
+from tidings.llm.snapshot import ChunkMerger, Snapshot, merge_chunks, take_snapshot
 
 __all__ = [
     "CHANNEL_PREFIX",
     "ChatRequest",
+    "ChunkMerger",
     "Completion",
     "Delta",
     "DemoProvider",
@@ -28,8 +30,11 @@ __all__ = [
     "ProviderRouter",
     "Relay",
     "RequestLimits",
+    "Snapshot",
     "Status",
     "build_chunk",
     "error_object",
+    "merge_chunks",
+    "take_snapshot",
     "validate_request",
 ]
