@@ -376,6 +376,78 @@ async def test_a_second_viewer_follows_a_running_answer(
     assert contents(two) == "".join(scenario.tokens)
 
 
+def offset(event: SSEEvent) -> int:
+    return int(event.id.rsplit(":", 1)[1])
+
+
+async def test_a_late_viewer_with_snapshot_gets_one_chunk_then_the_rest_once(
+    http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    scenario = upstream.scenario("paused", Scenario(pause_after=5))
+    async with post_stream(http, model="paused") as (response, reader):
+        stream_id = response.headers["x-tidings-stream-id"]
+        await reader.events(6)  # the role chunk and five tokens: the generation waits
+        async with open_sse(http, f"/v1/streams/{stream_id}?snapshot=1") as viewer:
+            (snapshot,) = await viewer.events(1)
+            scenario.release.set()
+            rest = await read_to_end(viewer)
+        await read_to_end(reader)
+    (choice,) = orjson.loads(snapshot.data)["choices"]
+    assert choice["delta"] == {"role": "assistant", "content": "tok0 tok1 tok2 tok3 tok4 "}
+    assert snapshot.event == "message"
+    assert offset(snapshot) == 6  # the cut: a reconnect resumes right after it
+    assert [offset(event) for event in rest] == list(range(7, 7 + len(rest)))
+    assert contents([snapshot, *rest]) == "".join(scenario.tokens)
+    assert rest[-1].event == "end"
+    # Reconnecting from the snapshot's id with ?snapshot=1: what followed it, as one chunk.
+    async with open_sse(
+        http, f"/v1/streams/{stream_id}?snapshot=1", headers={"last-event-id": snapshot.id}
+    ) as again:
+        replay = await read_to_end(again)
+    assert [event.event for event in replay] == ["message", "end"]
+    assert contents(replay) == "".join(scenario.tokens[5:])
+    assert orjson.loads(replay[0].data)["choices"][0]["finish_reason"] == "stop"
+    assert replay[0].id == rest[-2].id  # the last chunk's cursor: the end comes after it
+
+
+async def test_a_finished_generations_snapshot_is_the_whole_answer_then_the_end(
+    http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    upstream.scenario("tool", Scenario(tool_call=("lookup", ['{"q": ', '"tidings"}'])))
+    async with post_stream(http, model="tool", stream_options={"include_usage": True}) as (
+        response,
+        reader,
+    ):
+        stream_id = response.headers["x-tidings-stream-id"]
+        await read_to_end(reader)
+    async with open_sse(http, f"/v1/streams/{stream_id}?snapshot=1") as viewer:
+        events = await read_to_end(viewer)
+    assert [event.event for event in events] == ["message", "end"]
+    snapshot = orjson.loads(events[0].data)
+    (choice,) = snapshot["choices"]
+    (call,) = choice["delta"]["tool_calls"]
+    assert call["function"] == {"name": "lookup", "arguments": '{"q": "tidings"}'}
+    assert call["index"] == 0
+    assert choice["finish_reason"] == "tool_calls"
+    assert snapshot["usage"]["total_tokens"] > 0
+    assert snapshot["id"] == stream_id
+    assert orjson.loads(events[1].data) == {"status": "completed"}
+    assert offset(events[1]) == offset(events[0]) + 1
+
+
+async def test_snapshot_takes_only_0_or_1(http: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+    async with post_stream(http) as (response, reader):
+        stream_id = response.headers["x-tidings-stream-id"]
+        await read_to_end(reader)
+    answer = await http.get(f"/v1/streams/{stream_id}?snapshot=yes")
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"] == "snapshot"
+    async with open_sse(http, f"/v1/streams/{stream_id}?snapshot=0") as viewer:
+        events = await read_to_end(viewer)  # chunk by chunk, as without the parameter
+    assert len(events) > 2
+    assert contents(events) == "".join(upstream.default.tokens)
+
+
 async def test_unknown_stream_is_a_404(http: httpx.AsyncClient) -> None:
     for method in ("GET", "DELETE"):
         response = await http.request(method, "/v1/streams/chatcmpl-nope", headers=JSON)

@@ -114,6 +114,35 @@ async def test_a_delete_on_another_node_closes_the_upstream_request(
     assert (last.event, end["status"], end["reason"]) == ("end", "cancelled", "deleted")
 
 
+async def test_a_late_viewer_on_another_node_gets_a_snapshot_then_the_rest(
+    nodes: tuple[ServerProcess, ServerProcess], upstream: FakeUpstream
+) -> None:
+    scenario = upstream.scenario("paused", Scenario(pause_after=3))
+    node_a, node_b = nodes
+    async with (
+        httpx.AsyncClient(base_url=node_a.url, timeout=TIMEOUT) as a,
+        httpx.AsyncClient(base_url=node_b.url, timeout=TIMEOUT) as b,
+    ):
+        stream_id = await start(a, "paused", 4)  # the role chunk and three tokens
+        async with open_sse(b, f"/v1/streams/{stream_id}?snapshot=1") as viewer:
+            (snapshot,) = await viewer.events(1)
+            scenario.release.set()
+            rest = []
+            while not rest or rest[-1].event != "end":
+                rest += await viewer.events(1)
+    (choice,) = orjson.loads(snapshot.data)["choices"]
+    assert choice["delta"] == {"role": "assistant", "content": "tok0 tok1 tok2 "}
+    offsets = [int(event.id.rsplit(":", 1)[1]) for event in (snapshot, *rest)]
+    assert offsets == list(range(4, 4 + len(offsets)))
+    text = "".join(
+        c["delta"].get("content") or ""
+        for event in rest
+        if event.event == "message"
+        for c in orjson.loads(event.data)["choices"]
+    )
+    assert text == "".join(scenario.tokens[3:])
+
+
 JWT_SECRET = "a-redis-test-secret-of-32-bytes-or-more"
 API_KEY = "ops-key-0123456789abcdef"
 

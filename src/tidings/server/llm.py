@@ -6,7 +6,9 @@ nothing but ``data:`` lines and ``:`` comments (no ``id:``, ``event:`` or
 ``retry:`` field, no data-less block, no BOM) ending with ``data: [DONE]``,
 or, after a failure, with ``data: {"error": …}``. The ``X-Tidings-Stream-Id``
 header names the generation, which ``/v1/streams/{id}`` serves over Tidings'
-own SSE: ``id:`` cursors, ``Last-Event-ID`` resume, ``event: end`` last.
+own SSE: ``id:`` cursors, ``Last-Event-ID`` resume, ``event: end`` last;
+with ``?snapshot=1`` what precedes the live part comes first as one chunk
+(``llm.snapshot``).
 
 Both the request and each viewer are listeners of the generation
 (``Generation.listening``); a watcher task turns ``http.disconnect`` into
@@ -52,6 +54,7 @@ from tidings.errors import (
 from tidings.hub import Event, Hub, Item, Reset, Subscription
 from tidings.llm import CHANNEL_PREFIX, Completion, Generation, Relay, error_object
 from tidings.llm.request import RequestLimits, validate_request
+from tidings.llm.snapshot import take_snapshot
 from tidings.server.api import read_body
 from tidings.server.auth import Action, Authority, Kind, Principal
 from tidings.server.compression import VARY, GzipSend, accepts_gzip
@@ -533,16 +536,60 @@ class StreamView:
             # The client has everything: 204 also tells an EventSource not to reconnect.
             await Response(status_code=204)(scope, receive, send)
             return
+        snapshot = request.query_params.get("snapshot", "0")
+        if snapshot not in ("0", "1"):
+            response = openai_error(400, "snapshot must be 0 or 1", param="snapshot")
+            await response(scope, receive, send)
+            return
         try:
-            if generation is not None:
+            if snapshot == "1":
+                await self._snapshot(channel, since, generation, scope, receive, send)
+            elif generation is not None:
                 with generation.listening():
                     await self._follow(channel, since, generation, scope, receive, send)
             else:
                 # The generation runs on another server (or has ended): say we listen.
                 async with self.relay.remote_listener(stream_id):
                     await self._follow(channel, since, generation, scope, receive, send)
-        except BackendUnavailable as exc:  # from subscribing, before a byte is sent
+        except BackendUnavailable as exc:  # from reading or subscribing, before a byte is sent
             await refusal(exc)(scope, receive, send)
+
+    async def _snapshot(
+        self,
+        channel: str,
+        since: Position,
+        generation: Generation | None,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """``?snapshot=1``: what came after ``since`` as one chunk, then the rest live.
+
+        The snapshot frame's ``id:`` is the cursor of the cut, so a reconnect
+        resumes right after it; an ended generation gets the snapshot and its
+        ``end`` and no subscription at all.
+        """
+        snapshot = await take_snapshot(self.relay.hub, channel, since=since)
+        frame = b""
+        if snapshot.chunk is not None:
+            cursor = encode_cursor({channel: snapshot.position})
+            data = orjson.dumps(snapshot.chunk).decode()
+            frame = encode_event(data, event=snapshot.event, id=cursor)
+        if snapshot.end is not None:
+            head = encode_event(retry=self.retry_ms, id=encode_cursor({channel: since}))
+            send, coding = _stream_send(self.compression, scope, send)
+            headers = [*SSE_HEADERS, *coding]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            body = head + frame + SSE_FRAME(snapshot.end)
+            await send({"type": "http.response.body", "body": body})
+            return
+        args = (channel, snapshot.position, generation, scope, receive, send)
+        if generation is not None:
+            with generation.listening():
+                await self._follow(*args, start=since, snapshot=frame)
+        else:
+            async with self.relay.remote_listener(channel.removeprefix(CHANNEL_PREFIX)):
+                await self._follow(*args, start=since, snapshot=frame)
 
     async def _follow(
         self,
@@ -552,7 +599,16 @@ class StreamView:
         scope: Scope,
         receive: Receive,
         send: Send,
+        *,
+        start: Position | None = None,
+        snapshot: bytes = b"",
     ) -> None:
+        """Stream ``channel`` from ``since``.
+
+        With ``?snapshot=1``, the head's ``id:`` is ``start`` (where the viewer
+        asked to start) and the ``snapshot`` frame, whose cursor is ``since``,
+        comes right after it.
+        """
         async with _listen(
             self.relay.hub,
             channel,
@@ -561,7 +617,8 @@ class StreamView:
             keepalive=self.keepalive,
             generation=generation,
         ) as batches:
-            head = encode_event(retry=self.retry_ms, id=encode_cursor({channel: since}))
+            head = encode_event(retry=self.retry_ms, id=encode_cursor({channel: start or since}))
+            head += snapshot
             send, coding = _stream_send(self.compression, scope, send)
             headers = [*SSE_HEADERS, *coding]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
