@@ -175,6 +175,51 @@ async def test_a_lost_end_event_still_ends_every_response() -> None:
             await app.state.tidings.relay.aclose()
 
 
+async def test_a_snapshot_of_a_generation_whose_end_was_lost_still_ends() -> None:
+    async with EndlessHub() as hub:
+        app = create_app(hub, Settings(llm=QUICK_DEMO))
+        transport = httpx.ASGITransport(app=app)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                whole = await client.post("/v1/chat/completions", json=BODY)
+                stream_id = whole.headers["x-tidings-stream-id"]
+                view = await client.get(f"/v1/streams/{stream_id}", params={"snapshot": "1"})
+            events = SSEDecoder().feed(view.content)
+            assert [event.event for event in events] == ["message", "end"]
+            (choice,) = orjson.loads(events[0].data)["choices"]
+            assert choice["delta"]["content"] == whole.json()["choices"][0]["message"]["content"]
+            assert orjson.loads(events[1].data) == {"status": "completed"}
+        finally:
+            await app.state.tidings.relay.aclose()
+
+
+class NoReplayHub(Hub):
+    """A hub whose backend fails when history is read from a position (a snapshot's read)."""
+
+    async def history(self, channel: str, **options: Any) -> Any:
+        if options.get("since") is not None:
+            raise BackendUnavailable("test", "down")
+        return await super().history(channel, **options)
+
+
+async def test_a_backend_failure_while_taking_a_snapshot_is_a_503() -> None:
+    async with NoReplayHub() as hub:
+        app = create_app(hub, Settings(llm=QUICK_DEMO))
+        transport = httpx.ASGITransport(app=app)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                whole = await client.post("/v1/chat/completions", json=BODY)
+                stream_id = whole.headers["x-tidings-stream-id"]
+                view = await client.get(f"/v1/streams/{stream_id}", params={"snapshot": "1"})
+                assert view.status_code == 503
+                assert view.json()["error"]["code"] == "unavailable"
+                bad = await client.get(f"/v1/streams/{stream_id}", params={"snapshot": "2"})
+                assert bad.status_code == 400
+                assert bad.json()["error"]["param"] == "snapshot"
+        finally:
+            await app.state.tidings.relay.aclose()
+
+
 class HangingEndHub(Hub):
     """A hub whose backend hangs when a generation's ``end`` is published (a Redis
     that stopped answering), until ``answer`` is set; then the publish fails."""
