@@ -249,8 +249,9 @@ async def test_resume_after_a_cut_replays_the_generation_once(
     assert texts(result["first"]) == TOKENS[:4]
     assert "finish" not in types(result["first"])
     # The resume replays from the start (DefaultChatTransport's resumeStreamIsReplay):
-    # every delta exactly once, in order, then finish.
-    assert texts(result["resumed"]) == TOKENS
+    # what was published before it folded into one delta, then every later
+    # delta exactly once, in order, then finish.
+    assert texts(result["resumed"]) == ["".join(TOKENS[:4]), *TOKENS[4:]]
     assert types(result["resumed"])[-1] == "finish"
     assert result["resumed"][0] == result["first"][0]  # the same start, the same messageId
     user, assistant = result["messages"]
@@ -408,3 +409,47 @@ async def test_limits_hold_as_on_chat_completions(upstream: FakeUpstream) -> Non
             assert refused.status_code == 429
             assert refused.json()["error"]["code"] == "too_many_generations"
             upstream.scenarios["paused"].release.set()
+
+
+async def test_a_resume_after_the_answer_ended_gets_it_folded_then_finish(
+    upstream: FakeUpstream,
+) -> None:
+    """The page went away mid-answer and the answer finished meanwhile: one delta, finish."""
+    scenario = upstream.scenario("paused", Scenario(pause_after=3))
+    body = {"id": "chat-late", "messages": [ui_message()], "model": "paused"}
+    async with (
+        run_server(settings=settings_for(upstream)) as base,
+        httpx.AsyncClient(base_url=base, timeout=TIMEOUT) as http,
+    ):
+        async with http.stream("POST", "/v1/ai-sdk/chat", json=body) as response:
+            assert response.status_code == 200
+            generation_id = response.headers["x-tidings-stream-id"]
+            call = await upstream.next_call(1, TIMEOUT)
+            async with asyncio.timeout(TIMEOUT):
+                await call.paused.wait()
+        scenario.release.set()  # the page is gone; the answer ends within the grace period
+
+        async def ended() -> bool:
+            record = await http.get(
+                f"/v1/streams/{generation_id}", headers={"accept": "application/json"}
+            )
+            return bool(record.json()["status"] == "completed")
+
+        await eventually(ended)
+        resumed = await http.get("/v1/ai-sdk/chat/chat-late/stream")
+        assert resumed.status_code == 200
+        lines = [line[6:] for line in resumed.text.splitlines() if line.startswith("data: ")]
+        assert lines[-1] == "[DONE]"
+        parts = [orjson.loads(line) for line in lines[:-1]]
+        assert types(parts) == [
+            "start",
+            "start-step",
+            "text-start",
+            "text-delta",
+            "text-end",
+            "finish-step",
+            "finish",
+        ]
+        assert texts(parts) == ["".join(TOKENS)]
+        # Delivered whole now: nothing more to resume.
+        assert (await http.get("/v1/ai-sdk/chat/chat-late/stream")).status_code == 204

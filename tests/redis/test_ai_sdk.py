@@ -79,12 +79,13 @@ async def test_a_chat_resumes_on_the_other_node(
             assert resumed.status_code == 200
             assert resumed.headers["x-vercel-ai-ui-message-stream"] == "v1"
             lines = resumed.aiter_lines()
-            replay = await chunks(lines, until=3)
-            assert replay == first  # from the start, the same chunks
+            replay = await chunks(lines, until=1)
+            # From the start, the same parts, what came before folded into one delta.
+            assert [c for c in replay if not is_delta(c)] == [c for c in first if not is_delta(c)]
+            assert [c["delta"] for c in replay if is_delta(c)] == ["".join(TOKENS[:3])]
             scenario.release.set()
             rest = await chunks(lines)
-        deltas = [c["delta"] for c in [*replay, *rest] if is_delta(c)]
-        assert deltas == TOKENS
+        assert [c["delta"] for c in rest if is_delta(c)] == TOKENS[3:]
         assert rest[-2:] == [{"type": "finish", "finishReason": "stop"}, "[DONE]"]
         # Delivered whole on node B: nothing to resume on either node.
         assert (await a.get("/v1/ai-sdk/chat/chat-redis/stream")).status_code == 204

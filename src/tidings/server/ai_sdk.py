@@ -17,7 +17,9 @@ chunks as ``data:`` lines: ``start`` (whose ``messageId`` is the generation
 id, or the id of the assistant message the answer continues) goes out as
 soon as the generation is subscribed, then the chunks as the generation
 publishes them, ``data: [DONE]`` last. A resume replays the
-generation from its start, as ``DefaultChatTransport`` expects.
+generation from its start, as ``DefaultChatTransport`` expects, with what
+was published so far folded into one delta per part (``llm.snapshot``),
+then the live deltas.
 
 Refusals before the stream (authorisation, body, limits, backend) are the
 same OpenAI-shaped JSON errors as ``/v1/chat/completions``; the AI SDK shows
@@ -41,6 +43,7 @@ from tidings.hub import Reset
 from tidings.llm import CHANNEL_PREFIX, Generation, Relay
 from tidings.llm.chats import ChatIndex
 from tidings.llm.request import RequestLimits
+from tidings.llm.snapshot import take_snapshot
 from tidings.llm.ui_messages import CHAT_ID, parse_chat
 from tidings.llm.ui_stream import UIMessageStream
 from tidings.server.api import read_body
@@ -91,20 +94,39 @@ async def _stream(
     scope: Scope,
     receive: Receive,
     send: Send,
+    *,
+    snapshot: bool = False,
 ) -> bool:
     """Send the generation from ``since`` as a UI message stream; True once its end is sent.
+
+    With ``snapshot``, what the generation published after ``since`` so far
+    goes out folded (``llm.snapshot``): one text part with the text so far,
+    one delta per tool call's arguments so far, then the live deltas from
+    the cut, so a late resume of a long answer is a few chunks, not one per
+    token.
 
     Raises:
         BackendUnavailable: subscribing failed (before anything is sent).
     """
     ui = UIMessageStream(message_id)
     channel = CHANNEL_PREFIX + generation_id
+    headers = [*UI_STREAM_HEADERS, (STREAM_ID_HEADER.encode(), generation_id.encode())]
+    first = ui.start()
+    if snapshot:
+        taken = await take_snapshot(relay.hub, channel, since=since)
+        if taken.chunk is not None:
+            first += ui.feed(taken.chunk)
+        since = taken.position
+        if taken.end is not None:
+            body = _frames([*first, *ui.end(orjson.loads(taken.end.raw))]) + _DONE
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return True
     async with _listen(
         relay.hub, channel, since, receive, keepalive=keepalive, generation=generation
     ) as batches:
-        headers = [*UI_STREAM_HEADERS, (STREAM_ID_HEADER.encode(), generation_id.encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": _frames(ui.start()), "more_body": True})
+        await send({"type": "http.response.body", "body": _frames(first), "more_body": True})
         async for items in batches:
             chunks: list[dict[str, Any]] = []
             end = None if items else _lost_end(generation)
@@ -249,11 +271,11 @@ class AISDKChatStream:
         args = (self.relay, generation_id, record.message, origin, generation, self.keepalive)
         if generation is not None:
             with generation.listening():
-                sent = await _stream(*args, scope, receive, send)
+                sent = await _stream(*args, scope, receive, send, snapshot=True)
         else:
             # It runs on another server (or has ended): say we listen.
             async with self.relay.remote_listener(generation_id):
-                sent = await _stream(*args, scope, receive, send)
+                sent = await _stream(*args, scope, receive, send, snapshot=True)
         if sent:
             await _note_delivered(self.chats, principal.identity, chat_id, generation_id)
 
