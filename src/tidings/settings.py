@@ -426,6 +426,12 @@ class Settings:
         # Job events are published by the server only, and kept as long as the job's record.
         jobs = dataclasses.replace(default, history_ttl=self.jobs_ttl, publish=False)
         by_name = {"jobs": jobs}
+        if self.demo:
+            # The chat demo's rooms announce who joins and leaves; its typing
+            # notices are ephemeral. A [namespaces.room] or [namespaces.typing]
+            # table changes them like any other namespace.
+            by_name["room"] = dataclasses.replace(default, join_leave=True)
+            by_name["typing"] = dataclasses.replace(default, history_size=0)
         # Job records with their owners, and cancels, between the servers of one
         # backend: for the servers only, the latest record of each job.
         jobstate = dataclasses.replace(

@@ -431,3 +431,16 @@ def test_the_admin_key_comes_from_the_environment_and_stays_out_of_the_repr() ->
     assert SECRET not in repr(settings)
     assert not settings.authentication  # anonymous clients keep their access
     assert Settings().admin_key == ""
+
+
+def test_the_demo_gives_the_chat_rooms_join_and_leave_and_typing_no_history() -> None:
+    options = Settings().namespace_options()
+    assert options.options("room:lobby").join_leave is True
+    assert options.options("typing:lobby").history_size == 0
+    assert options.options("news").join_leave is False
+    mine = Settings(namespaces={"room": {"join_leave": False, "history_size": 5}})
+    assert mine.namespace_options().options("room:lobby") == NamespaceOptions(
+        join_leave=False, history_size=5
+    )
+    off = Settings(demo=False).namespace_options()
+    assert off.options("room:lobby") == off.options("typing:lobby") == off.options("news")

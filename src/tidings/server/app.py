@@ -37,6 +37,7 @@ from tidings.server.metrics import Metrics, metrics
 from tidings.server.peer import Peers
 from tidings.server.proxy import Proxy
 from tidings.server.rates import PublishGate, PublishRates
+from tidings.server.samples import SampleMetrics
 from tidings.server.sse import SSEEndpoint, SSEKeepalive
 from tidings.server.state import ServerState
 from tidings.server.websocket import WebSocketEndpoint
@@ -56,6 +57,10 @@ _STATUS_CODES = {
     405: ErrorCode.METHOD_NOT_ALLOWED,
     413: ErrorCode.TOO_LARGE,
 }
+
+
+async def _favicon(request: Request) -> Response:
+    return FileResponse(DEMO / "favicon.svg", media_type="image/svg+xml")
 
 
 def _static_files(*, demo: bool) -> StaticFiles:
@@ -328,6 +333,9 @@ def create_app(
         presence_info_max_bytes=settings.presence_info_max_bytes,
     )
 
+    # The demo dashboard's sample metrics, published while someone watches.
+    samples = SampleMetrics(hub) if settings.demo else None
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await hub.start()
@@ -337,10 +345,14 @@ def create_app(
         admin = state.admin
         if admin is not None:
             admin.errors.attach()
+        if samples is not None:
+            samples.start()
         try:
             yield
         finally:
             try:
+                if samples is not None:
+                    await samples.aclose()
                 await state.shutdown(close_hub=owns_hub)
             finally:
                 if admin is not None:
@@ -400,6 +412,8 @@ def create_app(
         routes.append(Mount("/", pages, name="pages"))
     elif settings.demo:
         routes.append(Route("/", lambda request: FileResponse(DEMO / "index.html")))
+        # Browsers ask for /favicon.ico on their own: the demo's icon, not a 404.
+        routes.append(Route("/favicon.ico", _favicon, methods=["GET"]))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

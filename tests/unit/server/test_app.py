@@ -56,7 +56,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 def test_default_settings_mount_everything() -> None:
     app = create_app(Hub(), Settings())
-    assert paths(app) == CORE | LLM | JOBS | {"/"}
+    assert paths(app) == CORE | LLM | JOBS | {"/", "/favicon.ico"}
     assert app.state.tidings.relay is not None
     assert app.state.tidings.runner.jobs.names() == ["demo"]
 
@@ -171,7 +171,7 @@ CLIENT_FILES = sorted(path.name for path in STATIC.iterdir())
 
 
 def test_the_demo_and_the_client_are_apart() -> None:
-    assert {"index.html", "llm.html", "demo.css"} <= set(DEMO_FILES)
+    assert {"index.html", "llm.html", "demo.css", "chart.js", "favicon.svg"} <= set(DEMO_FILES)
     assert {"tidings.js", "tidings.d.ts", "package.json"} <= set(CLIENT_FILES)
     assert not set(DEMO_FILES) & set(CLIENT_FILES)
 
@@ -191,7 +191,8 @@ async def test_no_demo_serves_the_client_and_nothing_of_the_demo() -> None:
                 response = await client.get(f"/static/{name}")
                 assert response.status_code == 200, name
                 assert response.content == (STATIC / name).read_bytes()
-            for url in ["/", "/index.html", *(f"/static/{name}" for name in DEMO_FILES)]:
+            demo = (f"/static/{name}" for name in DEMO_FILES)
+            for url in ["/", "/index.html", "/favicon.ico", *demo]:
                 response = await client.get(url)
                 assert response.status_code == 404, url
                 assert response.json()["error"]["code"] == "not_found"
