@@ -1,4 +1,4 @@
-"""The demo page and /static/tidings.js in a real browser: live events and exact resume."""
+"""The explorer demo page and /static/tidings.js in a real browser: live events and exact resume."""
 
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ from tidings.server import create_app
 from tidings.settings import Settings
 
 MS = TIMEOUT * 1000
+EXPLORER = "/static/explorer.html"
 
 
 async def test_demo_page_publishes_and_shows_events(page: Page) -> None:
     with ServerProcess() as server:
-        await page.goto(server.url)
+        await page.goto(server.url + EXPLORER)
         await expect(page.locator("#state")).to_have_text("open", timeout=MS)
         await page.fill("#channel", "chat")
         await page.fill("#data", '{"text": "from the page"}')
@@ -40,7 +41,7 @@ async def test_browser_resumes_exactly_after_the_network_drops(page: Page) -> No
             FaultProxy(server.port) as proxy,
             httpx.AsyncClient(base_url=server.url) as client,
         ):
-            await page.goto(proxy.url)
+            await page.goto(proxy.url + EXPLORER)
             await expect(page.locator("#state")).to_have_text("open", timeout=MS)
             for n in range(1, 6):
                 await client.post("/api/publish", json={"channel": "news", "data": n})
@@ -74,7 +75,7 @@ async def fits_a_phone(page: Page, controls: list[str]) -> None:
 async def test_the_demo_pages_fit_a_phone_screen(page: Page) -> None:
     await page.set_viewport_size(PHONE)
     with ServerProcess() as server:
-        await page.goto(server.url)
+        await page.goto(server.url + EXPLORER)
         await expect(page.locator("#state")).to_have_text("open", timeout=MS)
         await page.fill("#channel", "chat")
         await page.fill("#data", UNBROKEN)
@@ -130,7 +131,7 @@ async def test_demo_page_works_mounted_under_a_prefix(page: Page) -> None:
     page.on("requestfailed", lambda request: failed.append(request.url))
     page.on("response", lambda response: response.ok or failed.append(response.url))
     async with serve_asgi(mounted_demo(), "hypercorn") as url:
-        await page.goto(url + "/rt/")
+        await page.goto(url + "/rt" + EXPLORER)
         await expect(page.locator("#state")).to_have_text("open", timeout=MS)
         await page.fill("#channel", "chat")
         await page.fill("#data", '{"text": "under /rt"}')

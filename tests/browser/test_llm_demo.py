@@ -48,7 +48,7 @@ async def test_an_answer_resumes_exactly_after_a_reload(
 ) -> None:
     prompt = "Does it resume?"
     await page.goto(server.url)
-    await page.click("text=LLM token streaming demo")
+    await page.click("text=LLM chat")
     await page.fill("#prompt", prompt)
     await page.click("#ask button[type=submit]")
     await expect(page.locator("#status")).to_have_text("running", timeout=MS)

@@ -121,7 +121,8 @@ async def test_the_mounted_http_api_and_files(url: str, client: httpx.AsyncClien
     )
     redirect = await client.get("/rt")
     assert (redirect.status_code, redirect.headers["location"]) == (307, f"{url}/rt/")
-    for page in ("/rt/", "/rt/static/llm.html"):
+    demos = ("chat", "dashboard", "explorer", "jobs", "llm")
+    for page in ("/rt/", *(f"/rt/static/{name}.html" for name in demos)):
         for link in await links_of(client, page):
             assert link.startswith("/rt/"), (page, link)
             assert (await client.get(link)).status_code == 200, (page, link)

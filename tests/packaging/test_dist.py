@@ -79,6 +79,8 @@ def test_the_wheel_holds_the_package_whole(dist: Dist) -> None:
         "tidings/server/demo/index.html",
         "tidings/server/demo/llm.html",
         "tidings/server/demo/demo.css",
+        "tidings/server/demo/chart.js",
+        "tidings/server/demo/favicon.svg",
         f"{NAME}.dist-info/licenses/LICENSE",
     } <= names
     lua = {path.name for path in (ROOT / "src/tidings/hub/backends/redis/lua").glob("*.lua")}
