@@ -98,9 +98,11 @@ class Watched:
         if not response.ok and response.url not in self.refusals:
             self.problems.append(f"{response.status}: {response.url}")
 
-    def page(self, path: str, **options: object) -> Page:
-        context = self.browser.new_context(**options)  # type: ignore[arg-type]
-        self.contexts.append(context)
+    def page(self, path: str, context: BrowserContext | None = None, **options: object) -> Page:
+        """A new page at ``path``, in a new context with ``options`` unless one is given."""
+        if context is None:
+            context = self.browser.new_context(**options)  # type: ignore[arg-type]
+            self.contexts.append(context)
         page = context.new_page()
         page.on("console", self._console)
         page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
@@ -188,21 +190,22 @@ def test_two_pages_chat_and_what_is_sent_offline_arrives_once(pages: Watched) ->
     assert texts(bob) == [*expected, "welcome back"]
 
 
-def test_a_message_written_offline_survives_a_reload(pages: Watched) -> None:
+def test_a_message_written_offline_is_sent_by_the_next_visit(pages: Watched) -> None:
     page = pages.page("/static/chat.html")
-    join(page, "dora", "reload-test")
+    join(page, "dora", "outbox-test")
     page.context.set_offline(True)
     expect(page.locator("#state")).to_have_text("offline", timeout=MS)
     send(page, "kept in the outbox")
+    expect(page.locator("#messages li.pending")).to_have_count(1)
+    page.close()  # the tab is closed before the network comes back
     page.context.set_offline(False)
-    # Reloaded before the page could send it: the outbox is in localStorage.
-    page.evaluate("window.tidingsSocket?.close()")
-    page.reload()
-    join(page, "dora", "reload-test")
-    expect(page.locator("#messages li:not(.notice) .text")).to_have_text(
+    again = pages.page("/static/chat.html", context=page.context)  # same localStorage
+    join(again, "dora", "outbox-test")
+    expect(again.locator("#messages li:not(.notice) .text")).to_have_text(
         ["kept in the outbox"], timeout=MS
     )
-    expect(page.locator("#messages li.pending")).to_have_count(0, timeout=MS)
+    expect(again.locator("#messages li.pending")).to_have_count(0, timeout=MS)
+    assert again.evaluate("localStorage.getItem('tidings-chat-outbox:outbox-test')") == "[]"
 
 
 def test_a_room_name_the_server_refuses_is_never_sent(pages: Watched) -> None:
