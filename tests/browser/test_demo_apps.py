@@ -95,7 +95,8 @@ class Watched:
             self.problems.append(f"failed: {request.url} {request.failure}")
 
     def _response(self, response: Response) -> None:
-        if not response.ok and response.url not in self.refusals:
+        # 304 is a success too: a reload revalidates a recently modified file.
+        if response.status >= 400 and response.url not in self.refusals:
             self.problems.append(f"{response.status}: {response.url}")
 
     def page(self, path: str, context: BrowserContext | None = None, **options: object) -> Page:
@@ -126,7 +127,7 @@ def pages(browser: Browser, server: ServerProcess, artifacts: Path) -> Iterator[
         yield watched
     finally:
         watched.close()
-    assert watched.problems == []
+    assert not watched.problems, "\n".join(watched.problems)
 
 
 def join(page: Page, nick: str, room: str) -> None:
@@ -319,3 +320,39 @@ def test_the_index_links_every_demo(pages: Watched) -> None:
     pages.screenshot(page, "index")
     page.get_by_role("link", name="Chat").first.click()
     expect(page).to_have_title("Tidings chat")
+
+
+def test_the_chart_keeps_points_in_time_order_within_its_span_and_capacity(
+    pages: Watched,
+) -> None:
+    page = pages.page("/static/dashboard.html")
+    answer = page.evaluate(
+        """async () => {
+          const { LineChart, niceCeiling } = await import("./chart.js");
+          const canvas = document.body.appendChild(document.createElement("canvas"));
+          let refused = null;
+          try { new LineChart(canvas, { series: [] }); } catch (error) { refused = error.name; }
+          const chart = new LineChart(canvas, { span: 10, capacity: 4,
+                                                series: [{ name: "a", color: "#000" }] });
+          for (const [time, value] of [[1, 1], [3, 3], [2, 2], [4, NaN], [5, 5], [Infinity, 6]]) {
+            chart.add(time, { a: value, other: 1 });
+          }
+          const ordered = [...chart.series[0].times];
+          chart.add(6, { a: 6 });  // capacity 4: the oldest goes
+          const capped = [...chart.series[0].times];
+          chart.add(20, { a: 7 });  // span 10: everything before 10 goes
+          chart.draw();
+          return { refused, ordered, capped, kept: chart.shown("a"), received: chart.received,
+                   label: canvas.getAttribute("aria-label"),
+                   nice: [0, 0.3, 7, 10, 101, 2400].map(niceCeiling) };
+        }"""
+    )
+    assert answer == {
+        "refused": "TypeError",
+        "ordered": [1, 2, 3, 5],
+        "capped": [2, 3, 5, 6],
+        "kept": 1,
+        "received": {"a": 6},
+        "label": "Line chart of the last 10 seconds. Latest: a 7.",
+        "nice": [1, 0.5, 10, 10, 200, 2500],
+    }

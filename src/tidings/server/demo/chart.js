@@ -152,14 +152,19 @@ export class LineChart {
       ctx.beginPath(); ctx.moveTo(box.left, py); ctx.lineTo(box.right, py); ctx.stroke();
       ctx.fillText(formatNumber(value), box.left - 6, py);
     }
-    ctx.textAlign = "center";
     ctx.textBaseline = "top";
     const step = this.span / 4;
     for (let i = 0; i <= 4; i += 1) {
       const ago = step * i;
+      ctx.textAlign = i === 0 ? "right" : i === 4 ? "left" : "center"; // the ends stay inside
       ctx.fillText(ago === 0 ? "now" : `-${formatNumber(ago)}s`, x(newest - ago), box.bottom + 6);
     }
 
+    if (this.series.every((s) => !s.times.length)) {
+      ctx.textAlign = "center";
+      ctx.textBaseline = "middle";
+      ctx.fillText("waiting for data…", (box.left + box.right) / 2, (box.top + box.bottom) / 2);
+    }
     ctx.lineWidth = 2;
     ctx.lineJoin = "round";
     for (const s of this.series) {
@@ -182,5 +187,6 @@ export class LineChart {
 }
 
 function formatNumber(value) {
-  return Number.isInteger(value) ? String(value) : value.toFixed(Math.abs(value) < 10 ? 1 : 0);
+  if (Number.isInteger(value)) return String(value);
+  return Math.abs(value) < 10 ? String(Number(value.toFixed(2))) : String(Math.round(value));
 }
