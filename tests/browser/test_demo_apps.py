@@ -1,8 +1,10 @@
 """The demo apps in a real browser: chat (presence, offline, exactly once), the dashboard,
 jobs, the index; each page screenshotted, none logging an error or a failed request.
 
-One server and one browser for the module (Playwright's sync API, so both can be
-shared across tests); each test opens its own contexts, and uses rooms of its own.
+Screenshots go to $TIDINGS_ARTIFACTS/screenshots (.ci/run sets reports/, which git
+ignores), else to pytest's temporary directory. One server and one browser serve the
+whole module (Playwright's sync API, so both can be shared across tests); each test
+opens contexts of its own and uses rooms of its own.
 """
 
 from __future__ import annotations
