@@ -298,6 +298,32 @@ def test_a_refused_job_is_shown_and_nothing_starts(pages: Watched) -> None:
     expect(page.locator("li.job")).to_have_count(0)
 
 
+#: Texts of the page whose colour is under 4.5:1 (WCAG AA) on the background behind them.
+LOW_CONTRAST = """() => {
+  const rgb = (text) => text.match(/[\\d.]+/g).map(Number);
+  const luminance = ([r, g, b]) => [r, g, b].map((c) => c / 255)
+    .map((c) => (c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4))
+    .reduce((sum, c, i) => sum + c * [0.2126, 0.7152, 0.0722][i], 0);
+  const background = (element) => {
+    for (let node = element; node; node = node.parentElement) {
+      const colour = rgb(getComputedStyle(node).backgroundColor);
+      if (colour.length < 4 || colour[3] > 0) return colour.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  const low = [];
+  for (const element of document.body.querySelectorAll("*")) {
+    const text = [...element.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    if (!text || element.disabled || !element.checkVisibility()) continue;
+    const a = luminance(rgb(getComputedStyle(element).color));
+    const b = luminance(background(element));
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    if (ratio < 4.5) low.push(`${element.tagName}.${element.className}: ${ratio.toFixed(2)}`);
+  }
+  return low;
+}"""
+
+
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_every_page_has_the_icon_and_fits_a_phone(
     pages: Watched, server: ServerProcess, scheme: str
@@ -307,6 +333,7 @@ def test_every_page_has_the_icon_and_fits_a_phone(
         page.goto(server.url + path)
         expect(page.locator("link[rel=icon]")).to_have_attribute("type", "image/svg+xml")
         assert page.evaluate("document.scrollingElement.scrollWidth") <= PHONE["width"], path
+        assert page.evaluate(LOW_CONTRAST) == [], (path, scheme)
         name = path.strip("/").removeprefix("static/").removesuffix(".html") or "index"
         pages.screenshot(page, f"{name}-{scheme}-phone")
     icon = httpx.get(server.url + "/favicon.ico", timeout=TIMEOUT)
