@@ -37,6 +37,8 @@ first_token_delay = 0.05
 token_interval = 0.01
 """
 MSGPACK = NPM_PREFIX / "node_modules" / "@msgpack" / "msgpack" / "dist.esm"
+KEEPALIVE = 0.2  # the server's sse_keepalive, seconds
+IDLE_MS = 800  # a TidingsEventSource's idleTimeout in these tests: four keepalives
 
 # Resolves when `target` (a source or a socket) is in `state`.
 HELPERS = """
@@ -57,7 +59,9 @@ window.errorsOf = (target) => {
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    with ServerProcess(config=CONFIG, env={"TIDINGS_SSE_RETRY": "0.1"}) as running:
+    # A `: ping` every KEEPALIVE seconds on every stream, for the idle timeout tests.
+    env = {"TIDINGS_SSE_RETRY": "0.1", "TIDINGS_SSE_KEEPALIVE": str(KEEPALIVE)}
+    with ServerProcess(config=CONFIG, env=env) as running:
         yield running
 
 
@@ -255,6 +259,141 @@ async def test_401_403_404_close_the_source_with_a_typed_error(page: Page, watch
         "/refused/401",
         "/refused/403",
     ]
+
+
+# -- the source: a silent connection ---------------------------------------------------
+
+# Counts the page's pending timers, to show that close() leaves none running.
+TIMERS = """() => {
+  const set = window.setTimeout.bind(window);
+  const clear = window.clearTimeout.bind(window);
+  window.timers = new Set();
+  window.setTimeout = (callback, ms, ...args) => {
+    const id = set(() => {
+      timers.delete(id);
+      callback(...args);
+    }, ms);
+    timers.add(id);
+    return id;
+  };
+  window.clearTimeout = (id) => {
+    timers.delete(id);
+    clear(id);
+  };
+}"""
+
+IDLE = """async ([channel, idleTimeout, shared]) => {
+  window.received = [];
+  window.states = [];
+  const options = { idleTimeout, shared, base: 0.05, cap: 0.1 };
+  const source = (window.source = new tidings.TidingsEventSource("/sse", [channel], options));
+  source.addEventListener("message", (e) => received.push(e.data));
+  source.addEventListener("statechange", () => states.push(source.state));
+  window.errors = errorsOf(source);
+  await until(source, "open");
+}"""
+
+
+async def test_a_silent_connection_is_given_up_and_resumed_exactly(
+    context: BrowserContext, watch: Watch, server: ServerProcess, http: httpx.AsyncClient
+) -> None:
+    async with FaultProxy(server.port) as proxy:
+        page = await open_page(context, watch, proxy.url)
+        await page.evaluate(TIMERS)
+        await page.evaluate(IDLE, ["idle", IDLE_MS, None])
+        await publish(http, "idle", 1)
+        await wait_js(page, "received.length === 1")
+        cursor = await page.evaluate("source.lastEventId")
+        proxy.stall()  # nothing passes either way, no socket closes: half-open
+        await publish(http, "idle", 2)
+        # The open stream goes silent, then so does the request that replaces it.
+        await wait_js(page, "errors.length === 2", timeout=MS)
+        await publish(http, "idle", 3)
+        proxy.resume()
+        await wait_js(page, "received.length === 3", timeout=MS * 2)
+        assert await page.evaluate("received") == [1, 2, 3]  # no gap, no duplicate
+        idle = {"code": "idle_timeout", "status": None, "final": False, "typed": True}
+        assert await page.evaluate("errors") == [idle, idle]
+        assert await page.evaluate("states") == ["open", "reconnecting", "open"]
+        assert await page.evaluate("source.lastEventId") != cursor
+        # close() releases the connection and its watchdog: no timer is left.
+        assert await page.evaluate("source.close(), timers.size") == 0
+        await page.close()
+    watch.check()
+
+
+async def test_the_leader_of_shared_tabs_gives_up_a_silent_connection(
+    context: BrowserContext, watch: Watch, server: ServerProcess, http: httpx.AsyncClient
+) -> None:
+    async with FaultProxy(server.port) as proxy:
+        first = await open_page(context, watch, proxy.url)
+        second = await open_page(context, watch, proxy.url)
+        for tab in (first, second):
+            await tab.evaluate(IDLE, ["idle-shared", IDLE_MS, "idle-shared"])
+        assert [await tab.evaluate("source.leader") for tab in (first, second)] == [True, False]
+        await publish(http, "idle-shared", 1)
+        for tab in (first, second):
+            await wait_js(tab, "received.length === 1")
+        proxy.stall()
+        await publish(http, "idle-shared", 2)
+        for tab in (first, second):  # the leader's error reaches the other tab too
+            await wait_js(tab, "errors.some((e) => e.code === 'idle_timeout')", timeout=MS)
+        proxy.resume()
+        await publish(http, "idle-shared", 3)
+        for tab in (first, second):
+            await wait_js(tab, "received.length === 3", timeout=MS * 2)
+            assert await tab.evaluate("received") == [1, 2, 3]
+            errors = await tab.evaluate("errors")
+            assert {(e["code"], e["final"], e["typed"]) for e in errors} == {
+                ("idle_timeout", False, True)
+            }
+        await eventually(lambda: transports_are(http, sse=1))  # the leader's, for both tabs
+        for tab in (first, second):
+            await tab.evaluate("source.close()")
+            await tab.close()
+    watch.check()
+
+
+async def test_keepalives_keep_an_idle_stream_open(page: Page, http: httpx.AsyncClient) -> None:
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(urlsplit(request.url).path))
+    await page.evaluate(TIMERS)
+    # 0 turns the watchdog off: an open source has no timer at all.
+    await page.evaluate(IDLE, ["quiet", 0, None])
+    assert await page.evaluate("timers.size") == 0
+    await page.evaluate("source.close()")
+    await page.evaluate(IDLE, ["quiet", IDLE_MS, None])
+    # No event for three idle periods: only the server's `: ping` comments flow.
+    await page.evaluate("window.opened = performance.now()")
+    await wait_js(page, f"performance.now() - opened > {3 * IDLE_MS}", timeout=MS)
+    await publish(http, "quiet", 1)
+    await wait_js(page, "received.length === 1")
+    assert await page.evaluate("errors") == []
+    assert await page.evaluate("states") == ["open"]
+    assert requests.count("/sse") == 2  # one per source: no reconnection
+    await page.evaluate("source.close()")
+    assert await page.evaluate("timers.size") == 0
+
+
+async def test_a_bad_idle_timeout_is_refused_before_anything_starts(page: Page) -> None:
+    outcomes = await page.evaluate("""async () => {
+      const requests = [];
+      const real = window.fetch;
+      window.fetch = (...args) => (requests.push(args[0]), real(...args));
+      const refused = ["-1", "NaN", "Infinity", "'45s'", "null"].map((text) => {
+        try {
+          new tidings.TidingsEventSource("/sse", ["bad"], { idleTimeout: eval(text) });
+          return `${text}: accepted`;
+        } catch (error) {
+          return `${text}: ${error.name}`;
+        }
+      });
+      await new Promise((ok) => setTimeout(ok, 0)); // a source would have asked by now
+      window.fetch = real;
+      return { refused, requests: requests.length };
+    }""")
+    names = ["-1", "NaN", "Infinity", "'45s'", "null"]
+    assert outcomes == {"refused": [f"{n}: RangeError" for n in names], "requests": 0}
 
 
 # -- the socket: heartbeat, MessagePack ----------------------------------------------------

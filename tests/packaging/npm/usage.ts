@@ -101,6 +101,11 @@ export async function main(): Promise<void> {
   });
   // @ts-expect-error sessionStorage is a key or a boolean
   new TidingsEventSource("/sse", ["chat"], { sessionStorage: 1 });
+  const watched = new TidingsEventSource("/sse", ["chat"], { idleTimeout: 40000 });
+  const idleTimeout: number = watched.idleTimeout;
+  console.log(idleTimeout);
+  // @ts-expect-error idleTimeout is in milliseconds, a number
+  new TidingsEventSource("/sse", ["chat"], { idleTimeout: "40s" });
 
   const codec = { encode: (value: unknown) => new Uint8Array([value ? 1 : 0]), decode: (bytes: Uint8Array) => bytes[0] };
   const packed = new TidingsSocket("/ws", { msgpack: codec, pingInterval: 5000, pongTimeout: 2000 });

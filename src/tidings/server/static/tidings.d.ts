@@ -21,7 +21,7 @@ export type GetToken = () => string | Promise<string>;
 
 /**
  * An `error` event. On a TidingsEventSource `error` is always a TidingsError
- * (`network`, `unavailable`, `malformed_event`, `unauthorized`, … with the
+ * (`network`, `idle_timeout`, `unavailable`, `malformed_event`, `unauthorized`, … with the
  * HTTP `status` of a refusal) and `final` says whether the source closed for
  * good. On a TidingsSocket `error` is the getToken or `connect` failure, or a
  * TidingsError `malformed_message`.
@@ -127,6 +127,14 @@ export interface TidingsEventSourceOptions {
   shared?: boolean | string | null;
   /** The longest event accepted, in characters (default 1 MiB). */
   maxEventBytes?: number;
+  /**
+   * Milliseconds without a byte (an event or the server's `: ping` comment)
+   * before the connection is taken for dead, dropped with an `idle_timeout`
+   * error and reconnected from the cursor (default 45000; 0: never). Keep it
+   * above twice the server's `sse_keepalive` (15 s by default). A negative or
+   * non-finite value throws a RangeError.
+   */
+  idleTimeout?: number;
 }
 
 export interface TidingsEventSourceEventMap {
@@ -146,6 +154,8 @@ export class TidingsEventSource extends Listeners<TidingsEventSourceEventMap, Ti
   readonly state: ConnectionState;
   /** The backoff settings and the failed attempts since the last open stream. */
   readonly backoff: { base: number; cap: number; maxAttempts: number; attempt: number };
+  /** Milliseconds without a byte before the connection is taken for dead (0: never). */
+  readonly idleTimeout: number;
   /** The sessionStorage key of the cursor, or null. */
   readonly storageKey: string | null;
   /** The BroadcastChannel name shared by the tabs, or null. */
@@ -274,7 +284,7 @@ export class TidingsError extends Error {
   constructor(code: string, message: string);
   /**
    * The server's error code, or the client's: connection_closed, queue_full,
-   * timeout, unauthorized, network, malformed_event, malformed_message, http_NNN.
+   * timeout, unauthorized, network, idle_timeout, malformed_event, malformed_message, http_NNN.
    */
   code: string;
   /** The HTTP status of a refused request; null otherwise. */

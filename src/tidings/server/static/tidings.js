@@ -10,8 +10,11 @@
 // TidingsEventSource reads the stream with fetch and reconnects by itself
 // (exponential backoff, full jitter, never sooner than the server's retry:
 // or Retry-After), resuming from the last `id:` (the connection's cursor), so
-// the server replays exactly what was missed. Each event carries the channel
-// and offset read from its cursor, and `data` parsed as JSON when it is JSON.
+// the server replays exactly what was missed. A connection on which no byte
+// arrives for `idleTimeout` ms (not even the server's `: ping` comments: a
+// half-open connection) is given up and reconnected the same way. Each event
+// carries the channel and offset read from its cursor, and `data` parsed as
+// JSON when it is JSON.
 // TidingsSocket speaks the WebSocket protocol (JSON, or MessagePack with a
 // codec given), with a heartbeat; streamFetch iterates over an SSE or NDJSON
 // response, read only as fast as the loop asks.
@@ -157,6 +160,38 @@ function eventStreamParser(maxBytes) {
   };
 }
 
+/** The longest delay setTimeout keeps (a longer one fires at once). */
+const LONGEST_TIMER = 2 ** 31 - 1;
+
+/**
+ * Calls `onIdle` once when `touch()` was not called for `ms` milliseconds;
+ * `stop()` cancels it. One timer at a time, re-armed only when it fires (to
+ * the last touch plus `ms`): touching costs a clock read, not a timer.
+ * `ms` 0 watches nothing.
+ */
+function idleWatchdog(ms, onIdle) {
+  let seen = performance.now();
+  let timer = null;
+  const check = () => {
+    const left = seen + ms - performance.now();
+    if (left > 0) timer = setTimeout(check, Math.min(left, LONGEST_TIMER));
+    else {
+      timer = null;
+      onIdle();
+    }
+  };
+  if (ms > 0) timer = setTimeout(check, Math.min(ms, LONGEST_TIMER));
+  return {
+    touch() {
+      seen = performance.now();
+    },
+    stop() {
+      clearTimeout(timer);
+      timer = null;
+    },
+  };
+}
+
 /** What is wrong with an event a Tidings server would not send; null when nothing is. */
 function malformed(type, id, data) {
   if (id && cursorHead(id).channel === null) return `event id ${JSON.stringify(id.slice(0, 80))} is not a cursor`;
@@ -180,8 +215,8 @@ function malformed(type, id, data) {
  * It reads the stream with `fetch` and runs its own reconnect loop:
  * exponential backoff with full jitter, never sooner than the server's
  * `retry:` or `Retry-After`, resuming with `?last_event_id=` set to the last
- * cursor (`id:`) received. A network error, a stream that ends, 408, 429 and
- * 5xx are retried; 204 closes the source; 401 (unless getToken gives a new
+ * cursor (`id:`) received. A network error, a stream that ends, a connection
+ * silent for `idleTimeout` ms, 408, 429 and 5xx are retried; 204 closes the source; 401 (unless getToken gives a new
  * token), 403, 404 and every other 4xx close it with a typed error event.
  *
  * @param {string} url The SSE endpoint ("/sse").
@@ -207,18 +242,29 @@ function malformed(type, id, data) {
  *   and passes every event on; when it goes, another takes over from the last
  *   cursor it saw.
  * @param {number} [options.maxEventBytes] The longest event accepted (1 MiB of text).
+ * @param {number} [options.idleTimeout] Milliseconds without a byte (event or
+ *   `: ping` comment, while connecting or open) before the connection is taken
+ *   for dead (half-open), dropped with an `idle_timeout` error event and
+ *   reconnected from the cursor (45000; 0: never). Keep it above twice the
+ *   server's `sse_keepalive`.
  */
 export class TidingsEventSource extends EventTarget {
   constructor(url, channels = [], {
     lastEventId = null, withCredentials = false, getToken = null, base = 0.5, cap = 30,
     maxAttempts = Infinity, sessionStorage = null, shared = null, maxEventBytes = 1 << 20,
+    idleTimeout = 45000,
   } = {}) {
     super();
+    if (typeof idleTimeout !== "number" || !Number.isFinite(idleTimeout) || idleTimeout < 0) {
+      throw new RangeError(`idleTimeout must be a number of milliseconds >= 0 (0: off), not ${idleTimeout}`);
+    }
     const target = new URL(url, window.location.href);
     for (const channel of channels) target.searchParams.append("channel", channel);
     this.url = target.toString();
     this.state = "connecting";
     this.backoff = { base, cap, maxAttempts, attempt: 0 };
+    /** Milliseconds without a byte before a connection is taken for dead (0: never). */
+    this.idleTimeout = idleTimeout;
     /** The sessionStorage key of the cursor, or null. */
     this.storageKey = sessionStorage === true ? `tidings:${this.url}` : sessionStorage || null;
     /** The BroadcastChannel name shared by the tabs, or null. */
@@ -232,6 +278,8 @@ export class TidingsEventSource extends EventTarget {
     this._retryMs = 0; // the server's retry:, the least delay before reconnecting
     this._closed = false;
     this._controller = null; // aborts the fetch of the connection in use
+    this._watchdog = null; // gives up the connection in use when it goes silent
+    this._idle = null; // the idle_timeout error of the connection in use, once it went silent
     this._lifetime = new AbortController(); // aborts everything at close()
     this._wake = null;
     queueMicrotask(() => {
@@ -255,6 +303,7 @@ export class TidingsEventSource extends EventTarget {
     if (this._closed) return;
     this._closed = true;
     this._controller?.abort();
+    this._watchdog?.stop(); // no timer outlives the source
     this._lifetime.abort();
     this._wake?.();
     this._setState("closed");
@@ -306,11 +355,28 @@ export class TidingsEventSource extends EventTarget {
     }
   }
 
-  /** One connection, read to its end: {opened, final, renew, error}. */
+  /**
+   * One connection, read to its end: {opened, final, renew, error}. Its
+   * watchdog aborts it when no byte arrives for idleTimeout ms, from the
+   * request on; the failure is then an `idle_timeout` error.
+   */
   async _connect(token) {
+    const controller = (this._controller = new AbortController());
+    this._idle = null;
+    const watchdog = (this._watchdog = idleWatchdog(this.idleTimeout, () => {
+      this._idle = new TidingsError("idle_timeout", `no byte in ${this.idleTimeout} ms: the connection is taken for dead`);
+      controller.abort();
+    }));
+    try {
+      return await this._stream(token, controller, watchdog);
+    } finally {
+      watchdog.stop();
+    }
+  }
+
+  async _stream(token, controller, watchdog) {
     const target = new URL(withToken(this.url, token));
     if (this._lastEventId) target.searchParams.set("last_event_id", this._lastEventId);
-    const controller = (this._controller = new AbortController());
     let response;
     try {
       response = await fetch(target.toString(), {
@@ -322,6 +388,7 @@ export class TidingsEventSource extends EventTarget {
     } catch (cause) {
       return this._failed(new TidingsError("network", `cannot connect: ${cause}`), false);
     }
+    watchdog.touch();
     if (response.status === 204) {
       this._final(null); // the server has nothing more for this cursor
       return { final: true };
@@ -346,6 +413,7 @@ export class TidingsEventSource extends EventTarget {
       for (;;) {
         const { value, done } = await reader.read();
         if (done) return this._failed(new TidingsError("network", "the stream ended"), true);
+        watchdog.touch(); // any byte: an event, a `: ping` comment, a part of either
         for (const block of parse(decoder.decode(value, { stream: true }))) {
           if (this._closed) return { final: true };
           if (block.retry !== undefined) this._retryMs = block.retry;
@@ -364,6 +432,7 @@ export class TidingsEventSource extends EventTarget {
   }
 
   _failed(error, opened) {
+    error = this._idle ?? error; // the watchdog's abort, whatever it broke
     if (!this._closed) this._error(error, false);
     return { opened, error };
   }
