@@ -313,7 +313,9 @@ async def test_a_silent_connection_is_given_up_and_resumed_exactly(
         await wait_js(page, "received.length === 3", timeout=MS * 2)
         assert await page.evaluate("received") == [1, 2, 3]  # no gap, no duplicate
         idle = {"code": "idle_timeout", "status": None, "final": False, "typed": True}
-        assert await page.evaluate("errors") == [idle, idle]
+        errors = await page.evaluate("errors")  # a third if the resume came late
+        assert errors[:2] == [idle, idle]
+        assert all(error == idle for error in errors)
         assert await page.evaluate("states") == ["open", "reconnecting", "open"]
         assert await page.evaluate("source.lastEventId") != cursor
         # close() releases the connection and its watchdog: no timer is left.
