@@ -97,6 +97,23 @@ async def read_to_end(reader: SSEReader) -> list[SSEEvent]:
     return events
 
 
+def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
+    """The OpenAI error of a refused request: the body of an HTTP ``status``, or,
+    for a streamed one (whose headers went out at once), its last ``data:`` line."""
+    if response.headers["content-type"].startswith("text/event-stream"):
+        assert response.status_code == 200
+        assert response.content.startswith(b": ping\n\n")
+        last = response.content.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+        assert last.startswith(b"data: {")
+        document = orjson.loads(last.removeprefix(b"data: "))
+    else:
+        assert response.status_code == status, response.text
+        document = response.json()
+    assert set(document) == {"error"}
+    error: dict[str, Any] = document["error"]
+    return error
+
+
 def contents(events: list[SSEEvent]) -> str:
     text = []
     for event in events:
@@ -209,7 +226,8 @@ async def test_stream_is_only_data_lines_and_comments(http: httpx.AsyncClient) -
     for block in raw.split(b"\n\n")[:-1]:
         lines = block.split(b"\n")
         assert all(line.startswith((b"data: ", b":")) for line in lines), block
-        assert any(line.startswith(b"data: ") for line in lines), block
+        assert lines == [b": ping"] or any(line.startswith(b"data: ") for line in lines), block
+    assert raw.startswith(b": ping\n\n")  # sent with the headers, before any chunk
     assert raw.endswith(b"data: [DONE]\n\n")
     chunks = [orjson.loads(event.data) for event in events[:-1]]
     for chunk in chunks:
@@ -227,15 +245,20 @@ async def test_stream_is_only_data_lines_and_comments(http: httpx.AsyncClient) -
 
 
 @pytest.mark.parametrize(("upstream_status", "status"), [(429, 429), (400, 400), (500, 502)])
-async def test_upstream_refusal_becomes_an_http_error(
+async def test_upstream_refusal_reaches_the_sdk_as_an_error(
     sdk: openai.AsyncOpenAI, upstream: FakeUpstream, upstream_status: int, status: int
 ) -> None:
     upstream.scenario("refused", Scenario(status=upstream_status, error_message="no capacity"))
-    for stream in (True, False):
-        with pytest.raises(openai.APIStatusError) as caught:
-            await sdk.chat.completions.create(model="refused", messages=MESSAGES, stream=stream)
-        assert caught.value.status_code == status
-        body = caught.value.body
+    with pytest.raises(openai.APIStatusError) as caught:
+        await sdk.chat.completions.create(model="refused", messages=MESSAGES)
+    assert caught.value.status_code == status
+    # Streamed, the headers went out before the upstream answered: the error is
+    # the stream's one data line, which the SDK raises as an APIError.
+    stream = await sdk.chat.completions.create(model="refused", messages=MESSAGES, stream=True)
+    with pytest.raises(openai.APIError) as raised:
+        async for _ in stream:
+            pytest.fail("no chunk before the error")
+    for body in (caught.value.body, raised.value.body):
         assert isinstance(body, dict)
         # A summary: the upstream's own text may quote the request (its key).
         assert body["message"] == f"upstream answered {upstream_status} (type: fake)"
@@ -286,17 +309,17 @@ async def test_upstream_stall_times_out_and_closes_the_upstream_request(
         await upstream.calls[0].disconnected.wait()
 
 
-async def test_unreachable_upstream_is_a_502(http: httpx.AsyncClient) -> None:
+async def test_unreachable_upstream_is_a_502_or_a_stream_error(http: httpx.AsyncClient) -> None:
     # Model "quick-…" goes to the fake; the base_url provider is the default,
     # so a server whose upstream is gone answers 502 right away.
     async with FakeUpstream() as gone:
         pass
     settings = relay_settings(gone)
     async with run_server(settings=settings) as base, httpx.AsyncClient(base_url=base) as client:
-        document = {"model": "any", "messages": MESSAGES, "stream": True}
-        response = await client.post("/v1/chat/completions", json=document)
-    assert response.status_code == 502
-    assert response.json()["error"]["type"] == "upstream_error"
+        for stream in (False, True):
+            document = {"model": "any", "messages": MESSAGES, "stream": stream}
+            response = await client.post("/v1/chat/completions", json=document)
+            assert error_of(response, 502)["type"] == "upstream_error"
 
 
 # -- resume ---------------------------------------------------------------------------
@@ -678,8 +701,7 @@ async def test_an_upstream_echoing_the_key_shows_it_to_nobody(
         for stream in (True, False):
             body = {"model": "keyed-echo", "messages": MESSAGES, "stream": stream}
             response = await client.post("/v1/chat/completions", json=body)
-            assert response.status_code == 502
-            assert response.json()["error"]["message"] == "upstream answered 401"
+            assert error_of(response, 502)["message"] == "upstream answered 401"
             assert_no_secret(response.text)
             stream_id = response.headers["x-tidings-stream-id"]
             async with open_sse(client, f"/v1/streams/{stream_id}") as viewer:
@@ -709,8 +731,7 @@ async def test_a_base_url_with_credentials_is_shown_without_them(
     async with run_server(settings=settings) as base, httpx.AsyncClient(base_url=base) as client:
         body = {"model": "any", "messages": MESSAGES, "stream": True}
         response = await client.post("/v1/chat/completions", json=body)
-        assert response.status_code == 502
-        message = response.json()["error"]["message"]
+        message = error_of(response, 502)["message"]
         assert f"http://***@127.0.0.1:{gone.port}/v1/chat/completions" in message
         assert "relay-user" not in message
         assert_no_secret(response.text)

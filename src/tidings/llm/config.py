@@ -248,7 +248,9 @@ class LLMConfig:
 
     @property
     def limits(self) -> RequestLimits:
-        return RequestLimits(max_messages=self.max_messages, max_tokens=self.max_tokens)
+        return RequestLimits(
+            max_messages=self.max_messages, max_tokens=self.max_tokens, max_grace=self.ttl
+        )
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> LLMConfig:

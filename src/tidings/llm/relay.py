@@ -19,7 +19,12 @@ Listeners (the original request, each ``/v1/streams/{id}`` viewer) hold
 ``generation.listening()`` while they are connected. When the count drops to
 zero a timer of ``grace`` seconds starts; a listener arriving stops it. When
 it fires and the channel still has no local subscriber, the generation is
-cancelled with reason ``unheard``. ``Relay.cancel`` (``DELETE``) does the same
+cancelled with reason ``unheard``. A request may choose its own policy
+(``ChatRequest.on_disconnect``): ``grace`` with its own number of seconds,
+``cancel`` (a grace of zero) or ``continue`` (no timer: the generation runs
+until it ends by itself, bounded by the request's ``max_tokens`` and the
+provider's timeout). The wait for the *first* listener always uses the
+relay's ``grace``. ``Relay.cancel`` (``DELETE``) does the same
 with reason ``deleted``. Cancelling the task closes the provider's iterator
 at once, which closes the upstream HTTP request; the task then publishes the
 ``end`` event with ``status: cancelled``.
@@ -139,6 +144,8 @@ OWNER_PREFIX = "llm:_owner/"
 ANONYMOUS_OWNER = "anonymous"
 #: Random bytes in a generation id (128 bits: not guessable, not enumerable).
 ID_BYTES = 16
+#: Seconds between checks of an unheard generation's other subscribers, at least.
+MIN_RECHECK = 0.1
 #: Finished generations whose TTFT and rate make the recent figures.
 RECENT = 100
 
@@ -229,6 +236,13 @@ class LLMStats(NamedTuple):
     tokens_per_second: float | None
 
 
+def _grace_of(on_disconnect: str, grace: float) -> float | None:
+    """Seconds a generation with this policy may go unheard; None: no bound."""
+    if on_disconnect == "continue":
+        return None
+    return 0.0 if on_disconnect == "cancel" else grace
+
+
 class Generation:
     """One generation: its identity, state and listeners."""
 
@@ -241,8 +255,14 @@ class Generation:
         origin: Position,
         *,
         owner: str = ANONYMOUS_OWNER,
+        on_disconnect: str = "grace",
+        grace: float | None = None,
     ) -> None:
         self._relay = relay
+        #: ``"grace"``, ``"cancel"`` or ``"continue"`` (``ChatRequest.on_disconnect``).
+        self.on_disconnect = on_disconnect
+        #: Seconds unheard before it is cancelled; None: never (``continue``).
+        self.grace = _grace_of(on_disconnect, relay.grace if grace is None else grace)
         self.id = generation_id
         self.channel = CHANNEL_PREFIX + generation_id
         #: Who created it (``user:SUB``, ``key:NAME`` or ``anonymous``); never sent to viewers.
@@ -302,11 +322,13 @@ class Generation:
             if self.listeners == 0:
                 self._start_grace()
 
-    def _start_grace(self) -> None:
+    def _start_grace(self, delay: float | None = None) -> None:
+        """Start the timer: ``delay`` seconds, by default the generation's ``grace``."""
         relay = self._relay
-        if self.done or not relay.cancel_unheard or self._grace is not None:
+        delay = self.grace if delay is None else delay
+        if self.done or not relay.cancel_unheard or self._grace is not None or delay is None:
             return
-        self._grace = asyncio.get_running_loop().call_later(relay.grace, self._grace_over)
+        self._grace = asyncio.get_running_loop().call_later(delay, self._grace_over)
 
     def _stop_grace(self) -> None:
         if self._grace is not None:
@@ -319,15 +341,17 @@ class Generation:
             return
         if self._relay.hub.subscriber_count(self.channel):
             # Someone follows the channel another way (/sse/llm:…, WebSocket).
-            self._start_grace()
+            if self.grace is not None:
+                self._start_grace(max(self.grace, MIN_RECHECK))
             return
         quiet = time.monotonic() - self.heard_at
         if quiet < self._relay.grace:
-            # A viewer on another server listens; check again when its word expires.
+            # A viewer on another server listens (it speaks every relay grace / 3);
+            # check again when its word expires.
             loop = asyncio.get_running_loop()
             self._grace = loop.call_later(self._relay.grace - quiet, self._grace_over)
             return
-        logger.info("generation %s went unheard for %.1f s: cancelling", self.id, self._relay.grace)
+        logger.info("generation %s went unheard (%s): cancelling", self.id, self.on_disconnect)
         self.cancel("unheard")
 
     def cancel(self, reason: str) -> bool:
@@ -479,7 +503,14 @@ class Relay:
         await self._take_lease(generation_id)  # before anything names the generation
         origin = await self.hub.position(CHANNEL_PREFIX + generation_id)
         generation = Generation(
-            self, generation_id, request.model, provider.name, origin, owner=owner
+            self,
+            generation_id,
+            request.model,
+            provider.name,
+            origin,
+            owner=owner,
+            on_disconnect=request.on_disconnect,
+            grace=request.grace,
         )
         await self._record_owner(generation_id, owner, generation.record())
         self._generations[generation_id] = generation
@@ -494,7 +525,7 @@ class Relay:
         )
         if self._renewing is None or self._renewing.done():
             self._renewing = loop.create_task(self._renew_leases(), name="tidings-llm-leases")
-        generation._start_grace()  # until the first listener arrives
+        generation._start_grace(self.grace)  # until the first listener arrives
         return generation
 
     async def owner(self, generation_id: str) -> str | None:

@@ -6,6 +6,12 @@ module does not know are kept and forwarded to the upstream untouched, so
 provider-specific options (``top_k``, ``repetition_penalty`` …) still work,
 except the fields that would choose where or how the request is sent
 (:data:`ROUTING_FIELDS`): the server's settings decide that, never a client.
+
+The extension field ``tidings`` (:data:`EXTENSION_FIELD`) is Tidings' own:
+``{"on_disconnect": "cancel" | "continue" | "grace", "grace": seconds}``
+says what happens to the generation when its last listener goes. It is read
+into :attr:`ChatRequest.on_disconnect` and :attr:`ChatRequest.grace` and
+removed from :attr:`ChatRequest.body`, so it never reaches an upstream.
 """
 
 from __future__ import annotations
@@ -16,7 +22,21 @@ from typing import Any
 
 from tidings.errors import InvalidChatRequest
 
-__all__ = ["ROLES", "ROUTING_FIELDS", "ChatRequest", "RequestLimits", "validate_request"]
+__all__ = [
+    "DISCONNECT_POLICIES",
+    "EXTENSION_FIELD",
+    "ROLES",
+    "ROUTING_FIELDS",
+    "ChatRequest",
+    "RequestLimits",
+    "validate_request",
+]
+
+#: The body field that carries Tidings' own options; never forwarded upstream.
+EXTENSION_FIELD = "tidings"
+#: What ``tidings.on_disconnect`` may say: cancel at once, run to the end, or
+#: wait ``grace`` seconds for a listener to come back (the default).
+DISCONNECT_POLICIES = ("cancel", "continue", "grace")
 
 #: Message roles the Chat Completions API defines.
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -53,11 +73,13 @@ class RequestLimits:
         max_messages: Messages per request.
         max_tokens: The largest ``max_tokens`` / ``max_completion_tokens`` accepted.
         max_model_length: Characters in the model name.
+        max_grace: The largest ``tidings.grace`` accepted, in seconds.
     """
 
     max_messages: int = 1024
     max_tokens: int = 32768
     max_model_length: int = 256
+    max_grace: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +93,11 @@ class ChatRequest:
         include_usage: Whether the client asked for the usage chunk
             (``stream_options.include_usage``).
         max_tokens: The completion length limit, if any.
-        body: The whole request body, for providers that forward it.
+        body: The request body, for providers that forward it (without
+            the ``tidings`` field).
+        on_disconnect: ``"grace"``, ``"cancel"`` or ``"continue"``: what
+            happens when the last listener goes (see :data:`DISCONNECT_POLICIES`).
+        grace: With ``"grace"``, the seconds to wait; None: the server's setting.
     """
 
     model: str
@@ -80,6 +106,8 @@ class ChatRequest:
     include_usage: bool = False
     max_tokens: int | None = None
     body: Mapping[str, Any] | None = None
+    on_disconnect: str = "grace"
+    grace: float | None = None
 
     @property
     def prompt(self) -> str:
@@ -136,6 +164,37 @@ def _check_int(body: Mapping[str, Any], name: str, low: int, high: int) -> int |
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise _fail(f"{name} must be an integer from {low} to {high}, not {value!r}", name)
     return value
+
+
+def _check_extension(value: object, limits: RequestLimits) -> tuple[str, float | None]:
+    """``(on_disconnect, grace)`` from the ``tidings`` field."""
+    field = EXTENSION_FIELD
+    if not isinstance(value, dict):
+        raise _fail(f"{field} must be an object", field)
+    unknown = sorted(set(value) - {"on_disconnect", "grace"})
+    if unknown:
+        name = f"{field}.{unknown[0]}"
+        raise _fail(f"{name} is not an option: {field} takes on_disconnect and grace", name)
+    policy = value.get("on_disconnect", "grace")
+    if policy not in DISCONNECT_POLICIES:
+        choices = ", ".join(repr(name) for name in DISCONNECT_POLICIES)
+        raise _fail(
+            f"{field}.on_disconnect must be one of {choices}, not {policy!r}",
+            f"{field}.on_disconnect",
+        )
+    grace = value.get("grace")
+    if grace is None:
+        return policy, None
+    param = f"{field}.grace"
+    if policy != "grace":
+        raise _fail(f"{param} is only allowed with on_disconnect 'grace'", param)
+    number = isinstance(grace, int | float) and not isinstance(grace, bool)
+    if not number or not 0 <= grace <= limits.max_grace:
+        raise _fail(
+            f"{param} must be a number of seconds from 0 to {limits.max_grace:g}, not {grace!r}",
+            param,
+        )
+    return policy, float(grace)
 
 
 def validate_request(body: object, limits: RequestLimits | None = None) -> ChatRequest:
@@ -198,6 +257,10 @@ def validate_request(body: object, limits: RequestLimits | None = None) -> ChatR
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise _fail("tools must be a list", "tools")
+    on_disconnect, grace = "grace", None
+    if EXTENSION_FIELD in body:
+        on_disconnect, grace = _check_extension(body[EXTENSION_FIELD], limits)
+        body = {name: value for name, value in body.items() if name != EXTENSION_FIELD}
     return ChatRequest(
         model=model,
         messages=checked,
@@ -205,4 +268,6 @@ def validate_request(body: object, limits: RequestLimits | None = None) -> ChatR
         include_usage=include_usage,
         max_tokens=max_tokens,
         body=body,
+        on_disconnect=on_disconnect,
+        grace=grace,
     )

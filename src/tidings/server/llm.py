@@ -3,8 +3,15 @@
 The completions endpoint speaks OpenAI's protocol exactly: errors are
 ``{"error": {"message", "type", "param", "code"}}``; a streamed answer is
 nothing but ``data:`` lines and ``:`` comments (no ``id:``, ``event:`` or
-``retry:`` field, no data-less block, no BOM) ending with ``data: [DONE]``,
-or, after a failure, with ``data: {"error": …}``. The ``X-Tidings-Stream-Id``
+``retry:`` field, no block of fields without data, no BOM) ending with
+``data: [DONE]``, or, after a failure, with ``data: {"error": …}``. The
+headers and a ``: ping`` go out as soon as the generation has started, and a
+``: ping`` follows every ``keepalive`` seconds without a chunk, so time to
+first byte does not wait for the upstream; a failure before the first chunk
+(an upstream refusal, a timeout, a cancel) is that ``data: {"error": …}``
+line, which the OpenAI SDKs raise as an error. What is refused before any
+upstream call (auth, a bad body, an unknown model, the limits) is still a
+plain HTTP 4xx. The ``X-Tidings-Stream-Id``
 header names the generation, which ``/v1/streams/{id}`` serves over Tidings'
 own SSE: ``id:`` cursors, ``Last-Event-ID`` resume, ``event: end`` last;
 with ``?snapshot=1`` what precedes the live part comes first as one chunk
@@ -186,6 +193,13 @@ def _end_response(end: dict[str, Any], headers: dict[str, str]) -> Response:
     return _JSON({"error": error}, status_code=status, headers=headers)
 
 
+def _stream_end(end: dict[str, Any]) -> bytes:
+    """The last lines of a streamed answer: ``[DONE]``, or the error the SDKs raise."""
+    if end.get("status") == "completed":
+        return _DONE
+    return encode_data(orjson.dumps({"error": end["error"]}))
+
+
 def _final(end: dict[str, Any], completion: Completion, headers: dict[str, str]) -> Response:
     """The response to a non-streamed request once its generation has ended."""
     if end.get("status") == "completed":
@@ -353,8 +367,6 @@ class ChatCompletions:
         receive: Receive,
         send: Send,
     ) -> None:
-        headers = {STREAM_ID_HEADER: generation.id}
-        started = False
         stream_send, coding = _stream_send(self.compression, scope, send)
         async with _listen(
             self.relay.hub,
@@ -364,6 +376,20 @@ class ChatCompletions:
             keepalive=self.keepalive,
             generation=generation,
         ) as batches:
+            # Headers and a ping at once: the client knows it is heard, and
+            # an error before the first chunk travels in the stream.
+            await stream_send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        *_OPENAI_SSE_HEADERS,
+                        *coding,
+                        (STREAM_ID_HEADER.encode(), generation.id.encode()),
+                    ],
+                }
+            )
+            await stream_send({"type": "http.response.body", "body": PING, "more_body": True})
             async for items in batches:
                 out: list[bytes] = []
                 end: dict[str, Any] | None = None if items else _lost_end(generation)
@@ -376,29 +402,8 @@ class ChatCompletions:
                         break
                     if item.event == "message" or (item.event == "usage" and include_usage):
                         out.append(encode_data(item.raw))
-                if not started:
-                    if not out:
-                        if end is not None:
-                            await _end_response(end, headers)(scope, receive, send)
-                            return
-                        continue  # nothing to say yet: headers wait for the first chunk
-                    started = True
-                    await stream_send(
-                        {
-                            "type": "http.response.start",
-                            "status": 200,
-                            "headers": [
-                                *_OPENAI_SSE_HEADERS,
-                                *coding,
-                                (STREAM_ID_HEADER.encode(), generation.id.encode()),
-                            ],
-                        }
-                    )
                 if end is not None:
-                    if end.get("status") == "completed":
-                        out.append(_DONE)
-                    else:
-                        out.append(encode_data(orjson.dumps({"error": end["error"]})))
+                    out.append(_stream_end(end))
                     await stream_send({"type": "http.response.body", "body": b"".join(out)})
                     return
                 await stream_send(

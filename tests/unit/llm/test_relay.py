@@ -414,3 +414,38 @@ async def test_a_failed_control_subscription_is_retried(provider: Scripted) -> N
             assert await wait(relay, generation.id) is Status.COMPLETED
         finally:
             await relay.aclose()
+
+
+async def test_each_request_chooses_what_its_listeners_leaving_does(hub: Hub) -> None:
+    names = ("continue", "cancel", "subscribed", "clock")
+    providers = {name: Scripted(name) for name in names}
+    for provider in providers.values():
+        provider.block_at = 1
+    router = ProviderRouter(providers, {name: name for name in names[:3]}, default="clock")
+    relay = Relay(hub, router, grace=0.05)
+
+    def request(model: str, **extension: Any) -> ChatRequest:
+        return validate_request(
+            {"model": model, "messages": [{"role": "user", "content": "q"}], "tidings": extension}
+        )
+
+    try:
+        kept = await relay.start(request("continue", on_disconnect="continue"))
+        cancelled = await relay.start(request("cancel", on_disconnect="cancel"))
+        subscribed = await relay.start(request("subscribed", on_disconnect="cancel"))
+        assert (kept.grace, cancelled.grace, subscribed.grace) == (None, 0.0, 0.0)
+        async with hub.subscribe(subscribed.channel):
+            for generation in (kept, cancelled, subscribed):
+                with generation.listening():
+                    pass
+            # Cancelled on the next turn of the loop, not after the relay's grace.
+            assert await wait(relay, cancelled.id) is Status.CANCELLED
+            assert relay.get(kept.id) is kept
+            clock = await relay.start(chat("clock"))  # unheard: gone after 0.05 s
+            assert await wait(relay, clock.id) is Status.CANCELLED
+            assert not kept.done
+            assert not subscribed.done  # someone reads its channel
+        providers["continue"].release.set()
+        assert await wait(relay, kept.id) is Status.COMPLETED
+    finally:
+        await relay.aclose()

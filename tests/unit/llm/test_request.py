@@ -109,3 +109,37 @@ def test_limits_are_configurable() -> None:
         validate_request(valid(messages=[USER, USER]), limits)
     with pytest.raises(InvalidChatRequest, match="from 1 to 10"):
         validate_request(valid(max_tokens=11), limits)
+
+
+def test_the_disconnect_policy_is_read_and_never_forwarded() -> None:
+    default = validate_request(valid())
+    assert (default.on_disconnect, default.grace) == ("grace", None)
+    for extension, expected in [
+        ({"on_disconnect": "cancel"}, ("cancel", None)),
+        ({"on_disconnect": "continue"}, ("continue", None)),
+        ({"grace": 2}, ("grace", 2.0)),
+        ({"on_disconnect": "grace", "grace": 0.5}, ("grace", 0.5)),
+        ({}, ("grace", None)),
+    ]:
+        request = validate_request(valid(tidings=extension, top_k=3))
+        assert (request.on_disconnect, request.grace) == expected
+        assert request.body == valid(top_k=3)
+
+
+@pytest.mark.parametrize(
+    ("extension", "param"),
+    [
+        (None, "tidings"),
+        (["cancel"], "tidings"),
+        ({"on_disconnect": None}, "tidings.on_disconnect"),
+        ({"on_disconnect": "CANCEL"}, "tidings.on_disconnect"),
+        ({"grace": True}, "tidings.grace"),
+        ({"grace": 61}, "tidings.grace"),
+        ({"on_disconnect": "continue", "grace": 1}, "tidings.grace"),
+        ({"ttl": 1}, "tidings.ttl"),
+    ],
+)
+def test_a_bad_disconnect_policy_names_its_field(extension: object, param: str) -> None:
+    with pytest.raises(InvalidChatRequest) as caught:
+        validate_request(valid(tidings=extension), RequestLimits(max_grace=60))
+    assert caught.value.param == param
