@@ -6,17 +6,26 @@ and the load client in this process (pinned to the last CPU), and
 upstream. Three bounded phases:
 
 1. **TTFT overhead**: ``--requests`` sequential streamed requests, directly
-   to the fake and through Tidings; time from sending the request to the
-   first content token, p50 and p99; the difference is what the relay adds.
+   to the fake and through Tidings, taken in turns; time from sending the
+   request to the first content token, p50 and p99; the difference is what
+   the relay adds.
 2. **Tokens relayed per core**: ``--streams`` concurrent generations of
    ``--tokens`` tokens each with no delay upstream; tokens received per wall
-   second, and per CPU second of the server process (its utime + stime).
+   second, and per CPU second of the server process (its utime + stime),
+   ``--rounds`` times; the median is reported.
 3. **Concurrent generations held**: ``--held`` generations open at once
    (each holds a client stream and an upstream request), all paused
    upstream; checks that each received its first token, records the server's
    RSS, then releases them and checks that each completed.
 
-    python benchmarks/llm_relay.py [--requests 200] [--streams 20] [--tokens 2000] [--held 1000]
+``--baseline DIR`` compares with another version of Tidings in the same
+run: a second server runs from ``DIR/src`` (say, ``git archive`` of an older
+commit unpacked in ``DIR``), on the same CPU, and phases 1 and 2 take
+turns between the two, so that the noise of a shared machine falls on both
+alike; the ratios are printed.
+
+    python benchmarks/llm_relay.py [--requests 200] [--streams 20] [--tokens 2000]
+        [--held 1000] [--rounds 3] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -84,35 +93,83 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-async def ttft_phase(client: httpx.AsyncClient, direct: str, relay: str, requests: int) -> None:
-    for label, url in (("direct", direct), ("relay", relay)):
-        for _ in range(10):  # warm up connections and code paths
-            await stream_once(client, url, "ttft")
-        samples = [(await stream_once(client, url, "ttft"))[0] * 1000 for _ in range(requests)]
+async def ttft_phase(
+    client: httpx.AsyncClient, targets: dict[str, str], requests: int, pids: dict[str, int]
+) -> dict[str, float]:
+    """Time to first token of each target, requests taken in turns; the p50s.
+
+    Also the CPU time each server spends per request (20 tokens), which the
+    load of a shared machine does not inflate as it does latency.
+    """
+    samples: dict[str, list[float]] = {label: [] for label in targets}
+    cpu: dict[str, float] = dict.fromkeys(targets, 0.0)
+    for round_ in range(10 + requests):  # ten rounds warm up connections and code paths
+        for label, url in targets.items():
+            pid = pids.get(label)
+            before = cpu_seconds(pid) if pid else 0.0
+            ttft = (await stream_once(client, url, "ttft"))[0] * 1000
+            if round_ >= 10:
+                samples[label].append(ttft)
+                if pid:
+                    cpu[label] += cpu_seconds(pid) - before
+    p50s = {}
+    for label, values in samples.items():
+        p50s[label] = statistics.median(values)
         print(
-            f"ttft {label:6} n={requests} p50={statistics.median(samples):.2f} ms "
-            f"p99={percentile(samples, 0.99):.2f} ms mean={statistics.fmean(samples):.2f} ms"
+            f"ttft {label:8} n={requests} p50={p50s[label]:.2f} ms "
+            f"p99={percentile(values, 0.99):.2f} ms mean={statistics.fmean(values):.2f} ms"
         )
+    for label in targets:
+        if label != "direct":
+            print(
+                f"ttft {label:8} adds {p50s[label] - p50s['direct']:.2f} ms at p50; "
+                f"server CPU {cpu[label] * 1000 / requests:.2f} ms per request"
+            )
+    return p50s
+
+
+async def throughput_once(
+    client: httpx.AsyncClient, label: str, url: str, streams: int, tokens: int, pid: int | None
+) -> float:
+    """One round of ``streams`` generations; tokens per CPU-second of ``pid`` (0 without)."""
+    cpu_before = cpu_seconds(pid) if pid else 0.0
+    started = time.perf_counter()
+    async with asyncio.timeout(300):
+        results = await asyncio.gather(*(stream_once(client, url, "bulk") for _ in range(streams)))
+    wall = time.perf_counter() - started
+    received = sum(count for _, count in results)
+    assert received == streams * tokens, (received, streams * tokens)
+    line = f"tokens {label:8} {streams} streams x {tokens}: {received / wall:,.0f} tokens/s"
+    if not pid:
+        print(line)
+        return 0.0
+    cpu = cpu_seconds(pid) - cpu_before
+    print(f"{line}, server CPU {cpu:.2f} s -> {received / cpu:,.0f} tokens per CPU-second")
+    return received / cpu
 
 
 async def throughput_phase(
-    client: httpx.AsyncClient, direct: str, relay: str, streams: int, tokens: int, pid: int
-) -> None:
-    for label, url in (("direct", direct), ("relay", relay)):
-        cpu_before = cpu_seconds(pid)
-        started = time.perf_counter()
-        async with asyncio.timeout(300):
-            results = await asyncio.gather(
-                *(stream_once(client, url, "bulk") for _ in range(streams))
-            )
-        wall = time.perf_counter() - started
-        cpu = cpu_seconds(pid) - cpu_before
-        received = sum(count for _, count in results)
-        assert received == streams * tokens, (received, streams * tokens)
-        line = f"tokens {label:6} {streams} streams x {tokens}: {received / wall:,.0f} tokens/s"
-        if label == "relay":
-            line += f", server CPU {cpu:.2f} s -> {received / cpu:,.0f} tokens per CPU-second"
-        print(line)
+    client: httpx.AsyncClient,
+    targets: dict[str, tuple[str, int | None]],
+    streams: int,
+    tokens: int,
+    rounds: int,
+) -> dict[str, float]:
+    """Tokens per CPU-second of each server, ``rounds`` times in turns; the medians."""
+    rates: dict[str, list[float]] = {label: [] for label in targets}
+    for round_ in range(rounds):
+        order = list(targets.items())
+        if round_ % 2:
+            order.reverse()  # neither server always runs first
+        for label, (url, pid) in order:
+            rates[label].append(await throughput_once(client, label, url, streams, tokens, pid))
+    medians = {label: statistics.median(values) for label, values in rates.items() if values[0]}
+    for label, median in medians.items():
+        print(f"tokens {label:8} median of {rounds}: {median:,.0f} tokens per CPU-second")
+    if "baseline" in medians:
+        ratio = medians["relay"] / medians["baseline"]
+        print(f"tokens relay / baseline: {ratio:.2f}x tokens per CPU-second")
+    return medians
 
 
 async def held_phase(
@@ -142,6 +199,37 @@ async def held_phase(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def start_server(
+    upstream: FakeUpstream, args: argparse.Namespace, cpus: list[int], source: str | None
+) -> tuple[asyncio.subprocess.Process, int]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "TIDINGS_LOG_LEVEL": "warning",
+        "TIDINGS_LLM_BASE_URL": upstream.base_url,
+        "TIDINGS_LLM_MAX_GENERATIONS": str(max(args.held, args.streams) + 10),
+        "TIDINGS_LLM_MAX_GENERATIONS_PER_CLIENT": str(max(args.held, args.streams) + 10),
+        "TIDINGS_LLM_GRACE": "60",
+    }
+    if source is not None:
+        env["PYTHONPATH"] = source
+    command = [sys.executable, "-m", "tidings", "serve", "--port", str(port), "--no-demo"]
+    if len(cpus) > 1:
+        command = ["taskset", "-c", str(cpus[0]), *command]
+    return await asyncio.create_subprocess_exec(*command, env=env), port
+
+
+async def wait_healthy(client: httpx.AsyncClient, base: str) -> None:
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                if (await client.get(base + "/healthz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+
+
 async def main(args: argparse.Namespace) -> None:
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) > 1:
@@ -151,41 +239,33 @@ async def main(args: argparse.Namespace) -> None:
         upstream.scenario("ttft", Scenario(tokens=[f"tok{index} " for index in range(20)]))
         upstream.scenario("bulk", Scenario(tokens=bulk_tokens))
         held = upstream.scenario("held", Scenario(tokens=["tok0 ", "tok1 "], pause_after=1))
-        port = free_port()
-        env = {
-            **os.environ,
-            "TIDINGS_LOG_LEVEL": "warning",
-            "TIDINGS_LLM_BASE_URL": upstream.base_url,
-            "TIDINGS_LLM_MAX_GENERATIONS": str(max(args.held, args.streams) + 10),
-            "TIDINGS_LLM_MAX_GENERATIONS_PER_CLIENT": str(max(args.held, args.streams) + 10),
-            "TIDINGS_LLM_GRACE": "60",
-        }
-        command = [sys.executable, "-m", "tidings", "serve", "--port", str(port), "--no-demo"]
-        if len(cpus) > 1:
-            command = ["taskset", "-c", str(cpus[0]), *command]
-        server = await asyncio.create_subprocess_exec(*command, env=env)
+        servers = {"relay": await start_server(upstream, args, cpus, None)}
+        if args.baseline:
+            servers["baseline"] = await start_server(upstream, args, cpus, args.baseline)
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=args.held + 100)
         try:
             async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-                base = f"http://127.0.0.1:{port}"
-                async with asyncio.timeout(30):
-                    while True:
-                        try:
-                            if (await client.get(base + "/healthz")).status_code == 200:
-                                break
-                        except httpx.TransportError:
-                            await asyncio.sleep(0.1)
-                relay = base + "/v1/chat/completions"
+                urls = {}
+                for label, (_, port) in servers.items():
+                    base = f"http://127.0.0.1:{port}"
+                    await wait_healthy(client, base)
+                    urls[label] = base + "/v1/chat/completions"
                 direct = upstream.base_url + "/chat/completions"
                 when = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
                 print(f"{when} UTC, Python {platform.python_version()}, CPUs {cpus}")
-                await ttft_phase(client, direct, relay, args.requests)
-                await throughput_phase(client, direct, relay, args.streams, args.tokens, server.pid)
-                await held_phase(client, relay, args.held, held, server.pid)
+                pids = {label: process.pid for label, (process, _) in servers.items()}
+                await ttft_phase(client, {"direct": direct, **urls}, args.requests, pids)
+                targets: dict[str, tuple[str, int | None]] = {"direct": (direct, None)}
+                for label, (process, _) in servers.items():
+                    targets[label] = (urls[label], process.pid)
+                await throughput_phase(client, targets, args.streams, args.tokens, args.rounds)
+                await held_phase(client, urls["relay"], args.held, held, servers["relay"][0].pid)
         finally:
-            server.terminate()
+            for process, _ in servers.values():
+                process.terminate()
             async with asyncio.timeout(30):
-                await server.wait()
+                for process, _ in servers.values():
+                    await process.wait()
 
 
 if __name__ == "__main__":
@@ -194,4 +274,11 @@ if __name__ == "__main__":
     parser.add_argument("--streams", type=int, default=20)
     parser.add_argument("--tokens", type=int, default=2000)
     parser.add_argument("--held", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        type=lambda path: str(Path(path).resolve() / "src"),
+        help="the source tree of another version (its src/ is imported)",
+    )
     asyncio.run(main(parser.parse_args()))

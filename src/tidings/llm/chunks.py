@@ -1,7 +1,9 @@
 """OpenAI Chat Completions shapes: deltas in, ``chat.completion(.chunk)`` out.
 
 A provider yields :class:`Delta` values; :func:`build_chunk` turns one into
-the ``chat.completion.chunk`` object that is published and streamed, and
+the ``chat.completion.chunk`` object that is published and streamed
+(:class:`ChunkEncoder` writes the same object's JSON bytes straight from
+the delta, with the generation's fixed fields encoded once), and
 :class:`Completion` folds a whole stream of chunks back into the
 non-streamed ``chat.completion`` object. :func:`error_object` is OpenAI's
 ``{"message", "type", "param", "code"}`` error shape.
@@ -13,7 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Completion", "Delta", "build_chunk", "error_object"]
+import orjson
+
+__all__ = ["ChunkEncoder", "Completion", "Delta", "build_chunk", "error_object"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +95,48 @@ def build_chunk(completion_id: str, created: int, model: str, delta: Delta) -> d
     return chunk
 
 
+class ChunkEncoder:
+    """The JSON bytes of ``build_chunk(completion_id, created, model, delta)``, cheaper.
+
+    The fields every chunk of a generation shares are encoded once; per
+    delta only the delta's own fields are, so a token costs one small
+    ``orjson.dumps`` instead of building and encoding the whole object.
+    The bytes are exactly ``orjson.dumps(build_chunk(...))``.
+    """
+
+    __slots__ = ("_head",)
+
+    def __init__(self, completion_id: str, created: int, model: str) -> None:
+        head = {"id": completion_id, "object": "chat.completion.chunk", "created": created}
+        self._head = orjson.dumps({**head, "model": model})[:-1] + b',"choices":['
+
+    def encode(self, delta: Delta) -> bytes:
+        """The chunk for ``delta``, as JSON bytes."""
+        parts = [self._head]
+        if delta.has_choice:
+            body: dict[str, Any] = {}
+            if delta.role is not None:
+                body["role"] = delta.role
+            if delta.content is not None:
+                body["content"] = delta.content
+            if delta.tool_calls:
+                body["tool_calls"] = [dict(call) for call in delta.tool_calls]
+            if delta.extra:
+                body.update(delta.extra)
+            parts += (
+                b'{"index":%d,"delta":' % delta.index,
+                orjson.dumps(body),
+                b',"logprobs":null,"finish_reason":',
+                orjson.dumps(delta.finish_reason),
+                b"}",
+            )
+        if delta.usage is not None:
+            parts += (b'],"usage":', orjson.dumps(dict(delta.usage)), b"}")
+        else:
+            parts.append(b"]}")
+        return b"".join(parts)
+
+
 def error_object(
     message: str, *, type: str, code: str | None = None, param: str | None = None
 ) -> dict[str, Any]:
@@ -115,15 +161,19 @@ class _Choice:
             self.content.append(delta["content"])
         for fragment in delta.get("tool_calls") or ():
             self._add_tool_call(fragment)
-        for key, value in delta.items():
+        self.add_extra(delta)
+        if finish_reason is not None:
+            self.finish_reason = finish_reason
+
+    def add_extra(self, fields: Mapping[str, Any]) -> None:
+        """Fold the delta fields other than role, content and tool_calls."""
+        for key, value in fields.items():
             if key in ("role", "content", "tool_calls"):
                 continue
             if isinstance(value, str) and isinstance(self.extra.get(key), str):
                 self.extra[key] += value
             else:
                 self.extra[key] = value
-        if finish_reason is not None:
-            self.finish_reason = finish_reason
 
     def _add_tool_call(self, fragment: Mapping[str, Any]) -> None:
         call = self.tool_calls.setdefault(
@@ -172,6 +222,25 @@ class Completion:
             state.add(choice.get("delta") or {}, choice.get("finish_reason"))
         if chunk.get("usage") is not None:
             self.usage = dict(chunk["usage"])
+
+    def add_delta(self, delta: Delta) -> None:
+        """Add the chunk of ``delta`` (the same as ``add(build_chunk(…, delta))``, cheaper)."""
+        if delta.has_choice:
+            state = self._choices.get(delta.index)
+            if state is None:
+                state = self._choices[delta.index] = _Choice()
+            if delta.role is not None:
+                state.role = delta.role
+            if delta.content is not None:
+                state.content.append(delta.content)
+            for fragment in delta.tool_calls or ():
+                state._add_tool_call(fragment)
+            if delta.extra:
+                state.add_extra(delta.extra)
+            if delta.finish_reason is not None:
+                state.finish_reason = delta.finish_reason
+        if delta.usage is not None:
+            self.usage = dict(delta.usage)
 
     def first(self) -> tuple[dict[str, Any], str | None]:
         """The first choice's message so far, and its ``finish_reason`` (None: none yet)."""

@@ -103,6 +103,8 @@ from dataclasses import replace
 from enum import StrEnum
 from typing import Any, NamedTuple
 
+import orjson
+
 from tidings.errors import (
     BackendUnavailable,
     QueueFull,
@@ -112,7 +114,7 @@ from tidings.errors import (
     UpstreamTimeout,
 )
 from tidings.hub import Event, Hub
-from tidings.llm.chunks import Completion, Delta, build_chunk, error_object
+from tidings.llm.chunks import ChunkEncoder, Completion, Delta, error_object
 from tidings.llm.config import ProviderRouter
 from tidings.llm.control import RelayControl
 from tidings.llm.record import GenerationRecord
@@ -270,6 +272,8 @@ class Generation:
         self.model = model
         self.provider = provider
         self.created = int(time.time())
+        #: Encodes its ``chat.completion.chunk`` events.
+        self.chunks = ChunkEncoder(generation_id, self.created, model)
         self.origin = origin
         self.status = Status.RUNNING
         self.cancel_reason: str | None = None
@@ -834,8 +838,9 @@ class Relay:
         if delta.is_token:
             generation._token(time.monotonic())
             self._tokens += 1
-        chunk = build_chunk(generation.id, generation.created, generation.model, delta)
-        generation.completion.add(chunk)
+        generation.completion.add_delta(delta)
+        # Already JSON: the hub keeps the bytes as they are (no second encoding).
+        chunk: Any = orjson.Fragment(generation.chunks.encode(delta))
         event = "message" if delta.has_choice else "usage"
         await self.hub.publish(generation.channel, chunk, event=event)
 

@@ -202,7 +202,21 @@ class SSEDecoder:
         text = self._decoder.decode(chunk)
         if text and not self._bom_checked:
             text = self._strip_bom(text)
-        return self._feed_text(text) if text else []
+        if not text:
+            return []
+        # The usual chunk of a token stream is one whole "data: …" line and
+        # the blank line after it, with nothing pending: one event, no line loop.
+        if (
+            text.endswith("\n\n")
+            and text.startswith("data: ")
+            and text.find("\n") == len(text) - 2
+            and "\r" not in text
+            and not (self._line or self._data or self._type or self._pending_cr)
+        ):
+            self._check_size(len(text) - 2)  # the line; its data is shorter
+            self.last_event_id = self._id_buffer
+            return [SSEEvent(data=text[6:-2], id=self.last_event_id)]
+        return self._feed_text(text)
 
     def feed_eof(self) -> list[SSEEvent]:
         """End the stream.

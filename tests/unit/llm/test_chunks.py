@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from tidings.llm.chunks import Completion, Delta, build_chunk, error_object
+import orjson
+import pytest
+
+from tidings.llm.chunks import ChunkEncoder, Completion, Delta, build_chunk, error_object
 
 
 def test_a_content_chunk_has_every_field_the_sdk_needs() -> None:
@@ -97,3 +100,26 @@ def test_an_empty_completion_still_has_one_choice() -> None:
     assert result["choices"][0]["message"]["content"] == ""
     assert result["choices"][0]["finish_reason"] == "stop"
     assert result["usage"] is None
+
+
+@pytest.mark.parametrize(
+    "delta",
+    [
+        Delta(content='tok \u2603 "quoted"\n'),
+        Delta(role="assistant", content=""),
+        Delta(content="", finish_reason="stop", index=2),
+        Delta(tool_calls=({"index": 0, "function": {"arguments": '{"a'}},)),
+        Delta(content="x", extra={"reasoning_content": "why"}),
+        Delta(usage={"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}),
+        Delta(content="both", usage={"total_tokens": 1}),
+    ],
+)
+def test_the_encoder_writes_exactly_the_built_chunk(delta: Delta) -> None:
+    encoder = ChunkEncoder("chatcmpl-1", 1700000000, 'model "with" quotes')
+    built = build_chunk("chatcmpl-1", 1700000000, 'model "with" quotes', delta)
+    assert encoder.encode(delta) == orjson.dumps(built)
+    folded, added = Completion("c", 1, "m"), Completion("c", 1, "m")
+    for _ in range(2):  # twice: the second appends to the first
+        folded.add(built)
+        added.add_delta(delta)
+    assert added.result() == folded.result()

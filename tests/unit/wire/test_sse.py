@@ -215,6 +215,33 @@ def test_max_event_bytes_refuses_runaway_lines() -> None:
         decoder.feed(b"data: 0123456789\ndata: 0123456789\n")
 
 
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b"data: one\n\n", b"data: two\n\n"],  # whole events: the one-line fast path
+        [b"id: 7\n\n", b"data: after an id\n\n"],  # keeps the last event id
+        [b"event: x\n", b"data: typed\n\n"],  # a pending type is not lost
+        [b"data: a\n", b"data: b\n\n"],  # nor pending data
+        [b"data: a\r", b"\ndata: b\n\n"],  # nor a pending CR
+        [b"data: a\r\n\n", b"data:no space\n\n", b"data: two\ndata: lines\n\n"],
+        [b"\xef\xbb\xbfdata: after a BOM\n\n"],
+    ],
+)
+def test_whole_data_events_decode_as_bytewise(chunks: list[bytes]) -> None:
+    decoder = SSEDecoder()
+    events = [event for chunk in chunks for event in decoder.feed(chunk)]
+    expected, bytewise = decode_bytewise(b"".join(chunks))
+    assert events == expected
+    assert decoder.last_event_id == bytewise.last_event_id
+
+
+def test_max_event_bytes_holds_for_a_whole_data_event() -> None:
+    SSEDecoder(max_event_bytes=16).feed(b"data: 0123456789\n\n")  # a 16-character line
+    with pytest.raises(FrameTooLarge):
+        SSEDecoder(max_event_bytes=16).feed(b"data: 01234567890\n\n")
+
+
 # -- encoder ----------------------------------------------------------------
 
 
