@@ -48,6 +48,7 @@ from tests.support.fake_openai import FakeUpstream, Scenario
 from tidings.testing import free_port
 
 TOKEN = b'"content":"tok'
+ERROR = b'data: {"error"'
 MESSAGES = [{"role": "user", "content": "benchmark"}]
 
 
@@ -76,6 +77,8 @@ async def stream_once(
         response.raise_for_status()
         async for raw in response.aiter_raw():
             data = tail + raw
+            if ERROR in data:  # the headers went out before the upstream answered
+                raise RuntimeError(f"the stream ended with an error: {data[-300:]!r}")
             count = data.count(TOKEN)
             if count and ttft < 0:
                 ttft = time.perf_counter() - started

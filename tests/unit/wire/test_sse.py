@@ -215,7 +215,6 @@ def test_max_event_bytes_refuses_runaway_lines() -> None:
         decoder.feed(b"data: 0123456789\ndata: 0123456789\n")
 
 
-
 @pytest.mark.parametrize(
     "chunks",
     [
