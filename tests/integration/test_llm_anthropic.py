@@ -155,7 +155,7 @@ async def test_unknown_event_types_are_ignored(
 
 
 @pytest.mark.parametrize(("upstream_status", "status"), [(529, 502), (429, 429), (400, 400)])
-async def test_an_http_refusal_is_an_http_error(
+async def test_an_http_refusal_is_an_http_error_or_the_streams_error(
     sdk: openai.AsyncOpenAI, upstream: FakeAnthropic, upstream_status: int, status: int
 ) -> None:
     kind = {529: "overloaded_error", 429: "rate_limit_error", 400: "invalid_request_error"}
@@ -163,11 +163,18 @@ async def test_an_http_refusal_is_an_http_error(
         "claude-no", Scenario(status=upstream_status, error_type=kind[upstream_status])
     )
     with pytest.raises(openai.APIStatusError) as caught:
-        await sdk.chat.completions.create(model="claude-no", messages=MESSAGES, stream=True)
+        await sdk.chat.completions.create(model="claude-no", messages=MESSAGES)
     assert caught.value.status_code == status
-    body = caught.value.body
-    assert isinstance(body, dict)
-    assert body["message"] == f"upstream answered {upstream_status} (type: {kind[upstream_status]})"
+    # Streamed, the headers went out before the upstream answered: the SDK
+    # raises the stream's error line.
+    stream = await sdk.chat.completions.create(model="claude-no", messages=MESSAGES, stream=True)
+    with pytest.raises(openai.APIError) as raised:
+        async for _ in stream:
+            pass
+    expected = f"upstream answered {upstream_status} (type: {kind[upstream_status]})"
+    for body in (caught.value.body, raised.value.body):
+        assert isinstance(body, dict)
+        assert body["message"] == expected
 
 
 @pytest.mark.parametrize(

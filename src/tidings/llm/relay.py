@@ -488,7 +488,8 @@ class Relay:
                 address); None counts against no client's share.
 
         Raises:
-            InvalidChatRequest: no provider serves the requested model.
+            InvalidChatRequest: no provider serves the requested model, or its
+                provider cannot send the request (its ``check``).
             QueueFull: ``max_generations`` are running already, or
                 ``max_per_client`` of this client's (``per_client``).
             BackendUnavailable: the hub's backend cannot be reached.
@@ -502,6 +503,9 @@ class Relay:
         if client is not None and limit is not None and self._by_client.get(client, 0) >= limit:
             raise QueueFull(limit, per_client=True)
         provider = self.router.provider_for(request.model)
+        check = getattr(provider, "check", None)
+        if check is not None:
+            check(request)  # a request it cannot send is refused before anything starts
         await self._control.start()  # before any DELETE from elsewhere can name it
         generation_id = "chatcmpl-" + secrets.token_hex(ID_BYTES)
         await self._take_lease(generation_id)  # before anything names the generation

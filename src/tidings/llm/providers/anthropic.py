@@ -46,7 +46,7 @@ from typing import Any
 import httpx
 import orjson
 
-from tidings.errors import UpstreamError
+from tidings.errors import InvalidChatRequest, UpstreamError
 from tidings.llm.chunks import Delta
 from tidings.llm.providers.base import display_url
 from tidings.llm.providers.openai import (
@@ -460,6 +460,17 @@ class AnthropicProvider:
     def request_body(self, request: ChatRequest) -> dict[str, Any]:
         """The Messages API body sent upstream (see :func:`messages_request`)."""
         return messages_request(request, max_tokens=self.max_tokens, model=self.model)
+
+    def check(self, request: ChatRequest) -> None:
+        """Refuse a request that cannot be translated, before the generation starts.
+
+        Raises:
+            InvalidChatRequest: what :func:`messages_request` refuses.
+        """
+        try:
+            self.request_body(request)
+        except UpstreamError as exc:
+            raise InvalidChatRequest(str(exc)) from exc
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
         body = orjson.dumps(self.request_body(request))

@@ -42,8 +42,11 @@ class Provider(Protocol):
     relay consumes it under ``contextlib.aclosing``: when a generation is
     cancelled, the generator is closed at once and must release what it
     holds (an OpenAI-compatible provider closes its upstream HTTP request).
-    The first delta should come once the upstream has accepted the request,
-    so that a refusal can still be answered with an HTTP error status.
+    A provider may also have a ``check(request)`` method, which the relay
+    calls before the generation starts (before the response's headers):
+    it raises :class:`~tidings.errors.InvalidChatRequest` for a request
+    the provider cannot send, which is then a plain HTTP 400. What the
+    upstream refuses comes later, in the stream.
 
     Raises (from the iterator):
         UpstreamError: the upstream refused the request or failed mid-stream.
