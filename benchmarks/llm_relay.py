@@ -146,7 +146,7 @@ async def throughput_once(
     if not pid:
         print(line)
         return 0.0
-    cpu = cpu_seconds(pid) - cpu_before
+    cpu = max(cpu_seconds(pid) - cpu_before, 1 / os.sysconf("SC_CLK_TCK"))  # at least a tick
     print(f"{line}, server CPU {cpu:.2f} s -> {received / cpu:,.0f} tokens per CPU-second")
     return received / cpu
 
@@ -182,8 +182,18 @@ async def held_phase(
     rss_before = rss_mib(pid)
     tasks = [asyncio.ensure_future(stream_once(client, relay, "held", first)) for first in firsts]
     try:
-        async with asyncio.timeout(120):
-            await asyncio.gather(*(first.wait() for first in firsts))
+        all_first = asyncio.ensure_future(asyncio.gather(*(first.wait() for first in firsts)))
+        try:
+            # Until each has its first token, or one ends before (a failure, raised here).
+            done, _ = await asyncio.wait(
+                [all_first, *tasks], timeout=120, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            all_first.cancel()
+        for task in done - {all_first}:
+            raise RuntimeError(f"a held generation ended early: {task.result()}")
+        if all_first not in done:
+            raise TimeoutError("the held generations did not all start within 120 s")
         rss = rss_mib(pid)
         stats = (await client.get(relay.replace("/v1/chat/completions", "/api/stats"))).json()
         print(
@@ -213,6 +223,8 @@ async def start_server(
         "TIDINGS_LLM_MAX_GENERATIONS": str(max(args.held, args.streams) + 10),
         "TIDINGS_LLM_MAX_GENERATIONS_PER_CLIENT": str(max(args.held, args.streams) + 10),
         "TIDINGS_LLM_GRACE": "60",
+        # Every held generation is one connection from this one client.
+        "TIDINGS_MAX_CONNECTIONS_PER_CLIENT": str(args.held + 100),
     }
     if source is not None:
         env["PYTHONPATH"] = source
