@@ -27,7 +27,9 @@ from tidings.settings import Settings
 SECRET = "a-route-table-secret-of-32-bytes"
 
 #: The routes anyone may use, authentication or not (docs/reference/http.md).
-PUBLIC = frozenset({"/healthz", "/readyz", "/static", "/", "/admin", "/admin/static"})
+PUBLIC = frozenset(
+    {"/healthz", "/readyz", "/static", "/", "/favicon.ico", "/admin", "/admin/static"}
+)
 #: The admin routes exist only with an admin key: the table is built with one.
 ADMIN_KEY = "an-admin-key-of-24-chars"
 
@@ -127,7 +129,16 @@ async def hub() -> AsyncIterator[Hub]:
 
 
 @pytest.mark.parametrize(
-    "url", ["/healthz", "/readyz", "/static/tidings.js", "/", "/admin", "/admin/static/admin.js"]
+    "url",
+    [
+        "/healthz",
+        "/readyz",
+        "/static/tidings.js",
+        "/",
+        "/favicon.ico",
+        "/admin",
+        "/admin/static/admin.js",
+    ],
 )
 async def test_the_public_routes_answer_without_credentials(hub: Hub, url: str) -> None:
     transport = httpx.ASGITransport(app=create_app(hub, SETTINGS))
@@ -190,5 +201,9 @@ def test_static_dir_adds_only_its_public_mount_after_every_route(tmp_path: Path)
     settings = dataclasses.replace(SETTINGS, static_dir=str(tmp_path))
     with_pages = [route.path for route in create_app(Hub(), settings).routes]
     # Last, so every route above (each checked by the tests above) still answers
-    # first; it takes the demo's "/" and is public like it (docs/reference/http.md).
-    assert with_pages == [route.path for route in app().routes if route.path != "/"] + [""]
+    # first; it takes the demo's "/" and "/favicon.ico" (your directory serves
+    # its own) and is public like them (docs/reference/http.md).
+    demo_only = {"/", "/favicon.ico"}
+    assert with_pages == [route.path for route in app().routes if route.path not in demo_only] + [
+        ""
+    ]
