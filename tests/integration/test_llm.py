@@ -287,6 +287,36 @@ async def test_upstream_error_mid_stream_ends_with_an_error_chunk(
     assert caught.value.status_code == 502
 
 
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        '{"choices": [{"index": 0, "delta": {"content": "broken',  # cut JSON
+        "[1, 2, 3]",  # JSON, not an object
+        '{"choices": "not a list"}',
+        '{"choices": [7]}',
+    ],
+)
+async def test_malformed_upstream_data_mid_stream_ends_with_an_error_chunk(
+    sdk: openai.AsyncOpenAI, upstream: FakeUpstream, garbage: str
+) -> None:
+    """Never a hang, never the garbage passed on: an error chunk, and the upstream closed."""
+    # The fake would go on after the garbage; it waits instead, until the relay hangs up.
+    upstream.scenario("garbled", Scenario(garbage_after=2, garbage=garbage, pause_after=3))
+    stream = await sdk.chat.completions.create(model="garbled", messages=MESSAGES, stream=True)
+    received = []
+    async with asyncio.timeout(TIMEOUT):
+        with pytest.raises(openai.APIError, match="upstream sent a") as caught:
+            async for chunk in stream:
+                received.append(chunk.choices[0].delta.content or "")
+    assert "".join(received) == "tok0 tok1 "
+    assert isinstance(caught.value.body, dict)
+    assert caught.value.body["type"] == "upstream_error"
+    assert garbage not in str(caught.value.body)  # what the upstream sent is not echoed
+    call = await upstream.next_call(1, TIMEOUT)
+    async with asyncio.timeout(TIMEOUT):
+        await call.disconnected.wait()  # the relay closed the upstream request
+
+
 async def test_upstream_cut_mid_stream_ends_with_an_error_chunk(
     http: httpx.AsyncClient, upstream: FakeUpstream
 ) -> None:

@@ -40,6 +40,9 @@ class Scenario:
             ``error_message`` in OpenAI's error body.
         fail_after: Send ``data: {"error": …}`` after this many tokens, then end.
         cut_after: Close the connection abruptly after this many tokens.
+        garbage_after: Send ``data: `` with ``garbage`` (not a chunk) after
+            this many tokens, then carry on as if nothing happened.
+        garbage: What ``garbage_after`` sends.
         pause_after: Stop after this many tokens until ``release`` is set.
         tool_call: Answer with a tool call (name, arguments in fragments) instead of text.
         send_done: Whether to end with ``data: [DONE]``.
@@ -55,6 +58,8 @@ class Scenario:
     error_message: str = "the fake upstream refused the request"
     fail_after: int | None = None
     cut_after: int | None = None
+    garbage_after: int | None = None
+    garbage: str = '{"choices": [{"index": 0, "delta": {"content": "broken'
     pause_after: int | None = None
     release: asyncio.Event = field(default_factory=asyncio.Event)
     tool_call: tuple[str, list[str]] | None = None
@@ -235,6 +240,8 @@ class FakeUpstream:
                 writer.transport.abort()
                 call.finished.set()
                 return
+            if scenario.garbage_after == index:
+                await send(scenario.garbage)
             if index and scenario.interval:
                 await _sleep_or_disconnect(scenario.interval, call)
             await send(choice(piece))
