@@ -10,9 +10,11 @@ upstream. Three bounded phases:
    request to the first content token, p50 and p99; the difference is what
    the relay adds.
 2. **Tokens relayed per core**: ``--streams`` concurrent generations of
-   ``--tokens`` tokens each with no delay upstream; tokens received per wall
-   second, and per CPU second of the server process (its utime + stime),
-   ``--rounds`` times; the median is reported.
+   ``--tokens`` tokens each, back to back upstream (or ``--interval``
+   seconds apart, as a real model sends them: then each network read carries
+   one token); tokens received per wall second, and per CPU second of the
+   server process (its utime + stime), ``--rounds`` times; the median is
+   reported.
 3. **Concurrent generations held**: ``--held`` generations open at once
    (each holds a client stream and an upstream request), all paused
    upstream; checks that each received its first token, records the server's
@@ -25,7 +27,7 @@ turns between the two, so that the noise of a shared machine falls on both
 alike; the ratios are printed.
 
     python benchmarks/llm_relay.py [--requests 200] [--streams 20] [--tokens 2000]
-        [--held 1000] [--rounds 3] [--baseline DIR]
+        [--held 1000] [--rounds 3] [--interval 0] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -252,7 +254,7 @@ async def main(args: argparse.Namespace) -> None:
     bulk_tokens = [f"tok{index} " for index in range(args.tokens)]
     async with FakeUpstream() as upstream:
         upstream.scenario("ttft", Scenario(tokens=[f"tok{index} " for index in range(20)]))
-        upstream.scenario("bulk", Scenario(tokens=bulk_tokens))
+        upstream.scenario("bulk", Scenario(tokens=bulk_tokens, interval=args.interval))
         held = upstream.scenario("held", Scenario(tokens=["tok0 ", "tok1 "], pause_after=1))
         servers = {"relay": await start_server(upstream, args, cpus, None)}
         if args.baseline:
@@ -290,6 +292,13 @@ if __name__ == "__main__":
     parser.add_argument("--tokens", type=int, default=2000)
     parser.add_argument("--held", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="seconds between the tokens of phase 2 upstream (default: back to back)",
+    )
     parser.add_argument(
         "--baseline",
         metavar="DIR",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import AsyncIterator, Callable
 
 import httpx
@@ -79,10 +80,31 @@ async def test_streams_deltas_in_any_split(size: int) -> None:
     (request,) = seen
     assert str(request.url) == "http://upstream/v1/chat/completions"
     assert request.headers["authorization"] == "Bearer k"
+    assert request.headers["accept-encoding"] == "identity"  # nothing held by a compressor
     sent = orjson.loads(request.content)
     assert sent["stream"] is True
     assert sent["stream_options"] == {"include_usage": True}
     assert sent["seed"] == 7
+
+
+async def test_a_compressed_stream_is_decoded() -> None:
+    # Asked for by the configured headers (or sent anyway by a proxy).
+    body = chunk({"content": "Hé"}) + chunk({}, "stop") + b"data: [DONE]\n\n"
+    compressed = gzip.compress(body)
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.headers["accept-encoding"])
+        return httpx.Response(
+            200, headers={"content-encoding": "gzip"}, stream=Split(compressed, 5)
+        )
+
+    deltas = await collect(provider_for(handler, headers={"Accept-Encoding": "gzip"}))
+    assert asked == ["gzip"]
+    assert [(delta.content, delta.finish_reason) for delta in deltas] == [
+        ("Hé", None),
+        (None, "stop"),
+    ]
 
 
 async def test_model_override() -> None:
@@ -216,6 +238,25 @@ async def test_timeouts_and_connection_errors_are_translated() -> None:
 def test_parse_chunk_refuses_what_is_not_a_chunk(data: str, message: str) -> None:
     with pytest.raises(UpstreamError, match=message):
         parse_chunk(data)
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [
+        ({"delta": {"content": "a"}}, Delta(content="a")),
+        ({"index": 1, "delta": {"content": ""}, "finish_reason": None}, Delta(content="", index=1)),
+        ({"index": "x", "delta": {"content": "b"}, "finish_reason": ""}, Delta(content="b")),
+        (
+            {"delta": {"content": "c"}, "finish_reason": "length"},
+            Delta("c", finish_reason="length"),
+        ),
+        ({"delta": {"content": 3}}, Delta()),  # not text: dropped, as with other fields
+    ],
+)
+def test_parse_chunk_of_a_content_only_delta(choice: dict[str, object], expected: Delta) -> None:
+    (delta,) = parse_chunk(orjson.dumps({"choices": [choice]}).decode())
+    assert delta == expected
+    assert dict(delta.extra) == {}
 
 
 def test_parse_chunk_passes_tool_calls_through() -> None:
