@@ -18,6 +18,22 @@ delivered, then the buffered live events newer than the replay, and the
 subscription becomes live. With the memory backend the reads do not suspend,
 so the buffer stays empty; with Redis it covers the round trips.
 
+A replay is read in pages (``_FIRST_PAGE`` events, then about
+``_PAGE_BYTES`` or the outbox bound when smaller, sized from the previous
+page) and delivered with ``Subscription._deliver_page``, so that it goes at
+the consumer's pace and never counts against the outbox bound. When the first
+page does not reach the channel's position, ``_attach`` answers (``on_live``,
+the ``Subscribed`` result) and delivers it, and a task (``_replay``) goes on:
+it waits until the subscription has drained the page (``_drained``), reads
+the next one after the last offset delivered, and repeats. Meanwhile the
+subscription stays pending but buffers nothing (``_IGNORED``): whatever is
+published meanwhile is in history and comes in a later page. Before each read
+a fresh buffer is registered, so the read that reaches the position switches
+to live exactly as above, without awaiting. A page that is gone (trimmed or
+expired history, another epoch) reads as a ``Reset``: it is delivered and the
+channel goes live from the reset's position, so a gap is never silent.
+Removing the channel or closing the subscription cancels the task.
+
 A subscription that carries a client takes part in presence (``presence.py``):
 once a channel is live for it, its entry is added; when the channel goes, the
 entry is removed. Join and leave notices are Events of type ``join`` /
@@ -97,10 +113,30 @@ class Page(Generic[T]):
     next: str | None
 
 
+#: Events in the first page of a replay, and the most in any page.
+_FIRST_PAGE = 128
+_MAX_PAGE = 1000
+#: Bytes a replay page aims at after the first (or the outbox bound when smaller).
+_PAGE_BYTES = 256 * 1024
+
+
+class _Ignored:
+    """The buffer of a subscription whose replay waits for room: live events
+    are not kept, as the next page reads them from history."""
+
+    __slots__ = ()
+
+    def append(self, item: Item) -> None:
+        pass
+
+
+_IGNORED = _Ignored()
+
+
 class _Local:
     """Per-channel state of this process: who listens, who is joining."""
 
-    __slots__ = ("error", "pending", "ready", "snapshot", "subscribers", "tally")
+    __slots__ = ("error", "pending", "ready", "replays", "snapshot", "subscribers", "tally")
 
     def __init__(self) -> None:
         self.subscribers: dict[Subscription, None] = {}
@@ -110,7 +146,9 @@ class _Local:
         #: The snapshot's subscriptions counted by transport, so that fan-out
         #: counts its deliveries with an addition per transport.
         self.tally: tuple[tuple[str, int], ...] = ()
-        self.pending: dict[Subscription, list[Item]] = {}
+        self.pending: dict[Subscription, list[Item] | _Ignored] = {}
+        #: The tasks that go on with replays bigger than one page.
+        self.replays: dict[Subscription, asyncio.Task[None]] = {}
         self.ready: asyncio.Future[None] | None = None
         self.error: BaseException | None = None
 
@@ -424,7 +462,7 @@ class Hub:
             await self._watch(channel, local)
             if since is not None:
                 history = await self._backend.read(
-                    channel, since=since, limit=None, options=options
+                    channel, since=since, limit=_FIRST_PAGE, options=options
                 )
             else:
                 position = await self._backend.position(channel, options=options)
@@ -436,17 +474,69 @@ class Hub:
             self._release(channel, local)
             raise
         # From here to the end nothing awaits: the switch to live is atomic.
-        del local.pending[subscription]
         if subscription.close_reason is not None:
+            del local.pending[subscription]
             self._release(channel, local)
             raise SubscriptionClosed(subscription.close_reason)
         position, replay, reset = history
+        # The position reported is where the channel stood when the read was
+        # made, so the replay ends there and every buffered event comes after
+        # it: a subscriber that resumes from it before those items arrive
+        # misses none of them.
+        head = Position(position.epoch, max(replay[-1].offset if replay else 0, position.offset))
+        if since is not None and reset is None:
+            cursor = replay[-1].position if replay else since
+            if not _fits(subscription, replay):
+                # A page of another channel waits in the outbox and this one
+                # would not fit beside it: it is read again once there is room.
+                replay, cursor = [], since
+            if cursor.offset < position.offset:
+                # More than one page: answer, deliver this page, and go on in a task.
+                local.pending[subscription] = _IGNORED
+                subscription.channels[channel] = None
+                task = asyncio.get_running_loop().create_task(
+                    self._replay(
+                        subscription, channel, local, cursor, _next_page(subscription, replay)
+                    ),
+                    name=f"tidings-replay-{channel}",
+                )
+                local.replays[subscription] = task
+                subscribed = Subscribed(channel, head, True, None, position.offset - since.offset)
+                try:
+                    if on_live is not None:
+                        on_live(subscribed)
+                finally:
+                    self._deliver_replay(subscription, replay)
+                return subscribed
+        del local.pending[subscription]
+        subscribed = Subscribed(channel, head, reset is None, reset, len(replay))
+        live = self._go_live(subscription, channel, local, history, buffer)
+        try:
+            if on_live is not None:
+                on_live(subscribed)
+        finally:
+            if reset is not None and notify_reset:
+                subscription._deliver(reset)
+                self._stats.delivered[subscription.transport] += 1
+            self._deliver_replay(subscription, replay)
+            self._deliver_live(subscription, live)
+        await self._joined(subscription, channel, options)
+        return subscribed
+
+    def _go_live(
+        self,
+        subscription: Subscription,
+        channel: str,
+        local: _Local,
+        history: History,
+        buffer: list[Item],
+    ) -> list[Item]:
+        """Make the subscription live on ``channel`` after the last page of its replay
+        (``history``); return the buffered live items it must get after that page."""
+        position, replay, _ = history
         epoch = position.epoch
         last = replay[-1].offset if replay else position.offset
         items: list[Item] = []
-        if reset is not None and notify_reset:
-            items.append(reset)
-        items.extend(replay)
         for event in buffer:
             if isinstance(event, Reset):
                 # The backend lost track of the stream while we read it: what
@@ -462,28 +552,87 @@ class Hub:
         local.subscribers[subscription] = None
         local.refresh()
         subscription.channels[channel] = None
-        # The position reported is where the channel stood when the read was
-        # made, so the replay ends there and every buffered event comes after
-        # it: a subscriber that resumes from it before those items arrive
-        # misses none of them.
-        subscribed = Subscribed(
-            channel,
-            Position(position.epoch, max(replay[-1].offset if replay else 0, position.offset)),
-            reset is None,
-            reset,
-            len(replay),
-        )
-        try:
-            if on_live is not None:
-                on_live(subscribed)
-        finally:
+        return items
+
+    def _deliver_replay(self, subscription: Subscription, page: list[Event]) -> None:
+        """Deliver a page of a replay: beyond the bound, unless another page waits
+        already (then it fits within the bound, see ``_fits``)."""
+        if not page:
+            return  # no series for a transport that has delivered nothing
+        if subscription._grace:
+            subscription._deliver_many(page)
+        else:
+            subscription._deliver_page(page)
+        self._stats.delivered[subscription.transport] += len(page)
+
+    def _deliver_live(self, subscription: Subscription, items: list[Item]) -> None:
+        if items:
             subscription._deliver_many(items)
-            if items:  # no series for a transport that has delivered nothing
-                self._stats.delivered[subscription.transport] += len(items)
+            self._stats.delivered[subscription.transport] += len(items)
+
+    async def _joined(
+        self, subscription: Subscription, channel: str, options: NamespaceOptions
+    ) -> None:
+        """Add the subscription's client to the channel's presence, now that it is live."""
         client = subscription.client
         if client is not None and (options.presence or options.join_leave):
             await self._presence.add(channel, client)
-        return subscribed
+
+    async def _replay(
+        self,
+        subscription: Subscription,
+        channel: str,
+        local: _Local,
+        cursor: Position,
+        limit: int,
+    ) -> None:
+        """Go on with a replay page by page as the subscription drains, then go live."""
+        options = self._namespaces.options(channel)
+        try:
+            while True:
+                await subscription._drained()
+                await asyncio.sleep(0)  # a consumer that is always ready does not hog the loop
+                if subscription.close_reason is not None:
+                    return
+                buffer: list[Item] = []
+                local.pending[subscription] = buffer
+                history = await self._backend.read(
+                    channel, since=cursor, limit=limit, options=options
+                )
+                if local.pending.get(subscription) is not buffer:
+                    return  # removed or closed meanwhile
+                position, page, reset = history
+                if not _fits(subscription, page):
+                    # Another channel's page came first: read this one again
+                    # once the outbox has been emptied.
+                    local.pending[subscription] = _IGNORED
+                    continue
+                if reset is None and page and page[-1].offset < position.offset:
+                    local.pending[subscription] = _IGNORED
+                    self._deliver_replay(subscription, page)
+                    cursor = page[-1].position
+                    limit = _next_page(subscription, page)
+                    continue
+                del local.pending[subscription]
+                live = self._go_live(subscription, channel, local, history, buffer)
+                if reset is not None:
+                    subscription._deliver(reset)  # the page is gone: say where the gap is
+                    self._stats.delivered[subscription.transport] += 1
+                self._deliver_replay(subscription, page)
+                self._deliver_live(subscription, live)
+                break
+            await self._joined(subscription, channel, options)
+        except BackendUnavailable:
+            # Like a failed subscribe: the client reconnects and resumes from its cursor.
+            self._stats.backend_error("subscribe")
+            logger.warning("replaying %s failed: the backend is unavailable", channel)
+            subscription.close(CloseReason.DISCONNECT)
+        except Exception:
+            logger.exception("replaying %s failed; closing %r", channel, subscription)
+            subscription.close(CloseReason.DISCONNECT)
+        finally:
+            if local.replays.get(subscription) is asyncio.current_task():
+                del local.replays[subscription]
 
     async def _watch(self, channel: str, local: _Local) -> None:
         ready = local.ready
@@ -510,6 +659,9 @@ class Hub:
             if subscription.client is not None:
                 self._presence.remove(channel, subscription.client.client_id)
         local.pending.pop(subscription, None)
+        replay = local.replays.pop(subscription, None)
+        if replay is not None:
+            replay.cancel()
         self._release(channel, local)
 
     def _release(self, channel: str, local: _Local) -> None:
@@ -715,6 +867,25 @@ class Hub:
             history_bytes=None if usage is None else usage.bytes,
             delivered_by=dict(counters.delivered),
         )
+
+
+def _fits(subscription: Subscription, page: list[Event]) -> bool:
+    """Whether ``page`` may be delivered now: as the one page beyond the bound when
+    none waits in the outbox, else within the bound beside the one that waits."""
+    if not subscription._grace or not page:
+        return True
+    room = subscription.max_bytes - max(0, subscription.pending_bytes - subscription._grace)
+    return sum(event.size for event in page) <= room
+
+
+def _next_page(subscription: Subscription, page: list[Event]) -> int:
+    """Events to read in the next page of a replay: about ``_PAGE_BYTES`` (or the
+    outbox bound when smaller) at the size of this page's events."""
+    if not page:
+        return _FIRST_PAGE
+    size = sum(event.size for event in page)
+    target = min(_PAGE_BYTES, subscription.max_bytes)
+    return max(1, min(_MAX_PAGE, len(page) * target // max(size, 1)))
 
 
 def _text_bytes(text: str | bytes) -> bytes:

@@ -28,6 +28,16 @@ decides:
 A paused writer gets the whole outbox in one write when the transport resumes
 (encoded by ``encode_batch`` when the transport gave one, so that a WebSocket
 can put the backlog in one frame).
+
+A replay (history after a resume position) is not live traffic: the hub
+reads it in pages and hands each to ``_deliver_page``, which writes it like
+anything else, or queues it *without holding it against the bound* (the
+page's bytes are counted in ``_grace`` until the outbox has been emptied,
+by ``take()``, iteration or a resumed writer). The hub reads the next page
+only then (``_drained``), so the replay goes at the pace of the consumer and
+the outbox never holds more than its bound plus one page: a consumer that
+reads as fast as it can catches up with any history, and one that stalls
+holds one page.
 Closing is synchronous and idempotent: it removes the subscription from every
 channel at once, so ``finally: subscription.close()`` is enough to guarantee
 cleanup on cancellation.
@@ -37,7 +47,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -84,13 +94,16 @@ class Subscribed(NamedTuple):
 
     Attributes:
         channel: The channel.
-        position: The channel's position when the subscription went live:
+        position: The channel's position when the subscription was added:
             the replay (if any) ends there, and every event after it is
             delivered after this result, so resuming from it loses nothing.
         recovered: ``True`` when ``since`` was honoured exactly (or not given);
             ``False`` when the subscriber was told to reset.
         reset: The reset, when ``recovered`` is ``False``.
-        replayed: How many events were replayed from history.
+        replayed: How many events the replay holds, up to ``position``. A
+            replay longer than one page is delivered page by page as the
+            subscription drains, after this result (a page that is gone by
+            then is replaced by a :class:`Reset`).
     """
 
     channel: str
@@ -114,11 +127,13 @@ class Subscription:
         "_closed_waiter",
         "_encode",
         "_encode_batch",
+        "_grace",
         "_hub",
         "_on_close",
         "_outbox",
         "_outbox_bytes",
         "_paused",
+        "_room",
         "_waiter",
         "_write",
         "_writer",
@@ -169,6 +184,11 @@ class Subscription:
         self._encode: Callable[[Item], bytes] | None = None
         self._encode_batch: Callable[[list[Item]], bytes] | None = None
         self._paused = False
+        # Replay pacing: the bytes of the replay page waiting in the outbox
+        # (not held against the bound), and the future of whoever waits for it
+        # to leave.
+        self._grace = 0
+        self._room: asyncio.Future[None] | None = None
 
     # -- channels ----------------------------------------------------------
 
@@ -183,7 +203,10 @@ class Subscription:
         """Start receiving ``channel``.
 
         With ``since``, events after that position are replayed from history
-        first, then live events follow with no gap and no duplicate. If
+        first, then live events follow with no gap and no duplicate. The
+        replay is read in pages, each delivered once the previous one has
+        been drained, so a history of any size never overflows the outbox;
+        the first page is delivered before this returns. If
         ``since`` cannot be honoured (another epoch, older than history), the
         result says so and, with ``notify_reset``, a :class:`Reset` is queued
         before the live events.
@@ -225,6 +248,43 @@ class Subscription:
         for item in items:
             self._deliver(item)
 
+    def _deliver_page(self, items: Sequence[Item]) -> None:
+        """Deliver a page of a replay: written at once when a writer is ready
+        (one write), else queued beyond the bound until the outbox is emptied."""
+        if not items or self.close_reason is not None:
+            return
+        write = self._write
+        if write is not None:
+            write(self._encode_items(list(items)))
+            return
+        size = sum(item.size for item in items)
+        outbox = self._outbox
+        if outbox is None:
+            outbox = self._outbox = deque()
+        outbox.extend(items)
+        self._outbox_bytes += size
+        self._grace += size
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _drained(self) -> None:
+        """Wait until no replay page waits in the outbox, or the subscription closes."""
+        while self._grace and self.close_reason is None:
+            room = self._room
+            if room is None:
+                room = self._room = asyncio.get_running_loop().create_future()
+            # Shielded: several channels may be replaying, and one of them
+            # being cancelled must not cancel the others' wait.
+            await asyncio.shield(room)
+
+    def _emptied(self) -> None:
+        """The outbox was emptied: no page waits any more; wake the replay."""
+        self._grace = 0
+        room, self._room = self._room, None
+        if room is not None and not room.done():
+            room.set_result(None)
+
     def _enqueue(self, item: Item) -> None:
         if self.close_reason is not None:
             return
@@ -242,6 +302,8 @@ class Subscription:
             waiter.set_result(None)
 
     def _overflow(self) -> None:
+        if self._outbox_bytes <= self.max_bytes + self._grace:
+            return  # within the bound once the replay page waiting is set aside
         if self.policy is OverflowPolicy.DISCONNECT:
             self._hub._stats.slow_consumers += 1
             self.close(CloseReason.SLOW_CONSUMER)
@@ -263,6 +325,7 @@ class Subscription:
             else:
                 lost.setdefault(item.channel, item.position)
         self._hub._stats.dropped += dropped
+        self._emptied()  # what is left of a page counts against the bound now
         for channel, position in reversed(list(lost.items())):
             reset = Reset(channel, position, "overflow")
             outbox.appendleft(reset)
@@ -274,6 +337,8 @@ class Subscription:
         """Return and clear everything queued, without waiting."""
         outbox, self._outbox = self._outbox, None
         self._outbox_bytes = 0
+        if self._grace:
+            self._emptied()
         return list(outbox) if outbox else []
 
     @property
@@ -324,6 +389,8 @@ class Subscription:
         self._outbox_bytes -= item.size
         if not outbox:
             self._outbox = None
+            if self._grace:
+                self._emptied()
         return item
 
     # -- fast path -------------------------------------------------------------
@@ -364,15 +431,15 @@ class Subscription:
             return
         self._write = writer
         if self._outbox:
-            items = self.take()
-            encode_batch = self._encode_batch
-            if encode_batch is not None and len(items) > 1:
-                data = encode_batch(items)
-            else:
-                encode = self._encode
-                assert encode is not None
-                data = b"".join([encode(item) for item in items])
-            writer(data)
+            writer(self._encode_items(self.take()))
+
+    def _encode_items(self, items: list[Item]) -> bytes:
+        encode_batch = self._encode_batch
+        if encode_batch is not None and len(items) > 1:
+            return encode_batch(items)
+        encode = self._encode
+        assert encode is not None
+        return b"".join([encode(item) for item in items])
 
     # -- closing -------------------------------------------------------------
 
@@ -392,6 +459,7 @@ class Subscription:
         if reason is CloseReason.SLOW_CONSUMER:
             self._outbox = None
             self._outbox_bytes = 0
+        self._emptied()  # wakes a replay waiting for room, which then sees the close
         channels, self.channels = self.channels, {}
         for channel in channels:
             self._hub._detach(self, channel)
