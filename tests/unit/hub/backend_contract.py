@@ -29,6 +29,8 @@ from tidings.hub.subscription import Subscription
 
 __all__ = [
     "channel",
+    "test_a_replay_bigger_than_the_outbox_goes_page_by_page",
+    "test_a_replay_page_trimmed_meanwhile_is_a_reset",
     "test_concurrent_publishes_get_unique_consecutive_offsets",
     "test_history_limit_returns_newest",
     "test_history_returns_events_in_order",
@@ -363,6 +365,56 @@ async def test_replay_then_live_without_gap_or_duplicate_under_racing_publishes(
         )
     for received in results[2:]:
         assert received == list(range(start.offset + 1, start.offset + 1 + total))
+
+
+async def test_a_replay_bigger_than_the_outbox_goes_page_by_page(
+    make_hub: MakeHub, channel: str
+) -> None:
+    """A replay of many pages, forty times the outbox, read as the subscriber drains
+    while another node publishes: then live, with no gap and no duplicate."""
+    publisher, subscriber_node = (
+        await make_hub(outbox_max_bytes=4096),
+        await make_hub(outbox_max_bytes=4096),
+    )
+    start = await publisher.publish(channel, -1)
+    pad = "x" * 200
+    for n in range(500):
+        await publisher.publish(channel, {"n": n, "pad": pad})
+
+    async def publish_more() -> None:
+        for n in range(500, 700):
+            await publisher.publish(channel, {"n": n, "pad": pad})
+            await asyncio.sleep(0)
+
+    async with subscriber_node.subscribe(channel, since=start) as subscription:
+        async with asyncio.timeout(TIMEOUT * 2):
+            items, _ = await asyncio.gather(take(subscription, 700), publish_more())
+    assert offsets(items) == list(range(start.offset + 1, start.offset + 701))
+    assert subscriber_node.stats().slow_consumers == 0
+
+
+async def test_a_replay_page_trimmed_meanwhile_is_a_reset(make_hub: MakeHub, channel: str) -> None:
+    namespace = channel.partition(":")[0]
+    hub = await make_hub(
+        outbox_max_bytes=4096,
+        namespaces=Namespaces(by_name={namespace: NamespaceOptions(history_size=300)}),
+    )
+    start = await hub.publish(channel, 0)
+    for n in range(1, 300):
+        await hub.publish(channel, n)
+    async with hub.subscribe(channel, since=Position(start.epoch, 0)) as subscription:
+        for n in range(300, 600):  # the subscriber reads nothing meanwhile
+            position = await hub.publish(channel, n)
+        items = await take(subscription, 129)
+        first, reset = items[:-1], items[-1]
+        assert offsets(first) == list(range(1, 129))  # the first page, read before the trim
+        assert isinstance(reset, Reset)
+        assert reset.reason == "window"
+        assert reset.position == position
+        live = await hub.publish(channel, "live")
+        (item,) = await take(subscription, 1)
+    assert isinstance(item, Event)
+    assert item.position == live
 
 
 # -- presence ------------------------------------------------------------------------
