@@ -20,6 +20,7 @@ from tests.support.fake_openai import FakeUpstream, Scenario
 from tests.support.server import ServerProcess
 from tests.support.sse import SSEReader, open_sse
 from tests.support.ws import Peer
+from tidings.client import ConnectionState, Message, listen
 from tidings.llm import LLMConfig
 from tidings.settings import Settings
 from tidings.testing import run_server
@@ -89,6 +90,29 @@ async def test_channel_stream_resume(client: httpx.AsyncClient, channel: str) ->
             live = json.loads(await anext(lines))
     assert [line["data"]["n"] for line in [*replay, live]] == list(range(1, COUNT + 2))
     assert [line["offset"] for line in [*replay, live]] == list(range(2, COUNT + 3))
+
+
+async def test_python_client_resume_without_reconnecting(
+    server: ServerProcess, client: httpx.AsyncClient, channel: str
+) -> None:
+    epoch = await history(client, channel)
+    states: list[ConnectionState] = []
+    cursor = f"{channel}:{epoch}:1"
+    async with listen(
+        server.url, [channel], last_event_id=cursor, on_state=states.append
+    ) as events:
+        received: list[Message] = []
+        async with asyncio.timeout(TIMEOUT):
+            async for event in events:
+                assert isinstance(event, Message), event
+                received.append(event)
+                if len(received) == COUNT:
+                    await publish(client, channel, COUNT + 1)
+                elif len(received) > COUNT:
+                    break
+    assert [event.json()["n"] for event in received] == list(range(1, COUNT + 2))
+    assert [event.offset for event in received] == list(range(2, COUNT + 3))
+    assert ConnectionState.RECONNECTING not in states  # caught up on the first connection
 
 
 @pytest.mark.parametrize("since_in", ["command", "url"])
