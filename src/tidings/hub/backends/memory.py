@@ -33,6 +33,7 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
+from itertools import islice
 
 from tidings.hub.backends.base import (
     ChannelInfo,
@@ -325,11 +326,18 @@ class MemoryBackend:
         if reason is not None:
             return History(position, [], Reset(channel, position, reason))
         # Offsets in history are consecutive, so the first event after
-        # ``since`` sits at a computed index.
-        start = len(history) - (state.offset - since.offset)
-        events = list(history)[start:] if start < len(history) else []
-        if limit is not None:
-            events = events[:limit]
+        # ``since`` sits at a computed index. A replay reads page after page:
+        # walk from the nearer end rather than copy the whole history.
+        size = len(history)
+        start = size - (state.offset - since.offset)
+        stop = size if limit is None else min(size, start + limit)
+        if start >= stop:
+            events = []
+        elif start < size - stop:
+            events = list(islice(history, start, stop))
+        else:
+            events = list(islice(reversed(history), size - stop, size - start))
+            events.reverse()
         return History(position, events)
 
     async def position(self, channel: str, *, options: NamespaceOptions) -> Position:
