@@ -15,7 +15,7 @@ import orjson
 import pytest
 import websockets
 
-from tests.support.env import TIMEOUT
+from tests.support.env import TIMEOUT, eventually
 from tests.support.fake_openai import FakeUpstream, Scenario
 from tests.support.server import ServerProcess
 from tests.support.sse import SSEReader, open_sse
@@ -191,3 +191,37 @@ async def test_llm_stream_of_a_long_answer(relay: tuple[str, FakeUpstream]) -> N
     assert "".join(text) == "".join(TOKENS)
     assert events[-1].event == "end"
     assert orjson.loads(events[-1].data) == {"status": "completed"}
+
+
+async def test_ai_sdk_resume_of_a_long_answer(relay: tuple[str, FakeUpstream]) -> None:
+    url, upstream = relay
+    scenario = upstream.scenario("long", Scenario(tokens=TOKENS, pause_after=3))
+    body = {
+        "id": "chat-long",
+        "model": "long",
+        "messages": [{"id": "m", "role": "user", "parts": [{"type": "text", "text": "Go."}]}],
+    }
+    async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as http:
+        async with http.stream("POST", "/v1/ai-sdk/chat", json=body) as response:
+            assert response.status_code == 200
+            stream_id = response.headers["x-tidings-stream-id"]
+            call = await upstream.next_call(1, TIMEOUT)
+            async with asyncio.timeout(TIMEOUT):
+                await call.paused.wait()
+        scenario.release.set()  # the page went away; the answer goes on without it
+
+        async def ended() -> bool:
+            record = await http.get(
+                f"/v1/streams/{stream_id}", headers={"accept": "application/json"}
+            )
+            return bool(record.json()["status"] == "completed")
+
+        await eventually(ended)
+        resumed = await http.get("/v1/ai-sdk/chat/chat-long/stream")
+    assert resumed.status_code == 200
+    lines = [line[6:] for line in resumed.text.splitlines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    parts = [orjson.loads(line) for line in lines[:-1]]
+    text = "".join(part.get("delta", "") for part in parts if part["type"] == "text-delta")
+    assert text == "".join(TOKENS)
+    assert parts[-1]["type"] == "finish"
