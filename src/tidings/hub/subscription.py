@@ -33,11 +33,12 @@ A replay (history after a resume position) is not live traffic: the hub
 reads it in pages and hands each to ``_deliver_page``, which writes it like
 anything else, or queues it *without holding it against the bound* (the
 page's bytes are counted in ``_grace`` until the outbox has been emptied,
-by ``take()``, iteration or a resumed writer). The hub reads the next page
-only then (``_drained``), so the replay goes at the pace of the consumer and
-the outbox never holds more than its bound plus one page: a consumer that
-reads as fast as it can catches up with any history, and one that stalls
-holds one page.
+by ``take()``, iteration, a resumed writer, or a drop). The hub reads the
+next page only then (``_drained``); a page of another channel that comes
+while one waits must fit within the bound. So the replay goes at the pace of
+the consumer and the outbox never holds more than its bound plus one page: a
+consumer that reads as fast as it can catches up with any history, and one
+that stalls holds one page.
 Closing is synchronous and idempotent: it removes the subscription from every
 channel at once, so ``finally: subscription.close()`` is enough to guarantee
 cleanup on cancellation.
