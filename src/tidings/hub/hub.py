@@ -152,6 +152,10 @@ class _Local:
         self.ready: asyncio.Future[None] | None = None
         self.error: BaseException | None = None
 
+    def count(self) -> int:
+        """Subscriptions that receive the channel: live, or replaying history."""
+        return len(self.subscribers) + len(self.replays)
+
     def refresh(self) -> None:
         """Rebuild the snapshot and its tally after ``subscribers`` changed."""
         self.snapshot = snapshot = tuple(self.subscribers)
@@ -614,6 +618,7 @@ class Hub:
                     limit = _next_page(subscription, page)
                     continue
                 del local.pending[subscription]
+                local.replays.pop(subscription, None)  # counted as a subscriber from here
                 live = self._go_live(subscription, channel, local, history, buffer)
                 if reset is not None:
                     subscription._deliver(reset)  # the page is gone: say where the gap is
@@ -757,16 +762,14 @@ class Hub:
         return Page(items, items[-1].client_id if more else None)
 
     def subscriber_count(self, channel: str) -> int:
-        """Local subscriptions that receive ``channel``."""
+        """Local subscriptions that receive ``channel`` (live, or replaying its history)."""
         local = self._locals.get(channel)
-        return len(local.subscribers) if local is not None else 0
+        return local.count() if local is not None else 0
 
     def subscriber_counts(self) -> dict[str, int]:
         """Local subscriptions of each channel that has any (one pass over them)."""
         return {
-            channel: len(local.subscribers)
-            for channel, local in self._locals.items()
-            if local.subscribers
+            channel: count for channel, local in self._locals.items() if (count := local.count())
         }
 
     def positions(self) -> dict[str, Position]:
@@ -799,7 +802,7 @@ class Hub:
         local_names: Iterable[str] = (
             channel
             for channel, local in self._locals.items()
-            if local.subscribers and channel not in summaries
+            if local.count() and channel not in summaries
         )
         if after is not None:
             local_names = (channel for channel in local_names if channel > after)
@@ -856,7 +859,7 @@ class Hub:
         return HubStats(
             channels=len(self._locals),
             subscriptions=len(self._subscriptions),
-            subscribers=sum(len(local.subscribers) for local in self._locals.values()),
+            subscribers=sum(local.count() for local in self._locals.values()),
             published=counters.published,
             delivered=sum(counters.delivered.values()),
             dropped=counters.dropped,

@@ -83,6 +83,8 @@ async def test_a_replay_far_bigger_than_the_outbox_catches_up() -> None:
             await asyncio.sleep(0)
         assert subscription.pending_bytes == FIRST_PAGE * SIZE
         assert not subscription.closed
+        assert hub.subscriber_count("a") == 1  # replaying counts
+        assert hub.stats().subscribers == 1
         most = 0
         offsets = []
         async with asyncio.timeout(TIMEOUT):
