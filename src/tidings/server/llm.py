@@ -77,7 +77,7 @@ from tidings.server.api import read_body
 from tidings.server.auth import Action, Authority, Kind, Principal
 from tidings.server.compression import VARY, GzipSend, accepts_gzip
 from tidings.server.errors import http_status
-from tidings.server.sse import PING_CHUNK, SSE_FRAME, SSE_HEADERS, watch_disconnect
+from tidings.server.sse import PING_CHUNK, SSE_CHUNK, SSE_FRAME, SSE_HEADERS, watch_disconnect
 from tidings.server.writer import FAST_WRITE, HTTPFastWrite
 from tidings.types import Position
 from tidings.wire.codes import ErrorCode
@@ -343,9 +343,9 @@ class _FastAnswer:
         "subscription",
     )
 
-    def __init__(self, subscription: Subscription, include_usage: bool) -> None:
+    def __init__(self, include_usage: bool = False) -> None:
         loop = asyncio.get_running_loop()
-        self.subscription = subscription
+        self.subscription: Subscription | None = None
         self.include_usage = include_usage
         #: The end of the answer once delivered (or the history lost).
         self.end: dict[str, Any] | None = None
@@ -356,7 +356,6 @@ class _FastAnswer:
         #: When the last line or ping was written (the keepalive counts from it).
         self.last = loop.time()
         self._waiter: asyncio.Future[None] | None = None
-        subscription.on_close(lambda _: self.wake())
 
     def encode(self, item: Item) -> bytes:
         if self.end is not None:
@@ -381,17 +380,19 @@ class _FastAnswer:
 
     async def run(
         self,
+        subscription: Subscription,
         fast: HTTPFastWrite,
         write: Callable[[bytes], object],
-        generation: Generation,
+        generation: Generation | None,
         keepalive: float,
     ) -> None:
         """Write until the end is delivered or lost, or the subscription closes."""
-        subscription = self.subscription
+        self.subscription = subscription
+        subscription.on_close(lambda _: self.wake())
         if fast.paused:
             self.pause_writing()
         subscription.attach_writer(write, self.encode)  # writes the replay at once
-        unregister = generation.on_done(self.wake)
+        unregister = generation.on_done(self.wake) if generation is not None else lambda: None
         loop = asyncio.get_running_loop()
         try:
             while self.end is None and not subscription.closed:
@@ -419,19 +420,92 @@ class _FastAnswer:
     # The connection's listener (server/writer.py).
     def pause_writing(self) -> None:
         self.paused = True
-        self.subscription.pause_writing()
+        if self.subscription is not None:
+            self.subscription.pause_writing()
 
     def resume_writing(self) -> None:
         self.paused = False
-        self.subscription.resume_writing()
+        if self.subscription is not None:
+            self.subscription.resume_writing()
 
     def connection_lost(self) -> None:
-        self.subscription.close(CloseReason.DISCONNECT)
+        if self.subscription is not None:
+            self.subscription.close(CloseReason.DISCONNECT)
         if not self.lost.done():
             self.lost.set_result(None)
 
     def shutdown(self) -> None:
         """The server stops: the answer goes on, as on the ASGI path, until the hub closes."""
+
+
+class _FastView(_FastAnswer):
+    """``GET /v1/streams/{id}`` on the fast path: every item's SSE frame, the end included."""
+
+    __slots__ = ("end_written",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Whether the ``end`` event went out (else ``end`` is a lost end).
+        self.end_written = False
+
+    def encode(self, item: Item) -> bytes:
+        if self.end is not None:
+            return b""
+        if isinstance(item, Event) and item.event == "end":
+            self.end = {}
+            self.end_written = True
+            self.wake()
+        else:
+            self.last = self._time()
+        return SSE_CHUNK(item)
+
+
+async def _write_fast(
+    hub: Hub,
+    channel: str,
+    since: Position,
+    answer: _FastAnswer,
+    fast: HTTPFastWrite,
+    generation: Generation | None,
+    opening: list[dict[str, Any]],
+    keepalive: float,
+    send: Send,
+) -> list[Item] | None:
+    """Subscribe, send ``opening`` and let the subscription write through ``answer``.
+
+    Returns what is still queued once the answer ended (or the subscription
+    was closed by the server), after giving the connection back to ASGI
+    ``send`` for the last bytes; ``None`` when nothing more may be sent (the
+    client is gone, or was cut off as a slow consumer).
+    """
+    subscription = hub.subscription(transport="llm")
+    try:
+        await subscription.add(channel, since=since)
+        for message in opening:
+            await send(message)
+        write = fast.attach(answer)
+        if write is None:
+            return None  # the client is gone already
+        await answer.run(subscription, fast, write, generation, keepalive)
+        reason = subscription.close_reason
+        if reason is CloseReason.DISCONNECT:
+            return None
+        if reason is CloseReason.SLOW_CONSUMER:
+            # What the transport holds is the memory the bound protects:
+            # drop it, and leave the response visibly incomplete.
+            fast.abort()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_LOST_WAIT):
+                    await asyncio.shield(answer.lost)
+            return None
+        # No more direct writes; what is still queued (the socket was paused)
+        # goes out through ASGI send, after what the writer holds.
+        subscription.close()
+        rest = subscription.take()
+        fast.release()
+        return rest
+    finally:
+        subscription.close()
 
 
 def _lost_end(generation: Generation | None) -> dict[str, Any] | None:
@@ -577,47 +651,32 @@ class ChatCompletions:
         coding: list[tuple[bytes, bytes]],
         send: Send,
     ) -> None:
-        """``_stream`` on the fast path: the subscription writes each chunk itself.
-
-        The same bytes as the ASGI path: headers and a ping, then each chunk
-        written inside the publish that delivers it (``_FastAnswer``); this
-        task wakes only for a keepalive, the end, or the subscription closing,
-        and then gives the connection back to ASGI ``send`` for the last lines.
-        """
-        subscription = self.relay.hub.subscription(transport="llm")
-        try:
-            await subscription.add(generation.channel, since=generation.origin)
-            await send(_answer_start(generation, coding))
-            await send({"type": "http.response.body", "body": PING, "more_body": True})
-            answer = _FastAnswer(subscription, include_usage)
-            write = fast.attach(answer)
-            if write is None:
-                return  # the client is gone already
-            await answer.run(fast, write, generation, self.keepalive)
-            reason = subscription.close_reason
-            if reason is CloseReason.DISCONNECT:
-                return
-            if reason is CloseReason.SLOW_CONSUMER:
-                # What the transport holds is the memory the bound protects:
-                # drop it, and leave the response visibly incomplete.
-                fast.abort()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_LOST_WAIT):
-                        await asyncio.shield(answer.lost)
-                return
-            # The end (or the server closed the subscription): no more direct
-            # writes; what is still queued (the socket was paused) goes first.
-            subscription.close()
-            out, end = _answer_lines(subscription.take(), include_usage)
-            end = answer.end or end
-            fast.release()
-            if end is not None:
-                out.append(_stream_end(end))
-                await send({"type": "http.response.body", "body": b"".join(out)})
-            elif out:
-                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
-        finally:
-            subscription.close()
+        """``_stream`` on the fast path (``_write_fast``): the same bytes."""
+        answer = _FastAnswer(include_usage)
+        opening = [
+            _answer_start(generation, coding),
+            {"type": "http.response.body", "body": PING, "more_body": True},
+        ]
+        rest = await _write_fast(
+            self.relay.hub,
+            generation.channel,
+            generation.origin,
+            answer,
+            fast,
+            generation,
+            opening,
+            self.keepalive,
+            send,
+        )
+        if rest is None:
+            return
+        out, end = _answer_lines(rest, include_usage)
+        end = answer.end or end
+        if end is not None:
+            out.append(_stream_end(end))
+            await send({"type": "http.response.body", "body": b"".join(out)})
+        elif out:
+            await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
 
     async def _whole(
         self, generation: Generation, scope: Scope, receive: Receive, send: Send
@@ -817,6 +876,45 @@ class StreamView:
         asked to start) and the ``snapshot`` frame, whose cursor is ``since``,
         comes right after it.
         """
+        head = encode_event(retry=self.retry_ms, id=encode_cursor({channel: start or since}))
+        head += snapshot
+        stream_send, coding = _stream_send(self.compression, scope, send)
+        fast: HTTPFastWrite | None = scope.get("extensions", {}).get(FAST_WRITE)
+        if fast is not None and stream_send is send:  # gzip goes through ASGI send
+            view = _FastView()
+            opening = [
+                {"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *coding]},
+                {"type": "http.response.body", "body": head, "more_body": True},
+            ]
+            rest = await _write_fast(
+                self.relay.hub,
+                channel,
+                since,
+                view,
+                fast,
+                generation,
+                opening,
+                self.keepalive,
+                send,
+            )
+            if rest is None:
+                return
+            if view.end_written:
+                await send({"type": "http.response.body", "body": b""})
+                return
+            frames = []
+            for item in rest:
+                frames.append(SSE_FRAME(item))
+                if isinstance(item, Event) and item.event == "end":
+                    await send({"type": "http.response.body", "body": b"".join(frames)})
+                    return
+            if view.end is not None:  # lost
+                frames.append(encode_event(orjson.dumps(view.end).decode(), event="end"))
+                await send({"type": "http.response.body", "body": b"".join(frames)})
+            elif frames:
+                body = b"".join(frames)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            return
         async with _listen(
             self.relay.hub,
             channel,
@@ -825,9 +923,7 @@ class StreamView:
             keepalive=self.keepalive,
             generation=generation,
         ) as batches:
-            head = encode_event(retry=self.retry_ms, id=encode_cursor({channel: start or since}))
-            head += snapshot
-            send, coding = _stream_send(self.compression, scope, send)
+            send = stream_send
             headers = [*SSE_HEADERS, *coding]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": head, "more_body": True})
