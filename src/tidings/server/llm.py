@@ -68,7 +68,7 @@ from tidings.errors import (
     TidingsError,
     Unauthorized,
 )
-from tidings.hub import Encoding, Event, Hub, Item, Reset, Subscription
+from tidings.hub import Event, Hub, Item, Reset, Subscription
 from tidings.hub.subscription import CloseReason
 from tidings.llm import CHANNEL_PREFIX, Completion, Generation, Relay, error_object
 from tidings.llm.request import RequestLimits, validate_request
@@ -99,14 +99,11 @@ CANCELLED_STATUS = 409
 _LOST_WAIT = 1.0
 
 
-def _data_chunk(item: Item) -> bytes:
-    assert isinstance(item, Event)
+def _data_chunk(item: Event) -> bytes:
+    """A chunk's (or usage's) ``data:`` line in its HTTP/1.1 chunk, for the fast path
+    (not an ``Encoding``: an answer has one request, nothing to share)."""
     line = encode_data(item.raw)
     return b"%x\r\n%b\r\n" % (len(line), line)
-
-
-#: A chunk's (or usage's) ``data:`` line in its HTTP/1.1 chunk, for the fast path.
-_DATA_CHUNK = Encoding("openai-data-chunk", _data_chunk)
 
 
 class _JSON(Response):
@@ -366,7 +363,7 @@ class _FastAnswer:
             event = item.event
             if event == "message" or (event == "usage" and self.include_usage):
                 self.last = self._time()
-                return _DATA_CHUNK(item)
+                return _data_chunk(item)
             if event != "end":
                 return b""
             self.end = orjson.loads(item.raw)
