@@ -17,16 +17,6 @@ own SSE: ``id:`` cursors, ``Last-Event-ID`` resume, ``event: end`` last;
 with ``?snapshot=1`` what precedes the live part comes first as one chunk
 (``llm.snapshot``).
 
-Under ``tidings serve`` (the ``tidings.write`` scope extension,
-``server/writer.py``) a streamed answer that is not gzip-coded is written by
-its subscription: each chunk's ``data:`` line goes to the socket inside the
-publish that delivers it (``_FastAnswer``), with no task woken per chunk; the
-request's task wakes for a keepalive, the end or a closed subscription, and
-ends the response through ASGI ``send``, so the connection serves its next
-request. A paused socket makes the subscription queue, within its outbox
-bound; past it the connection is dropped (a slow consumer). Anywhere else,
-and with gzip, a task drains the subscription and sends what it took.
-
 Both the request and each viewer are listeners of the generation
 (``Generation.listening``); a watcher task turns ``http.disconnect`` into
 closing the subscription, so a client that goes away stops listening at once.
@@ -49,7 +39,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import orjson
@@ -69,7 +59,6 @@ from tidings.errors import (
     Unauthorized,
 )
 from tidings.hub import Event, Hub, Item, Reset, Subscription
-from tidings.hub.subscription import CloseReason
 from tidings.llm import CHANNEL_PREFIX, Completion, Generation, Relay, error_object
 from tidings.llm.request import RequestLimits, validate_request
 from tidings.llm.snapshot import take_snapshot
@@ -77,8 +66,7 @@ from tidings.server.api import read_body
 from tidings.server.auth import Action, Authority, Kind, Principal
 from tidings.server.compression import VARY, GzipSend, accepts_gzip
 from tidings.server.errors import http_status
-from tidings.server.sse import PING_CHUNK, SSE_CHUNK, SSE_FRAME, SSE_HEADERS, watch_disconnect
-from tidings.server.writer import FAST_WRITE, HTTPFastWrite
+from tidings.server.sse import SSE_FRAME, SSE_HEADERS, watch_disconnect
 from tidings.types import Position
 from tidings.wire.codes import ErrorCode
 from tidings.wire.cursor import decode_cursor, encode_cursor
@@ -95,15 +83,6 @@ _DONE = encode_data(b"[DONE]")
 _OPENAI_SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), *SSE_HEADERS[1:]]
 #: Status of a request whose generation was cancelled before its first chunk.
 CANCELLED_STATUS = 409
-#: How long an aborted fast-path answer waits for its connection to be gone.
-_LOST_WAIT = 1.0
-
-
-def _data_chunk(item: Event) -> bytes:
-    """A chunk's (or usage's) ``data:`` line in its HTTP/1.1 chunk, for the fast path
-    (not an ``Encoding``: an answer has one request, nothing to share)."""
-    line = encode_data(item.raw)
-    return b"%x\r\n%b\r\n" % (len(line), line)
 
 
 class _JSON(Response):
@@ -288,223 +267,6 @@ async def _batches(
         unregister()
 
 
-def _answer_start(generation: Generation, coding: list[tuple[bytes, bytes]]) -> dict[str, Any]:
-    """The ``http.response.start`` of a streamed answer."""
-    return {
-        "type": "http.response.start",
-        "status": 200,
-        "headers": [
-            *_OPENAI_SSE_HEADERS,
-            *coding,
-            (STREAM_ID_HEADER.encode(), generation.id.encode()),
-        ],
-    }
-
-
-def _answer_lines(
-    items: list[Item], include_usage: bool
-) -> tuple[list[bytes], dict[str, Any] | None]:
-    """The ``data:`` lines of a streamed answer's ``items``, and its end if among them."""
-    out: list[bytes] = []
-    for item in items:
-        if isinstance(item, Reset):
-            return out, _history_lost(item)
-        if item.event == "end":
-            return out, orjson.loads(item.raw)
-        if item.event == "message" or (item.event == "usage" and include_usage):
-            out.append(encode_data(item.raw))
-    return out, None
-
-
-class _FastAnswer:
-    """A streamed answer that its subscription writes (the fast path).
-
-    :meth:`encode` is the subscription's encoder: a chunk (or, when asked
-    for, the usage) becomes its ``data:`` line in an HTTP/1.1 chunk, written
-    to the transport inside the publish that delivers it, with no task woken.
-    The end, or a reset (the history is gone), writes nothing: it is kept in
-    :attr:`end` for the request's task, which :meth:`run` wakes only for it,
-    for a keepalive ping, or for the subscription closing. It is also the
-    connection's listener (``server/writer.py``): a paused transport makes
-    the subscription queue, within its bound, and a lost one closes it.
-    """
-
-    __slots__ = (
-        "_time",
-        "_waiter",
-        "end",
-        "include_usage",
-        "last",
-        "lost",
-        "paused",
-        "subscription",
-    )
-
-    def __init__(self, include_usage: bool = False) -> None:
-        loop = asyncio.get_running_loop()
-        self.subscription: Subscription | None = None
-        self.include_usage = include_usage
-        #: The end of the answer once delivered (or the history lost).
-        self.end: dict[str, Any] | None = None
-        self.paused = False
-        #: Set once the connection is gone.
-        self.lost: asyncio.Future[None] = loop.create_future()
-        self._time = loop.time
-        #: When the last line or ping was written (the keepalive counts from it).
-        self.last = loop.time()
-        self._waiter: asyncio.Future[None] | None = None
-
-    def encode(self, item: Item) -> bytes:
-        if self.end is not None:
-            return b""
-        if isinstance(item, Reset):
-            self.end = _history_lost(item)
-        else:
-            event = item.event
-            if event == "message" or (event == "usage" and self.include_usage):
-                self.last = self._time()
-                return _data_chunk(item)
-            if event != "end":
-                return b""
-            self.end = orjson.loads(item.raw)
-        self.wake()
-        return b""
-
-    def wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def run(
-        self,
-        subscription: Subscription,
-        fast: HTTPFastWrite,
-        write: Callable[[bytes], object],
-        generation: Generation | None,
-        keepalive: float,
-    ) -> None:
-        """Write until the end is delivered or lost, or the subscription closes."""
-        self.subscription = subscription
-        subscription.on_close(lambda _: self.wake())
-        if fast.paused:
-            self.pause_writing()
-        subscription.attach_writer(write, self.encode)  # writes the replay at once
-        unregister = generation.on_done(self.wake) if generation is not None else lambda: None
-        loop = asyncio.get_running_loop()
-        try:
-            while self.end is None and not subscription.closed:
-                lost = _lost_end(generation)
-                if lost is not None:
-                    self.end = lost
-                    return
-                delay = self.last + keepalive - loop.time()
-                if delay <= 0:
-                    if not self.paused:
-                        fast.write(PING_CHUNK)
-                    self.last = loop.time()
-                    continue
-                waiter = self._waiter = loop.create_future()
-                try:
-                    async with asyncio.timeout(delay):
-                        await waiter
-                except TimeoutError:
-                    pass
-                finally:
-                    self._waiter = None
-        finally:
-            unregister()
-
-    # The connection's listener (server/writer.py).
-    def pause_writing(self) -> None:
-        self.paused = True
-        if self.subscription is not None:
-            self.subscription.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.paused = False
-        if self.subscription is not None:
-            self.subscription.resume_writing()
-
-    def connection_lost(self) -> None:
-        if self.subscription is not None:
-            self.subscription.close(CloseReason.DISCONNECT)
-        if not self.lost.done():
-            self.lost.set_result(None)
-
-    def shutdown(self) -> None:
-        """The server stops: the answer goes on, as on the ASGI path, until the hub closes."""
-
-
-class _FastView(_FastAnswer):
-    """``GET /v1/streams/{id}`` on the fast path: every item's SSE frame, the end included."""
-
-    __slots__ = ("end_written",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        #: Whether the ``end`` event went out (else ``end`` is a lost end).
-        self.end_written = False
-
-    def encode(self, item: Item) -> bytes:
-        if self.end is not None:
-            return b""
-        if isinstance(item, Event) and item.event == "end":
-            self.end = {}
-            self.end_written = True
-            self.wake()
-        else:
-            self.last = self._time()
-        return SSE_CHUNK(item)
-
-
-async def _write_fast(
-    hub: Hub,
-    channel: str,
-    since: Position,
-    answer: _FastAnswer,
-    fast: HTTPFastWrite,
-    generation: Generation | None,
-    opening: list[dict[str, Any]],
-    keepalive: float,
-    send: Send,
-) -> list[Item] | None:
-    """Subscribe, send ``opening`` and let the subscription write through ``answer``.
-
-    Returns what is still queued once the answer ended (or the subscription
-    was closed by the server), after giving the connection back to ASGI
-    ``send`` for the last bytes; ``None`` when nothing more may be sent (the
-    client is gone, or was cut off as a slow consumer).
-    """
-    subscription = hub.subscription(transport="llm")
-    try:
-        await subscription.add(channel, since=since)
-        for message in opening:
-            await send(message)
-        write = fast.attach(answer)
-        if write is None:
-            return None  # the client is gone already
-        await answer.run(subscription, fast, write, generation, keepalive)
-        reason = subscription.close_reason
-        if reason is CloseReason.DISCONNECT:
-            return None
-        if reason is CloseReason.SLOW_CONSUMER:
-            # What the transport holds is the memory the bound protects:
-            # drop it, and leave the response visibly incomplete.
-            fast.abort()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_LOST_WAIT):
-                    await asyncio.shield(answer.lost)
-            return None
-        # No more direct writes; what is still queued (the socket was paused)
-        # goes out through ASGI send, after what the writer holds.
-        subscription.close()
-        rest = subscription.take()
-        fast.release()
-        return rest
-    finally:
-        subscription.close()
-
-
 def _lost_end(generation: Generation | None) -> dict[str, Any] | None:
     """The end of a generation whose ``end`` event could not be published."""
     if generation is None or not generation.done or generation.end_published:
@@ -606,10 +368,6 @@ class ChatCompletions:
         send: Send,
     ) -> None:
         stream_send, coding = _stream_send(self.compression, scope, send)
-        fast: HTTPFastWrite | None = scope.get("extensions", {}).get(FAST_WRITE)
-        if fast is not None and stream_send is send:  # gzip goes through ASGI send
-            await self._stream_fast(fast, generation, include_usage, coding, send)
-            return
         async with _listen(
             self.relay.hub,
             generation.channel,
@@ -620,12 +378,30 @@ class ChatCompletions:
         ) as batches:
             # Headers and a ping at once: the client knows it is heard, and
             # an error before the first chunk travels in the stream.
-            await stream_send(_answer_start(generation, coding))
+            await stream_send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        *_OPENAI_SSE_HEADERS,
+                        *coding,
+                        (STREAM_ID_HEADER.encode(), generation.id.encode()),
+                    ],
+                }
+            )
             await stream_send({"type": "http.response.body", "body": PING, "more_body": True})
             async for items in batches:
-                out, end = _answer_lines(items, include_usage)
-                if end is None and not items:
-                    end = _lost_end(generation)
+                out: list[bytes] = []
+                end: dict[str, Any] | None = None if items else _lost_end(generation)
+                for item in items:
+                    if isinstance(item, Reset):
+                        end = _history_lost(item)
+                        break
+                    if item.event == "end":
+                        end = orjson.loads(item.raw)
+                        break
+                    if item.event == "message" or (item.event == "usage" and include_usage):
+                        out.append(encode_data(item.raw))
                 if end is not None:
                     out.append(_stream_end(end))
                     await stream_send({"type": "http.response.body", "body": b"".join(out)})
@@ -639,41 +415,6 @@ class ChatCompletions:
                 )
         # The client went away; its generation goes on for others (or is
         # cancelled once unheard for the grace period).
-
-    async def _stream_fast(
-        self,
-        fast: HTTPFastWrite,
-        generation: Generation,
-        include_usage: bool,
-        coding: list[tuple[bytes, bytes]],
-        send: Send,
-    ) -> None:
-        """``_stream`` on the fast path (``_write_fast``): the same bytes."""
-        answer = _FastAnswer(include_usage)
-        opening = [
-            _answer_start(generation, coding),
-            {"type": "http.response.body", "body": PING, "more_body": True},
-        ]
-        rest = await _write_fast(
-            self.relay.hub,
-            generation.channel,
-            generation.origin,
-            answer,
-            fast,
-            generation,
-            opening,
-            self.keepalive,
-            send,
-        )
-        if rest is None:
-            return
-        out, end = _answer_lines(rest, include_usage)
-        end = answer.end or end
-        if end is not None:
-            out.append(_stream_end(end))
-            await send({"type": "http.response.body", "body": b"".join(out)})
-        elif out:
-            await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
 
     async def _whole(
         self, generation: Generation, scope: Scope, receive: Receive, send: Send
@@ -873,45 +614,6 @@ class StreamView:
         asked to start) and the ``snapshot`` frame, whose cursor is ``since``,
         comes right after it.
         """
-        head = encode_event(retry=self.retry_ms, id=encode_cursor({channel: start or since}))
-        head += snapshot
-        stream_send, coding = _stream_send(self.compression, scope, send)
-        fast: HTTPFastWrite | None = scope.get("extensions", {}).get(FAST_WRITE)
-        if fast is not None and stream_send is send:  # gzip goes through ASGI send
-            view = _FastView()
-            opening = [
-                {"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *coding]},
-                {"type": "http.response.body", "body": head, "more_body": True},
-            ]
-            rest = await _write_fast(
-                self.relay.hub,
-                channel,
-                since,
-                view,
-                fast,
-                generation,
-                opening,
-                self.keepalive,
-                send,
-            )
-            if rest is None:
-                return
-            if view.end_written:
-                await send({"type": "http.response.body", "body": b""})
-                return
-            frames = []
-            for item in rest:
-                frames.append(SSE_FRAME(item))
-                if isinstance(item, Event) and item.event == "end":
-                    await send({"type": "http.response.body", "body": b"".join(frames)})
-                    return
-            if view.end is not None:  # lost
-                frames.append(encode_event(orjson.dumps(view.end).decode(), event="end"))
-                await send({"type": "http.response.body", "body": b"".join(frames)})
-            elif frames:
-                body = b"".join(frames)
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-            return
         async with _listen(
             self.relay.hub,
             channel,
@@ -920,7 +622,9 @@ class StreamView:
             keepalive=self.keepalive,
             generation=generation,
         ) as batches:
-            send = stream_send
+            head = encode_event(retry=self.retry_ms, id=encode_cursor({channel: start or since}))
+            head += snapshot
+            send, coding = _stream_send(self.compression, scope, send)
             headers = [*SSE_HEADERS, *coding]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": head, "more_body": True})
