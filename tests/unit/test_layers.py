@@ -34,6 +34,7 @@ FENCED = {
         "client/",
         "llm/providers/anthropic.py",
         "llm/providers/openai.py",
+        "llm/providers/upstream.py",
         "server/proxy.py",
         "cli.py",
         "bench.py",

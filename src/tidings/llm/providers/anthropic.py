@@ -49,13 +49,13 @@ import orjson
 from tidings.errors import InvalidChatRequest, UpstreamError
 from tidings.llm.chunks import Delta
 from tidings.llm.providers.base import display_url
-from tidings.llm.providers.openai import (
-    _MIN_SECRET_LENGTH,
+from tidings.llm.providers.upstream import (
     MAX_EVENT_BYTES,
-    _error_kind,
-    _map_httpx_errors,
-    _upstream_message,
-    _userinfo,
+    error_kind,
+    http_client,
+    map_httpx_errors,
+    secrets_of,
+    summarize,
 )
 from tidings.llm.request import ChatRequest
 from tidings.wire.sse import SSEDecoder
@@ -276,7 +276,7 @@ class MessageStream:
         kind = event["type"]
         if kind == "error":
             raise UpstreamError(
-                "upstream failed mid-stream" + _error_kind(event.get("error")), body=data[:4096]
+                "upstream failed mid-stream" + error_kind(event.get("error")), body=data[:4096]
             )
         handler = self._HANDLERS.get(kind)
         if handler is None:
@@ -445,16 +445,12 @@ class AnthropicProvider:
             request_headers["x-api-key"] = api_key
         self.display_url = display_url(self.url)
         self._display_models_url = display_url(self.models_url)
-        self._secrets = tuple(
-            value
-            for value in (api_key, *(headers or {}).values(), *_userinfo(base_url))
-            if len(value) >= _MIN_SECRET_LENGTH
-        )
-        self._client = httpx.AsyncClient(
-            headers=request_headers,
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+        self._secrets = secrets_of(api_key, headers, base_url)
+        self._client = http_client(
+            request_headers,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
             transport=transport,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
         )
 
     def request_body(self, request: ChatRequest) -> dict[str, Any]:
@@ -476,7 +472,7 @@ class AnthropicProvider:
         body = orjson.dumps(self.request_body(request))
         decoder = SSEDecoder(max_event_bytes=MAX_EVENT_BYTES)
         state = MessageStream()
-        with _map_httpx_errors(self.display_url):
+        with map_httpx_errors(self.display_url):
             async with self._client.stream(
                 "POST", self.url, content=body, headers={"content-type": "application/json"}
             ) as response:
@@ -511,7 +507,7 @@ class AnthropicProvider:
         names: list[str] = []
         params: dict[str, str | int] = {"limit": 1000}
         for _ in range(MAX_MODEL_PAGES):
-            with _map_httpx_errors(self._display_models_url):
+            with map_httpx_errors(self._display_models_url):
                 response = await self._client.get(self.models_url, params=params)
             if response.status_code >= 400:
                 raise UpstreamError(
@@ -531,10 +527,7 @@ class AnthropicProvider:
         return names
 
     def _summary(self, status: int, body: bytes) -> str:
-        summary = _upstream_message(status, body)
-        if any(secret in summary for secret in self._secrets):
-            return f"upstream answered {status}"
-        return summary
+        return summarize(status, body, self._secrets)
 
     async def aclose(self) -> None:
         await self._client.aclose()

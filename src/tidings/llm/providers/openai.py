@@ -4,8 +4,9 @@ OpenAI, vLLM, Ollama, llama.cpp's server, LM Studio and others all speak
 ``POST {base_url}/chat/completions`` with ``stream: true``. The response is
 read with httpx (uncompressed: ``accept-encoding: identity`` unless ``headers``
 say otherwise) and parsed with Tidings' own :class:`~tidings.wire.sse.SSEDecoder`;
-no SDK is needed. httpx errors are translated here, once, to
-:class:`~tidings.errors.UpstreamError` and :class:`~tidings.errors.UpstreamTimeout`.
+no SDK is needed. httpx errors are translated once, to
+:class:`~tidings.errors.UpstreamError` and :class:`~tidings.errors.UpstreamTimeout`,
+by ``providers.upstream``, which the Anthropic provider shares.
 Closing the iterator (a cancelled generation) leaves the ``async with`` of the
 request, which closes the upstream connection at once: the upstream sees the
 client go and stops generating.
@@ -13,20 +14,25 @@ client go and stops generating.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import re
-from collections.abc import AsyncGenerator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import orjson
 
-from tidings.errors import UpstreamError, UpstreamTimeout
+from tidings.errors import UpstreamError
 from tidings.llm.chunks import Delta
 from tidings.llm.providers.base import display_url
+from tidings.llm.providers.upstream import (
+    MAX_EVENT_BYTES,
+    error_kind,
+    http_client,
+    map_httpx_errors,
+    secrets_of,
+    summarize,
+)
 from tidings.llm.request import ChatRequest
 from tidings.wire.sse import SSEDecoder
 
@@ -34,41 +40,9 @@ __all__ = ["OpenAIProvider", "parse_chunk"]
 
 logger = logging.getLogger(__name__)
 
-#: Largest upstream SSE event accepted, in characters.
-MAX_EVENT_BYTES = 1024 * 1024
 _KNOWN_DELTA_FIELDS = frozenset({"role", "content", "tool_calls"})
 #: The ``extra`` of a delta that has none (shared: deltas are never changed).
 _NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
-#: An upstream error ``type`` or ``code`` worth repeating: a short identifier.
-_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,47}\Z")
-#: Secrets shorter than this are not looked for in messages (too many false hits).
-_MIN_SECRET_LENGTH = 8
-
-
-def _upstream_message(status: int, body: bytes) -> str:
-    """What a client may learn of an upstream refusal: its status, error type and code.
-
-    Never the upstream's own text: an upstream (or a proxy in front of it)
-    may quote the request back, ``Authorization`` header included.
-    """
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        document = None
-    error = document.get("error") if isinstance(document, dict) else None
-    return f"upstream answered {status}" + _error_kind(error)
-
-
-def _error_kind(error: object) -> str:
-    """`` (type: …, code: …)`` for an upstream error object, from identifier-like values only."""
-    if not isinstance(error, dict):
-        return ""
-    kinds = [
-        f"{name}: {value}"
-        for name in ("type", "code")
-        if isinstance(value := error.get(name), str) and _IDENTIFIER.match(value)
-    ]
-    return f" ({', '.join(kinds)})" if kinds else ""
 
 
 def parse_chunk(data: str) -> list[Delta]:
@@ -78,7 +52,7 @@ def parse_chunk(data: str) -> list[Delta]:
         UpstreamError: the data is not a chunk, or it is an error object
             (an upstream failing mid-stream sends ``{"error": {...}}``).
     """
-    # Messages say what was wrong, never what the upstream sent (see _upstream_message).
+    # Messages say what was wrong, never what the upstream sent (see providers.upstream).
     try:
         chunk = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -87,7 +61,7 @@ def parse_chunk(data: str) -> list[Delta]:
         raise UpstreamError("upstream sent a chunk that is not an object")
     if chunk.get("error") is not None:
         raise UpstreamError(
-            "upstream failed mid-stream" + _error_kind(chunk["error"]), body=data[:4096]
+            "upstream failed mid-stream" + error_kind(chunk["error"]), body=data[:4096]
         )
     choices = chunk.get("choices") or []
     if not isinstance(choices, list):
@@ -132,30 +106,6 @@ def _choice_delta(choice: object) -> Delta:
     )
 
 
-@contextlib.contextmanager
-def _map_httpx_errors(url: str) -> Iterator[None]:
-    """Translate httpx's errors to UpstreamError, once, at the edge.
-
-    ``url`` is the display form (:func:`display_url`). httpx's own message
-    is left out: some quote the request (a header value, the full URL).
-    """
-    try:
-        yield
-    except httpx.TimeoutException as exc:
-        raise UpstreamTimeout(f"upstream {url} timed out ({type(exc).__name__})") from exc
-    except httpx.HTTPError as exc:
-        raise UpstreamError(f"upstream {url} failed ({type(exc).__name__})") from exc
-
-
-def _userinfo(url: str) -> tuple[str, ...]:
-    """The user and password of ``url``, if it has any."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return ()
-    return tuple(value for value in (parts.username, parts.password) if value)
-
-
 class OpenAIProvider:
     """Relays to an OpenAI-compatible ``/chat/completions`` endpoint.
 
@@ -196,19 +146,12 @@ class OpenAIProvider:
         #: What messages may name: the URLs without credentials.
         self.display_url = display_url(self.url)
         self._display_models_url = display_url(self.models_url)
-        # Values an upstream error must never repeat, whatever it looks like.
-        self._secrets = tuple(
-            value
-            for value in (api_key, *(headers or {}).values(), *_userinfo(base_url))
-            if len(value) >= _MIN_SECRET_LENGTH
-        )
-        self._client = httpx.AsyncClient(
-            headers=request_headers,
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+        self._secrets = secrets_of(api_key, headers, base_url)
+        self._client = http_client(
+            request_headers,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
             transport=transport,
-            # Requests to the upstream are one per generation and long; a
-            # bounded pool would queue generations behind each other.
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
         )
 
     def request_body(self, request: ChatRequest) -> dict[str, Any]:
@@ -224,7 +167,7 @@ class OpenAIProvider:
         body = orjson.dumps(self.request_body(request))
         decoder = SSEDecoder(max_event_bytes=MAX_EVENT_BYTES)
         finished = False
-        with _map_httpx_errors(self.display_url):
+        with map_httpx_errors(self.display_url):
             async with self._client.stream(
                 "POST", self.url, content=body, headers={"content-type": "application/json"}
             ) as response:
@@ -261,7 +204,7 @@ class OpenAIProvider:
 
     async def models(self) -> list[str]:
         """The upstream's ``GET /models`` ids (or the configured ``model`` alone)."""
-        with _map_httpx_errors(self._display_models_url):
+        with map_httpx_errors(self._display_models_url):
             response = await self._client.get(self.models_url)
         if response.status_code >= 400:
             raise UpstreamError(
@@ -275,11 +218,7 @@ class OpenAIProvider:
             raise UpstreamError(f"upstream {self._display_models_url} sent no model list") from exc
 
     def _summary(self, status: int, body: bytes) -> str:
-        summary = _upstream_message(status, body)
-        if any(secret in summary for secret in self._secrets):
-            # An upstream that puts our key in its error type: say only the status.
-            return f"upstream answered {status}"
-        return summary
+        return summarize(status, body, self._secrets)
 
     async def aclose(self) -> None:
         await self._client.aclose()
