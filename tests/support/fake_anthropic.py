@@ -21,11 +21,13 @@ import orjson
 
 from tests.support.fake_openai import (
     Call,
+    FakeServer,
     _released_or_disconnected,
     _respond,
     _sleep_or_disconnect,
     _watch_eof,
     default_tokens,
+    read_request,
 )
 
 __all__ = ["Call", "FakeAnthropic", "Scenario"]
@@ -71,73 +73,17 @@ class Scenario:
     send_stop: bool = True
 
 
-class FakeAnthropic:
+class FakeAnthropic(FakeServer[Scenario]):
     """``async with FakeAnthropic() as upstream:`` serves ``upstream.base_url``."""
 
     def __init__(self, *, default: Scenario | None = None) -> None:
-        self.default = default or Scenario()
-        self.scenarios: dict[str, Scenario] = {}
-        self.calls: list[Call] = []
+        super().__init__(default or Scenario())
         #: ``GET /v1/models`` lists "claude-fake" and the scenarios, this many per page.
         self.page_size = 1000
-        self.models_status = 200
         self.model_requests: list[dict[str, list[str]]] = []
-        self._new_call = asyncio.Condition()
-        self._server: asyncio.Server | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
-        self.port = 0
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def scenario(self, model: str, scenario: Scenario) -> Scenario:
-        self.scenarios[model] = scenario
-        return scenario
-
-    async def next_call(self, count: int, timeout: float) -> Call:
-        """Wait until at least ``count`` calls were received and return the ``count``-th."""
-        async with asyncio.timeout(timeout), self._new_call:
-            await self._new_call.wait_for(lambda: len(self.calls) >= count)
-        return self.calls[count - 1]
-
-    async def __aenter__(self) -> FakeAnthropic:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._handlers):
-            task.cancel()
-        if self._handlers:
-            await asyncio.wait(self._handlers)
-        await self._server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        try:
-            await self._serve(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self._handlers.discard(task)
-            writer.close()
-            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
-                await writer.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        method, target, _ = lines[0].split(" ", 2)
-        headers = {
-            name.strip().lower(): value.strip()
-            for name, _, value in (line.partition(":") for line in lines[1:] if line)
-        }
-        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        method, target, headers, body = await read_request(reader)
         url = urlsplit(target)
         if method == "GET" and url.path == "/v1/models":
             await self._models(writer, parse_qs(url.query))
@@ -147,9 +93,7 @@ class FakeAnthropic:
             return
         document = orjson.loads(body)
         call = Call(body=document, headers=headers)
-        async with self._new_call:
-            self.calls.append(call)
-            self._new_call.notify_all()
+        await self._record(call)
         scenario = self.scenarios.get(document.get("model", ""), self.default)
         if scenario.status != 200:
             await _respond(writer, scenario.status, _error(scenario.error_type, "refused"))

@@ -17,7 +17,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Self, TypeVar
 
 import orjson
 
@@ -81,14 +81,18 @@ class Call:
     finished: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class FakeUpstream:
-    """``async with FakeUpstream() as upstream:`` serves ``upstream.base_url``."""
+S = TypeVar("S")
 
-    def __init__(self, *, default: Scenario | None = None) -> None:
-        self.default = default or Scenario()
-        self.scenarios: dict[str, Scenario] = {}
+
+class FakeServer(Generic[S]):
+    """A loopback HTTP/1.1 server answering by scenario (``S``) per model name,
+    recording every call: what the OpenAI and Anthropic fakes share."""
+
+    def __init__(self, default: S) -> None:
+        self.default = default
+        self.scenarios: dict[str, S] = {}
         self.calls: list[Call] = []
-        #: The status of ``GET /v1/models`` (which lists "fake" and the scenarios).
+        #: The status of ``GET /v1/models``.
         self.models_status = 200
         self._new_call = asyncio.Condition()
         self._server: asyncio.Server | None = None
@@ -99,7 +103,7 @@ class FakeUpstream:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def scenario(self, model: str, scenario: Scenario) -> Scenario:
+    def scenario(self, model: str, scenario: S) -> S:
         self.scenarios[model] = scenario
         return scenario
 
@@ -109,7 +113,12 @@ class FakeUpstream:
             await self._new_call.wait_for(lambda: len(self.calls) >= count)
         return self.calls[count - 1]
 
-    async def __aenter__(self) -> FakeUpstream:
+    async def _record(self, call: Call) -> None:
+        async with self._new_call:
+            self.calls.append(call)
+            self._new_call.notify_all()
+
+    async def __aenter__(self) -> Self:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -138,14 +147,31 @@ class FakeUpstream:
                 await writer.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        method, path, _ = lines[0].split(" ", 2)
-        headers = {
-            name.strip().lower(): value.strip()
-            for name, _, value in (line.partition(":") for line in lines[1:] if line)
-        }
-        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        raise NotImplementedError
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], bytes]:
+    """Method, target, headers (lower-case names) and body of one HTTP/1.1 request."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, _ = lines[0].split(" ", 2)
+    headers = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in lines[1:] if line)
+    }
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return method, target, headers, body
+
+
+class FakeUpstream(FakeServer[Scenario]):
+    """``async with FakeUpstream() as upstream:`` serves ``upstream.base_url``;
+    ``GET /v1/models`` lists "fake" and the scenarios."""
+
+    def __init__(self, *, default: Scenario | None = None) -> None:
+        super().__init__(default or Scenario())
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        method, path, headers, body = await read_request(reader)
         if method == "GET" and path == "/v1/models":
             names = sorted({"fake", *self.scenarios})
             await _respond(
@@ -159,9 +185,7 @@ class FakeUpstream:
             return
         document = orjson.loads(body)
         call = Call(body=document, headers=headers)
-        async with self._new_call:
-            self.calls.append(call)
-            self._new_call.notify_all()
+        await self._record(call)
         scenario = self.scenarios.get(document.get("model", ""), self.default)
         if scenario.status != 200:
             error: dict[str, Any] = {"message": scenario.error_message, "type": "fake"}
