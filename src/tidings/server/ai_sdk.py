@@ -49,15 +49,15 @@ from tidings.llm.ui_stream import UIMessageStream
 from tidings.server.api import read_body
 from tidings.server.auth import Action, Principal
 from tidings.server.llm import (
-    _JSON,
     STREAM_ID_HEADER,
-    _authority,
-    _authorized,
-    _client,
-    _history_lost,
-    _listen,
-    _load_json,
-    _lost_end,
+    OpenAIJSON,
+    authority_of,
+    authorized,
+    client_key,
+    history_lost,
+    listen,
+    load_json,
+    lost_end,
     openai_error,
     refusal,
 )
@@ -122,17 +122,17 @@ async def _stream(
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": body})
             return True
-    async with _listen(
+    async with listen(
         relay.hub, channel, since, receive, keepalive=keepalive, generation=generation
     ) as batches:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": _frames(first), "more_body": True})
         async for items in batches:
             chunks: list[dict[str, Any]] = []
-            end = None if items else _lost_end(generation)
+            end = None if items else lost_end(generation)
             for item in items:
                 if isinstance(item, Reset):
-                    end = _history_lost(item)
+                    end = history_lost(item)
                     break
                 if item.event == "end":
                     end = orjson.loads(item.raw)
@@ -172,7 +172,7 @@ class AISDKChat:
         request = Request(scope, receive)
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         try:
-            principal = _authorized(scope, Action.LLM_CREATE)
+            principal = authorized(scope, Action.LLM_CREATE)
             if media_type not in ("", "application/json"):
                 response = openai_error(
                     415, f"unsupported Content-Type {media_type!r}: send application/json"
@@ -180,8 +180,8 @@ class AISDKChat:
                 await response(scope, receive, send)
                 return
             body = await read_body(request, self.max_body_bytes)
-            chat = parse_chat(_load_json(body), self.limits)
-            client = _client(principal, _authority(scope).peer(scope))
+            chat = parse_chat(load_json(body), self.limits)
+            client = client_key(principal, authority_of(scope).peer(scope))
             generation = await self.relay.start(
                 chat.request, owner=principal.identity, client=client
             )
@@ -224,7 +224,7 @@ class AISDKChatStream:
         chat_id = scope["path_params"]["chat_id"]
         delete = scope["method"] == "DELETE"
         try:
-            principal = _authorized(scope, Action.LLM_CANCEL if delete else Action.LLM_VIEW)
+            principal = authorized(scope, Action.LLM_CANCEL if delete else Action.LLM_VIEW)
             if not CHAT_ID.match(chat_id):
                 response = _no_chat(chat_id)
             elif delete:
@@ -243,7 +243,7 @@ class AISDKChatStream:
         if generation_id is None or end is None:
             return _no_chat(chat_id)
         status = end.get("status", "cancelling")
-        return _JSON(
+        return OpenAIJSON(
             {
                 "id": chat_id,
                 "object": "tidings.chat.stream",

@@ -73,7 +73,21 @@ from tidings.wire.cursor import decode_cursor, encode_cursor
 from tidings.wire.json import loads as loads_json
 from tidings.wire.sse import PING, encode_data, encode_event
 
-__all__ = ["ChatCompletions", "StreamView", "list_models", "openai_error", "refusal"]
+__all__ = [
+    "ChatCompletions",
+    "OpenAIJSON",
+    "StreamView",
+    "authority_of",
+    "authorized",
+    "client_key",
+    "history_lost",
+    "list_models",
+    "listen",
+    "load_json",
+    "lost_end",
+    "openai_error",
+    "refusal",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +99,7 @@ _OPENAI_SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), *
 CANCELLED_STATUS = 409
 
 
-class _JSON(Response):
+class OpenAIJSON(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
@@ -102,7 +116,7 @@ def openai_error(
     headers: dict[str, str] | None = None,
 ) -> Response:
     """A JSON error response in OpenAI's shape."""
-    return _JSON(
+    return OpenAIJSON(
         error_object(message, type=type, code=code, param=param),
         status_code=status,
         headers=headers,
@@ -138,25 +152,25 @@ def refusal(exc: TidingsError) -> Response:
     )
 
 
-def _authority(scope: Scope) -> Authority:
+def authority_of(scope: Scope) -> Authority:
     authority: Authority = scope["app"].state.tidings.authority
     return authority
 
 
-def _authorized(scope: Scope, action: Action) -> Principal:
+def authorized(scope: Scope, action: Action) -> Principal:
     """The requester, allowed to do ``action``.
 
     Raises:
         Unauthorized: no identity, or one that is refused.
         PermissionDenied: the identity may not do ``action``.
     """
-    authority = _authority(scope)
+    authority = authority_of(scope)
     principal = authority.principal(scope)
     authority.authorize(principal, action)
     return principal
 
 
-def _client(principal: Principal, peer: str) -> str | None:
+def client_key(principal: Principal, peer: str) -> str | None:
     """Whose share of ``max_generations_per_client`` a generation takes: a token's
     subject, else the client address; server API keys have no share of their own."""
     if principal.kind is Kind.CLIENT:
@@ -177,7 +191,7 @@ def _openai_type(status: int) -> str:
     return "server_error" if status >= 500 else "invalid_request_error"
 
 
-def _load_json(body: bytes) -> Any:
+def load_json(body: bytes) -> Any:
     try:
         return loads_json(body)
     except orjson.JSONDecodeError as exc:
@@ -190,7 +204,7 @@ def _end_response(end: dict[str, Any], headers: dict[str, str]) -> Response:
     """The error response for a generation that ended before its first chunk."""
     error = end.get("error") or {}
     status = int(end.get("http_status") or CANCELLED_STATUS)
-    return _JSON({"error": error}, status_code=status, headers=headers)
+    return OpenAIJSON({"error": error}, status_code=status, headers=headers)
 
 
 def _stream_end(end: dict[str, Any]) -> bytes:
@@ -203,12 +217,12 @@ def _stream_end(end: dict[str, Any]) -> bytes:
 def _final(end: dict[str, Any], completion: Completion, headers: dict[str, str]) -> Response:
     """The response to a non-streamed request once its generation has ended."""
     if end.get("status") == "completed":
-        return _JSON(completion.result(), headers=headers)
+        return OpenAIJSON(completion.result(), headers=headers)
     return _end_response(end, headers)
 
 
 @contextlib.asynccontextmanager
-async def _listen(
+async def listen(
     hub: Hub,
     channel: str,
     since: Position,
@@ -253,7 +267,7 @@ async def _batches(
             # Before a closed subscription ends the stream: a server that stops
             # closes it while the end of a cancelled generation may still be on
             # its way to a backend that does not answer.
-            if _lost_end(generation) is not None:
+            if lost_end(generation) is not None:
                 yield []
                 continue
             if subscription.closed:
@@ -267,14 +281,14 @@ async def _batches(
         unregister()
 
 
-def _lost_end(generation: Generation | None) -> dict[str, Any] | None:
+def lost_end(generation: Generation | None) -> dict[str, Any] | None:
     """The end of a generation whose ``end`` event could not be published."""
     if generation is None or not generation.done or generation.end_published:
         return None
     return generation.end
 
 
-def _history_lost(item: Reset) -> dict[str, Any]:
+def history_lost(item: Reset) -> dict[str, Any]:
     return {
         "status": "failed",
         **error_object(
@@ -291,12 +305,12 @@ async def list_models(request: Request) -> Response:
     Public while no authentication is configured; then it needs an identity.
     """
     try:
-        _authorized(request.scope, Action.LLM_VIEW)
+        authorized(request.scope, Action.LLM_VIEW)
     except TidingsError as exc:
         return refusal(exc)
     relay: Relay = request.app.state.tidings.relay
     models = await relay.router.list_models()
-    return _JSON(
+    return OpenAIJSON(
         {
             "object": "list",
             "data": [
@@ -328,7 +342,7 @@ class ChatCompletions:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         try:
-            principal = _authorized(scope, Action.LLM_CREATE)
+            principal = authorized(scope, Action.LLM_CREATE)
         except TidingsError as exc:
             await refusal(exc)(scope, receive, send)
             return
@@ -341,8 +355,8 @@ class ChatCompletions:
             return
         try:
             body = await read_body(request, self.max_body_bytes)
-            chat = validate_request(_load_json(body), self.limits)
-            client = _client(principal, _authority(scope).peer(scope))
+            chat = validate_request(load_json(body), self.limits)
+            client = client_key(principal, authority_of(scope).peer(scope))
             generation = await self.relay.start(chat, owner=principal.identity, client=client)
         except TidingsError as exc:
             await refusal(exc)(scope, receive, send)
@@ -368,7 +382,7 @@ class ChatCompletions:
         send: Send,
     ) -> None:
         stream_send, coding = _stream_send(self.compression, scope, send)
-        async with _listen(
+        async with listen(
             self.relay.hub,
             generation.channel,
             generation.origin,
@@ -392,10 +406,10 @@ class ChatCompletions:
             await stream_send({"type": "http.response.body", "body": PING, "more_body": True})
             async for items in batches:
                 out: list[bytes] = []
-                end: dict[str, Any] | None = None if items else _lost_end(generation)
+                end: dict[str, Any] | None = None if items else lost_end(generation)
                 for item in items:
                     if isinstance(item, Reset):
-                        end = _history_lost(item)
+                        end = history_lost(item)
                         break
                     if item.event == "end":
                         end = orjson.loads(item.raw)
@@ -421,7 +435,7 @@ class ChatCompletions:
     ) -> None:
         headers = {STREAM_ID_HEADER: generation.id}
         completion = Completion(generation.id, generation.created, generation.model)
-        async with _listen(
+        async with listen(
             self.relay.hub,
             generation.channel,
             generation.origin,
@@ -430,13 +444,13 @@ class ChatCompletions:
             generation=generation,
         ) as batches:
             async for items in batches:
-                lost = None if items else _lost_end(generation)
+                lost = None if items else lost_end(generation)
                 if lost is not None:
                     await _final(lost, completion, headers)(scope, receive, send)
                     return
                 for item in items:
                     if isinstance(item, Reset):
-                        await _end_response(_history_lost(item) | {"http_status": 500}, headers)(
+                        await _end_response(history_lost(item) | {"http_status": 500}, headers)(
                             scope, receive, send
                         )
                         return
@@ -462,9 +476,9 @@ class StreamView:
         stream_id = scope["path_params"]["stream_id"]
         delete = scope["method"] == "DELETE"
         try:
-            principal = _authorized(scope, Action.LLM_CANCEL if delete else Action.LLM_VIEW)
+            principal = authorized(scope, Action.LLM_CANCEL if delete else Action.LLM_VIEW)
             mine = _STREAM_ID.match(stream_id) is not None and await self._owned_by(
-                stream_id, principal, _authority(scope)
+                stream_id, principal, authority_of(scope)
             )
         except TidingsError as exc:
             await refusal(exc)(scope, receive, send)
@@ -500,7 +514,7 @@ class StreamView:
         if end is None:
             return _not_found(stream_id)
         status = end.get("status", "cancelling")
-        return _JSON(
+        return OpenAIJSON(
             {"id": stream_id, "object": "tidings.stream", "status": status},
             status_code=202 if status == "cancelling" else 200,
         )
@@ -512,7 +526,7 @@ class StreamView:
             return refusal(exc)
         if record is None:
             return _not_found(stream_id)
-        return _JSON(record.to_json(), headers={"cache-control": "no-store"})
+        return OpenAIJSON(record.to_json(), headers={"cache-control": "no-store"})
 
     async def _origin(self, channel: str, generation: Generation | None) -> Position | None:
         if generation is not None:
@@ -614,7 +628,7 @@ class StreamView:
         asked to start) and the ``snapshot`` frame, whose cursor is ``since``,
         comes right after it.
         """
-        async with _listen(
+        async with listen(
             self.relay.hub,
             channel,
             since,
@@ -629,7 +643,7 @@ class StreamView:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": head, "more_body": True})
             async for items in batches:
-                lost = None if items else _lost_end(generation)
+                lost = None if items else lost_end(generation)
                 if lost is not None:
                     frame = encode_event(orjson.dumps(lost).decode(), event="end")
                     await send({"type": "http.response.body", "body": frame})
